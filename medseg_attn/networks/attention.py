@@ -1,0 +1,200 @@
+"""Multi-head attention and the window helpers used by the attention skip connections.
+
+The block follows the textbook definition: project the input with learned Q/K/V maps *first*, split the
+projections into heads, compute ``softmax(Q K^T / sqrt(d)) V`` per head with
+:func:`torch.nn.functional.scaled_dot_product_attention`, concatenate the heads and project out.
+
+Fine levels of a 3D network cannot attend globally (one fp32 score matrix for a 48^3 map is ~49 GB), so the
+helpers here cut a channel-first feature map into non-overlapping windows of tokens and stitch them back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MultiHeadAttention",
+    "reference_attention",
+    "window_partition",
+    "window_merge",
+    "padding_key_mask",
+    "pad_to_multiple",
+]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (cross-)attention on token sequences.
+
+    Args:
+        dim: channels of the query tokens and of the output.
+        heads: number of heads; ``dim`` must be divisible by it.
+        kv_dim: channels of the key/value tokens (default ``dim``).
+        qkv_bias: learn a bias in the Q/K/V projections.
+        attn_dropout: dropout on the attention weights, applied only in training mode.
+        proj_dropout: dropout after the output projection, applied only in training mode.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        kv_dim: int | None = None,
+        qkv_bias: bool = True,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"attention dim {dim} is not divisible by heads={heads}")
+        self.dim = dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(kv_dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+        self.proj_dropout = nn.Dropout(proj_dropout)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key_value: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Attend from ``query`` tokens to ``key_value`` tokens (self-attention when it is None).
+
+        Args:
+            query: (B, N, dim) query tokens.
+            key_value: (B, M, kv_dim) key/value tokens; ``query`` itself when None.
+            mask: boolean (B or 1, 1 or heads, N or 1, M), True where a key may be attended, or an additive
+                float bias of that shape.
+            return_weights: also return the attention weights (B, heads, N, M); uses the explicit
+                softmax path, so only ask for it when you need the weights.
+
+        Returns:
+            (B, N, dim) output tokens, and the weights when ``return_weights``.
+        """
+        key_value = query if key_value is None else key_value
+        batch, n_query, _ = query.shape
+        n_key = key_value.shape[1]
+        q = self.q(query).view(batch, n_query, self.heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
+        kv = self.kv(key_value).view(batch, n_key, 2, self.heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, M, d)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if return_weights:
+            scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, M)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            weights = scores.softmax(dim=-1)  # (B, h, N, M)
+            out = F.dropout(weights, dropout_p) @ v  # (B, h, N, d)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, h, N, d)
+        out = out.transpose(1, 2).reshape(batch, n_query, self.dim)  # (B, N, dim)
+        out = self.proj_dropout(self.proj(out))
+        return (out, weights) if return_weights else out
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain ``softmax(Q K^T / sqrt(d)) V`` written out with einsum: the test oracle.
+
+    Args:
+        q: (B, h, N, d); k, v: (B, h, M, d); mask: boolean, broadcastable to (B, h, N, M), True = keep.
+    """
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])  # (B, h, N, M)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.einsum("bhnm,bhmd->bhnd", scores.softmax(-1), v)  # (B, h, N, d)
+
+
+def pad_to_multiple(x: torch.Tensor, window: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial axes of a channel-first map (B, C, *S) at the far end to multiples of ``window``.
+
+    Returns the padded map and the per-axis padding that was added.
+    """
+    spatial = x.shape[2:]
+    pads = tuple((-size) % w for size, w in zip(spatial, window))
+    if any(pads):
+        flat = []
+        for p in reversed(pads):  # F.pad wants the last axis first
+            flat += [0, p]
+        x = F.pad(x, flat)
+    return x, pads
+
+
+def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """Cut a channel-first map into non-overlapping windows of tokens.
+
+    Args:
+        x: (B, C, *S) with every S[i] divisible by window[i] (2 or 3 spatial axes).
+        window: window size per spatial axis.
+
+    Returns:
+        (B * num_windows, prod(window), C) tokens, windows in row-major order of their grid position.
+    """
+    batch, channels, *spatial = x.shape
+    dims = len(spatial)
+    grid = [s // w for s, w in zip(spatial, window)]
+    # (B, C, g0, w0, g1, w1[, g2, w2])
+    x = x.reshape(batch, channels, *[v for pair in zip(grid, window) for v in pair])
+    grid_axes = [2 + 2 * i for i in range(dims)]
+    window_axes = [3 + 2 * i for i in range(dims)]
+    x = x.permute(0, *grid_axes, *window_axes, 1)  # (B, g0, g1[, g2], w0, w1[, w2], C)
+    return x.reshape(-1, math.prod(window), channels)
+
+
+def window_merge(tokens: torch.Tensor, window: Sequence[int], spatial: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`.
+
+    Args:
+        tokens: (B * num_windows, prod(window), C).
+        window: window size per spatial axis.
+        spatial: the spatial shape S of the map that was partitioned.
+
+    Returns:
+        (B, C, *S)
+    """
+    dims = len(spatial)
+    channels = tokens.shape[-1]
+    grid = [s // w for s, w in zip(spatial, window)]
+    x = tokens.reshape(-1, *grid, *window, channels)  # (B, g0, g1[, g2], w0, w1[, w2], C)
+    order = [0, 2 * dims + 1]
+    for i in range(dims):
+        order += [1 + i, 1 + dims + i]
+    x = x.permute(*order)  # (B, C, g0, w0, g1, w1[, g2, w2])
+    return x.reshape(x.shape[0], channels, *spatial)
+
+
+def padding_key_mask(
+    spatial: Sequence[int], pads: Sequence[int], window: Sequence[int], batch: int, device: torch.device | None = None
+) -> torch.Tensor | None:
+    """Boolean key mask for windows of a map that :func:`pad_to_multiple` padded.
+
+    Args:
+        spatial: padded spatial shape S.
+        pads: padding added at the far end of each axis.
+        window: window size per spatial axis.
+        batch: batch size B of the map.
+
+    Returns:
+        None when nothing was padded, else (B * num_windows, 1, 1, prod(window)), True on real voxels, for the
+        ``mask`` argument of :class:`MultiHeadAttention`.
+    """
+    if not any(pads):
+        return None
+    valid = torch.ones(1, 1, *spatial, dtype=torch.bool, device=device)
+    for axis, p in enumerate(pads):
+        if p:
+            valid.narrow(2 + axis, spatial[axis] - p, p).fill_(False)
+    tokens = window_partition(valid.to(torch.uint8), window).bool()  # (num_windows, prod(window), 1)
+    mask = tokens[:, :, 0][:, None, None, :]  # (num_windows, 1, 1, M)
+    return mask.repeat(batch, 1, 1, 1)

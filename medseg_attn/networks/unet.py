@@ -1,0 +1,239 @@
+"""AttentionSkipUNet: a U-Net whose skip connections pass through multi-head attention.
+
+At every resolution level the decoder's upsampled features ask the encoder's skip features what to pass on:
+decoder tokens are the queries, encoder tokens the keys and values, and the attended result is added to the
+skip (a residual whose output projection starts at zero, so training starts from the plain U-Net). Fine levels
+attend inside non-overlapping local windows, the coarsest levels globally (tiled into windows of at most
+``global_max_tokens`` tokens on very large maps), so memory grows linearly with the number of voxels.
+
+``attention=False`` removes the attention blocks and nothing else: the matched baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from medseg_attn.networks.attention import (
+    MultiHeadAttention,
+    pad_to_multiple,
+    padding_key_mask,
+    window_merge,
+    window_partition,
+)
+
+__all__ = ["AttentionSkipUNet", "SkipAttention", "ConvBlock"]
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+
+
+def _norm(spatial_dims: int, kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims](channels, affine=True)
+    if kind == "batch":
+        return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[spatial_dims](channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; expected one of 'instance', 'batch', 'group'")
+
+
+class ConvBlock(nn.Sequential):
+    """Two (conv 3x3[x3] -> norm -> LeakyReLU) layers; the first may stride to downsample."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, norm: str = "instance"):
+        conv = _conv(spatial_dims)
+        super().__init__(
+            conv(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+            _norm(spatial_dims, norm, out_ch),
+            nn.LeakyReLU(0.01, inplace=True),
+            conv(out_ch, out_ch, 3, padding=1, bias=False),
+            _norm(spatial_dims, norm, out_ch),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class SkipAttention(nn.Module):
+    """Cross-attention from decoder features (queries) to encoder skip features (keys/values).
+
+    Args:
+        spatial_dims: 2 or 3.
+        channels: channels C of both maps.
+        heads: attention heads.
+        window: window side per axis, or None for global attention.
+        global_max_tokens: a global block whose map has more tokens than this tiles it into windows of at most
+            this many tokens (keeps memory linear in the number of voxels on big inputs).
+        dropout: attention-weight dropout (training only).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        heads: int,
+        window: Sequence[int] | None,
+        global_max_tokens: int = 4096,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.window = None if window is None else tuple(window)
+        self.global_max_tokens = global_max_tokens
+        self.norm_query = nn.LayerNorm(channels)
+        self.norm_key_value = nn.LayerNorm(channels)
+        self.attention = MultiHeadAttention(channels, heads, attn_dropout=dropout)
+        nn.init.zeros_(self.attention.proj.weight)  # start as the identity skip: the plain U-Net
+        nn.init.zeros_(self.attention.proj.bias)
+
+    def window_for(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The window actually used on a map of this spatial shape."""
+        if self.window is None:
+            if math.prod(spatial) <= self.global_max_tokens:
+                return tuple(spatial)
+            side = max(1, int(round(self.global_max_tokens ** (1.0 / len(spatial)))))
+            return tuple(min(s, side) for s in spatial)
+        return tuple(min(s, w) for s, w in zip(spatial, self.window))
+
+    def forward(
+        self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Args: skip, gate: (B, C, *S). Returns the attended skip (B, C, *S) (and weights (B*nW, h, M, M))."""
+        batch, channels, *spatial = skip.shape
+        window = self.window_for(spatial)
+        skip_padded, pads = pad_to_multiple(skip, window)
+        gate_padded, _ = pad_to_multiple(gate, window)
+        padded = skip_padded.shape[2:]
+        key_value = self.norm_key_value(window_partition(skip_padded, window))  # (B*nW, M, C)
+        query = self.norm_query(window_partition(gate_padded, window))  # (B*nW, M, C)
+        mask = padding_key_mask(padded, pads, window, batch, skip.device)  # (B*nW, 1, 1, M) or None
+        result = self.attention(query, key_value, mask=mask, return_weights=return_weights)
+        tokens, weights = result if return_weights else (result, None)
+        out = window_merge(tokens, window, padded)  # (B, C, *padded)
+        if any(pads):
+            out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+        out = skip + out
+        return (out, weights) if return_weights else out
+
+
+class AttentionSkipUNet(nn.Module):
+    """2D/3D U-Net with a multi-head attention block in every skip connection.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels (image modalities).
+        out_channels: output channels (classes, background included).
+        channels: feature channels per level, finest first; len(channels) - 1 downsamplings.
+        attention: put attention in the skips; False gives the matched plain U-Net.
+        head_dim: channels per attention head (heads = channels // head_dim, at least 1).
+        window_size: window side at the windowed (fine) levels.
+        global_levels: how many of the coarsest skip levels attend globally.
+        global_max_tokens: cap on tokens per global attention window (see :class:`SkipAttention`).
+        attention_dropout: dropout on attention weights (training only).
+        norm: 'instance' (default), 'batch' or 'group'.
+        deep_supervision: in training mode, also return logits from the coarser decoder levels.
+
+    Inputs of any spatial size are accepted: they are zero-padded to a multiple of 2**(len(channels)-1)
+    internally and the output is cropped back to the input size.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        attention: bool = True,
+        head_dim: int = 16,
+        window_size: int = 4,
+        global_levels: int = 1,
+        global_max_tokens: int = 4096,
+        attention_dropout: float = 0.0,
+        norm: str = "instance",
+        deep_supervision: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if len(channels) < 2:
+            raise ValueError(f"channels needs at least 2 levels, got {list(channels)}")
+        self.spatial_dims = spatial_dims
+        self.channels = tuple(channels)
+        self.attention_enabled = attention
+        self.deep_supervision = deep_supervision
+        levels = len(channels)
+        self.divisor = 2 ** (levels - 1)
+        conv = _conv(spatial_dims)
+        transposed = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
+
+        self.encoders = nn.ModuleList(
+            ConvBlock(spatial_dims, in_channels if i == 0 else channels[i - 1], channels[i], 1 if i == 0 else 2, norm)
+            for i in range(levels)
+        )
+        self.upsamples = nn.ModuleList(
+            transposed(channels[i + 1], channels[i], 2, stride=2, bias=False) for i in range(levels - 1)
+        )
+        self.decoders = nn.ModuleList(
+            ConvBlock(spatial_dims, 2 * channels[i], channels[i], 1, norm) for i in range(levels - 1)
+        )
+        skip_levels = levels - 1
+        self.skip_attention = nn.ModuleList()
+        for i in range(skip_levels):
+            if not attention:
+                self.skip_attention.append(nn.Identity())
+                continue
+            is_global = i >= skip_levels - global_levels
+            window = None if is_global else (window_size,) * spatial_dims
+            heads = max(1, channels[i] // head_dim)
+            self.skip_attention.append(
+                SkipAttention(spatial_dims, channels[i], heads, window, global_max_tokens, attention_dropout)
+            )
+        self.head = conv(channels[0], out_channels, 1)
+        self.deep_heads = nn.ModuleList(
+            conv(channels[i], out_channels, 1) for i in range(1, levels - 1)
+        ) if deep_supervision else nn.ModuleList()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Args: x: (B, in_channels, *S). Returns logits (B, out_channels, *S); with deep supervision in
+        training mode, a list [full-resolution logits, then coarser ones]."""
+        return self._run(x, None)
+
+    def attention_weights(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run a forward pass and return each skip level's attention weights, finest level first.
+
+        Each entry is (B * num_windows, heads, M, M) for that level's window of M tokens. Only for small
+        inputs: the full matrices are kept.
+        """
+        if not self.attention_enabled:
+            raise ValueError("this network was built with attention=False: it has no attention weights")
+        collected: dict[int, torch.Tensor] = {}
+        self._run(x, collected)
+        return [collected[level] for level in sorted(collected)]
+
+    def _run(self, x: torch.Tensor, collect: dict[int, torch.Tensor] | None) -> torch.Tensor | list[torch.Tensor]:
+        spatial = x.shape[2:]
+        x, _ = pad_to_multiple(x, (self.divisor,) * self.spatial_dims)
+        skips = []
+        h = x
+        for encoder in self.encoders:  # level by level, finest first
+            h = encoder(h)  # (B, channels[i], *S / 2**i)
+            skips.append(h)
+        h = skips.pop()  # bottleneck
+        outputs = []
+        for level in reversed(range(len(self.decoders))):
+            up = self.upsamples[level](h)  # (B, channels[level], *S_level)
+            skip = skips[level]
+            if self.attention_enabled and collect is not None:
+                skip, collect[level] = self.skip_attention[level](skip, up, return_weights=True)
+            elif self.attention_enabled:
+                skip = self.skip_attention[level](skip, up)  # decoder asks, encoder answers
+            h = self.decoders[level](torch.cat([up, skip], dim=1))  # (B, channels[level], *S_level)
+            if self.deep_supervision and self.training and level > 0:
+                outputs.append(self.deep_heads[level - 1](h))
+        logits = self.head(h)[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+        if outputs:
+            return [logits] + outputs[::-1]
+        return logits
