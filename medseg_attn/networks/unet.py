@@ -134,10 +134,13 @@ class AttentionSkipUNet(nn.Module):
         global_max_tokens: cap on tokens per global attention window (see :class:`SkipAttention`).
         attention_dropout: dropout on attention weights (training only).
         norm: 'instance' (default), 'batch' or 'group'.
+        first_stride: 1 = the first level works at full resolution (nnU-Net style); 2 = the first level already
+            downsamples and a transposed convolution brings the logits back to full resolution (MONAI UNet
+            style: about 4x cheaper on CPU for a small cost in detail).
         deep_supervision: in training mode, also return logits from the coarser decoder levels.
 
-    Inputs of any spatial size are accepted: they are zero-padded to a multiple of 2**(len(channels)-1)
-    internally and the output is cropped back to the input size.
+    Inputs of any spatial size are accepted: they are zero-padded to a multiple of
+    first_stride * 2**(len(channels)-1) internally and the output is cropped back to the input size.
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class AttentionSkipUNet(nn.Module):
         global_max_tokens: int = 4096,
         attention_dropout: float = 0.0,
         norm: str = "instance",
+        first_stride: int = 2,
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
@@ -165,12 +169,14 @@ class AttentionSkipUNet(nn.Module):
         self.attention_enabled = attention
         self.deep_supervision = deep_supervision
         levels = len(channels)
-        self.divisor = 2 ** (levels - 1)
+        if first_stride not in (1, 2):
+            raise ValueError(f"first_stride must be 1 or 2, got {first_stride}")
+        self.divisor = first_stride * 2 ** (levels - 1)
         conv = _conv(spatial_dims)
         transposed = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
 
         self.encoders = nn.ModuleList(
-            ConvBlock(spatial_dims, in_channels if i == 0 else channels[i - 1], channels[i], 1 if i == 0 else 2, norm)
+            ConvBlock(spatial_dims, channels[i - 1] if i else in_channels, channels[i], 2 if i else first_stride, norm)
             for i in range(levels)
         )
         self.upsamples = nn.ModuleList(
@@ -191,7 +197,10 @@ class AttentionSkipUNet(nn.Module):
             self.skip_attention.append(
                 SkipAttention(spatial_dims, channels[i], heads, window, global_max_tokens, attention_dropout)
             )
-        self.head = conv(channels[0], out_channels, 1)
+        if first_stride == 1:
+            self.head = conv(channels[0], out_channels, 1)
+        else:  # level 0 is at half resolution: a transposed convolution gives full-resolution logits
+            self.head = transposed(channels[0], out_channels, first_stride, stride=first_stride)
         self.deep_heads = nn.ModuleList(
             conv(channels[i], out_channels, 1) for i in range(1, levels - 1)
         ) if deep_supervision else nn.ModuleList()

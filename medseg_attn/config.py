@@ -1,0 +1,341 @@
+"""Run configuration: frozen dataclasses loaded from YAML, with ``--set key=value`` overrides.
+
+Every key has a default, so an empty file (or no file) is a valid configuration. Unknown keys are errors that
+suggest the closest known key, and the resolved configuration is saved with every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AugmentationConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "InferenceConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "load_config",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and what was expected."""
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Random augmentation applied to training patches (MONAI dictionary transforms)."""
+
+    enabled: bool = True
+    rotate_degrees: float = 15.0  # RandAffined rotation range per axis
+    scale: float = 0.1  # RandAffined scale range (+-)
+    affine_probability: float = 0.2
+    flip_axes: tuple[int, ...] = ()  # spatial axes (RAS order) to flip at random; empty for lateralised labels
+    intensity_probability: float = 0.15  # for each of noise, scale/shift, contrast (gamma), smoothing
+    noise_std: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is turned into network inputs."""
+
+    dataset: str | None = None  # dataset.json, a folder holding one, or an nnU-Net raw folder (imagesTr/labelsTr)
+    modality: str = "auto"  # auto (from the dataset), ct, mr
+    labels: dict[int, str] | None = None  # class index -> name; null = read from the dataset
+    spacing: tuple[float, ...] | str | None = "auto"  # target mm per voxel; auto = median of training cases
+    orientation: str = "RAS"
+    intensity: str = "auto"  # auto (ct -> ct window, mr -> z-score on foreground), ct, zscore, none
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU clipped and scaled to [0, 1] by the ct preset
+    crop_foreground: bool = True  # crop each volume to its nonzero bounding box before patches
+    patch_size: tuple[int, ...] = (64, 64, 64)
+    samples_per_case: int = 2  # patches drawn from a case each time it is visited
+    foreground_fraction: float = 0.67  # fraction of patches centred on a labelled voxel
+    validation_fraction: float = 0.2  # held out from training when folds == 0
+    folds: int = 0  # k-fold cross-validation when > 1 ...
+    fold: int = 0  # ... and this fold is the validation set
+    max_validation_cases: int = 8  # cap on validation cases (sliding-window validation is costly on CPU)
+    cache: bool = True  # cache preprocessed cases in memory (MONAI CacheDataset)
+    num_workers: int = 0  # DataLoader workers for augmentation
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network. ``architecture`` can also name MONAI networks for side-by-side comparisons."""
+
+    architecture: str = "attention_skip_unet"  # or monai_unet, monai_attention_unet
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    first_stride: int = 2  # stride of the first encoder level: 2 works at half resolution, 1 at full
+    attention: bool = True  # False = the matched U-Net baseline
+    head_dim: int = 16
+    window_size: int = 4
+    global_levels: int = 1
+    global_max_tokens: int = 4096
+    attention_dropout: float = 0.0
+    norm: str = "instance"
+    deep_supervision: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, budget, validation and logging."""
+
+    max_epochs: int = 1000
+    minutes: float | None = None  # wall-clock budget for training, validation included
+    steps_per_epoch: int = 50  # optimizer steps per epoch; null = one pass over the training cases
+    batch_size: int = 2
+    optimizer: str = "adamw"  # adamw or sgd
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.99  # sgd only (nesterov)
+    schedule: str = "cosine"  # cosine, poly or constant; decays over max_epochs or the time budget
+    warmup_steps: int = 20
+    val_interval: int = 5  # epochs between sliding-window validations
+    patience: int | None = None  # stop after this many validations without a better Dice
+    seed: int = 0
+    amp: str = "auto"  # auto (on for CUDA), on, off
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    log_images: bool = True  # TensorBoard overlays of a validation case
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window prediction."""
+
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    blend: str = "gaussian"  # gaussian or constant
+    tta: bool = False  # average over flips of every spatial axis
+    patch_size: tuple[int, ...] | None = None  # null = data.patch_size
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins (lists, not tuples), safe for YAML, JSON and ``weights_only`` checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys of some sections changed, e.g. ``cfg.replace(train={"lr": 1e-3})``."""
+        return from_dict(_merge(self.to_dict(), sections))
+
+
+_CHOICES = {
+    "data.modality": ("auto", "ct", "mr"),
+    "data.intensity": ("auto", "ct", "zscore", "none"),
+    "model.architecture": ("attention_skip_unet", "monai_unet", "monai_attention_unet"),
+    "model.norm": ("instance", "batch", "group"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("cosine", "poly", "constant"),
+    "train.amp": ("auto", "on", "off"),
+    "inference.blend": ("gaussian", "constant"),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "labels":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _convert(value: Any, annotation: str, where: str) -> Any:
+    """Check and convert one YAML value against its dataclass annotation (given as a string)."""
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ConfigError(f"{where} may not be null (expected {annotation})")
+    if annotation.startswith("tuple") and "str" in annotation and isinstance(value, str):
+        return value  # e.g. spacing: auto
+    if annotation.startswith("tuple") or annotation.startswith("tuple[int, ...] | None"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        kind = int if "tuple[int" in annotation else float
+        try:
+            return tuple(kind(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a list of {kind.__name__}, got {value!r}") from None
+    if annotation.startswith("dict"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping like {{0: background, 1: organ}}, got {value!r}")
+        try:
+            return {int(k): str(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} keys must be integer class indices, got {list(value)}") from None
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if annotation.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        choices = _CHOICES.get(where)
+        if choices and value not in choices:
+            hint = difflib.get_close_matches(value, choices, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{suggestion}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in known:
+            candidates = [f"{prefix}{name}" for name in known]
+            hint = difflib.get_close_matches(where, candidates, n=1, cutoff=0.5)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(sorted(known))})"
+            raise ConfigError(f"unknown config key {where!r}{suggestion}")
+        spec = known[key]
+        sub = spec.default_factory if spec.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[key] = _build(sub, value or {}, f"{where}.")
+        else:
+            kwargs[key] = _convert(value, str(spec.type), where)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any] | None) -> Config:
+    """Build a :class:`Config` from nested dicts, checking every key and value."""
+    config = _build(Config, values or {}, "")
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    data, model, train = config.data, config.model, config.train
+    if len(data.patch_size) not in (2, 3) or min(data.patch_size) < 8:
+        raise ConfigError(f"data.patch_size must have 2 or 3 sides of at least 8 voxels, got {list(data.patch_size)}")
+    if isinstance(data.spacing, str) and data.spacing != "auto":
+        raise ConfigError(f"data.spacing must be 'auto', null or a list of mm, got {data.spacing!r}")
+    if isinstance(data.spacing, tuple) and (
+        len(data.spacing) not in (1, len(data.patch_size)) or min(data.spacing) <= 0
+    ):
+        raise ConfigError(f"data.spacing must be positive mm for each axis, got {list(data.spacing)}")
+    if not 0.0 <= data.foreground_fraction <= 1.0:
+        raise ConfigError(f"data.foreground_fraction must lie in [0, 1], got {data.foreground_fraction}")
+    if not 0.0 <= data.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction must lie in [0, 1), got {data.validation_fraction}")
+    if data.folds == 1 or data.folds < 0 or (data.folds > 1 and not 0 <= data.fold < data.folds):
+        raise ConfigError(f"data.folds={data.folds}, data.fold={data.fold}: need folds >= 2 and 0 <= fold < folds")
+    if data.ct_window[0] >= data.ct_window[1]:
+        raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
+    if model.first_stride not in (1, 2):
+        raise ConfigError(f"model.first_stride must be 1 or 2, got {model.first_stride}")
+    if len(model.channels) < 2:
+        raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
+    if train.batch_size < 1 or train.lr <= 0 or train.max_epochs < 1:
+        raise ConfigError("train.batch_size and train.max_epochs must be >= 1 and train.lr > 0")
+    if train.minutes is not None and train.minutes <= 0:
+        raise ConfigError(f"train.minutes must be positive, got {train.minutes}")
+    if not 0.0 <= config.inference.overlap < 1.0:
+        raise ConfigError(f"inference.overlap must lie in [0, 1), got {config.inference.overlap}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=1e-3'`` -> (['train', 'lr'], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value (e.g. train.lr=0.001), got {text!r}")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested dict (validation happens in :func:`from_dict`)."""
+    values = _merge({}, values)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[path[-1]] = value
+    return values
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, inference)")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: unknown key (with a suggestion), wrong type, or an out-of-range value; the message names
+            the file.
+    """
+    values = read_yaml(path) if path is not None else {}
+    values = apply_overrides(values, overrides or [])
+    try:
+        return from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from medseg_attn.data.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

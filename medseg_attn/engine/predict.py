@@ -1,0 +1,282 @@
+"""Sliding-window prediction written back in each input's exact geometry.
+
+The input is preprocessed exactly as in training (orientation, spacing, intensity, crop), the network runs as a
+sliding window with Gaussian blending (and optional flip TTA), and the *class probabilities* are resampled onto
+the input's own voxel grid before the argmax (as nnU-Net does: resampling a label map instead costs thin
+structures much of their Dice). The resampling is a single affine map from the input grid to the network grid,
+done slab by slab so memory stays bounded on large volumes; the label map is written with the input's header,
+so affine and shape match it exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai import transforms as mt
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from medseg_attn.config import Config, InferenceConfig, from_dict
+from medseg_attn.data.io import atomic_write, case_name, save_nifti_like
+from medseg_attn.data.transforms import Preprocessing, preprocessing
+from medseg_attn.engine.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.networks.factory import build_network
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Predictor", "Prediction", "resample_to_grid", "resolve_device", "predict_files"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def _spatial_affine(affine: torch.Tensor | np.ndarray, dims: int) -> np.ndarray:
+    """(dims+1, dims+1) voxel-to-world affine from MONAI's (possibly 4x4) affine."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape[0] == dims + 1:
+        return a
+    keep = list(range(dims)) + [a.shape[0] - 1]
+    return a[np.ix_(keep, keep)]
+
+
+def resample_to_grid(
+    values: torch.Tensor,
+    source_affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: Sequence[int],
+    keep_values: bool = False,
+    fill_background: bool = True,
+    max_points: int = 1 << 22,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample class probabilities (C, *S_src) onto another voxel grid and take the argmax there.
+
+    Both affines map voxel indices to the same world space. The target grid is processed in slabs along its
+    last axis (at most ``max_points`` voxels at a time), so memory grows with one slab, not the volume.
+
+    Args:
+        values: (C, *S_src) probabilities on the source grid (any device).
+        source_affine, target_affine: (D+1, D+1) voxel-to-world matrices.
+        target_shape: spatial shape of the target grid.
+        keep_values: also return the resampled probabilities (C, *target_shape) as float32.
+        fill_background: outside the source grid, probability 1 for class 0.
+
+    Returns:
+        (labels as uint8/int16 array of target_shape, probabilities or None)
+    """
+    dims = len(target_shape)
+    channels = values.shape[0]
+    src = values.float()[None]  # (1, C, *S_src)
+    # voxel index of the target -> voxel index of the source
+    mapping = np.linalg.inv(source_affine) @ target_affine
+    mapping_t = torch.as_tensor(mapping, dtype=torch.float64)
+    src_size = torch.tensor(values.shape[1:], dtype=torch.float64)
+    label_dtype = np.uint8 if channels <= 255 else np.int16
+    labels = np.zeros(tuple(target_shape), dtype=label_dtype)
+    probabilities = np.zeros((channels, *target_shape), dtype=np.float32) if keep_values else None
+    plane = int(np.prod(target_shape[:-1]))
+    slab = max(1, min(target_shape[-1], max_points // max(1, plane)))
+    axes = [torch.arange(s, dtype=torch.float64) for s in target_shape[:-1]]
+    for start in range(0, target_shape[-1], slab):
+        stop = min(target_shape[-1], start + slab)
+        grid = torch.meshgrid(*axes, torch.arange(start, stop, dtype=torch.float64), indexing="ij")
+        points = torch.stack([g.reshape(-1) for g in grid] + [torch.ones(grid[0].numel(), dtype=torch.float64)])
+        source = (mapping_t @ points)[:dims]  # (D, P) source voxel coordinates
+        # grid_sample wants (x=last axis, ..., first axis) normalised to [-1, 1] with align_corners=True
+        normalised = 2.0 * source / torch.clamp(src_size[:, None] - 1, min=1) - 1.0
+        normalised = torch.where(src_size[:, None] > 1, normalised, torch.zeros_like(normalised))
+        sample_grid = normalised.flip(0).T.reshape(1, *([1] * (dims - 1)), -1, dims).to(src.device, src.dtype)
+        sampled = F.grid_sample(src, sample_grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = sampled.reshape(channels, -1)  # (C, P)
+        if fill_background:
+            sampled[0] += (1.0 - sampled.sum(0)).clamp(min=0)
+        shape = (*target_shape[:-1], stop - start)
+        labels[..., start:stop] = sampled.argmax(0).reshape(shape).cpu().numpy().astype(label_dtype)
+        if probabilities is not None:
+            probabilities[..., start:stop] = sampled.reshape(channels, *shape).cpu().numpy()
+    return labels, probabilities
+
+
+@dataclass
+class Prediction:
+    """A prediction on the input's own grid."""
+
+    case: str
+    labels: np.ndarray  # (*S_input) class indices
+    affine: np.ndarray  # the input's voxel-to-world (RAS) affine
+    probabilities: np.ndarray | None = None  # (C, *S_input) when asked for
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictor:
+    """Runs a trained network over whole volumes.
+
+    Args:
+        network: the segmentation network (logits out).
+        prep: the preprocessing the network was trained with.
+        labels: class index -> name.
+        patch_size: sliding-window size (voxels on the network grid).
+        inference: overlap, blending, TTA, window batch.
+        device: where the network runs.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        prep: Preprocessing,
+        labels: dict[int, str],
+        patch_size: Sequence[int],
+        inference: InferenceConfig | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.network = network
+        self.prep = prep
+        self.labels = dict(labels)
+        self.patch_size = tuple(patch_size)
+        self.inference = inference or InferenceConfig()
+        self.device = torch.device(device)
+        self._loader = mt.Compose([mt.LoadImaged("image", image_only=True, ensure_channel_first=True)])
+        self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
+
+    @classmethod
+    def from_checkpoint(cls, model: str | Path, device: str = "auto", **inference: Any) -> Predictor:
+        """Load a run folder or checkpoint; ``inference`` overrides keys of the saved inference config."""
+        path = find_checkpoint(model)
+        payload = load_checkpoint(path)
+        try:
+            config = from_dict(payload["config"])
+            prep = Preprocessing.from_dict(payload["preprocessing"])
+            labels = {int(k): v for k, v in payload["labels"].items()}
+            network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), len(labels))
+            network.load_state_dict(payload["model"])
+        except (KeyError, RuntimeError, TypeError) as error:
+            raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
+        if inference:
+            config = config.replace(inference={k: v for k, v in inference.items() if v is not None})
+        resolved = resolve_device(device)
+        network.to(resolved).eval()
+        patch = config.inference.patch_size or config.data.patch_size
+        logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
+                    payload.get("best_metric"))
+        return cls(network, prep, labels, patch, config.inference, resolved)
+
+    @torch.no_grad()
+    def infer(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (K, *S) for a preprocessed image (C, *S), by sliding window (+ flip TTA)."""
+        inputs = torch.as_tensor(image)[None].to(self.device)  # (1, C, *S)
+        dims = inputs.ndim - 2
+        flips: list[tuple[int, ...]] = [()]
+        if self.inference.tta:
+            axes = tuple(range(2, 2 + dims))
+            flips = [c for r in range(len(axes) + 1) for c in combinations(axes, r)]
+        was_training = self.network.training
+        self.network.eval()
+        total = None
+        for flip in flips:
+            x = inputs.flip(flip) if flip else inputs
+            logits = sliding_window_inference(
+                x, self.patch_size, self.inference.sw_batch_size, self._forward,
+                overlap=self.inference.overlap, mode=self.inference.blend,
+            )
+            probs = torch.as_tensor(logits).softmax(1)
+            probs = probs.flip(flip) if flip else probs
+            total = probs if total is None else total + probs
+        self.network.train(was_training)
+        return (total / len(flips))[0]  # (K, *S)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = self.device.type == "cuda"
+        with torch.autocast(self.device.type, enabled=autocast):
+            out = self.network(torch.as_tensor(x))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return out.float()
+
+    def predict(self, path: str | Path, probabilities: bool = False) -> Prediction:
+        """Predict one file; the result is on the input's own grid."""
+        start = time.perf_counter()
+        loaded = self._loader({"image": str(path)})["image"]
+        dims = self.prep.spatial_dims
+        original_shape = tuple(loaded.shape[1:])
+        if len(original_shape) != dims:
+            raise ValueError(f"{path}: image has {len(original_shape)} spatial axes {original_shape}; "
+                             f"this model expects {dims}D images")
+        original_affine = _spatial_affine(loaded.affine, dims)
+        image = self._pre({"image": loaded})["image"]
+        probs = self.infer(image)  # (K, *S_network)
+        network_affine = _spatial_affine(image.affine, dims)
+        labels, probability_map = resample_to_grid(probs, network_affine, original_affine, original_shape,
+                                                   keep_values=probabilities)
+        return Prediction(case_name(path), labels, original_affine, probability_map, time.perf_counter() - start)
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    output_dir: str | Path,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Predict every input into ``output_dir/<case>.nii.gz`` (probabilities as ``<case>_probabilities.nii.gz``).
+
+    Returns one record per input: {"case", "input", "output", "status", "seconds", "error"}.
+    """
+    from tqdm import tqdm
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in tqdm(list(inputs), desc="predict", unit="case", disable=not progress):
+        path = Path(path)
+        target = output_dir / f"{case_name(path)}.nii.gz"
+        if target.resolve() == path.resolve():
+            raise ValueError(f"{target}: refusing to overwrite the input file")
+        if target.exists() and not overwrite:
+            records.append({"case": case_name(path), "input": str(path), "output": str(target),
+                            "status": "skipped (exists)", "seconds": 0.0, "error": ""})
+            continue
+        result = predictor.predict(path, probabilities=probabilities)
+        save_nifti_like(result.labels, path, target, dtype=result.labels.dtype.type)
+        if result.probabilities is not None:
+            _save_probabilities(result.probabilities, path, output_dir / f"{result.case}_probabilities.nii.gz")
+        records.append({"case": result.case, "input": str(path), "output": str(target), "status": "ok",
+                        "seconds": round(result.seconds, 3), "error": ""})
+        logger.info("%s -> %s (%.1f s)", path, target, result.seconds)
+    return records
+
+
+def _save_probabilities(probabilities: np.ndarray, reference: Path, path: Path) -> None:
+    """4D NIfTI (X, Y, Z, C) on the input grid, stored as uint8 with a scale factor (readers get [0, 1])."""
+    import nibabel as nib
+
+    ref = nib.load(str(reference))
+    data = np.moveaxis(probabilities.astype(np.float32), 0, -1)  # (*S, C)
+    header = ref.header.copy()
+    header.set_data_dtype(np.uint8)  # nibabel picks scl_slope/scl_inter to fit [min, max] into uint8
+    image = nib.Nifti1Image(data, ref.affine, header)
+    image.header.set_intent("vector", name="class probabilities")
+    atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
+
+
+def config_from_checkpoint(payload: dict[str, Any]) -> Config:
+    """The :class:`Config` stored in a checkpoint."""
+    return from_dict(payload["config"])

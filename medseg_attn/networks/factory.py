@@ -1,0 +1,34 @@
+"""Build the network named in a :class:`~medseg_attn.config.ModelConfig` (ours, or MONAI's for comparisons)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from medseg_attn.config import ModelConfig
+from medseg_attn.networks.unet import AttentionSkipUNet
+
+__all__ = ["build_network"]
+
+
+def build_network(model: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    """Instantiate the configured network.
+
+    ``monai_unet`` and ``monai_attention_unet`` build MONAI's ``UNet`` (2 residual units) and ``AttentionUnet``
+    with the same channels and strides, so accuracy and speed can be compared in one pipeline.
+    """
+    channels = tuple(model.channels)
+    if model.architecture == "attention_skip_unet":
+        return AttentionSkipUNet(
+            spatial_dims, in_channels, out_channels, channels=channels, attention=model.attention,
+            head_dim=model.head_dim, window_size=model.window_size, global_levels=model.global_levels,
+            global_max_tokens=model.global_max_tokens, attention_dropout=model.attention_dropout,
+            norm=model.norm, first_stride=model.first_stride, deep_supervision=model.deep_supervision,
+        )
+    from monai.networks.nets import AttentionUnet, UNet
+
+    strides = (2,) * (len(channels) - 1)
+    if model.architecture == "monai_unet":
+        return UNet(spatial_dims, in_channels, out_channels, channels, strides, num_res_units=2, norm="instance")
+    if model.architecture == "monai_attention_unet":
+        return AttentionUnet(spatial_dims, in_channels, out_channels, channels, strides)
+    raise ValueError(f"unknown model.architecture {model.architecture!r}")

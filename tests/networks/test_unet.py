@@ -1,0 +1,85 @@
+"""AttentionSkipUNet: shapes in 2D/3D, attention on/off, odd sizes, the matched baseline, bounded windows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medseg_attn.networks import AttentionSkipUNet, SkipAttention
+
+
+@pytest.mark.parametrize("attention", [True, False], ids=["attention", "baseline"])
+@pytest.mark.parametrize("first_stride", [1, 2])
+@pytest.mark.parametrize("dims,shape", [(2, (2, 3, 37, 50)), (3, (1, 1, 19, 26, 13))], ids=["2d", "3d"])
+def test_forward_backward_any_size(dims, shape, attention, first_stride):
+    torch.manual_seed(0)
+    net = AttentionSkipUNet(dims, shape[1], 4, channels=(8, 16, 32), attention=attention,
+                            first_stride=first_stride, window_size=2)
+    x = torch.randn(*shape, requires_grad=True)
+    logits = net(x)
+    assert logits.shape == (shape[0], 4, *shape[2:])
+    logits.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+
+
+def test_baseline_is_the_same_unet_without_attention():
+    torch.manual_seed(0)
+    with_attention = AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32, 64))
+    baseline = AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32, 64), attention=False)
+    extra = {name for name, _ in with_attention.named_parameters()} - {n for n, _ in baseline.named_parameters()}
+    assert extra and all(name.startswith("skip_attention.") for name in extra)
+    assert not any(isinstance(m, SkipAttention) for m in baseline.modules())
+    assert sum(isinstance(m, SkipAttention) for m in with_attention.modules()) == 3  # one per skip connection
+    # the attention output projection starts at zero: at initialisation both networks compute the same function
+    missing, unexpected = with_attention.load_state_dict(baseline.state_dict(), strict=False)
+    assert not unexpected and set(missing) == extra
+    x = torch.randn(1, 1, 32, 32, 32)
+    torch.testing.assert_close(with_attention.eval()(x), baseline.eval()(x))
+
+
+def test_deep_supervision_outputs():
+    net = AttentionSkipUNet(3, 1, 2, channels=(8, 16, 32, 64), deep_supervision=True)
+    outputs = net(torch.randn(2, 1, 32, 32, 32))
+    # first_stride 2: decoder levels sit at 1/2, 1/4, 1/8; level 0 feeds the full-resolution head
+    assert [tuple(o.shape[2:]) for o in outputs] == [(32, 32, 32), (8, 8, 8), (4, 4, 4)]
+    assert net.eval()(torch.randn(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
+
+
+def test_attention_weights_per_level_are_distributions():
+    torch.manual_seed(0)
+    net = AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32, 64), window_size=4, global_levels=1).eval()
+    with torch.no_grad():
+        weights = net.attention_weights(torch.randn(1, 1, 32, 32, 32))
+    # first_stride 2: skip levels at 16^3 (windows of 4^3), 8^3 (windows of 4^3), 4^3 (global);
+    # heads = channels // head_dim(16), at least 1
+    assert [tuple(w.shape) for w in weights] == [(64, 1, 64, 64), (8, 1, 64, 64), (1, 2, 64, 64)]
+    for w in weights:
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+    with pytest.raises(ValueError, match="attention=False"):
+        AttentionSkipUNet(3, 1, 3, attention=False).attention_weights(torch.randn(1, 1, 32, 32, 32))
+
+
+def test_windows_bound_memory_on_large_maps():
+    local = SkipAttention(3, 16, 1, window=(4, 4, 4))
+    assert local.window_for((96, 96, 96)) == (4, 4, 4)
+    assert local.window_for((2, 8, 8)) == (2, 4, 4)
+    global_block = SkipAttention(3, 64, 4, window=None, global_max_tokens=4096)
+    assert global_block.window_for((8, 8, 8)) == (8, 8, 8)  # small map: truly global
+    big = global_block.window_for((64, 64, 40))  # large map: tiled, tokens per window bounded
+    assert math.prod(big) <= 4096
+    # the score matrix per window is at most 4096^2 no matter how big the volume: linear total memory
+    x = torch.randn(1, 8, 24, 20, 18)
+    block = SkipAttention(3, 8, 2, window=None, global_max_tokens=512)
+    out, weights = block(x, x, return_weights=True)
+    assert out.shape == x.shape and weights.shape[-1] <= 512
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="spatial_dims"):
+        AttentionSkipUNet(4, 1, 2)
+    with pytest.raises(ValueError, match="first_stride"):
+        AttentionSkipUNet(3, 1, 2, first_stride=3)
