@@ -174,7 +174,7 @@ def _convert(value: Any, annotation: str, where: str) -> Any:
         raise ConfigError(f"{where} may not be null (expected {annotation})")
     if annotation.startswith("tuple") and "str" in annotation and isinstance(value, str):
         return value  # e.g. spacing: auto
-    if annotation.startswith("tuple") or annotation.startswith("tuple[int, ...] | None"):
+    if annotation.startswith("tuple"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
@@ -200,6 +200,11 @@ def _convert(value: Any, annotation: str, where: str) -> Any:
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return int(value)
     if annotation.startswith("float"):
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
