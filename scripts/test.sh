@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: install medseg-attn with its test dependencies and run the test suite.
+#   scripts/test.sh [pytest options]      e.g. scripts/test.sh -m slow   (the long real-training tests)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$(EXTRAS=dev "$repo/scripts/setup_env.sh")"
+cd "$repo"
+exec "$venv/bin/python" -m pytest "$@"
