@@ -81,7 +81,9 @@ class ModelConfig:
     global_levels: int = 1
     global_max_tokens: int = 4096
     attention_dropout: float = 0.0
+    position: bool = True  # learned within-window position embeddings in the windowed attention blocks
     norm: str = "instance"
+    residual: bool = True  # residual convolution blocks (ResNet-style) or plain conv-norm-act pairs
     deep_supervision: bool = False
 
 
@@ -96,6 +98,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw or sgd
     lr: float = 2e-3
     weight_decay: float = 1e-5
+    attention_lr_scale: float = 1.0  # learning rate of the attention blocks relative to lr
     momentum: float = 0.99  # sgd only (nesterov)
     schedule: str = "cosine"  # cosine, poly or constant; decays over max_epochs or the time budget
     warmup_steps: int = 20

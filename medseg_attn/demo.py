@@ -55,7 +55,9 @@ def _variant(output: Path, name: str, config: Config, dataset: dict[str, Any], p
     predict_seconds = time.perf_counter() - started
     summary = evaluate_folders(predictions, root / "labelsTs", output / f"evaluation{name}", labels=LABELS,
                                progress=progress)
-    return {"name": name or "attention", "attention": config.model.attention, "result": result,
+    label = {"monai_unet": "MONAI UNet", "monai_attention_unet": "MONAI AttentionUnet"}.get(
+        config.model.architecture, "AttentionSkipUNet, attention " + ("on" if config.model.attention else "off"))
+    return {"name": name or "attention", "label": label, "attention": config.model.attention, "result": result,
             "train_seconds": train_seconds, "predict_seconds": predict_seconds, "summary": summary,
             "predictions": predictions}
 
@@ -131,9 +133,8 @@ def _report(output: Path, variants: list[dict[str, Any]], build_seconds: float, 
     for v in variants:
         classes = v["summary"]["classes"]
         gm, wm = classes["grey_matter"], classes["white_matter"]
-        label = "attention skips" if v["attention"] else "plain U-Net (attention off)"
         lines.append(
-            f"| {label} | {_fmt(gm['dice'])} | {_fmt(wm['dice'])} | {_fmt(gm['hd95'], 2)} | {_fmt(wm['hd95'], 2)} "
+            f"| {v['label']} | {_fmt(gm['dice'])} | {_fmt(wm['dice'])} | {_fmt(gm['hd95'], 2)} | {_fmt(wm['hd95'], 2)} "
             f"| {_fmt(gm['surface_dice'])} | {_fmt(wm['surface_dice'])} | {v['result'].steps} | "
             f"{v['result'].stopped} |")
     lines += [

@@ -72,3 +72,19 @@ def test_broken_yaml_and_missing_file(tmp_path):
 def test_shipped_configs_load(path):
     config = load_config(path)
     assert isinstance(config, Config)
+
+
+def test_every_key_is_documented():
+    import dataclasses
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    config = Config()
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        assert f"## `{section.name}`" in text
+        for field in dataclasses.fields(value):
+            if dataclasses.is_dataclass(getattr(value, field.name)):
+                for sub in dataclasses.fields(getattr(value, field.name)):
+                    assert f"`{sub.name}`" in text, f"{section.name}.{field.name}.{sub.name} is not documented"
+            else:
+                assert f"`{field.name}`" in text, f"{section.name}.{field.name} is not documented"

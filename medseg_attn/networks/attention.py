@@ -134,6 +134,10 @@ def pad_to_multiple(x: torch.Tensor, window: Sequence[int]) -> tuple[torch.Tenso
 def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     """Cut a channel-first map into non-overlapping windows of tokens.
 
+    Works on any memory layout with a single copy: the map is viewed channels-last first (free for
+    ``channels_last`` tensors), the spatial axes are split into (grid, window) views, and only the final reshape
+    copies.
+
     Args:
         x: (B, C, *S) with every S[i] divisible by window[i] (2 or 3 spatial axes).
         window: window size per spatial axis.
@@ -144,11 +148,10 @@ def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     batch, channels, *spatial = x.shape
     dims = len(spatial)
     grid = [s // w for s, w in zip(spatial, window)]
-    # (B, C, g0, w0, g1, w1[, g2, w2])
-    x = x.reshape(batch, channels, *[v for pair in zip(grid, window) for v in pair])
-    grid_axes = [2 + 2 * i for i in range(dims)]
-    window_axes = [3 + 2 * i for i in range(dims)]
-    x = x.permute(0, *grid_axes, *window_axes, 1)  # (B, g0, g1[, g2], w0, w1[, w2], C)
+    x = x.movedim(1, -1)  # (B, *S, C), a view
+    x = x.reshape(batch, *[v for pair in zip(grid, window) for v in pair], channels)  # (B, g0, w0, g1, w1, .., C)
+    order = [0] + [1 + 2 * i for i in range(dims)] + [2 + 2 * i for i in range(dims)] + [1 + 2 * dims]
+    x = x.permute(*order)  # (B, g0, g1[, g2], w0, w1[, w2], C)
     return x.reshape(-1, math.prod(window), channels)
 
 
@@ -161,17 +164,18 @@ def window_merge(tokens: torch.Tensor, window: Sequence[int], spatial: Sequence[
         spatial: the spatial shape S of the map that was partitioned.
 
     Returns:
-        (B, C, *S)
+        (B, C, *S), laid out channels-last in memory (one copy), like the rest of a channels-last network.
     """
     dims = len(spatial)
     channels = tokens.shape[-1]
     grid = [s // w for s, w in zip(spatial, window)]
     x = tokens.reshape(-1, *grid, *window, channels)  # (B, g0, g1[, g2], w0, w1[, w2], C)
-    order = [0, 2 * dims + 1]
+    order = [0]
     for i in range(dims):
         order += [1 + i, 1 + dims + i]
-    x = x.permute(*order)  # (B, C, g0, w0, g1, w1[, g2, w2])
-    return x.reshape(x.shape[0], channels, *spatial)
+    x = x.permute(*order, 1 + 2 * dims)  # (B, g0, w0, g1, w1[, g2, w2], C)
+    x = x.reshape(x.shape[0], *spatial, channels)  # (B, *S, C)
+    return x.movedim(-1, 1)  # (B, C, *S), a view
 
 
 def padding_key_mask(

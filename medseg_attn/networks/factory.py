@@ -22,7 +22,9 @@ def build_network(model: ModelConfig, spatial_dims: int, in_channels: int, out_c
             spatial_dims, in_channels, out_channels, channels=channels, attention=model.attention,
             head_dim=model.head_dim, window_size=model.window_size, global_levels=model.global_levels,
             global_max_tokens=model.global_max_tokens, attention_dropout=model.attention_dropout,
-            norm=model.norm, first_stride=model.first_stride, deep_supervision=model.deep_supervision,
+            position=model.position,
+            norm=model.norm, first_stride=model.first_stride, residual=model.residual,
+            deep_supervision=model.deep_supervision,
         )
     from monai.networks.nets import AttentionUnet, UNet
 

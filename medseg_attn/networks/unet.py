@@ -42,19 +42,34 @@ def _norm(spatial_dims: int, kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; expected one of 'instance', 'batch', 'group'")
 
 
-class ConvBlock(nn.Sequential):
-    """Two (conv 3x3[x3] -> norm -> LeakyReLU) layers; the first may stride to downsample."""
+class ConvBlock(nn.Module):
+    """Two (conv 3x3[x3] -> norm) layers with LeakyReLU; the first may stride to downsample.
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, norm: str = "instance"):
+    With ``residual`` the input is added back before the last activation (through a strided 1x1 convolution
+    when the shape changes), as in ResNet / nnU-Net ResEnc blocks.
+    """
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, norm: str = "instance",
+                 residual: bool = True):
+        super().__init__()
         conv = _conv(spatial_dims)
-        super().__init__(
-            conv(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
-            _norm(spatial_dims, norm, out_ch),
-            nn.LeakyReLU(0.01, inplace=True),
-            conv(out_ch, out_ch, 3, padding=1, bias=False),
-            _norm(spatial_dims, norm, out_ch),
-            nn.LeakyReLU(0.01, inplace=True),
-        )
+        self.conv1 = conv(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = _norm(spatial_dims, norm, out_ch)
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1, bias=False)
+        self.norm2 = _norm(spatial_dims, norm, out_ch)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+        self.shortcut: nn.Module | None = None
+        if residual:
+            same = in_ch == out_ch and stride == 1
+            self.shortcut = nn.Identity() if same else nn.Sequential(
+                conv(in_ch, out_ch, 1, stride=stride, bias=False), _norm(spatial_dims, norm, out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.norm1(self.conv1(x)))  # (B, out_ch, *S / stride)
+        h = self.norm2(self.conv2(h))
+        if self.shortcut is not None:
+            h = h + self.shortcut(x)
+        return self.act(h)
 
 
 class SkipAttention(nn.Module):
@@ -78,6 +93,7 @@ class SkipAttention(nn.Module):
         window: Sequence[int] | None,
         global_max_tokens: int = 4096,
         dropout: float = 0.0,
+        position: bool = True,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -85,6 +101,13 @@ class SkipAttention(nn.Module):
         self.global_max_tokens = global_max_tokens
         self.norm_query = nn.LayerNorm(channels)
         self.norm_key_value = nn.LayerNorm(channels)
+        # learned position of each voxel inside its window (windowed levels only), added to queries and keys:
+        # lets a head prefer near or far voxels; cheaper than a relative-position bias, which forces SDPA off
+        # its fused kernel
+        self.position: nn.Parameter | None = None
+        if position and self.window is not None:
+            self.position = nn.Parameter(torch.zeros(math.prod(self.window), channels))  # (M, C)
+            nn.init.trunc_normal_(self.position, std=0.02)
         self.attention = MultiHeadAttention(channels, heads, attn_dropout=dropout)
         nn.init.zeros_(self.attention.proj.weight)  # start as the identity skip: the plain U-Net
         nn.init.zeros_(self.attention.proj.bias)
@@ -109,6 +132,11 @@ class SkipAttention(nn.Module):
         padded = skip_padded.shape[2:]
         key_value = self.norm_key_value(window_partition(skip_padded, window))  # (B*nW, M, C)
         query = self.norm_query(window_partition(gate_padded, window))  # (B*nW, M, C)
+        if self.position is not None:
+            position = self.position.view(*self.window, channels)[tuple(slice(0, w) for w in window)]
+            position = position.reshape(1, -1, channels)  # (1, M, C)
+            key_value = key_value + position
+            query = query + position
         mask = padding_key_mask(padded, pads, window, batch, skip.device)  # (B*nW, 1, 1, M) or None
         result = self.attention(query, key_value, mask=mask, return_weights=return_weights)
         tokens, weights = result if return_weights else (result, None)
@@ -133,7 +161,9 @@ class AttentionSkipUNet(nn.Module):
         global_levels: how many of the coarsest skip levels attend globally.
         global_max_tokens: cap on tokens per global attention window (see :class:`SkipAttention`).
         attention_dropout: dropout on attention weights (training only).
+        position: learned within-window position embeddings at the windowed levels.
         norm: 'instance' (default), 'batch' or 'group'.
+        residual: residual convolution blocks (default) or plain ones.
         first_stride: 1 = the first level works at full resolution (nnU-Net style); 2 = the first level already
             downsamples and a transposed convolution brings the logits back to full resolution (MONAI UNet
             style: about 4x cheaper on CPU for a small cost in detail).
@@ -155,8 +185,10 @@ class AttentionSkipUNet(nn.Module):
         global_levels: int = 1,
         global_max_tokens: int = 4096,
         attention_dropout: float = 0.0,
+        position: bool = True,
         norm: str = "instance",
         first_stride: int = 2,
+        residual: bool = True,
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
@@ -176,14 +208,15 @@ class AttentionSkipUNet(nn.Module):
         transposed = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
 
         self.encoders = nn.ModuleList(
-            ConvBlock(spatial_dims, channels[i - 1] if i else in_channels, channels[i], 2 if i else first_stride, norm)
+            ConvBlock(spatial_dims, channels[i - 1] if i else in_channels, channels[i], 2 if i else first_stride, norm,
+                      residual)
             for i in range(levels)
         )
         self.upsamples = nn.ModuleList(
             transposed(channels[i + 1], channels[i], 2, stride=2, bias=False) for i in range(levels - 1)
         )
         self.decoders = nn.ModuleList(
-            ConvBlock(spatial_dims, 2 * channels[i], channels[i], 1, norm) for i in range(levels - 1)
+            ConvBlock(spatial_dims, 2 * channels[i], channels[i], 1, norm, residual) for i in range(levels - 1)
         )
         skip_levels = levels - 1
         self.skip_attention = nn.ModuleList()
@@ -195,12 +228,13 @@ class AttentionSkipUNet(nn.Module):
             window = None if is_global else (window_size,) * spatial_dims
             heads = max(1, channels[i] // head_dim)
             self.skip_attention.append(
-                SkipAttention(spatial_dims, channels[i], heads, window, global_max_tokens, attention_dropout)
+                SkipAttention(spatial_dims, channels[i], heads, window, global_max_tokens, attention_dropout,
+                              position)
             )
         if first_stride == 1:
             self.head = conv(channels[0], out_channels, 1)
-        else:  # level 0 is at half resolution: a transposed convolution gives full-resolution logits
-            self.head = transposed(channels[0], out_channels, first_stride, stride=first_stride)
+        else:  # level 0 is at half resolution: an overlapping (3x3[x3]) transposed convolution upsamples smoothly
+            self.head = transposed(channels[0], out_channels, 3, stride=2, padding=1, output_padding=1)
         self.deep_heads = nn.ModuleList(
             conv(channels[i], out_channels, 1) for i in range(1, levels - 1)
         ) if deep_supervision else nn.ModuleList()
