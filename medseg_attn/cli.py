@@ -226,11 +226,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medseg-attn: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
-        if os.environ.get("MEDSEG_ATTN_DEBUG"):
+    except (ValueError, OSError, RuntimeError) as error:
+        cause = _user_error(error)
+        if cause is None or os.environ.get("MEDSEG_ATTN_DEBUG"):
             raise
-        print(f"medseg-attn: error: {error}", file=sys.stderr)
+        print(f"medseg-attn: error: {cause}", file=sys.stderr)
         return 2
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The user-facing error behind ``error``: MONAI wraps errors raised inside transforms in
+    ``RuntimeError("applying transform ...")``; the ValueError that names the file is further down the chain."""
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, USER_ERRORS):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

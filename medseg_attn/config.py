@@ -98,7 +98,6 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw or sgd
     lr: float = 2e-3
     weight_decay: float = 1e-5
-    attention_lr_scale: float = 1.0  # learning rate of the attention blocks relative to lr
     momentum: float = 0.99  # sgd only (nesterov)
     schedule: str = "cosine"  # cosine, poly or constant; decays over max_epochs or the time budget
     warmup_steps: int = 20

@@ -88,3 +88,14 @@ def test_every_key_is_documented():
                     assert f"`{sub.name}`" in text, f"{section.name}.{field.name}.{sub.name} is not documented"
             else:
                 assert f"`{field.name}`" in text, f"{section.name}.{field.name} is not documented"
+
+
+def test_demo_config_is_the_shipped_one():
+    import yaml
+    from importlib import resources
+
+    shipped = resources.files("medseg_attn.resources").joinpath("demo.yaml").read_text()
+    assert yaml.safe_load(shipped) == yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    from medseg_attn.demo import demo_config
+
+    assert demo_config().model.attention is True and demo_config(["train.minutes=1"]).train.minutes == 1.0

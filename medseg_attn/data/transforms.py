@@ -68,7 +68,7 @@ class CheckLabelValuesd(mt.MapTransform):
     def __call__(self, data: dict) -> dict:
         label = data[self.keys[0]]
         values = torch.unique(torch.as_tensor(label))
-        bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_classes]
+        bad = [int(v) if v == int(v) else v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_classes]
         if bad:
             source = getattr(label, "meta", {}).get("filename_or_obj", "label")
             raise ValueError(f"{source}: label values {sorted(bad)[:5]} are outside the dataset's classes "

@@ -33,7 +33,7 @@ from medseg_attn.networks.factory import build_network
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "Prediction", "resample_to_grid", "resolve_device", "predict_files"]
+__all__ = ["Predictor", "Prediction", "group_cases", "predict_files", "resample_to_grid", "resolve_device"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -147,8 +147,10 @@ class Predictor:
         patch_size: Sequence[int],
         inference: InferenceConfig | None = None,
         device: torch.device | str = "cpu",
+        in_channels: int = 1,
     ) -> None:
         self.network = network
+        self.in_channels = in_channels
         self.prep = prep
         self.labels = dict(labels)
         self.patch_size = tuple(patch_size)
@@ -177,7 +179,7 @@ class Predictor:
         patch = config.inference.patch_size or config.data.patch_size
         logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
                     payload.get("best_metric"))
-        return cls(network, prep, labels, patch, config.inference, resolved)
+        return cls(network, prep, labels, patch, config.inference, resolved, int(payload["in_channels"]))
 
     @torch.no_grad()
     def infer(self, image: torch.Tensor) -> torch.Tensor:
@@ -210,10 +212,21 @@ class Predictor:
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()
 
-    def predict(self, path: str | Path, probabilities: bool = False) -> Prediction:
-        """Predict one file; the result is on the input's own grid."""
+    def predict(self, path: str | Path | Sequence[str | Path], probabilities: bool = False) -> Prediction:
+        """Predict one case; the result is on the input's own grid.
+
+        Args:
+            path: an image file, or one file per channel (nnU-Net ``_0000``, ``_0001``, ... files) for
+                multi-channel models.
+            probabilities: also return the class probabilities on the input grid.
+        """
         start = time.perf_counter()
-        loaded = self._loader({"image": str(path)})["image"]
+        files = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
+        path = files[0]
+        loaded = self._loader({"image": files if len(files) > 1 else files[0]})["image"]
+        if loaded.shape[0] != self.in_channels:
+            raise ValueError(f"{path}: image has {loaded.shape[0]} channel(s), the model expects {self.in_channels}"
+                             + (" (give one _0000, _0001, ... file per channel)" if self.in_channels > 1 else ""))
         dims = self.prep.spatial_dims
         original_shape = tuple(loaded.shape[1:])
         if len(original_shape) != dims:
@@ -225,7 +238,37 @@ class Predictor:
         network_affine = _spatial_affine(image.affine, dims)
         labels, probability_map = resample_to_grid(probs, network_affine, original_affine, original_shape,
                                                    keep_values=probabilities)
-        return Prediction(case_name(path), labels, original_affine, probability_map, time.perf_counter() - start)
+        return Prediction(case_name(path, strip_channel=len(files) > 1), labels, original_affine, probability_map,
+                          time.perf_counter() - start)
+
+
+def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple[str, list[Path]]]:
+    """Input files -> (case name, files) pairs; output names follow the inputs.
+
+    A multi-channel model takes one file per channel, named nnU-Net style (``case_0000.nii.gz``,
+    ``case_0001.nii.gz``, ...); they are grouped into one case named ``case``. For a single-channel model each
+    file is a case named after the file; when *every* file ends in ``_0000`` (an nnU-Net imagesTs folder) that
+    suffix is dropped, so ``case_0000.nii.gz`` gives ``case.nii.gz`` as in nnU-Net.
+
+    Raises:
+        ValueError: a multi-channel case misses channel files.
+    """
+    files = [Path(p) for p in paths]
+    if in_channels <= 1:
+        strip = bool(files) and all(case_name(p).endswith("_0000") for p in files)
+        return [(case_name(p, strip_channel=strip), [p]) for p in files]
+    groups: dict[str, list[Path]] = {}
+    for p in files:
+        groups.setdefault(case_name(p, strip_channel=True), []).append(p)
+    cases = []
+    for name, members in groups.items():
+        members = sorted(members, key=lambda p: case_name(p))
+        expected = [f"{name}_{c:04d}" for c in range(in_channels)]
+        if [case_name(p) for p in members] != expected:
+            raise ValueError(f"{members[0]}: case {name!r} needs the files {', '.join(e + '.*' for e in expected)} "
+                             f"(one per channel), found {', '.join(p.name for p in members)}")
+        cases.append((name, members))
+    return cases
 
 
 def predict_files(
@@ -238,28 +281,29 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """Predict every input into ``output_dir/<case>.nii.gz`` (probabilities as ``<case>_probabilities.nii.gz``).
 
-    Returns one record per input: {"case", "input", "output", "status", "seconds", "error"}.
+    Returns one record per case: {"case", "input", "output", "status", "seconds", "error"}.
     """
     from tqdm import tqdm
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in tqdm(list(inputs), desc="predict", unit="case", disable=not progress):
-        path = Path(path)
-        target = output_dir / f"{case_name(path)}.nii.gz"
-        if target.resolve() == path.resolve():
+    for name, files in tqdm(group_cases(inputs, predictor.in_channels), desc="predict", unit="case",
+                            disable=not progress):
+        path = files[0]
+        target = output_dir / f"{name}.nii.gz"
+        if any(target.resolve() == f.resolve() for f in files):
             raise ValueError(f"{target}: refusing to overwrite the input file")
+        record = {"case": name, "input": str(path), "output": str(target), "status": "ok", "seconds": 0.0,
+                  "error": ""}
         if target.exists() and not overwrite:
-            records.append({"case": case_name(path), "input": str(path), "output": str(target),
-                            "status": "skipped (exists)", "seconds": 0.0, "error": ""})
+            records.append(record | {"status": "skipped (exists)"})
             continue
-        result = predictor.predict(path, probabilities=probabilities)
+        result = predictor.predict(files if len(files) > 1 else path, probabilities=probabilities)
         save_nifti_like(result.labels, path, target, dtype=result.labels.dtype.type)
         if result.probabilities is not None:
-            _save_probabilities(result.probabilities, path, output_dir / f"{result.case}_probabilities.nii.gz")
-        records.append({"case": result.case, "input": str(path), "output": str(target), "status": "ok",
-                        "seconds": round(result.seconds, 3), "error": ""})
+            _save_probabilities(result.probabilities, path, output_dir / f"{name}_probabilities.nii.gz")
+        records.append(record | {"seconds": round(result.seconds, 3)})
         logger.info("%s -> %s (%.1f s)", path, target, result.seconds)
     return records
 

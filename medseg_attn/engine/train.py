@@ -109,9 +109,11 @@ class _Run:
         self.dataset = load_dataset(config.data.dataset)
         labels = config.data.labels or self.dataset.labels
         problems = check_cases(self.dataset.training)
-        if problems:
+        if len(problems) == 1:
+            raise ValueError(problems[0])
+        if problems:  # every problem at once, one line each, so a dataset is fixed in one go
             listing = "\n  ".join(problems)
-            raise ValueError(f"{len(problems)} problem(s) in the training data:\n  {listing}")
+            raise ValueError(f"{len(problems)} problems in the training data:\n  {listing}")
         spacing = config.data.spacing
         if spacing == "auto":
             spacing = median_spacing(self.dataset.training)
@@ -184,16 +186,11 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     in_channels = _first_channels(train_ds)
     _seed_everything(tcfg.seed)  # same initial weights for the same seed
     network = build_network(cfg.model, run.prep.spatial_dims, in_channels, len(run.labels)).to(run.device)
-    attention_params = [p for n, p in network.named_parameters() if n.startswith("skip_attention.")]
-    other_params = [p for n, p in network.named_parameters() if not n.startswith("skip_attention.")]
-    groups = [{"params": other_params, "lr_scale": 1.0}]
-    if attention_params:
-        groups.append({"params": attention_params, "lr_scale": tcfg.attention_lr_scale})
     if tcfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=True,
+        optimizer = torch.optim.SGD(network.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, nesterov=True,
                                     weight_decay=tcfg.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     if cfg.model.deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn, weight_mode="exp")
@@ -262,7 +259,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
                 progress_fraction = max(progress_fraction, elapsed() / budget)
             lr = learning_rate(tcfg.lr, state["step"], progress_fraction, tcfg.warmup_steps, tcfg.schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+                group["lr"] = lr
             with torch.autocast(run.device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = network(image)
                 loss = loss_fn(logits, label)

@@ -60,7 +60,7 @@ def test_user_errors_are_one_line(tmp_path, dataset):
     config.write_text("train:\n  max_epoch: 3\n")
     assert_one_line_error(run("train", "--config", str(config), "--data", str(dataset), "--output",
                               str(tmp_path / "r")), "typo.yaml", "did you mean 'train.max_epochs'")
-    assert_one_line_error(run("predict", "--model", str(tmp_path / "norun"), "--input", str(dataset.parent),
+    assert_one_line_error(run("predict", "--model", str(tmp_path / "norun"), "--input", str(dataset.parent / "imagesTs"),
                               "--output", str(tmp_path / "p")), "norun", "model not found")
     assert_one_line_error(run("evaluate", "--pred", str(tmp_path / "nopred"), "--label", str(tmp_path),
                               "--output", str(tmp_path / "e")), "nopred")

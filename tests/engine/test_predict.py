@@ -129,3 +129,42 @@ def test_resample_identity_and_shift():
     np.testing.assert_array_equal(labels, probs.argmax(0).numpy()[2:6])
     labels, _ = resample_to_grid(probs, eye, shifted, (6, 7, 8))
     assert (labels[4:] == 0).all()  # outside the source grid: background
+
+
+def test_group_cases_follows_nnunet_names(tmp_path):
+    from medseg_attn.engine.predict import group_cases
+
+    single = [tmp_path / "a_0000.nii.gz", tmp_path / "b_0000.nii.gz"]
+    assert [name for name, _ in group_cases(single)] == ["a", "b"]  # nnU-Net imagesTs: suffix dropped
+    mixed = [tmp_path / "patient_0001.nii.gz", tmp_path / "patient_0002.nii.gz"]
+    assert [name for name, _ in group_cases(mixed)] == ["patient_0001", "patient_0002"]  # ordinary names kept
+    files = [tmp_path / f"{c}_{k:04d}.nii.gz" for c in ("x", "y") for k in (1, 0)]
+    grouped = group_cases(files, in_channels=2)
+    assert [(n, [f.name for f in fs]) for n, fs in grouped] == [
+        ("x", ["x_0000.nii.gz", "x_0001.nii.gz"]), ("y", ["y_0000.nii.gz", "y_0001.nii.gz"])]
+    with pytest.raises(ValueError, match="needs the files z_0000"):
+        group_cases([tmp_path / "z_0000.nii.gz"], in_channels=2)
+
+
+class TwoChannelOracle(IntensityOracle):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :1] + x[:, 1:2])  # the label is split over two channels
+
+
+def test_multichannel_case_from_channel_files(tmp_path):
+    labels, affine = _variants(tmp_path)["lps"]
+    inputs = tmp_path / "imagesTs"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image((labels * 60).astype(np.int16), affine), str(inputs / "case_0000.nii.gz"))
+    nib.save(nib.Nifti1Image((labels * 40).astype(np.int16), affine), str(inputs / "case_0001.nii.gz"))
+    prep = Preprocessing((2.0, 2.0, 2.0), "RAS", "none", (0, 1), True, 3)
+    predictor = Predictor(TwoChannelOracle(), prep, {0: "bg", 1: "a", 2: "b"}, (32, 32, 32), InferenceConfig(),
+                          "cpu", in_channels=2)
+    records = predict_files(predictor, sorted(inputs.iterdir()), tmp_path / "out", progress=False)
+    assert [r["case"] for r in records] == ["case"]
+    predicted = np.asarray(nib.load(str(tmp_path / "out" / "case.nii.gz")).dataobj)
+    assert _dice(predicted, labels, 1) > 0.9 and _dice(predicted, labels, 2) > 0.9
+    single = Predictor(IntensityOracle(), prep, {0: "bg", 1: "a", 2: "b"}, (32, 32, 32), InferenceConfig(), "cpu",
+                       in_channels=2)
+    with pytest.raises(ValueError, match="1 channel\\(s\\), the model expects 2"):
+        single.predict(inputs / "case_0000.nii.gz")
