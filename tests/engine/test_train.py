@@ -96,3 +96,10 @@ def test_learning_rate_schedule():
     assert learning_rate(1.0, 50, 1.0, 10, "cosine") == pytest.approx(1e-3)  # floor at the end
     assert learning_rate(1.0, 50, 0.5, 10, "poly") == pytest.approx(0.5**0.9)
     assert learning_rate(1.0, 50, 0.7, 10, "constant") == 1.0
+
+
+def test_early_stopping(brain_dataset, tmp_path):
+    # a learning rate too small to change anything: the second validation is no better, patience 1 stops it
+    result = train(_config(brain_dataset, "train.max_epochs=10", "train.lr=1e-12", "train.patience=1"),
+                   tmp_path / "run", progress=False)
+    assert result.stopped == "early stopping" and result.epochs == 2 and result.best_epoch == 1
