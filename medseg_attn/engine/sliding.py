@@ -1,0 +1,97 @@
+"""Sliding-window inference that accumulates class probabilities in one buffer.
+
+MONAI's ``sliding_window_inference`` blends whatever the network returns (logits) and the caller then takes a
+softmax and, for flip TTA, runs it again per flip: three or more class-by-volume buffers at once. Here every
+window batch is run through the network (and its flips), turned into probabilities, weighted by the Gaussian
+importance map and added into a single accumulator, so peak memory is one (classes x volume) buffer plus a
+one-channel weight map, growing linearly with the volume.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.data.utils import compute_importance_map
+
+__all__ = ["window_starts", "sliding_window_probabilities"]
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start offsets of windows covering ``size`` voxels with the given overlap; the last one ends at the edge."""
+    if size <= window:
+        return [0]
+    step = max(1, int(window * (1.0 - overlap)))
+    starts = list(range(0, size - window + 1, step))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+@torch.no_grad()
+def sliding_window_probabilities(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    window: Sequence[int],
+    overlap: float = 0.5,
+    batch_size: int = 2,
+    blend: str = "gaussian",
+    flips: Sequence[tuple[int, ...]] = ((),),
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Blend softmax probabilities of overlapping windows over a whole image.
+
+    Args:
+        forward: network, (B, C, *window) -> logits (B, K, *window).
+        image: (C, *S) on any device (stays there; windows move to ``device``).
+        window: window size per spatial axis; images smaller than it are zero-padded on both sides (as MONAI).
+        overlap: fraction of a window shared with its neighbour, in [0, 1).
+        batch_size: windows per forward call.
+        blend: 'gaussian' (MONAI's importance map, sigma = window / 8) or 'constant'.
+        flips: spatial-axis tuples to flip for test-time augmentation (axes counted in (B, C, *S), i.e. from 2);
+            ``((),)`` = no TTA.
+        device: where the network runs (default: the image's device).
+        dtype: accumulator type; float16 halves the buffer for many-class models.
+
+    Returns:
+        (K, *S) class probabilities (dtype ``dtype``) on the image's device.
+    """
+    device = torch.device(device) if device is not None else image.device
+    spatial = tuple(image.shape[1:])
+    window = tuple(int(w) for w in window)
+    padded = tuple(max(s, w) for s, w in zip(spatial, window))
+    before = [(p - s) // 2 for s, p in zip(spatial, padded)]
+    if padded != spatial:
+        pad = []
+        for s, p, b in zip(reversed(spatial), reversed(padded), reversed(before)):
+            pad += [b, p - s - b]
+        image = torch.nn.functional.pad(image, pad)
+    importance = compute_importance_map(window, mode=blend, sigma_scale=0.125, device=device).to(torch.float32)
+    starts = [window_starts(s, w, overlap) for s, w in zip(padded, window)]
+    corners = list(itertools.product(*starts))
+    accumulator: torch.Tensor | None = None
+    weights = torch.zeros(padded, dtype=torch.float32, device=image.device)
+    for first in range(0, len(corners), batch_size):
+        batch_corners = corners[first:first + batch_size]
+        slices = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in batch_corners]
+        batch = torch.stack([image[(slice(None),) + s] for s in slices]).to(device)  # (B, C, *window)
+        probabilities = None
+        for flip in flips:
+            x = batch.flip(flip) if flip else batch
+            p = forward(x).float().softmax(1)  # (B, K, *window)
+            p = p.flip(flip) if flip else p
+            probabilities = p if probabilities is None else probabilities + p
+        probabilities = probabilities * (importance / len(flips))
+        if accumulator is None:
+            accumulator = torch.zeros((probabilities.shape[1], *padded), dtype=dtype, device=image.device)
+        for p, s in zip(probabilities.to(image.device), slices):
+            accumulator[(slice(None),) + s] += p.to(dtype)
+            weights[s] += importance.to(image.device)
+    assert accumulator is not None
+    for channel in accumulator:  # in place, one channel at a time: no second full-size buffer
+        channel.div_(weights.to(dtype))
+    if padded != spatial:
+        accumulator = accumulator[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))]
+    return accumulator
