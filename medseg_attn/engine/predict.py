@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai import transforms as mt
-from monai.inferers import sliding_window_inference
 from torch import nn
 
 from medseg_attn.config import Config, InferenceConfig, from_dict
 from medseg_attn.data.io import atomic_write, case_name, save_nifti_like
 from medseg_attn.data.transforms import Preprocessing, preprocessing
 from medseg_attn.engine.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.engine.sliding import sliding_window_probabilities
 from medseg_attn.networks.factory import build_network
 
 logger = logging.getLogger(__name__)
@@ -183,27 +183,25 @@ class Predictor:
 
     @torch.no_grad()
     def infer(self, image: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (K, *S) for a preprocessed image (C, *S), by sliding window (+ flip TTA)."""
-        inputs = torch.as_tensor(image)[None].to(self.device)  # (1, C, *S)
-        dims = inputs.ndim - 2
+        """Class probabilities (K, *S) for a preprocessed image (C, *S), by sliding window (+ flip TTA).
+
+        The image and the probability buffer stay where the image is (CPU for large volumes); windows run on
+        the predictor's device. See :mod:`medseg_attn.engine.sliding`.
+        """
+        image = torch.as_tensor(image)
         flips: list[tuple[int, ...]] = [()]
         if self.inference.tta:
-            axes = tuple(range(2, 2 + dims))
+            axes = tuple(range(2, image.ndim + 1))
             flips = [c for r in range(len(axes) + 1) for c in combinations(axes, r)]
         was_training = self.network.training
         self.network.eval()
-        total = None
-        for flip in flips:
-            x = inputs.flip(flip) if flip else inputs
-            logits = sliding_window_inference(
-                x, self.patch_size, self.inference.sw_batch_size, self._forward,
-                overlap=self.inference.overlap, mode=self.inference.blend,
-            )
-            probs = torch.as_tensor(logits).softmax(1)
-            probs = probs.flip(flip) if flip else probs
-            total = probs if total is None else total + probs
-        self.network.train(was_training)
-        return (total / len(flips))[0]  # (K, *S)
+        try:
+            return sliding_window_probabilities(
+                self._forward, image, self.patch_size, overlap=self.inference.overlap,
+                batch_size=self.inference.sw_batch_size, blend=self.inference.blend, flips=flips,
+                device=self.device)  # (K, *S)
+        finally:
+            self.network.train(was_training)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast = self.device.type == "cuda"
