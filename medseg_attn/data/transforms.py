@@ -94,7 +94,7 @@ def preprocessing(prep: Preprocessing, keys: Sequence[str] = ("image", "label"),
     chain.append(mt.EnsureTyped("image", dtype=torch.float32))
     if has_label and num_classes is not None:
         chain.append(CheckLabelValuesd("label", num_classes))
-    chain.append(mt.Orientationd(keys, axcodes=prep.orientation))
+    chain.append(mt.Orientationd(keys, axcodes=prep.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if prep.spacing is not None:
         modes = ["bilinear", "nearest"] if has_label else ["bilinear"]
         chain.append(mt.Spacingd(keys, pixdim=prep.spacing, mode=modes))
