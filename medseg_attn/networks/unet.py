@@ -168,6 +168,11 @@ class AttentionSkipUNet(nn.Module):
             downsamples and a transposed convolution brings the logits back to full resolution (MONAI UNet
             style: about 4x cheaper on CPU for a small cost in detail).
         deep_supervision: in training mode, also return logits from the coarser decoder levels.
+        decoder: False builds the encoder only (for a classification head on the bottleneck): ``encode`` works,
+            ``forward`` does not, and ``out_channels`` is unused.
+
+    The encoder and decoder are also available on their own: ``encode(x)`` returns every level's features
+    (what a :class:`~medseg_attn.networks.heads.ClassificationHead` reads), ``decode(features, shape)`` the logits.
 
     Inputs of any spatial size are accepted: they are zero-padded to a multiple of
     first_stride * 2**(len(channels)-1) internally and the output is cropped back to the input size.
@@ -190,6 +195,7 @@ class AttentionSkipUNet(nn.Module):
         first_stride: int = 2,
         residual: bool = True,
         deep_supervision: bool = False,
+        decoder: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -200,6 +206,7 @@ class AttentionSkipUNet(nn.Module):
         self.channels = tuple(channels)
         self.attention_enabled = attention
         self.deep_supervision = deep_supervision
+        self.has_decoder = decoder
         levels = len(channels)
         if first_stride not in (1, 2):
             raise ValueError(f"first_stride must be 1 or 2, got {first_stride}")
@@ -212,6 +219,8 @@ class AttentionSkipUNet(nn.Module):
                       residual)
             for i in range(levels)
         )
+        if not decoder:
+            return
         self.upsamples = nn.ModuleList(
             transposed(channels[i + 1], channels[i], 2, stride=2, bias=False) for i in range(levels - 1)
         )
@@ -256,14 +265,41 @@ class AttentionSkipUNet(nn.Module):
         self._run(x, collected)
         return [collected[level] for level in sorted(collected)]
 
-    def _run(self, x: torch.Tensor, collect: dict[int, torch.Tensor] | None) -> torch.Tensor | list[torch.Tensor]:
-        spatial = x.shape[2:]
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run the encoder.
+
+        Args:
+            x: (B, in_channels, *S); zero-padded here to a multiple of ``divisor``.
+
+        Returns:
+            Every level's features, finest first: level i is (B, channels[i], *S_pad / (first_stride * 2**i)); the
+            last entry is the bottleneck.
+        """
         x, _ = pad_to_multiple(x, (self.divisor,) * self.spatial_dims)
-        skips = []
+        features = []
         h = x
         for encoder in self.encoders:  # level by level, finest first
             h = encoder(h)  # (B, channels[i], *S / 2**i)
-            skips.append(h)
+            features.append(h)
+        return features
+
+    def decode(
+        self, features: list[torch.Tensor], spatial: Sequence[int], collect: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Run the decoder on the output of :meth:`encode`.
+
+        Args:
+            features: the encoder's level features, finest first (bottleneck last).
+            spatial: the input's spatial shape S (the logits are cropped back to it).
+            collect: when given, each skip level's attention weights are stored in it by level.
+
+        Returns:
+            Logits (B, out_channels, *S); with deep supervision in training mode, a list [full-resolution logits,
+            then coarser ones].
+        """
+        if not self.has_decoder:
+            raise ValueError("this network was built with decoder=False (encoder only): use encode()")
+        skips = list(features)
         h = skips.pop()  # bottleneck
         outputs = []
         for level in reversed(range(len(self.decoders))):
@@ -280,3 +316,6 @@ class AttentionSkipUNet(nn.Module):
         if outputs:
             return [logits] + outputs[::-1]
         return logits
+
+    def _run(self, x: torch.Tensor, collect: dict[int, torch.Tensor] | None) -> torch.Tensor | list[torch.Tensor]:
+        return self.decode(self.encode(x), x.shape[2:], collect)
