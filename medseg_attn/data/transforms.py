@@ -133,16 +133,21 @@ def training_augmentation(data: DataConfig, num_classes: int) -> list[mt.Transfo
     return chain
 
 
-def augmentation(aug: AugmentationConfig, spatial_dims: int) -> list[mt.Transform]:
-    """Spatial and intensity augmentation of image/label patches (MONAI's Rand* dictionary transforms)."""
+def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str] = ("image", "label")
+                 ) -> list[mt.Transform]:
+    """Spatial and intensity augmentation of image(/label) patches (MONAI's Rand* dictionary transforms).
+
+    ``keys`` are 'image' and optionally 'label' (classification augments the image alone).
+    """
     if not aug.enabled:
         return []
-    keys = ["image", "label"]
+    keys = list(keys)
+    modes = ("bilinear", "nearest")[: len(keys)]
     radians = math.radians(aug.rotate_degrees)
     rotate = (radians,) * (3 if spatial_dims == 3 else 1)
     chain: list[mt.Transform] = [
         mt.RandAffined(keys, prob=aug.affine_probability, rotate_range=rotate, scale_range=(aug.scale,) * spatial_dims,
-                       mode=("bilinear", "nearest"), padding_mode="zeros"),
+                       mode=modes, padding_mode="zeros"),
     ]
     for axis in aug.flip_axes:
         chain.append(mt.RandFlipd(keys, prob=0.5, spatial_axis=axis))
