@@ -1,4 +1,4 @@
-"""Networks: the multi-head attention block and the attention-skip U-Net."""
+"""Networks: the multi-head attention block, the attention-skip U-Net and the classification head."""
 
 from medseg_attn.networks.attention import (
     MultiHeadAttention,
@@ -8,13 +8,17 @@ from medseg_attn.networks.attention import (
     window_merge,
     window_partition,
 )
+from medseg_attn.networks.heads import AttentionClassifier, ClassificationHead, TransformerBlock
 from medseg_attn.networks.unet import AttentionSkipUNet, ConvBlock, SkipAttention
 
 __all__ = [
+    "AttentionClassifier",
     "AttentionSkipUNet",
+    "ClassificationHead",
     "ConvBlock",
     "MultiHeadAttention",
     "SkipAttention",
+    "TransformerBlock",
     "pad_to_multiple",
     "padding_key_mask",
     "reference_attention",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from medseg_attn.config import ModelConfig
+from medseg_attn.config import ClassifyModelConfig, ModelConfig
+from medseg_attn.networks.heads import AttentionClassifier
 from medseg_attn.networks.unet import AttentionSkipUNet
 
-__all__ = ["build_network"]
+__all__ = ["build_classifier", "build_network"]
 
 
 def build_network(model: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
@@ -34,3 +35,16 @@ def build_network(model: ModelConfig, spatial_dims: int, in_channels: int, out_c
     if model.architecture == "monai_attention_unet":
         return AttentionUnet(spatial_dims, in_channels, out_channels, channels, strides)
     raise ValueError(f"unknown model.architecture {model.architecture!r}")
+
+
+def build_classifier(model: ClassifyModelConfig, spatial_dims: int, in_channels: int, num_classes: int,
+                     segmentation_classes: int = 0) -> AttentionClassifier:
+    """The configured classifier: the U-Net encoder + classification head (+ decoder when multi-task)."""
+    return AttentionClassifier(
+        spatial_dims, in_channels, num_classes, channels=tuple(model.channels), attention=model.attention,
+        pooling=model.pooling, layers=model.head_layers, hidden=model.hidden, dropout=model.dropout,
+        position=model.position, segmentation_classes=segmentation_classes, first_stride=model.first_stride,
+        norm=model.norm, residual=model.residual, head_dim=model.head_dim, window_size=model.window_size,
+        global_levels=model.global_levels, global_max_tokens=model.global_max_tokens,
+        attention_dropout=model.attention_dropout,
+    )
