@@ -16,6 +16,10 @@ import yaml
 
 __all__ = [
     "AugmentationConfig",
+    "ClassifyConfig",
+    "ClassifyDataConfig",
+    "ClassifyModelConfig",
+    "ClassifyTrainConfig",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -120,22 +124,83 @@ class InferenceConfig:
     patch_size: tuple[int, ...] | None = None  # null = data.patch_size
 
 
+class _Sections:
+    """Shared behaviour of the top-level configurations (a run's whole YAML file)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins (lists, not tuples), safe for YAML, JSON and ``weights_only`` checkpoints."""
+        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    def replace(self, **sections: dict[str, Any]):
+        """A copy with some keys of some sections changed, e.g. ``cfg.replace(train={"lr": 1e-3})``."""
+        return from_dict(_merge(self.to_dict(), sections), type(self))
+
+
 @dataclass(frozen=True)
-class Config:
-    """The whole run configuration."""
+class Config(_Sections):
+    """The whole run configuration (segmentation)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of builtins (lists, not tuples), safe for YAML, JSON and ``weights_only`` checkpoints."""
-        return _plain(dataclasses.asdict(self))
 
-    def replace(self, **sections: dict[str, Any]) -> Config:
-        """A copy with some keys of some sections changed, e.g. ``cfg.replace(train={"lr": 1e-3})``."""
-        return from_dict(_merge(self.to_dict(), sections))
+@dataclass(frozen=True)
+class ClassifyDataConfig:
+    """Image classification data: ImageFolder roots (``root/<class>/<image>``) or CSV listings (``path,label``)."""
+
+    train: str | None = None  # ImageFolder root, a folder holding train/ [val/] [test/], or a CSV listing
+    val: str | None = None  # validation set (same forms); null = root/val when present, else a stratified split
+    test: str | None = None  # test set for `classify evaluate` (null = root/test when present)
+    image_size: tuple[int, ...] | None = None  # resize to (H, W) or (X, Y, Z); null = all images must match
+    color: str = "auto"  # auto (rgb when any image is colour), grayscale, rgb
+    intensity: str = "zscore"  # zscore (per image), scale (/255 or /65535 by bit depth), minmax, ct, none
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU window of the ct preset
+    validation_fraction: float = 0.2  # stratified share held out when there is no validation set
+    cache: bool = True  # keep decoded, resized images in memory
+    num_workers: int = 0
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+
+@dataclass(frozen=True)
+class ClassifyModelConfig(ModelConfig):
+    """The classifier: the :class:`ModelConfig` encoder keys plus the classification head."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    first_stride: int = 1
+    attention: bool = True  # attention head (and attention skips when multitask); False = pooling + MLP baseline
+    pooling: str = "class_token"  # class_token (transformer block over [cls; tokens]) or attention (learned query)
+    head_layers: int = 1  # transformer blocks of the class_token head
+    hidden: int | None = None  # MLP hidden width; null = 2 x bottleneck channels
+    dropout: float = 0.1  # before the last linear layer
+    multitask: bool = False  # also segment with the U-Net decoder (needs label maps beside the images)
+    segmentation_weight: float = 1.0  # weight of the DiceCE segmentation loss in multitask training
+
+
+@dataclass(frozen=True)
+class ClassifyTrainConfig(TrainConfig):
+    """:class:`TrainConfig` with classification defaults and class-imbalance handling."""
+
+    steps_per_epoch: int | None = None  # null = one pass over the training images
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    val_interval: int = 1
+    balance: str = "none"  # none, sampler (class-balanced sampling) or loss (inverse-frequency class weights)
+    label_smoothing: float = 0.0
+    monitor: str = "balanced_accuracy"  # validation value that selects best.pt: balanced_accuracy, accuracy,
+    # macro_f1, auc or loss
+
+
+@dataclass(frozen=True)
+class ClassifyConfig(_Sections):
+    """The whole run configuration (classification)."""
+
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    model: ClassifyModelConfig = field(default_factory=ClassifyModelConfig)
+    train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
 
 
 _CHOICES = {
@@ -147,6 +212,14 @@ _CHOICES = {
     "train.schedule": ("cosine", "poly", "constant"),
     "train.amp": ("auto", "on", "off"),
     "inference.blend": ("gaussian", "constant"),
+}
+# choices that differ by section class (checked before _CHOICES)
+_CLASS_CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    ClassifyDataConfig: {"intensity": ("zscore", "scale", "minmax", "ct", "none"),
+                         "color": ("auto", "grayscale", "rgb")},
+    ClassifyModelConfig: {"architecture": ("attention_skip_unet",), "pooling": ("class_token", "attention")},
+    ClassifyTrainConfig: {"balance": ("none", "sampler", "loss"),
+                          "monitor": ("balanced_accuracy", "accuracy", "macro_f1", "auc", "loss")},
 }
 
 
@@ -168,7 +241,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _convert(value: Any, annotation: str, where: str) -> Any:
+def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] | None = None) -> Any:
     """Check and convert one YAML value against its dataclass annotation (given as a string)."""
     if value is None:
         if "None" in annotation:
@@ -213,7 +286,7 @@ def _convert(value: Any, annotation: str, where: str) -> Any:
     if annotation.startswith("str"):
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
-        choices = _CHOICES.get(where)
+        choices = choices or _CHOICES.get(where)
         if choices and value not in choices:
             hint = difflib.get_close_matches(value, choices, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
@@ -239,15 +312,55 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if sub is not None and dataclasses.is_dataclass(sub):
             kwargs[key] = _build(sub, value or {}, f"{where}.")
         else:
-            kwargs[key] = _convert(value, str(spec.type), where)
+            kwargs[key] = _convert(value, str(spec.type), where, _CLASS_CHOICES.get(cls, {}).get(key))
     return cls(**kwargs)
 
 
-def from_dict(values: dict[str, Any] | None) -> Config:
-    """Build a :class:`Config` from nested dicts, checking every key and value."""
-    config = _build(Config, values or {}, "")
-    _check(config)
+def from_dict(values: dict[str, Any] | None, kind: type = Config) -> Any:
+    """Build a :class:`Config` (or ``kind``, e.g. :class:`ClassifyConfig`) from nested dicts, checking every key
+    and value."""
+    config = _build(kind, values or {}, "")
+    if isinstance(config, ClassifyConfig):
+        _check_classify(config)
+    else:
+        _check(config)
     return config
+
+
+def _check_train(train: TrainConfig) -> None:
+    if train.batch_size < 1 or train.lr <= 0 or train.max_epochs < 1:
+        raise ConfigError("train.batch_size and train.max_epochs must be >= 1 and train.lr > 0")
+    if train.minutes is not None and train.minutes <= 0:
+        raise ConfigError(f"train.minutes must be positive, got {train.minutes}")
+    if train.steps_per_epoch is not None and train.steps_per_epoch < 1:
+        raise ConfigError(f"train.steps_per_epoch must be >= 1 or null, got {train.steps_per_epoch}")
+    if train.val_interval < 1:
+        raise ConfigError(f"train.val_interval must be >= 1, got {train.val_interval}")
+
+
+def _check_classify(config: ClassifyConfig) -> None:
+    data, model, train = config.data, config.model, config.train
+    if data.image_size is not None and (len(data.image_size) not in (2, 3) or min(data.image_size) < 4):
+        raise ConfigError(f"data.image_size must have 2 or 3 sides of at least 4 pixels, got {list(data.image_size)}")
+    if not 0.0 <= data.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction must lie in [0, 1), got {data.validation_fraction}")
+    if data.ct_window[0] >= data.ct_window[1]:
+        raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
+    if model.first_stride not in (1, 2):
+        raise ConfigError(f"model.first_stride must be 1 or 2, got {model.first_stride}")
+    if len(model.channels) < 2:
+        raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
+    if model.head_layers < 1 or (model.hidden is not None and model.hidden < 1):
+        raise ConfigError("model.head_layers and model.hidden must be >= 1")
+    if not 0.0 <= model.dropout < 1.0:
+        raise ConfigError(f"model.dropout must lie in [0, 1), got {model.dropout}")
+    if model.deep_supervision:
+        raise ConfigError("model.deep_supervision is a segmentation setting; it is not supported for classification")
+    if model.segmentation_weight < 0:
+        raise ConfigError(f"model.segmentation_weight must be >= 0, got {model.segmentation_weight}")
+    _check_train(train)
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing must lie in [0, 1), got {train.label_smoothing}")
 
 
 def _check(config: Config) -> None:
@@ -321,12 +434,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, inference)")
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train[, inference])")
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, kind: type = Config) -> Any:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    ``kind`` is :class:`Config` (segmentation, the default) or :class:`ClassifyConfig`.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -336,12 +451,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     values = read_yaml(path) if path is not None else {}
     values = apply_overrides(values, overrides or [])
     try:
-        return from_dict(values)
+        return from_dict(values, kind)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from None
 
 
-def save_config(config: Config, path: str | Path) -> None:
+def save_config(config: Config | ClassifyConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     from medseg_attn.data.io import atomic_write_text
 
