@@ -1,0 +1,237 @@
+"""Classify images with a trained model; evaluate a model or a predictions CSV against labelled images.
+
+``predictions.csv`` has one row per input file, in input order::
+
+    file,class_name,class_index,probability_<class 0>,...,probability_<class K-1>
+
+Evaluation adds the reference (``true_class``, ``true_index``, ``correct``) to those rows and writes the metrics
+of :mod:`medseg_attn.engine.classify_metrics` next to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai import transforms as mt
+
+from medseg_attn.config import ClassifyConfig, from_dict
+from medseg_attn.data.imagefolder import ImageList, _is_hidden, list_images
+from medseg_attn.data.images import ImagePreprocessing, classification_transforms, image_info, is_classification_image
+from medseg_attn.data.io import atomic_write_text
+from medseg_attn.engine.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.engine.classify import TASK
+from medseg_attn.engine.classify_metrics import classification_metrics, write_metrics
+from medseg_attn.engine.predict import resolve_device
+from medseg_attn.networks.factory import build_classifier
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Classifier", "collect_images", "evaluate_classifier", "predict_images", "read_predictions",
+           "write_predictions"]
+
+
+class Classifier:
+    """A trained classifier with its preprocessing: files in, class probabilities out.
+
+    Args:
+        network: the trained :class:`~medseg_attn.networks.heads.AttentionClassifier`.
+        prep: the preprocessing it was trained with.
+        classes: class names (index = position).
+        device: where to run.
+        batch_size: images per forward pass.
+        multitask: the network also returns segmentation logits (ignored here).
+    """
+
+    def __init__(self, network: torch.nn.Module, prep: ImagePreprocessing, classes: list[str],
+                 device: torch.device | str = "cpu", batch_size: int = 16, multitask: bool = False) -> None:
+        self.network = network.eval()
+        self.prep = prep
+        self.classes = list(classes)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.multitask = multitask
+        self._transform = mt.Compose(classification_transforms(prep, None))
+
+    @classmethod
+    def from_checkpoint(cls, model: str | Path, device: str = "auto", batch_size: int | None = None) -> Classifier:
+        """Load a classification run folder (``checkpoints/best.pt``) or checkpoint file.
+
+        Raises:
+            FileNotFoundError: nothing at ``model``.
+            ValueError: not a classification checkpoint, or one this version cannot rebuild.
+        """
+        path = find_checkpoint(model)
+        payload = load_checkpoint(path)
+        if payload.get("task") != TASK:
+            raise ValueError(f"{path}: is not a classification checkpoint (train one with "
+                             f"'medseg-attn classify train')")
+        try:
+            config: ClassifyConfig = from_dict(payload["config"], ClassifyConfig)
+            prep = ImagePreprocessing.from_dict(payload["preprocessing"])
+            classes = [str(c) for c in payload["classes"]]
+            segmentation_classes = int(payload.get("segmentation_classes", 0))
+            network = build_classifier(config.model, prep.spatial_dims, prep.channels, len(classes),
+                                       segmentation_classes)
+            network.load_state_dict(payload["model"])
+        except (KeyError, RuntimeError, TypeError) as error:
+            raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
+        resolved = resolve_device(device)
+        logger.info("loaded %s (%d classes, epoch %s, best %s %s)", path, len(classes), payload.get("epoch"),
+                    config.train.monitor, payload.get("best_metric"))
+        return cls(network.to(resolved), prep, classes, resolved, batch_size or config.train.batch_size,
+                   segmentation_classes > 0)
+
+    @torch.no_grad()
+    def probabilities(self, paths: Sequence[str | Path], progress: bool = False) -> np.ndarray:
+        """(N, K) class probabilities for image files, in order."""
+        from tqdm import tqdm
+
+        paths = [Path(p) for p in paths]
+        self._warn_resized(paths)
+        out = []
+        for start in tqdm(range(0, len(paths), self.batch_size), desc="classify", unit="batch", leave=False,
+                          disable=not progress):
+            batch = torch.stack([self._transform({"image": str(p)})["image"]
+                                 for p in paths[start:start + self.batch_size]])
+            result = self.network(batch.to(self.device))
+            logits = result[0] if self.multitask else result
+            out.append(logits.float().softmax(1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def _warn_resized(self, paths: list[Path]) -> None:
+        odd = [p for p in paths if image_info(p).shape != self.prep.image_size]
+        if odd:
+            logger.warning("%d image(s) differ from the training size %s and are resized (first: %s)", len(odd),
+                           "x".join(map(str, self.prep.image_size)), odd[0])
+
+
+def collect_images(items: Sequence[str | Path]) -> list[Path]:
+    """Image files from files and folders (searched recursively; hidden and non-image files skipped).
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: a folder without images, or a file that is not an image.
+    """
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(_is_hidden(part) for part in p.relative_to(path).parts))
+            images = [p for p in files if is_classification_image(p)]
+            if len(images) < len(files):
+                logger.warning("skipped %d file(s) in %s that are not images", len(files) - len(images), path)
+            if not images:
+                raise ValueError(f"{path}: folder holds no images (png, jpg, tif, bmp, dcm, nii, nii.gz, nrrd, mha)")
+            found += images
+        elif path.is_file():
+            if not is_classification_image(path):
+                raise ValueError(f"{path}: not a supported image type")
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: input not found")
+    return found
+
+
+def _rows(files: Sequence[str | Path], probabilities: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for file, probs in zip(files, probabilities):
+        index = int(np.argmax(probs))
+        row: dict[str, Any] = {"file": str(file), "class_name": classes[index], "class_index": index}
+        row.update({f"probability_{name}": f"{float(p):.6f}" for name, p in zip(classes, probs)})
+        rows.append(row)
+    return rows
+
+
+def write_predictions(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write prediction rows as CSV (atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(Path(path), buffer.getvalue())
+
+
+def predict_images(classifier: Classifier, files: Sequence[str | Path], output: str | Path,
+                   progress: bool = False) -> list[dict[str, Any]]:
+    """Classify ``files`` and write ``output`` (predictions CSV); returns the rows."""
+    probabilities = classifier.probabilities(files, progress=progress)
+    rows = _rows(files, probabilities, classifier.classes)
+    write_predictions(rows, output)
+    return rows
+
+
+def read_predictions(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """Files and (N, K) probabilities from a predictions CSV (columns ``probability_<class>``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions CSV not found")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [f"probability_{name}" for name in classes]
+        missing = [c for c in ["file"] + columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing} for classes {classes}")
+        rows = list(reader)
+    try:
+        probabilities = np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{path}: a probability is not a number ({error})") from None
+    return [r["file"] for r in rows], probabilities.reshape(len(rows), len(classes))
+
+
+def evaluate_classifier(reference: ImageList | str | Path, output: str | Path, classifier: Classifier | None = None,
+                        predictions: str | Path | None = None, classes: list[str] | None = None,
+                        progress: bool = False) -> dict[str, Any]:
+    """Score a model (``classifier``) or a predictions CSV against labelled images; write the report to ``output``.
+
+    Args:
+        reference: the labelled images: an :class:`ImageList`, an ImageFolder root or a CSV listing.
+        output: folder for ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv/.png``,
+            ``predictions.csv``.
+        classifier: the model to run on the reference images; or
+        predictions: a predictions CSV to score (rows matched to the reference images by path).
+        classes: class names when scoring a CSV without a model (default: the reference's).
+
+    Returns:
+        The metrics (see :func:`~medseg_attn.engine.classify_metrics.classification_metrics`).
+    """
+    class_names = classifier.classes if classifier is not None else classes
+    listing = reference if isinstance(reference, ImageList) else list_images(reference, class_names)
+    class_names = class_names or listing.classes
+    samples = listing.samples
+    if not samples:
+        raise ValueError(f"{listing.source}: no labelled images to evaluate")
+    truth = np.array([s["label"] for s in samples])
+    files = [s["image"] for s in samples]
+    if classifier is not None:
+        probabilities = classifier.probabilities(files, progress=progress)
+    elif predictions is not None:
+        predicted_files, predicted = read_predictions(predictions, class_names)
+        index = {str(Path(f).expanduser().resolve()): i for i, f in enumerate(predicted_files)}
+        missing = [f for f in files if f not in index]
+        if missing:
+            raise ValueError(f"{predictions}: has no row for {len(missing)} reference image(s), e.g. {missing[0]}")
+        probabilities = predicted[[index[f] for f in files]]
+    else:
+        raise ValueError("evaluate needs a model or a predictions CSV")
+    metrics = classification_metrics(truth, probabilities, class_names)
+    output = Path(output)
+    write_metrics(metrics, class_names, output)
+    rows = _rows(files, probabilities, class_names)
+    for row, label in zip(rows, truth):
+        row.update({"true_class": class_names[label], "true_index": int(label),
+                    "correct": int(row["class_index"] == label)})
+    write_predictions(rows, output / "predictions.csv")
+    logger.info("%d images: accuracy %.4f, balanced accuracy %.4f, macro F1 %.4f, AUC %s", metrics["images"],
+                metrics["accuracy"], metrics["balanced_accuracy"], metrics["macro_f1"],
+                "n/a" if math.isnan(metrics["auc"]) else f"{metrics['auc']:.4f}")
+    return metrics
