@@ -1,8 +1,10 @@
 """Reading and writing volumes: one place for file names, geometry checks and atomic writes.
 
-Images are read through MONAI (``LoadImaged``) in the pipelines; this module holds what MONAI does not: cheap
-header checks before heavy work, case names that follow the input's file name, and writers that never leave a
-half-written file behind (temporary file in the same folder, then ``os.replace``).
+Images are read through MONAI with :class:`medseg_attn.data.readers.VolumeReader` (NIfTI, NRRD, MetaImage,
+DICOM) in the pipelines; this module holds what MONAI does not: cheap header checks before heavy work (NIfTI,
+NRRD/MetaImage and DICOM series headers), the test whether two files describe the same voxel grid, case names that
+follow the input's name, and writers that never leave a half-written file behind (temporary file in the same
+folder, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -25,17 +27,20 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "case_name",
+    "grid_mapping",
     "is_image_file",
+    "on_grid",
     "read_geometry",
+    "save_label_map",
     "save_nifti_like",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a visible file with a volume suffix (.nii, .nii.gz, .nrrd, .mha, .mhd)."""
+    """True for a visible file with a volume suffix (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, .dcm)."""
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
@@ -62,21 +67,26 @@ class Geometry:
     channels: int = 1
 
 
-def read_geometry(path: str | Path) -> Geometry:
-    """Read a NIfTI header and check that it describes a usable 2D/3D grid.
+def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
+    """Read a header (NIfTI, NRRD/MetaImage, DICOM series) and check that it describes a usable 2D/3D grid.
 
     A 4th axis of length 1 counts as 3D (scanners and converters often write it); a longer 4th axis is
-    reported as ``channels`` (e.g. MSD multi-modal images).
+    reported as ``channels`` (e.g. MSD multi-modal images). The affine is RAS, as MONAI's.
+
+    Args:
+        path: a NIfTI/NRRD/MetaImage file, a DICOM folder or a multi-frame DICOM file.
+        series_uid: the series of a DICOM folder holding several.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable, truncated or non-NIfTI file, zero/non-finite spacing, singular affine.
+        ValueError: unreadable, truncated or non-image file, zero/non-finite spacing, singular affine, a DICOM
+            folder without a series or with missing slices, uneven spacing or tilt.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    if not path.name.lower().endswith(NIFTI_SUFFIXES) or path.is_dir():
+        return _sitk_geometry(path, series_uid)
     try:
         image = nib.load(str(path))
     except Exception as error:  # nibabel raises many kinds for broken files
@@ -90,17 +100,105 @@ def read_geometry(path: str | Path) -> Geometry:
         shape = shape[:3]
     elif len(shape) not in (2, 3):
         raise ValueError(f"{path}: has {len(shape)} axes {shape}; expected a 2D or 3D volume (or 4D with channels)")
-    if min(shape) < 1:
-        raise ValueError(f"{path}: empty volume of shape {shape}")
     affine = np.asarray(image.affine, dtype=np.float64)
     zooms = tuple(float(z) for z in image.header.get_zooms()[: len(shape)])
+    return _checked(path, shape, affine, zooms, channels)
+
+
+def _checked(path: Path, shape: tuple[int, ...], affine: np.ndarray, zooms: tuple[float, ...], channels: int
+             ) -> Geometry:
+    if min(shape) < 1:
+        raise ValueError(f"{path}: empty volume of shape {shape}")
     if not np.all(np.isfinite(affine)):
         raise ValueError(f"{path}: the affine holds non-finite values")
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise ValueError(f"{path}: voxel spacing {zooms} must be positive and finite")
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    if abs(np.linalg.det(affine[:-1, :-1])) < 1e-12:
         raise ValueError(f"{path}: the affine is singular (voxel axes collapse); the header is broken")
     return Geometry(path, shape, affine, zooms, channels)
+
+
+def _sitk_geometry(path: Path, series_uid: str | None) -> Geometry:
+    """Header geometry of a DICOM series/file (pydicom headers) or an NRRD/MetaImage file (SimpleITK)."""
+    from medseg_attn.data import dicom
+    from medseg_attn.data.readers import lps_to_ras
+
+    if path.is_dir() or dicom.is_dicom_file(path):
+        series = dicom.select_series(path, series_uid)
+        if series.problems:
+            raise ValueError(series.problems[0])
+        spacing = (*series.pixel_spacing, float(series.spacing or 1.0))
+        shape = (series.columns, series.rows, series.slices)
+        return _checked(path, shape, lps_to_ras(dicom.series_affine(series)), spacing, 1)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise ValueError(f"{path}: not a readable image (expected NIfTI, NRRD, MetaImage or DICOM)") from None
+    dims = reader.GetDimension()
+    shape = tuple(int(s) for s in reader.GetSize())
+    channels = int(reader.GetNumberOfComponents())
+    if dims == 4:
+        channels, shape = shape[3], shape[:3]
+    elif dims not in (2, 3):
+        raise ValueError(f"{path}: has {dims} axes {shape}; expected a 2D or 3D volume (or 4D with channels)")
+    dims = len(shape)
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(-1)
+    full = int(round(np.sqrt(direction.size)))
+    direction = direction.reshape(full, full)[:dims, :dims]
+    spacing = tuple(float(v) for v in reader.GetSpacing()[:dims])
+    affine = np.eye(dims + 1)
+    affine[:dims, :dims] = direction * np.asarray(spacing)[None, :]
+    affine[:dims, dims] = reader.GetOrigin()[:dims]
+    return _checked(path, shape, lps_to_ras(affine), spacing, channels)
+
+
+def grid_mapping(shape: tuple[int, ...], affine: np.ndarray, target_shape: tuple[int, ...],
+                 target_affine: np.ndarray, atol: float = 1e-3) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """How an array on one grid is put onto another grid covering the same voxels (axes permuted/flipped).
+
+    Two grids are the same physical grid when every voxel centre of one is a voxel centre of the other: the
+    voxel-to-voxel map ``inv(target_affine) @ affine`` is a signed permutation whose flips start at the far end.
+    (A label map stored LAS for an LPS series is such a pair.)
+
+    Returns:
+        ``(axes, flips)`` for :func:`on_grid`, or None when the grids differ. ``axes`` is the identity and
+        ``flips`` empty when the grids are equal.
+    """
+    dims = len(shape)
+    if len(target_shape) != dims:
+        return None
+    mapping = np.linalg.inv(np.asarray(target_affine, dtype=np.float64)) @ np.asarray(affine, dtype=np.float64)
+    linear, offset = mapping[:dims, :dims], mapping[:dims, dims]
+    signs = np.round(linear)
+    if not np.allclose(linear, signs, atol=atol) or not np.all(np.abs(signs).sum(0) == 1):
+        return None
+    if not np.all(np.abs(signs).sum(1) == 1):
+        return None
+    axes, flips = [], []
+    for target_axis in range(dims):
+        source_axis = int(np.flatnonzero(signs[target_axis])[0])
+        size = shape[source_axis]
+        if target_shape[target_axis] != size:
+            return None
+        flipped = signs[target_axis, source_axis] < 0
+        expected = size - 1 if flipped else 0
+        if abs(offset[target_axis] - expected) > atol * max(1, size):
+            return None
+        axes.append(source_axis)
+        if flipped:
+            flips.append(target_axis)
+    return tuple(axes), tuple(flips)
+
+
+def on_grid(array: np.ndarray, mapping: tuple[tuple[int, ...], tuple[int, ...]]) -> np.ndarray:
+    """Put a spatial array onto the target grid of :func:`grid_mapping` (no interpolation, exact voxels)."""
+    axes, flips = mapping
+    moved = np.transpose(array, axes + tuple(range(len(axes), array.ndim)))
+    return np.flip(moved, flips) if flips else moved
 
 
 def _temporary_path(path: Path) -> Path:
@@ -153,4 +251,17 @@ def save_nifti_like(array: np.ndarray, reference: str | Path, path: str | Path, 
     image.header["scl_slope"] = 1.0
     image.header["scl_inter"] = 0.0
     image.header["cal_min"], image.header["cal_max"] = 0.0, 0.0
+    return atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
+
+
+def save_label_map(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: type = np.uint8) -> Path:
+    """Write a label map as NIfTI with a RAS ``affine`` (qform and sform, scanner space); written atomically.
+
+    For inputs that are not NIfTI (DICOM, NRRD, MetaImage): with the affine the reader gave, the NIfTI describes
+    the input's own voxel grid, so SimpleITK reads it back with the input's origin, spacing and direction.
+    """
+    image = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    image.header.set_qform(image.affine, code=1)
+    image.header.set_sform(image.affine, code=1)
+    image.header.set_xyzt_units("mm")
     return atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
