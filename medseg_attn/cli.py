@@ -22,7 +22,16 @@ EXAMPLES = {
   medseg-attn train --output runs/spleen --resume --minutes 60""",
     "predict": """examples:
   medseg-attn predict --model runs/spleen --input imagesTs/ --output predictions/
-  medseg-attn predict --model runs/spleen/checkpoints/best.pt --input a.nii.gz b.nii.gz --output out/ --tta""",
+  medseg-attn predict --model runs/spleen/checkpoints/best.pt --input a.nii.gz b.nii.gz --output out/ --tta
+  medseg-attn predict --model runs/liver --input dicom/patient_017/ --output out/ --output-format both
+  medseg-attn predict --model runs/liver --input export/ --output out/ --series-uid 1.2.840.113619.2.55.3
+
+exit codes: 0 every case done (or skipped as existing), 1 some case failed (see OUT/failures.csv),
+2 bad usage or model (before any case ran)""",
+    "inspect": """examples:
+  medseg-attn inspect case_017.nii.gz
+  medseg-attn inspect dicom/patient_017/            # the series in the folder, then the volume
+  medseg-attn inspect export/ --series-uid 1.2.840.113619.2.55.3""",
     "evaluate": """examples:
   medseg-attn evaluate --pred predictions/ --label labelsTs/ --output evaluation/ --labels dataset.json""",
     "demo": """examples:
@@ -60,8 +69,21 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = command("predict", "segment volumes with a trained model; outputs keep each input's exact geometry")
     predict.add_argument("--model", required=True, help="run folder (uses checkpoints/best.pt) or a .pt checkpoint")
-    predict.add_argument("--input", nargs="+", required=True, help="NIfTI files and/or folders of them")
-    predict.add_argument("--output", type=Path, required=True, help="folder for <case>.nii.gz label maps")
+    predict.add_argument("--input", nargs="+", required=True,
+                         help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
+                              "folders of these (a folder's sub-folders are DICOM series)")
+    predict.add_argument("--output", type=Path, required=True,
+                         help="folder for <case>.nii.gz label maps, report.csv and failures.csv")
+    predict.add_argument("--output-format", choices=["nifti", "dicom-seg", "both"], default="nifti",
+                         help="nifti (default); dicom-seg writes <case>.seg.dcm for DICOM series inputs (NIfTI for "
+                              "other inputs); both writes both")
+    predict.add_argument("--series-uid", help="the SeriesInstanceUID to read from DICOM folders holding several "
+                                              "series (default: each series is its own case)")
+    predict.add_argument("--resample-uneven", action="store_true",
+                         help="interpolate DICOM series with missing slices or uneven slice spacing onto a regular "
+                              "grid (default: report them as failed cases)")
+    predict.add_argument("--volume-index", type=int,
+                         help="for 4D images (X, Y, Z, T): the volume to segment with a single-channel model")
     predict.add_argument("--tta", action="store_true", help="average over flips of every axis (slower, smoother)")
     predict.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's)")
     predict.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
@@ -69,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="also write <case>_probabilities.nii.gz (4D: one channel per class)")
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+
+    inspect = command("inspect", "show what the reader sees in a volume, DICOM folder or folder of volumes")
+    inspect.add_argument("path", type=Path, help="a NIfTI/NRRD/MHA/DICOM file, a DICOM folder or a folder of volumes")
+    inspect.add_argument("--series-uid", help="the series to describe in a DICOM folder holding several")
+    inspect.add_argument("--resample-uneven", action="store_true",
+                         help="show a DICOM series with missing slices or uneven spacing as resampled for prediction")
 
     evaluate = command("evaluate", "Dice, HD95 and surface Dice per case and class, with a summary and box plot")
     evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
@@ -129,39 +157,35 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_inputs(items: list[str]) -> list[Path]:
-    from medseg_attn.data.io import is_image_file
-
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if is_image_file(p))
-            if not found:
-                raise ValueError(f"{path}: folder holds no image files (.nii, .nii.gz, .nrrd, .mha)")
-            paths += found
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: input not found")
-    return paths
-
-
 def _run_predict(args: argparse.Namespace) -> int:
-    from medseg_attn.engine.predict import Predictor, predict_files
+    from medseg_attn.engine.batch import check_output_dir, collect_cases, predict_files
+    from medseg_attn.engine.predict import Predictor
 
-    inputs = _collect_inputs(args.input)
-    output = args.output.resolve()
-    for path in inputs:
-        if path.resolve().parent == output:
-            raise ValueError(f"{output}: is the folder of input {path}; choose another --output")
+    if args.volume_index is not None and args.volume_index < 0:
+        raise ValueError(f"--volume-index {args.volume_index}: expected 0 or more")
     predictor = Predictor.from_checkpoint(args.model, device=args.device, tta=args.tta or None,
                                           overlap=args.overlap, sw_batch_size=args.sw_batch_size)
-    records = predict_files(predictor, inputs, args.output, probabilities=args.probabilities,
-                            overwrite=args.overwrite, progress=not args.quiet)
+    cases = collect_cases(args.input, predictor.in_channels, args.series_uid)
+    check_output_dir(cases, args.output, args.input)
+    records = predict_files(predictor, cases, args.output, probabilities=args.probabilities,
+                            overwrite=args.overwrite, progress=not args.quiet, output_format=args.output_format,
+                            resample_uneven=args.resample_uneven, volume_index=args.volume_index)
     done = sum(r["status"] == "ok" for r in records)
     skipped = sum(r["status"].startswith("skipped") for r in records)
-    print(f"predicted {done} case(s), skipped {skipped} existing -> {args.output}")
+    failed = [r for r in records if r["status"] == "failed"]
+    for record in failed:
+        print(f"medseg-attn: failed: {record['case']}: {record['error']}", file=sys.stderr)
+    summary = f"predicted {done} case(s), skipped {skipped} existing"
+    if failed:
+        summary += f", failed {len(failed)} (see {args.output / 'failures.csv'})"
+    print(f"{summary} -> {args.output}")
+    return 1 if failed else 0
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from medseg_attn.data.inspect import describe
+
+    print("\n".join(describe(args.path, args.series_uid, args.resample_uneven)))
     return 0
 
 
@@ -220,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _configure_logging(args.quiet, args.verbose)
-    runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo}
+    runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
+               "inspect": _run_inspect}
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:

@@ -6,6 +6,11 @@ the input's own voxel grid before the argmax (as nnU-Net does: resampling a labe
 structures much of their Dice). The resampling is a single affine map from the input grid to the network grid,
 done slab by slab so memory stays bounded on large volumes; the label map is written with the input's header,
 so affine and shape match it exactly.
+
+Inputs are read by :class:`medseg_attn.data.readers.VolumeReader`: NIfTI, NRRD, MetaImage and DICOM (series
+folders and multi-frame files). Each input is checked before the network runs (header, dimensions, channels,
+finite voxels), with one-line errors naming the file. Batches over folders are run by
+:mod:`medseg_attn.engine.batch`, which reports and skips bad cases.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from monai import transforms as mt
 from torch import nn
 
 from medseg_attn.config import Config, InferenceConfig, from_dict
-from medseg_attn.data.io import atomic_write, case_name, save_nifti_like
+from medseg_attn.data.dicom import is_dicom_file
+from medseg_attn.data.io import case_name, read_geometry
+from medseg_attn.data.readers import LoadVolumed, is_nifti
 from medseg_attn.data.transforms import Preprocessing, preprocessing
 from medseg_attn.engine.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.engine.sliding import sliding_window_probabilities
@@ -34,6 +41,13 @@ from medseg_attn.networks.factory import build_network
 logger = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "Prediction", "group_cases", "predict_files", "resample_to_grid", "resolve_device"]
+
+
+def predict_files(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """See :func:`medseg_attn.engine.batch.predict_files` (kept here for the public API)."""
+    from medseg_attn.engine.batch import predict_files as run
+
+    return run(*args, **kwargs)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -125,6 +139,7 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (C, *S_input) when asked for
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    reference: Path | None = None  # the NIfTI input whose header the output copies (None: write from ``affine``)
 
 
 class Predictor:
@@ -156,7 +171,6 @@ class Predictor:
         self.patch_size = tuple(patch_size)
         self.inference = inference or InferenceConfig()
         self.device = torch.device(device)
-        self._loader = mt.Compose([mt.LoadImaged("image", image_only=True, ensure_channel_first=True)])
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
 
     @classmethod
@@ -210,34 +224,83 @@ class Predictor:
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()
 
-    def predict(self, path: str | Path | Sequence[str | Path], probabilities: bool = False) -> Prediction:
+    def load(self, path: str | Path | Sequence[str | Path], series_uid: str | None = None,
+             resample_uneven: bool = False, volume_index: int | None = None) -> torch.Tensor:
+        """Check and read one case: (C, *S) MetaTensor with its RAS affine, ready for preprocessing.
+
+        Headers are checked first (readable, 2D/3D as the model expects, channels, spacing, affine), then the
+        voxels are read and checked for NaN/Inf.
+
+        Args:
+            path: an image file or DICOM folder, or one file per channel (``_0000``, ``_0001``, ...).
+            series_uid: the series of a DICOM folder holding several.
+            resample_uneven: resample a DICOM series with missing slices or uneven spacing onto a regular grid.
+            volume_index: the volume of a 4D image (X, Y, Z, T) to segment with a single-channel model.
+
+        Raises:
+            ValueError, FileNotFoundError: one line naming the file and the problem.
+        """
+        files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        first = files[0]
+        dims = self.prep.spatial_dims
+        axes = "(X, Y, Z)" if dims == 3 else "(X, Y)"
+        for file in files:
+            if not file.exists():
+                raise FileNotFoundError(f"{file}: file not found")
+            if file.is_dir() or is_dicom_file(file):
+                continue  # DICOM: the reader checks the series' headers before decoding (and may resample)
+            geometry = read_geometry(file, series_uid)
+            if len(geometry.shape) != dims:
+                raise ValueError(f"{file}: {len(geometry.shape)}D image of shape {geometry.shape}; this model expects "
+                                 f"{dims}D images {axes}")
+            if geometry.channels > 1 and self.in_channels == 1:
+                last = geometry.channels - 1
+                if volume_index is None:
+                    raise ValueError(f"{file}: 4D image {(*geometry.shape, geometry.channels)} with {geometry.channels} "
+                                     f"volumes along axis 4; choose one with --volume-index (0..{last})")
+                if not 0 <= volume_index <= last:
+                    raise ValueError(f"{file}: --volume-index {volume_index} is outside 0..{last} (axis 4 holds "
+                                     f"{geometry.channels} volumes)")
+        loader = LoadVolumed("image", series_uid=series_uid, resample_uneven=resample_uneven)
+        loaded = loader.load(files if len(files) > 1 else files[0])
+        if volume_index is not None and loaded.shape[0] > 1 and self.in_channels == 1:
+            loaded = loaded[volume_index: volume_index + 1]
+        if loaded.shape[0] != self.in_channels:
+            raise ValueError(f"{first}: image has {loaded.shape[0]} channel(s), the model expects {self.in_channels}"
+                             + (" (give one _0000, _0001, ... file per channel)" if self.in_channels > 1 else ""))
+        shape = tuple(loaded.shape[1:])
+        if len(shape) != dims:
+            raise ValueError(f"{first}: {len(shape)}D image of shape {shape}; this model expects {dims}D images {axes}")
+        bad = int((~torch.isfinite(loaded)).sum())
+        if bad:
+            raise ValueError(f"{first}: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
+        return loaded
+
+    def predict(self, path: str | Path | Sequence[str | Path], probabilities: bool = False, *,
+                series_uid: str | None = None, resample_uneven: bool = False, volume_index: int | None = None
+                ) -> Prediction:
         """Predict one case; the result is on the input's own grid.
 
         Args:
-            path: an image file, or one file per channel (nnU-Net ``_0000``, ``_0001``, ... files) for
-                multi-channel models.
+            path: an image file or DICOM folder, or one file per channel (nnU-Net ``_0000``, ``_0001``, ...
+                files) for multi-channel models.
             probabilities: also return the class probabilities on the input grid.
+            series_uid, resample_uneven, volume_index: see :meth:`load`.
         """
         start = time.perf_counter()
-        files = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
-        path = files[0]
-        loaded = self._loader({"image": files if len(files) > 1 else files[0]})["image"]
-        if loaded.shape[0] != self.in_channels:
-            raise ValueError(f"{path}: image has {loaded.shape[0]} channel(s), the model expects {self.in_channels}"
-                             + (" (give one _0000, _0001, ... file per channel)" if self.in_channels > 1 else ""))
+        files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        loaded = self.load(files, series_uid, resample_uneven, volume_index)
         dims = self.prep.spatial_dims
         original_shape = tuple(loaded.shape[1:])
-        if len(original_shape) != dims:
-            raise ValueError(f"{path}: image has {len(original_shape)} spatial axes {original_shape}; "
-                             f"this model expects {dims}D images")
         original_affine = _spatial_affine(loaded.affine, dims)
         image = self._pre({"image": loaded})["image"]
         probs = self.infer(image)  # (K, *S_network)
         network_affine = _spatial_affine(image.affine, dims)
         labels, probability_map = resample_to_grid(probs, network_affine, original_affine, original_shape,
                                                    keep_values=probabilities)
-        return Prediction(case_name(path, strip_channel=len(files) > 1), labels, original_affine, probability_map,
-                          time.perf_counter() - start)
+        reference = files[0] if is_nifti(files[0]) and files[0].is_file() else None
+        return Prediction(case_name(files[0], strip_channel=len(files) > 1), labels, original_affine,
+                          probability_map, time.perf_counter() - start, reference=reference)
 
 
 def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple[str, list[Path]]]:
@@ -267,56 +330,6 @@ def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple
                              f"(one per channel), found {', '.join(p.name for p in members)}")
         cases.append((name, members))
     return cases
-
-
-def predict_files(
-    predictor: Predictor,
-    inputs: Sequence[str | Path],
-    output_dir: str | Path,
-    probabilities: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Predict every input into ``output_dir/<case>.nii.gz`` (probabilities as ``<case>_probabilities.nii.gz``).
-
-    Returns one record per case: {"case", "input", "output", "status", "seconds", "error"}.
-    """
-    from tqdm import tqdm
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for name, files in tqdm(group_cases(inputs, predictor.in_channels), desc="predict", unit="case",
-                            disable=not progress):
-        path = files[0]
-        target = output_dir / f"{name}.nii.gz"
-        if any(target.resolve() == f.resolve() for f in files):
-            raise ValueError(f"{target}: refusing to overwrite the input file")
-        record = {"case": name, "input": str(path), "output": str(target), "status": "ok", "seconds": 0.0,
-                  "error": ""}
-        if target.exists() and not overwrite:
-            records.append(record | {"status": "skipped (exists)"})
-            continue
-        result = predictor.predict(files if len(files) > 1 else path, probabilities=probabilities)
-        save_nifti_like(result.labels, path, target, dtype=result.labels.dtype.type)
-        if result.probabilities is not None:
-            _save_probabilities(result.probabilities, path, output_dir / f"{name}_probabilities.nii.gz")
-        records.append(record | {"seconds": round(result.seconds, 3)})
-        logger.info("%s -> %s (%.1f s)", path, target, result.seconds)
-    return records
-
-
-def _save_probabilities(probabilities: np.ndarray, reference: Path, path: Path) -> None:
-    """4D NIfTI (X, Y, Z, C) on the input grid, stored as uint8 with a scale factor (readers get [0, 1])."""
-    import nibabel as nib
-
-    ref = nib.load(str(reference))
-    data = np.moveaxis(probabilities.astype(np.float32), 0, -1)  # (*S, C)
-    header = ref.header.copy()
-    header.set_data_dtype(np.uint8)  # nibabel picks scl_slope/scl_inter to fit [min, max] into uint8
-    image = nib.Nifti1Image(data, ref.affine, header)
-    image.header.set_intent("vector", name="class probabilities")
-    atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
 
 
 def config_from_checkpoint(payload: dict[str, Any]) -> Config:

@@ -1,0 +1,326 @@
+"""Batch prediction that loses nothing: every case is tried, bad ones are reported and skipped.
+
+Inputs are files (NIfTI, NRRD, MetaImage, multi-frame DICOM), DICOM series folders and folders of either:
+
+* a file with a volume suffix is a case named after the file (``case.nii.gz`` -> ``OUT/case.nii.gz``);
+  multi-channel models group nnU-Net ``_0000``, ``_0001``, ... files into one case;
+* a folder whose files are DICOM is a series case named after the folder; a folder holding several series gives
+  one case per series, ``<folder>_<SeriesInstanceUID>`` (or only the one named by ``series_uid``);
+* a folder of volume files gives one case per file, and each of its sub-folders is a DICOM case.
+
+Each case's problem (unreadable file, wrong dimensions, NaN voxels, an empty or non-DICOM folder ...) is
+recorded and the batch goes on. ``OUT/report.csv`` lists every case (status, seconds, error) and
+``OUT/failures.csv`` the failed ones; outputs are written atomically and existing ones are skipped unless
+``overwrite``, so an interrupted batch is completed by running it again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg_attn.data import dicom
+from medseg_attn.data.io import atomic_write, atomic_write_text, case_name, is_image_file, save_label_map
+from medseg_attn.data.io import save_nifti_like
+from medseg_attn.engine.predict import Prediction, Predictor, group_cases
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CaseInput", "OUTPUT_FORMATS", "REPORT_COLUMNS", "check_output_dir", "collect_cases", "predict_files"]
+
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
+REPORT_COLUMNS = ("case", "input", "output", "status", "seconds", "error")
+
+
+@dataclass
+class CaseInput:
+    """One case of a batch: its name, its files (or DICOM folder), the series to read, or why it cannot run."""
+
+    name: str
+    files: list[Path]
+    series_uid: str | None = None
+    error: str | None = None
+    dicom: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
+    """One case per series of a DICOM folder (or the chosen series); a failed case when there is none."""
+    try:
+        found = dicom.find_series(path)
+    except (ValueError, OSError) as error:
+        return [CaseInput(path.name, [path], error=str(error), dicom=True)]
+    if series_uid:
+        chosen = [s for s in found if s.uid == series_uid]
+        if not chosen:
+            listing = "; ".join(dicom.series_label(s) for s in found)
+            return [CaseInput(path.name, [path], series_uid, f"{path}: no series with SeriesInstanceUID "
+                              f"{series_uid} (found: {listing})", dicom=True)]
+        found = chosen
+    if len(found) == 1:
+        series = found[0]
+        return [CaseInput(path.name, [path], series.uid or None, dicom=True)]
+    cases = []
+    uids = [s.uid for s in found]
+    for index, series in enumerate(found):
+        if not series.uid or uids.count(series.uid) > 1:
+            cases.append(CaseInput(f"{path.name}_{index}", [path], error=f"{path}: {len(found)} series there cannot "
+                                   f"be told apart (blank or shared SeriesInstanceUID); put each in its own folder",
+                                   dicom=True))
+            continue
+        cases.append(CaseInput(f"{path.name}_{series.uid}", [path], series.uid, dicom=True))
+    logger.info("%s holds %d series; each is predicted as its own case: %s (choose one with --series-uid)", path,
+                len(found), ", ".join(c.name for c in cases))
+    return cases
+
+
+def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid: str | None = None
+                  ) -> list[CaseInput]:
+    """Turn ``--input`` items into cases (see the module docstring); problems become failed cases.
+
+    Raises:
+        ValueError: nothing at all to predict.
+    """
+    volumes: list[Path] = []
+    cases: list[CaseInput] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if not path.exists():
+            cases.append(CaseInput(case_name(path), [path], error=f"{path}: input not found"))
+        elif path.is_file():
+            if is_image_file(path) or dicom.is_dicom_file(path):
+                volumes.append(path)
+            else:
+                cases.append(CaseInput(case_name(path), [path], error=f"{path}: not an image file (expected NIfTI "
+                                       f".nii/.nii.gz, NRRD, MetaImage .mha/.mhd or DICOM)"))
+        else:
+            entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+            if any(dicom.is_dicom_file(p) for p in entries if p.is_file()):
+                cases += _dicom_cases(path, series_uid)
+                continue
+            found = [p for p in entries if is_image_file(p)]
+            folders = [p for p in entries if p.is_dir()]
+            if not found and not folders:
+                listing = ", ".join(p.name for p in entries[:3]) + (" ..." if len(entries) > 3 else "")
+                reason = f"found {listing}" if entries else "empty folder"
+                cases.append(CaseInput(path.name, [path], error=f"{path}: no image files or DICOM series ({reason})",
+                                       dicom=True))
+                continue
+            ignored = [p.name for p in entries if p.is_file() and p not in found]
+            if ignored:
+                logger.warning("%s: %d file(s) that are not images ignored: %s", path, len(ignored),
+                               ", ".join(ignored[:5]))
+            volumes += found
+            for folder in folders:
+                cases += _dicom_cases(folder, series_uid)
+    try:
+        grouped = group_cases(volumes, in_channels)
+    except ValueError as error:
+        raise ValueError(str(error)) from None
+    cases = [CaseInput(name, files) for name, files in grouped] + cases
+    if in_channels > 1:
+        for case in cases:
+            if case.dicom and case.error is None:
+                case.error = f"{case.files[0]}: the model expects {in_channels} channels; a DICOM series gives one"
+    seen: dict[str, CaseInput] = {}
+    for case in cases:
+        if case.name in seen and case.error is None:
+            case.error = f"{case.files[0]}: case name {case.name!r} is already used by {seen[case.name].files[0]}"
+        seen.setdefault(case.name, case)
+    if not cases:
+        raise ValueError(f"{', '.join(str(i) for i in items)}: no image files or DICOM series to predict")
+    return cases
+
+
+def check_output_dir(cases: Sequence[CaseInput], output_dir: str | Path, folders: Sequence[str | Path] = ()
+                     ) -> None:
+    """Refuse an output folder that is an input's folder or lies inside an input folder (``folders`` too).
+
+    Raises:
+        ValueError: naming the output folder and the input.
+    """
+    output = Path(output_dir).expanduser().resolve()
+    for folder in folders:
+        resolved = Path(folder).expanduser().resolve()
+        if Path(folder).is_dir() and (output == resolved or resolved in output.parents):
+            raise ValueError(f"{output}: lies in the input folder {folder}; choose another --output")
+    for case in cases:
+        for path in case.files:
+            resolved = path.resolve()
+            if path.is_dir() and (output == resolved or resolved in output.parents):
+                raise ValueError(f"{output}: lies in the input folder {path}; choose another --output")
+            if path.is_file() and resolved.parent == output:
+                raise ValueError(f"{output}: is the folder of input {path}; choose another --output")
+
+
+def _targets(output_dir: Path, name: str, output_format: str, probabilities: bool) -> list[Path]:
+    targets = []
+    if output_format in ("nifti", "both"):
+        targets.append(output_dir / f"{name}.nii.gz")
+    if output_format in ("dicom-seg", "both"):
+        targets.append(output_dir / f"{name}.seg.dcm")
+    if probabilities:
+        targets.append(output_dir / f"{name}_probabilities.nii.gz")
+    return targets
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of the error that names the problem (MONAI wraps errors raised inside transforms)."""
+    current: BaseException | None = error
+    seen = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ValueError, OSError)):
+            break
+        current = current.__cause__ or current.__context__
+    chosen = current or error
+    text = " ".join(str(chosen).split()) or type(chosen).__name__
+    return text if isinstance(chosen, (ValueError, OSError)) else f"{type(chosen).__name__}: {text}"
+
+
+def _write(result: Prediction, case: CaseInput, targets: list[Path], predictor: Predictor) -> None:
+    for target in targets:
+        for stale in target.parent.glob(f".{target.name}.*"):  # temporary file of an interrupted run
+            stale.unlink(missing_ok=True)
+    for target in targets:
+        if target.name.endswith("_probabilities.nii.gz"):
+            _save_probabilities(result.probabilities, result, target)
+        elif target.name.endswith(".seg.dcm"):
+            from medseg_attn.engine.dicom_seg import write_dicom_seg
+
+            series = dicom.select_series(case.files[0], case.series_uid)
+            write_dicom_seg(result.labels, series, predictor.labels, target)
+        elif result.reference is not None:
+            save_nifti_like(result.labels, result.reference, target, dtype=result.labels.dtype.type)
+        else:
+            save_label_map(result.labels, result.affine, target, dtype=result.labels.dtype.type)
+
+
+def _save_probabilities(probabilities: np.ndarray, result: Prediction, path: Path) -> None:
+    """4D NIfTI (X, Y, Z, C) on the input grid, stored as uint8 with a scale factor (readers get [0, 1])."""
+    import nibabel as nib
+
+    data = np.moveaxis(probabilities.astype(np.float32), 0, -1)  # (*S, C)
+    if result.reference is not None:
+        ref = nib.load(str(result.reference))
+        header, affine = ref.header.copy(), ref.affine
+    else:
+        header, affine = None, result.affine
+    image = nib.Nifti1Image(data, affine, header)
+    image.header.set_data_dtype(np.uint8)  # nibabel picks scl_slope/scl_inter to fit [min, max] into uint8
+    image.header.set_intent("vector", name="class probabilities")
+    if header is None:
+        image.header.set_qform(affine, code=1)
+        image.header.set_sform(affine, code=1)
+    atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
+
+
+def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_reports(records: list[dict[str, Any]], output_dir: Path) -> None:
+    """``report.csv`` (every case) and ``failures.csv`` (failed cases; removed when none failed)."""
+    atomic_write_text(output_dir / "report.csv", _csv(records, REPORT_COLUMNS))
+    failed = [r for r in records if r["status"] == "failed"]
+    failures = output_dir / "failures.csv"
+    if failed:
+        atomic_write_text(failures, _csv(failed, ("case", "input", "error")))
+    else:
+        failures.unlink(missing_ok=True)
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | Path | CaseInput],
+    output_dir: str | Path,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    output_format: str = "nifti",
+    series_uid: str | None = None,
+    resample_uneven: bool = False,
+    volume_index: int | None = None,
+) -> list[dict[str, Any]]:
+    """Predict every case into ``output_dir``; a failing case is recorded and the others go on.
+
+    Outputs per case: ``<case>.nii.gz`` (label map on the input's grid), ``<case>.seg.dcm`` (DICOM-SEG, for
+    DICOM series with ``output_format`` 'dicom-seg' or 'both'), ``<case>_probabilities.nii.gz`` (on request).
+
+    Args:
+        inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
+        output_format: 'nifti' (default), 'dicom-seg' or 'both'.
+        series_uid, resample_uneven, volume_index: see :meth:`Predictor.load`.
+
+    Returns:
+        One record per case: {"case", "input", "output", "status" ('ok', 'skipped (exists)', 'failed'),
+        "seconds", "error"}; the same rows are written to ``report.csv`` (and failed ones to ``failures.csv``).
+
+    Raises:
+        ValueError: unknown output format, or an output folder that would write into an input (before any case).
+    """
+    from tqdm import tqdm
+
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    output_dir = Path(output_dir)
+    if all(isinstance(i, CaseInput) for i in inputs):
+        cases = list(inputs)
+    else:
+        cases = collect_cases([i for i in inputs if not isinstance(i, CaseInput)], predictor.in_channels, series_uid)
+    check_output_dir(cases, output_dir, [i for i in inputs if not isinstance(i, CaseInput)])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    try:
+        for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+            records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
+                                     resample_uneven, volume_index))
+    finally:
+        write_reports(records, output_dir)
+    return records
+
+
+def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabilities: bool, overwrite: bool,
+              output_format: str, resample_uneven: bool, volume_index: int | None) -> dict[str, Any]:
+    fmt = output_format if case.dicom else "nifti"
+    if fmt != output_format:
+        logger.info("%s: not a DICOM series; writing NIfTI only", case.files[0])
+    targets = _targets(output_dir, case.name, fmt, probabilities)
+    record = {"case": case.name, "input": str(case.files[0]), "output": ";".join(str(t) for t in targets),
+              "status": "ok", "seconds": 0.0, "error": ""}
+    if case.error:
+        logger.error("failed: %s", case.error)
+        return record | {"status": "failed", "error": case.error}
+    if any(t.resolve() == f.resolve() for t in targets for f in case.files):
+        return record | {"status": "failed", "error": f"{targets[0]}: refusing to overwrite the input file"}
+    if all(t.exists() for t in targets) and not overwrite:
+        return record | {"status": "skipped (exists)"}
+    try:
+        if fmt in ("dicom-seg", "both") and case.dicom:
+            from medseg_attn.engine.dicom_seg import check_seg_source
+
+            check_seg_source(dicom.select_series(case.files[0], case.series_uid))  # before the heavy work
+        source = case.files if len(case.files) > 1 else case.files[0]
+        result = predictor.predict(source, probabilities=probabilities, series_uid=case.series_uid,
+                                   resample_uneven=resample_uneven, volume_index=volume_index)
+        _write(result, case, targets, predictor)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # a bad case must not end the batch; the reason goes to failures.csv
+        message = _one_line(error)
+        logger.debug("%s failed", case.files[0], exc_info=True)
+        logger.error("failed: %s", message)
+        return record | {"status": "failed", "error": message}
+    logger.info("%s -> %s (%.1f s)", case.files[0], targets[0], result.seconds)
+    return record | {"seconds": round(result.seconds, 3)}
