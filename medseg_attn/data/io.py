@@ -102,7 +102,19 @@ def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
         raise ValueError(f"{path}: has {len(shape)} axes {shape}; expected a 2D or 3D volume (or 4D with channels)")
     affine = np.asarray(image.affine, dtype=np.float64)
     zooms = tuple(float(z) for z in image.header.get_zooms()[: len(shape)])
+    raw = _raw_pixdim(path, image)[: len(shape)]  # nibabel turns zero pixdim into 1 while loading
+    if int(image.header["sform_code"]) == 0 and not all(np.isfinite(z) and z > 0 for z in raw):
+        raise ValueError(f"{path}: voxel spacing (pixdim) {tuple(float(z) for z in raw)} must be positive and "
+                         f"finite (no sform to take the grid from)")
     return _checked(path, shape, affine, zooms, channels)
+
+
+def _raw_pixdim(path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        header = type(image.header).from_fileobj(handle, check=False)
+    return np.asarray(header["pixdim"][1:], dtype=np.float64)
 
 
 def _checked(path: Path, shape: tuple[int, ...], affine: np.ndarray, zooms: tuple[float, ...], channels: int
