@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_attn.data.io import NIFTI_SUFFIXES, case_name, is_image_file, read_geometry
+from medseg_attn.data.io import NIFTI_SUFFIXES, case_name, grid_mapping, is_image_file, read_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -161,26 +161,74 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def check_cases(cases: list[dict[str, Any]]) -> list[str]:
-    """Header checks of every case (readable, 2D/3D, image and label on the same grid).
+def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, voxels: bool = True) -> list[str]:
+    """Checks of every case before training; all problems are collected, not only the first.
 
-    Returns the list of all problems (one line each, naming the file), empty when the cases are fine.
+    Headers: readable, 2D/3D, positive finite spacing, non-singular affine, image and label on the same voxel grid
+    (the same grid stored with axes flipped or permuted counts as the same: the pipeline reorients both). Images
+    may be NIfTI/NRRD/MetaImage files or DICOM series folders. With ``voxels``, the image voxels are read and
+    checked for NaN/Inf, and (with ``num_classes``) the label values for integers in ``0..num_classes-1``.
+
+    Returns:
+        One line per problem, naming the file; empty when the cases are fine.
     """
     problems = []
     for case in cases:
         try:
             label = read_geometry(case["label"])
-            for image_path in _as_list(case["image"]):
-                image = read_geometry(image_path)
-                if image.shape != label.shape:
-                    problems.append(f"{case['label']}: label shape {label.shape} does not match image "
-                                    f"{image_path} shape {image.shape}")
-                elif not np.allclose(image.affine, label.affine, atol=1e-3):
-                    problems.append(f"{case['label']}: label affine differs from image {image_path} "
-                                    f"(not the same voxel grid)")
         except (ValueError, FileNotFoundError) as error:
             problems.append(str(error))
+            continue
+        for image_path in _as_list(case["image"]):
+            try:
+                image = read_geometry(image_path)
+            except (ValueError, FileNotFoundError) as error:
+                problems.append(str(error))
+                continue
+            if len(image.shape) != len(label.shape) or sorted(image.shape) != sorted(label.shape):
+                problems.append(f"{case['label']}: label shape {label.shape} does not match image "
+                                f"{image_path} shape {image.shape}")
+            elif grid_mapping(label.shape, label.affine, image.shape, image.affine) is None:
+                problems.append(f"{case['label']}: label affine differs from image {image_path} "
+                                f"(not the same voxel grid)")
+            elif voxels:
+                problems += _voxel_problems(image_path)
+        if voxels:
+            problems += _label_problems(case["label"], num_classes)
     return problems
+
+
+def _voxel_problems(path: Path) -> list[str]:
+    from medseg_attn.data.readers import VolumeReader
+
+    reader = VolumeReader()
+    try:
+        array, _ = reader.get_data(reader.read(path))
+    except (ValueError, FileNotFoundError) as error:
+        return [str(error)]
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        if bad:
+            return [f"{path}: {bad} voxel(s) are NaN or Inf"]
+    return []
+
+
+def _label_problems(path: Path, num_classes: int | None) -> list[str]:
+    from medseg_attn.data.readers import VolumeReader
+
+    reader = VolumeReader()
+    try:
+        array, _ = reader.get_data(reader.read(path))
+    except (ValueError, FileNotFoundError) as error:
+        return [str(error)]
+    values = np.unique(array)
+    bad = [v for v in values.tolist() if not np.isfinite(v) or v != int(v) or v < 0
+           or (num_classes is not None and v >= num_classes)]
+    if bad:
+        shown = [int(v) if np.isfinite(v) and v == int(v) else v for v in bad[:5]]
+        expected = f"0..{num_classes - 1}" if num_classes is not None else "integers >= 0"
+        return [f"{path}: label values {shown} are outside the dataset's classes {expected}"]
+    return []
 
 
 def median_spacing(cases: list[dict[str, Any]]) -> tuple[float, ...]:

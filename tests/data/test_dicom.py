@@ -217,3 +217,28 @@ def test_real_series_shuffled_names_and_missing_slice(ct_dir, tmp_path):
     np.testing.assert_array_equal(copy_affine, affine)
     with pytest.raises(ValueError, match="gap: 1 slice\\(s\\) missing: gap of 4 mm after slice 6"):
         load(gap)
+
+
+def test_dataset_entry_pointing_to_a_dicom_folder(ct_dir, tmp_path):
+    import json
+
+    from monai import transforms as mt
+
+    from medseg_attn.data.datasets import check_cases, load_dataset, median_spacing
+    from medseg_attn.data.transforms import Preprocessing, preprocessing
+
+    spec = {"labels": {str(k): f"class_{k}" for k in range(118)}, "modality": {"0": "CT"},
+            "training": [{"image": str(ct_dir / "dicom"), "label": str(ct_dir / "example_seg_dicom.nii.gz")}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    dataset = load_dataset(tmp_path)
+    assert dataset.training[0]["case"] == "dicom"
+    assert check_cases(dataset.training, num_classes=118) == []  # LAS label on the LPS series: the same grid
+    assert median_spacing(dataset.training) == (0.9766, 0.9766, 2.0)
+    problems = check_cases(dataset.training, num_classes=100)
+    assert len(problems) == 1 and "label values [100, 101, 102, 103, 109] are outside" in problems[0]
+    # the training chain with LoadVolumed in front (the one-line change transforms.py needs) aligns the pair
+    prep = Preprocessing(None, "RAS", "none", (0, 1), False, 3)
+    chain = mt.Compose([LoadVolumed(["image", "label"])] + preprocessing(prep, load=False))
+    case = chain(dict(dataset.training[0]))
+    image, label = case["image"][0].numpy(), case["label"][0].numpy()
+    assert 40 < image[label == 5].mean() < 150
