@@ -57,9 +57,9 @@ def describe_volume(path: str | Path, series_uid: str | None = None, resample_un
     """Report lines for one volume (file, DICOM series folder or multi-frame file)."""
     path = Path(path)
     reader = VolumeReader(series_uid, resample_uneven)
-    lines = [f"format: {_format(path)}"]
     if not path.is_dir() and not dicom.is_dicom_file(path):
         read_geometry(path)  # header checks first: one clear line for broken files
+    lines = [f"format: {_format(path)}"]
     array, meta = reader.get_data(reader.read(path))
     affine = np.asarray(meta["affine"], dtype=np.float64)
     dims = affine.shape[0] - 1
