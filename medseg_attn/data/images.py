@@ -265,15 +265,17 @@ class ImagePreprocessing:
     image_size: tuple[int, ...]  # every image is resized to this (the training images' size when not set)
     intensity: str  # zscore, scale, minmax, ct, none
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    resized: bool = True  # data.image_size was set (False: the training images all had image_size already)
 
     def to_dict(self) -> dict:
         return {"spatial_dims": self.spatial_dims, "channels": self.channels, "image_size": list(self.image_size),
-                "intensity": self.intensity, "ct_window": list(self.ct_window)}
+                "intensity": self.intensity, "ct_window": list(self.ct_window), "resized": self.resized}
 
     @classmethod
     def from_dict(cls, values: dict) -> ImagePreprocessing:
         return cls(int(values["spatial_dims"]), int(values["channels"]), tuple(int(v) for v in values["image_size"]),
-                   str(values["intensity"]), tuple(float(v) for v in values["ct_window"]))  # type: ignore[arg-type]
+                   str(values["intensity"]), tuple(float(v) for v in values["ct_window"]),  # type: ignore[arg-type]
+                   bool(values.get("resized", True)))
 
 
 class LoadClassificationImaged:
@@ -309,6 +311,40 @@ class LoadClassificationImaged:
         return out
 
 
+def resize(image: "torch.Tensor", size: tuple[int, ...], label: bool = False) -> "torch.Tensor":
+    """Resize a (C, *S) image to ``size``: area averaging when shrinking every axis, (bi/tri)linear otherwise
+    (2D with anti-aliasing); nearest for label maps. Borders keep their values (no zero padding)."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(image.shape[1:]) == tuple(size):
+        return image
+    x = image[None].float()  # (1, C, *S)
+    if label:
+        out = F.interpolate(x, size=size, mode="nearest-exact")
+    elif all(t <= s for t, s in zip(size, image.shape[1:])):
+        out = F.interpolate(x, size=size, mode="area")
+    elif len(size) == 2:
+        out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    else:
+        out = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    return out[0].to(torch.float32)
+
+
+class ResizeImaged:
+    """Dictionary transform: resize ``image`` (and a ``mask`` label map, nearest) to a fixed size."""
+
+    def __init__(self, size: tuple[int, ...]) -> None:
+        self.size = tuple(size)
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        out["image"] = resize(data["image"], self.size)
+        if "mask" in data:
+            out["mask"] = resize(data["mask"], self.size, label=True)
+        return out
+
+
 def classification_transforms(prep: ImagePreprocessing, augmentation_config=None, mask: bool = False) -> list:
     """The transform chain: load -> resize -> intensity preset [-> MONAI augmentation] -> float tensors.
 
@@ -323,11 +359,7 @@ def classification_transforms(prep: ImagePreprocessing, augmentation_config=None
     from medseg_attn.data.transforms import augmentation
 
     keys = ["image", "mask"] if mask else ["image"]
-    chain: list = [LoadClassificationImaged(prep)]
-    linear = "bilinear" if prep.spatial_dims == 2 else "trilinear"
-    chain.append(mt.Resized("image", spatial_size=prep.image_size, mode=linear, anti_aliasing=True))
-    if mask:
-        chain.append(mt.Resized("mask", spatial_size=prep.image_size, mode="nearest"))
+    chain: list = [LoadClassificationImaged(prep), ResizeImaged(prep.image_size)]
     if prep.intensity == "zscore":
         chain.append(mt.NormalizeIntensityd("image", channel_wise=False))  # one mean/std: colour balance stays
     elif prep.intensity == "minmax":

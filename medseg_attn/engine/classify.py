@@ -49,7 +49,7 @@ from medseg_attn.networks.factory import build_classifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TASK", "resolve_preprocessing", "train_classifier"]
+__all__ = ["TASK", "balanced_sampler", "class_weights", "resolve_preprocessing", "train_classifier"]
 
 TASK = "classification"  # the checkpoint's "task" tag
 
@@ -66,7 +66,20 @@ def resolve_preprocessing(config: ClassifyConfig, infos: list) -> ImagePreproces
     else:
         channels = infos[0].channels
     size = tuple(data.image_size) if data.image_size is not None else tuple(infos[0].shape)
-    return ImagePreprocessing(dims, channels, size, data.intensity, tuple(data.ct_window))  # type: ignore[arg-type]
+    return ImagePreprocessing(dims, channels, size, data.intensity, tuple(data.ct_window),  # type: ignore[arg-type]
+                              data.image_size is not None)
+
+
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency cross-entropy weights ``N / (K * n_k)``: every class weighs as much in total."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+def balanced_sampler(labels: list[int], counts: np.ndarray, generator: torch.Generator) -> WeightedRandomSampler:
+    """Draws ``len(labels)`` images per epoch with replacement, every class equally often on average."""
+    per_image = (1.0 / np.asarray(counts, dtype=np.float64))[np.asarray(labels)]
+    return WeightedRandomSampler(per_image.tolist(), len(labels), replacement=True, generator=generator)
 
 
 def _check_bottleneck(config: ClassifyConfig, prep: ImagePreprocessing) -> None:
@@ -175,7 +188,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
     optimizer = build_optimizer(network, tcfg)
     weights = None
     if tcfg.balance == "loss":
-        weights = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32, device=device)
+        weights = class_weights(counts).to(device)
     segmentation_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
 
     def loader(seed: int) -> DataLoader:
@@ -183,9 +196,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
         generator = torch.Generator().manual_seed(seed)
         sampler = None
         if tcfg.balance == "sampler":
-            per_image = (1.0 / counts)[[s["label"] for s in train_samples]]
-            sampler = WeightedRandomSampler(per_image.tolist(), len(train_samples), replacement=True,
-                                            generator=generator)
+            sampler = balanced_sampler([s["label"] for s in train_samples], counts, generator)
         return DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=sampler is None, sampler=sampler,
                           num_workers=data.num_workers, generator=generator, drop_last=False)
 

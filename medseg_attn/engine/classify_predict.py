@@ -107,6 +107,8 @@ class Classifier:
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def _warn_resized(self, paths: list[Path]) -> None:
+        if self.prep.resized:
+            return  # training resized every image too
         odd = [p for p in paths if image_info(p).shape != self.prep.image_size]
         if odd:
             logger.warning("%d image(s) differ from the training size %s and are resized (first: %s)", len(odd),
