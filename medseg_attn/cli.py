@@ -126,6 +126,9 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     for noisy in ("monai", "PIL", "matplotlib", "nibabel"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # MONAI's LoadImage registers a pydicom reader that warns on every construction when NVIDIA's optional
+    # nvImageCodec is absent; medseg-attn decodes DICOM with SimpleITK and never uses that reader
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

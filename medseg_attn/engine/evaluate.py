@@ -27,7 +27,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 from scipy import ndimage
 from tqdm import tqdm
 
-from medseg_attn.data.io import NIFTI_SUFFIXES, atomic_write, atomic_write_text, case_name
+from medseg_attn.data.io import NIFTI_SUFFIXES, atomic_write, atomic_write_text, case_name, grid_mapping, on_grid
 
 logger = logging.getLogger(__name__)
 
@@ -148,15 +148,25 @@ def _open(path: Path) -> tuple[nib.Nifti1Image, tuple[int, ...]]:
     return image, shape
 
 
-def _check_geometry(pred_path: Path, label_path: Path) -> None:
-    """The prediction must have its label's shape and affine (headers only, no voxel data read)."""
+def _check_geometry(pred_path: Path, label_path: Path) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The prediction must lie on its label's voxel grid (headers only, no voxel data read).
+
+    Returns None when shape and affine are equal, or the axis mapping (:func:`grid_mapping`) when the prediction
+    is the same grid stored with axes flipped or permuted (e.g. LPS prediction of a DICOM series, LAS reference).
+    """
     (pred, pred_shape), (label, label_shape) = _open(pred_path), _open(label_path)
+    if pred_shape == label_shape and np.allclose(pred.affine, label.affine, atol=1e-3):
+        return None
+    mapping = grid_mapping(pred_shape, pred.affine, label_shape, label.affine)
+    if mapping is not None and len(pred_shape) == 3:
+        logger.info("%s: the same voxel grid as %s with axes flipped/permuted; compared voxel by voxel",
+                    pred_path, label_path)
+        return mapping
     if pred_shape != label_shape:
         raise ValueError(f"{pred_path}: shape {pred_shape} does not match label {label_path} shape {label_shape}")
-    if not np.allclose(pred.affine, label.affine, atol=1e-3):
-        difference = float(np.abs(pred.affine - label.affine).max())
-        raise ValueError(f"{pred_path}: affine does not match label {label_path} (largest difference "
-                         f"{difference:.4g}, tolerance 1e-3); expected the prediction on the label's voxel grid")
+    difference = float(np.abs(pred.affine - label.affine).max())
+    raise ValueError(f"{pred_path}: affine does not match label {label_path} (largest difference "
+                     f"{difference:.4g}, tolerance 1e-3); expected the prediction on the label's voxel grid")
 
 
 def _read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -277,13 +287,17 @@ def evaluate_folders(
     if extra:
         logger.warning("%s: %d prediction(s) without a label ignored: %s", pred_dir, len(extra), ", ".join(extra))
     cases = [(name, pred_files[name], path) for name, path in label_files.items()]
-    for _, pred_path, label_path in cases:
-        _check_geometry(pred_path, label_path)
+    mappings = {name: _check_geometry(pred_path, label_path) for name, pred_path, label_path in cases}
     names = _class_names(labels, list(label_files.values()), include_background)
     logger.info("evaluating %d cases, classes %s", len(cases), names)
     rows: list[dict] = []
     for name, pred_path, label_path in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
         (pred, _), (label, spacing) = _read_label_map(pred_path), _read_label_map(label_path)
+        if mappings[name] is not None:
+            if pred.ndim != len(mappings[name][0]):
+                raise ValueError(f"{pred_path}: a single-slice map stored with other axes than {label_path}; "
+                                 "write the prediction on the label's grid")
+            pred = np.ascontiguousarray(on_grid(pred, mappings[name]))
         metrics = evaluate_case(pred, label, spacing, list(names), tolerance_mm, case=pred_path.name)
         del pred, label  # one case in memory at a time
         rows += [{"case": name, "class_index": i, "class_name": names[i], **metrics[i]} for i in names]
