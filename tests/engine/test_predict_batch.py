@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import shutil
 import sys
 from pathlib import Path
 
