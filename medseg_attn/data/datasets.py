@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_attn.data.io import NIFTI_SUFFIXES, case_name, grid_mapping, is_image_file, read_geometry
+from medseg_attn.data.io import IMAGE_SUFFIXES, case_name, grid_mapping, is_image_file, read_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]
     cases = []
     for label in sorted(p for p in labels_dir.iterdir() if is_image_file(p)):
         name = case_name(label)
-        suffix = next(s for s in NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd") if label.name.lower().endswith(s))
+        suffix = next(s for s in IMAGE_SUFFIXES if label.name.lower().endswith(s))
         images = [images_dir / f"{name}_{c:04d}{suffix}" for c in range(channels)]
         if not images[0].exists() and (images_dir / label.name).exists():
             images = [images_dir / label.name]  # plain MSD-style names without channel suffix
@@ -110,7 +110,7 @@ def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]
             raise ValueError(f"{label}: no matching image {missing[0]} in {images_dir}")
         cases.append({"image": images if len(images) > 1 else images[0], "label": label, "case": name})
     if not cases:
-        raise ValueError(f"{labels_dir}: no label files (.nii.gz, .nii, .nrrd, .mha) found")
+        raise ValueError(f"{labels_dir}: no label files ({', '.join(IMAGE_SUFFIXES)}) found")
     return cases
 
 
@@ -140,9 +140,11 @@ def load_dataset(path: str | Path) -> SegmentationDataset:
         cases = _scan_nnunet(path, 1, path)
         values = set()
         for case in cases[:5]:  # name classes from a few label maps when nothing describes them
-            import nibabel as nib
+            from medseg_attn.data.readers import VolumeReader
 
-            values |= set(np.unique(np.asarray(nib.load(str(case["label"])).dataobj)).astype(int).tolist())
+            reader = VolumeReader()
+            array, _ = reader.get_data(reader.read(case["label"]))
+            values |= set(np.unique(np.asarray(array)).astype(int).tolist())
         labels = {i: ("background" if i == 0 else f"label_{i}") for i in range(int(max(values)) + 1)}
         dataset = SegmentationDataset(path.resolve(), path.name, labels, None, 1, cases)
     else:

@@ -242,3 +242,20 @@ def test_dataset_entry_pointing_to_a_dicom_folder(ct_dir, tmp_path):
     case = chain(dict(dataset.training[0]))
     image, label = case["image"][0].numpy(), case["label"][0].numpy()
     assert 40 < image[label == 5].mean() < 150
+
+
+def test_nnunet_folder_of_nrrd_files(tmp_path):
+    from medseg_attn.data.datasets import check_cases, load_dataset
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    labels = np.zeros((8, 9, 6), np.uint8)
+    labels[2:5, 3:6, 1:4] = 2
+    for array, path in ((ramp((8, 9, 6)).astype(np.int16), tmp_path / "imagesTr" / "a_0000.nrrd"),
+                        (labels, tmp_path / "labelsTr" / "a.nrrd")):
+        image = sitk.GetImageFromArray(np.transpose(array, (2, 1, 0)))
+        image.SetSpacing((0.8, 0.8, 2.0))
+        sitk.WriteImage(image, str(path))
+    dataset = load_dataset(tmp_path)
+    assert dataset.labels == {0: "background", 1: "label_1", 2: "label_2"}
+    assert check_cases(dataset.training, num_classes=3) == []
