@@ -299,7 +299,7 @@ def select_series(path: str | Path, series_uid: str | None = None) -> DicomSerie
         series = [_single_file(path)]
     else:
         series = find_series(path)
-    if series_uid:
+    if series_uid is not None:  # '' picks the series with a blank SeriesInstanceUID
         chosen = [s for s in series if s.uid == series_uid]
         if not chosen:
             listing = "; ".join(series_label(s) for s in series)

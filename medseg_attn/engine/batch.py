@@ -70,12 +70,12 @@ def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
     cases = []
     uids = [s.uid for s in found]
     for index, series in enumerate(found):
-        if not series.uid or uids.count(series.uid) > 1:
-            cases.append(CaseInput(f"{path.name}_{index}", [path], error=f"{path}: {len(found)} series there cannot "
-                                   f"be told apart (blank or shared SeriesInstanceUID); put each in its own folder",
+        if uids.count(series.uid) > 1:  # e.g. a multi-frame file beside the slices of its own series
+            cases.append(CaseInput(f"{path.name}_{index}", [path], error=f"{path}: {uids.count(series.uid)} series "
+                                   f"share the SeriesInstanceUID {series.uid or '(blank)'}; put each in its own folder",
                                    dicom=True))
             continue
-        cases.append(CaseInput(f"{path.name}_{series.uid}", [path], series.uid, dicom=True))
+        cases.append(CaseInput(f"{path.name}_{series.uid or 'blank-uid'}", [path], series.uid, dicom=True))
     logger.info("%s holds %d series; each is predicted as its own case: %s (choose one with --series-uid)", path,
                 len(found), ", ".join(c.name for c in cases))
     return cases

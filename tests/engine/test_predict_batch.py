@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -241,3 +242,27 @@ def test_dicom_seg_of_the_real_series_reads_back_on_the_source_frames(ct_dir, tm
     # soft tissue really is where the CT says so: about 60 HU
     ct = sitk.GetArrayFromImage(sitk.ReadImage([str(f) for f in series.files])).transpose(2, 1, 0)
     assert 0 < ct[labels == 1].mean() < 120
+
+
+def test_folder_mixing_the_real_series_with_another_and_an_uneven_one(ct_dir, tmp_path, predictor):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(ct_dir / "dicom", mixed)
+    labels = phantom()
+    files = write_series(mixed, labels.astype(np.float64) * 100, (1.5, 1.5, 2.0), names=[f"p{k}.dcm" for k in
+                                                                                         range(labels.shape[2])])
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    records = predict_files(predictor, [mixed], tmp_path / "out", progress=False)
+    assert sorted((r["case"], r["status"]) for r in records) == [("mixed_" + uid, "ok"), ("mixed_blank-uid", "ok")]
+    ct = nib.load(str(tmp_path / "out" / "mixed_blank-uid.nii.gz"))
+    assert ct.shape == (512, 512, 20) and nib.aff2axcodes(ct.affine) == ("L", "P", "S")
+    phantom_out = np.asarray(nib.load(str(tmp_path / "out" / f"mixed_{uid}.nii.gz")).dataobj)
+    assert dice(phantom_out, labels, 2) > 0.9
+    chosen = predict_files(predictor, [mixed], tmp_path / "one", series_uid=uid, progress=False)
+    assert [r["case"] for r in chosen] == ["mixed"]  # one series chosen: named after the folder
+
+    write_series(tmp_path / "gap", labels.astype(np.float64) * 100, (1.5, 1.5, 2.0), skip=[7])
+    records = predict_files(predictor, [tmp_path / "gap"], tmp_path / "gap_out", resample_uneven=True,
+                            progress=False)
+    assert records[0]["status"] == "ok"
+    regular = np.asarray(nib.load(str(tmp_path / "gap_out" / "gap.nii.gz")).dataobj)
+    assert regular.shape == labels.shape and dice(regular, labels, 2) > 0.9  # the missing slice interpolated
