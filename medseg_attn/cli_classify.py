@@ -153,14 +153,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _run_test_set(model: str, classes: list[str]):
     """The test set a run was configured with (data.test, or the test/ folder of a split layout)."""
     from medseg_attn.config import ClassifyConfig, from_dict
-    from medseg_attn.data.imagefolder import _split_layout, list_images
+    from medseg_attn.data.imagefolder import split_layout, list_images
     from medseg_attn.engine.checkpoint import find_checkpoint, load_checkpoint
 
     path = find_checkpoint(model)
     data = from_dict(load_checkpoint(path)["config"], ClassifyConfig).data
     if data.test:
         return list_images(data.test, classes)
-    layout = _split_layout(Path(data.train)) if data.train else None
+    layout = split_layout(Path(data.train)) if data.train else None
     if layout and "test" in layout:
         return list_images(layout["test"], classes)
     raise ValueError(f"{path}: the run has no test set (data.test); pass --data with labelled images")

@@ -104,3 +104,24 @@ def test_demo_config_is_the_shipped_one():
     from medseg_attn.demo import demo_config
 
     assert demo_config().model.attention is True and demo_config(["train.minutes=1"]).train.minutes == 1.0
+
+
+def test_classify_config_keys_are_documented_and_the_demo_config_is_shipped():
+    import dataclasses
+    from importlib import resources
+
+    import yaml
+
+    from medseg_attn.config import ClassifyConfig
+
+    text = (REPO / "docs" / "classification.md").read_text()
+    config = ClassifyConfig()
+    for section in dataclasses.fields(config):
+        assert f"### `{section.name}`" in text
+        for field in dataclasses.fields(getattr(config, section.name)):
+            assert f"`{field.name}`" in text, f"{section.name}.{field.name} is not documented"
+    shipped = resources.files("medseg_attn.resources").joinpath("classify_2d.yaml").read_text()
+    assert yaml.safe_load(shipped) == yaml.safe_load((REPO / "configs" / "classify_2d.yaml").read_text())
+    from medseg_attn.demo_classify import classify_demo_config
+
+    assert classify_demo_config(["train.minutes=1"]).data.image_size == (64, 64)

@@ -29,8 +29,8 @@ from medseg_attn.data.images import IMAGE_SUFFIXES, ImageInfo, image_info, is_cl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageList", "ImageSets", "check_images", "list_csv", "list_image_folder", "load_image_sets",
-           "stratified_split", "describe_size"]
+__all__ = ["ImageList", "ImageSets", "check_images", "describe_size", "is_hidden", "list_csv", "list_image_folder",
+           "list_images", "load_image_sets", "split_layout", "stratified_split"]
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
@@ -67,7 +67,8 @@ def _warn_skipped(kind: str, paths: list[Path]) -> None:
         logger.warning("skipped %d %s: %s", len(paths), kind, shown)
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders (``.DS_Store``, ``.git``, ``__MACOSX``) are never images of a dataset."""
     return name.startswith(".") or name.startswith("__")
 
 
@@ -77,11 +78,11 @@ def _walk_images(folder: Path, hidden: list[Path], other: list[Path]) -> list[Pa
     for directory, subdirs, files in os.walk(folder):
         keep = []
         for name in sorted(subdirs):
-            (hidden.append(Path(directory) / name) if _is_hidden(name) else keep.append(name))
+            (hidden.append(Path(directory) / name) if is_hidden(name) else keep.append(name))
         subdirs[:] = keep
         for name in sorted(files):
             path = Path(directory) / name
-            if _is_hidden(name):
+            if is_hidden(name):
                 hidden.append(path)
             elif is_classification_image(path):
                 found.append(path)
@@ -111,7 +112,7 @@ def list_image_folder(root: str | Path, classes: list[str] | None = None) -> Ima
     other: list[Path] = []
     folders = []
     for entry in sorted(root.iterdir()):
-        if _is_hidden(entry.name):
+        if is_hidden(entry.name):
             hidden.append(entry)
         elif entry.is_dir():
             folders.append(entry)
@@ -214,13 +215,13 @@ def list_images(source: str | Path, classes: list[str] | None = None) -> ImageLi
     return list_image_folder(source, classes)
 
 
-def _split_layout(root: Path) -> dict[str, Path] | None:
+def split_layout(root: Path) -> dict[str, Path] | None:
     """{'train': ..., 'val': ..., 'test': ...} when ``root`` holds train/ (+ val/ test/) and nothing else."""
     if not root.is_dir() or not (root / "train").is_dir():
         return None
     parts = {}
     for entry in root.iterdir():
-        if _is_hidden(entry.name) or not entry.is_dir():
+        if is_hidden(entry.name) or not entry.is_dir():
             continue
         if entry.name not in SPLIT_NAMES:
             return None  # 'train' is then a class name among others
@@ -236,7 +237,7 @@ def load_image_sets(train: str | Path, val: str | Path | None = None, test: str 
     the training set's classes.
     """
     root = Path(train).expanduser()
-    layout = _split_layout(root)
+    layout = split_layout(root)
     if layout is not None:
         logger.info("%s: split layout (%s)", root, ", ".join(sorted(layout)))
         train_path: Path = layout["train"]
@@ -276,6 +277,7 @@ def stratified_split(samples: list[dict[str, Any]], fraction: float, seed: int
 
 
 def describe_size(shape: tuple[int, ...]) -> str:
+    """(64, 48) -> '64x48'."""
     return "x".join(str(s) for s in shape)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,12 @@ __all__ = [
     "ImageInfo",
     "ImagePreprocessing",
     "LoadClassificationImaged",
+    "ResizeImaged",
     "classification_transforms",
     "image_info",
     "is_classification_image",
     "read_image",
+    "resize",
     "to_channels",
 ]
 
@@ -290,8 +293,6 @@ class LoadClassificationImaged:
         self.prep = prep
 
     def __call__(self, data: dict) -> dict:
-        import torch
-
         out = dict(data)
         path = Path(data["image"])
         array, info = read_image(path)
@@ -311,10 +312,15 @@ class LoadClassificationImaged:
         return out
 
 
-def resize(image: "torch.Tensor", size: tuple[int, ...], label: bool = False) -> "torch.Tensor":
+def resize(image: torch.Tensor, size: tuple[int, ...], label: bool = False) -> torch.Tensor:
     """Resize a (C, *S) image to ``size``: area averaging when shrinking every axis, (bi/tri)linear otherwise
-    (2D with anti-aliasing); nearest for label maps. Borders keep their values (no zero padding)."""
-    import torch
+    (2D with anti-aliasing); nearest for label maps. Borders keep their values (no zero padding).
+
+    Args:
+        image: (C, *S) image or label map.
+        size: the new spatial size.
+        label: nearest-neighbour (a label map).
+    """
     import torch.nn.functional as F
 
     if tuple(image.shape[1:]) == tuple(size):
@@ -353,7 +359,6 @@ def classification_transforms(prep: ImagePreprocessing, augmentation_config=None
         augmentation_config: an :class:`~medseg_attn.config.AugmentationConfig` for training, None otherwise.
         mask: the samples carry a ``"mask"`` label map (multi-task), resized and augmented with the image.
     """
-    import torch
     from monai import transforms as mt
 
     from medseg_attn.data.transforms import augmentation

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -270,8 +269,3 @@ def _predict_dataset(network: torch.nn.Module, dataset: Dataset, batch_size: int
     network.train(was_training)
     return np.concatenate(truth), np.concatenate(probabilities)
 
-
-def describe(payload: dict[str, Any]) -> str:
-    """One line about a classification checkpoint."""
-    return (f"{len(payload['classes'])} classes, epoch {payload.get('epoch')}, best "
-            f"{payload['config']['train']['monitor']} {payload.get('best_metric')}")

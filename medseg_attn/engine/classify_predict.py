@@ -23,7 +23,7 @@ import torch
 from monai import transforms as mt
 
 from medseg_attn.config import ClassifyConfig, from_dict
-from medseg_attn.data.imagefolder import ImageList, _is_hidden, list_images
+from medseg_attn.data.imagefolder import ImageList, is_hidden, list_images
 from medseg_attn.data.images import ImagePreprocessing, classification_transforms, image_info, is_classification_image
 from medseg_attn.data.io import atomic_write_text
 from medseg_attn.engine.checkpoint import find_checkpoint, load_checkpoint
@@ -127,7 +127,7 @@ def collect_images(items: Sequence[str | Path]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file()
-                           and not any(_is_hidden(part) for part in p.relative_to(path).parts))
+                           and not any(is_hidden(part) for part in p.relative_to(path).parts))
             images = [p for p in files if is_classification_image(p)]
             if len(images) < len(files):
                 logger.warning("skipped %d file(s) in %s that are not images", len(files) - len(images), path)
