@@ -14,6 +14,7 @@ import torch
 from monai import transforms as mt
 
 from medseg_attn.config import AugmentationConfig, DataConfig
+from medseg_attn.data.readers import LoadVolumed
 
 __all__ = ["Preprocessing", "preprocessing", "training_augmentation", "nonzero", "CheckLabelValuesd"]
 
@@ -84,13 +85,14 @@ def preprocessing(prep: Preprocessing, keys: Sequence[str] = ("image", "label"),
         prep: the resolved preprocessing.
         keys: 'image' and optionally 'label'.
         num_classes: when given and 'label' is a key, label values are checked against it.
-        load: start with ``LoadImaged`` (False when the dict already holds arrays with metadata).
+        load: start with :class:`~medseg_attn.data.readers.LoadVolumed` (NIfTI, NRRD, MHA, DICOM series folders;
+            False when the dict already holds arrays with metadata).
     """
     keys = list(keys)
     has_label = "label" in keys
     chain: list[mt.Transform] = []
     if load:
-        chain.append(mt.LoadImaged(keys, image_only=True, ensure_channel_first=True))
+        chain.append(LoadVolumed(keys))
     chain.append(mt.EnsureTyped("image", dtype=torch.float32))
     if has_label and num_classes is not None:
         chain.append(CheckLabelValuesd("label", num_classes))
