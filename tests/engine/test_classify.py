@@ -19,16 +19,18 @@ from medseg_attn.engine.classify import balanced_sampler, class_weights, train_c
 from medseg_attn.engine.classify_metrics import binary_auc, classification_metrics, confusion_matrix
 from medseg_attn.engine.classify_predict import Classifier, evaluate_classifier, predict_images
 
-CLASSES = ("left", "middle", "right")
+CLASSES = ("checker", "horizontal", "vertical")
 
 
-def blob_image(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
-    """16-bit noise with a bright blob whose horizontal position is the class (jittered)."""
-    image = rng.normal(2000, 400, (size, size))
+def pattern_image(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
+    """16-bit noise over a faint stripe pattern whose orientation is the class (random period and phase)."""
     rows, cols = np.indices((size, size))
-    centre_col = (0.2 + 0.3 * label) * size + rng.uniform(-2, 2)
-    centre_row = size / 2 + rng.uniform(-6, 6)
-    image += 3000 * np.exp(-((rows - centre_row) ** 2 + (cols - centre_col) ** 2) / (2 * 3.0**2))
+    period = rng.uniform(5, 8)
+    phase = rng.uniform(0, 2 * np.pi, 2)
+    horizontal = np.sin(2 * np.pi * rows / period + phase[0])
+    vertical = np.sin(2 * np.pi * cols / period + phase[1])
+    pattern = (horizontal * vertical, horizontal, vertical)[label]
+    image = rng.normal(20000, 3000, (size, size)) + 4000 * pattern
     return np.clip(image, 0, 65535).astype(np.uint16)
 
 
@@ -37,14 +39,14 @@ def write_folder(root: Path, per_class: int, seed: int) -> Path:
     for label, name in enumerate(CLASSES):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            Image.fromarray(blob_image(rng, label)).save(root / name / f"{name}_{i:02d}.png")
+            Image.fromarray(pattern_image(rng, label)).save(root / name / f"{name}_{i:02d}.png")
     return root
 
 
 @pytest.fixture(scope="module")
-def blobs(tmp_path_factory) -> Path:
+def patterns(tmp_path_factory) -> Path:
     """train/ (24 per class) and test/ (10 per class, other random draws): a learnable signal, 16-bit grayscale."""
-    root = tmp_path_factory.mktemp("blobs")
+    root = tmp_path_factory.mktemp("patterns")
     write_folder(root / "train", 24, seed=0)
     write_folder(root / "test", 10, seed=1)
     return root
@@ -98,15 +100,15 @@ def test_metric_edge_cases():
     np.testing.assert_array_equal(confusion_matrix(np.array([1, 1]), np.array([0, 1]), 2), [[0, 0], [1, 1]])
 
 
-def test_short_training_learns_and_predicts_held_out_images(blobs, tmp_path):
-    result = train_classifier(config(blobs / "train", "train.max_epochs=6", "model.pooling=attention"),
+def test_short_training_learns_and_predicts_held_out_images(patterns, tmp_path):
+    result = train_classifier(config(patterns / "train", "train.max_epochs=6", "model.pooling=attention"),
                               tmp_path / "run", progress=False)
     assert result.epochs == 6 and result.stopped == "max_epochs"
     run = tmp_path / "run"
     split = json.loads((run / "split.json").read_text())
     assert len(split["validation"]) == 15 and not set(split["train"]) & set(split["validation"])  # 5 per class
     classifier = Classifier.from_checkpoint(run)
-    metrics = evaluate_classifier(blobs / "test", tmp_path / "evaluation", classifier=classifier)
+    metrics = evaluate_classifier(patterns / "test", tmp_path / "evaluation", classifier=classifier)
     assert metrics["images"] == 30 and metrics["accuracy"] >= 0.8, metrics  # chance is 1/3
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv"):
         assert (tmp_path / "evaluation" / name).stat().st_size > 50
@@ -115,7 +117,7 @@ def test_short_training_learns_and_predicts_held_out_images(blobs, tmp_path):
     assert rows[0] == ["true \\ predicted", *CLASSES]
     assert [sum(int(v) for v in row[1:]) for row in rows[1:]] == [10, 10, 10]
 
-    files = sorted((blobs / "test").rglob("*.png"))[::4]
+    files = sorted((patterns / "test").rglob("*.png"))[::4]
     rows = predict_images(classifier, files, tmp_path / "predictions.csv")
     with (tmp_path / "predictions.csv").open() as handle:
         written = list(csv.DictReader(handle))
@@ -128,20 +130,20 @@ def test_short_training_learns_and_predicts_held_out_images(blobs, tmp_path):
         assert int(row["class_index"]) == int(np.argmax(probabilities))
     assert sum(row["class_name"] == Path(row["file"]).parent.name for row in written) >= 0.8 * len(written)
     # a predictions CSV scores the same as the model
-    again = evaluate_classifier(blobs / "test", tmp_path / "again", predictions=tmp_path / "evaluation" /
+    again = evaluate_classifier(patterns / "test", tmp_path / "again", predictions=tmp_path / "evaluation" /
                                 "predictions.csv", classes=list(CLASSES))
     assert again["accuracy"] == metrics["accuracy"]
 
 
-def test_checkpoint_history_and_logs(blobs, tmp_path):
-    train_classifier(config(blobs / "train", "train.max_epochs=2", "data.augmentation.enabled=true",
+def test_checkpoint_history_and_logs(patterns, tmp_path):
+    train_classifier(config(patterns / "train", "train.max_epochs=2", "data.augmentation.enabled=true",
                             "train.balance=sampler"), tmp_path / "run", progress=False)
     run = tmp_path / "run"
     payload = load_checkpoint(run / "checkpoints" / "best.pt")  # weights_only=True
     assert payload["task"] == "classification" and payload["classes"] == list(CLASSES)
-    assert payload["labels"] == {0: "left", 1: "middle", 2: "right"}
+    assert payload["labels"] == {0: "checker", 1: "horizontal", 2: "vertical"}
     assert payload["preprocessing"]["image_size"] == [32, 32] and payload["in_channels"] == 1
-    assert payload["config"]["data"]["train"] == str((blobs / "train").resolve())
+    assert payload["config"]["data"]["train"] == str((patterns / "train").resolve())
     with (run / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == 2
@@ -156,14 +158,14 @@ def test_checkpoint_history_and_logs(blobs, tmp_path):
     assert {"train/loss", "val/accuracy", "val/balanced_accuracy", "val/auc"} <= set(events.Tags()["scalars"])
     assert "val/confusion_matrix" in events.Tags()["images"]
     with pytest.raises(ValueError, match="already holds a training run"):
-        train_classifier(config(blobs / "train", "train.max_epochs=2"), run, progress=False)
+        train_classifier(config(patterns / "train", "train.max_epochs=2"), run, progress=False)
 
 
-def test_resume_continues_exactly(blobs, tmp_path):
+def test_resume_continues_exactly(patterns, tmp_path):
     extra = ("train.schedule=constant", "data.augmentation.enabled=true", "data.augmentation.affine_probability=1")
-    train_classifier(config(blobs / "train", "train.max_epochs=2", *extra), tmp_path / "straight", progress=False)
-    train_classifier(config(blobs / "train", "train.max_epochs=1", *extra), tmp_path / "resumed", progress=False)
-    train_classifier(config(blobs / "train", "train.max_epochs=2", *extra), tmp_path / "resumed", resume=True,
+    train_classifier(config(patterns / "train", "train.max_epochs=2", *extra), tmp_path / "straight", progress=False)
+    train_classifier(config(patterns / "train", "train.max_epochs=1", *extra), tmp_path / "resumed", progress=False)
+    train_classifier(config(patterns / "train", "train.max_epochs=2", *extra), tmp_path / "resumed", resume=True,
                      progress=False)
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
@@ -171,7 +173,7 @@ def test_resume_continues_exactly(blobs, tmp_path):
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], msg=f"weights differ after resume: {key}")
     with pytest.raises(ValueError, match="model section differs"):
-        train_classifier(config(blobs / "train", "train.max_epochs=3", "model.attention=false", *extra),
+        train_classifier(config(patterns / "train", "train.max_epochs=3", "model.attention=false", *extra),
                          tmp_path / "resumed", resume=True, progress=False)
 
 
@@ -212,7 +214,7 @@ def test_3d_volumes_and_multitask(tmp_path):
 
 def test_bad_training_folders(tmp_path):
     write_folder(tmp_path / "mixed", 2, seed=0)
-    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "mixed" / "left" / "odd.png")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "mixed" / "checker" / "odd.png")
     with pytest.raises(ValueError, match=r"image size (20x30|32x32) differs from (32x32|20x30).*set data.image_size"
                        ) as error:
         train_classifier(config(tmp_path / "mixed", "data.image_size=null"), tmp_path / "r1", progress=False)
