@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg_attn.config import AugmentationConfig
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -351,7 +353,8 @@ class ResizeImaged:
         return out
 
 
-def classification_transforms(prep: ImagePreprocessing, augmentation_config=None, mask: bool = False) -> list:
+def classification_transforms(prep: ImagePreprocessing, augmentation_config: AugmentationConfig | None = None,
+                              mask: bool = False) -> list:
     """The transform chain: load -> resize -> intensity preset [-> MONAI augmentation] -> float tensors.
 
     Args:
