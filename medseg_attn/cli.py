@@ -12,6 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from medseg_attn import cli_classify
+
 logger = logging.getLogger("medseg_attn.cli")
 
 EXAMPLES = {
@@ -118,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a key of the demo config (configs/demo.yaml)")
+    cli_classify.add_parser(commands)
     return parser
 
 
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(args.quiet, args.verbose)
     runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
-               "inspect": _run_inspect}
+               "inspect": _run_inspect, "classify": cli_classify.run}
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:

@@ -183,6 +183,8 @@ class Predictor:
         """Load a run folder or checkpoint; ``inference`` overrides keys of the saved inference config."""
         path = find_checkpoint(model)
         payload = load_checkpoint(path)
+        if payload.get("task", "segmentation") != "segmentation":
+            raise ValueError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
         try:
             config = from_dict(payload["config"])
             prep = Preprocessing.from_dict(payload["preprocessing"])

@@ -66,7 +66,7 @@ class _Run:
             raise ValueError("no dataset given: set data.dataset in the config or pass --data")
         self.dataset = load_dataset(config.data.dataset)
         labels = config.data.labels or self.dataset.labels
-        problems = check_cases(self.dataset.training)
+        problems = check_cases(self.dataset.training, num_classes=len(labels))
         if len(problems) == 1:
             raise ValueError(problems[0])
         if problems:  # every problem at once, one line each, so a dataset is fixed in one go
@@ -173,8 +173,9 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         network=network, optimizer=optimizer, loss=loss, loader=loader,
         steps_per_epoch=tcfg.steps_per_epoch or max(1, math.ceil(len(train_ds) / _loader_batch(cfg))),
         validate=validate if val_ds is not None else None, metric="val_dice", curves=save_training_curves,
-        payload={"config": cfg.to_dict(), "labels": {int(k): v for k, v in run.labels.items()},
-                 "preprocessing": run.prep.to_dict(), "in_channels": in_channels},
+        payload={"task": "segmentation", "config": cfg.to_dict(),
+                 "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
+                 "in_channels": in_channels},
     )
     return fit(task, tcfg, output, run.payload, run.device, progress)
 
