@@ -21,7 +21,10 @@ EXAMPLES = {
   medseg-attn train --data Task09_Spleen/dataset.json --output runs/spleen --minutes 30
   medseg-attn train --config configs/ct_spleen.yaml --output runs/spleen --set train.lr=1e-3
   medseg-attn train --config configs/ct_spleen.yaml --output runs/spleen --set model.attention=false
-  medseg-attn train --output runs/spleen --resume --minutes 60""",
+  medseg-attn train --output runs/spleen --resume --minutes 60
+  torchrun --nproc_per_node=4 -m medseg_attn.cli train --config configs/ct_spleen.yaml --output runs/spleen
+
+under torchrun (DDP, see docs/scaling.md) train.batch_size is per process and rank 0 writes the run folder""",
     "predict": """examples:
   medseg-attn predict --model runs/spleen --input imagesTs/ --output predictions/
   medseg-attn predict --model runs/spleen/checkpoints/best.pt --input a.nii.gz b.nii.gz --output out/ --tta
@@ -39,6 +42,11 @@ exit codes: 0 every case done (or skipped as existing), 1 some case failed (see 
     "demo": """examples:
   medseg-attn demo --output demo_out            # about 7 minutes on a 2-core CPU
   medseg-attn demo --output demo_out --minutes 2 --baseline""",
+    "benchmark": """examples:
+  medseg-attn benchmark --quick                  # a few minutes on 2 CPU cores
+  medseg-attn benchmark --output bench/          # the full run (512x512x300 volume), see docs/benchmarks.md
+
+prints each ratio with its target; writes OUTPUT/benchmark.json and OUTPUT/benchmark.png""",
 }
 
 
@@ -120,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a key of the demo config (configs/demo.yaml)")
+    benchmark = command("benchmark", "time our networks and predictor against MONAI's in one run; print ratios")
+    benchmark.add_argument("--quick", action="store_true", help="small volumes, fewer repetitions (a few minutes)")
+    benchmark.add_argument("--output", type=Path, default=Path("benchmark_out"),
+                           help="folder for benchmark.json and benchmark.png (default benchmark_out)")
+    benchmark.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     cli_classify.add_parser(commands)
     return parser
 
@@ -164,22 +177,32 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from medseg_attn.engine.batch import check_output_dir, collect_cases, predict_files
-    from medseg_attn.engine.predict import Predictor
+    from medseg_attn.engine.batch import check_output_dir, collect_cases, predict_files, write_reports
+    from medseg_attn.engine.distributed import setup, shard
+    from medseg_attn.engine.predict import Predictor, resolve_device
 
     if args.volume_index is not None and args.volume_index < 0:
         raise ValueError(f"--volume-index {args.volume_index}: expected 0 or more")
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, tta=args.tta or None,
+    dist = setup(resolve_device(args.device))  # under torchrun every rank predicts its share, on its own GPU
+    predictor = Predictor.from_checkpoint(args.model, device=str(dist.device(resolve_device(args.device))),
+                                          tta=args.tta or None,
                                           overlap=args.overlap, sw_batch_size=args.sw_batch_size)
     cases = collect_cases(args.input, predictor.in_channels, args.series_uid)
     check_output_dir(cases, args.output, args.input)
-    records = predict_files(predictor, cases, args.output, probabilities=args.probabilities,
+    records = predict_files(predictor, shard(cases, dist), args.output, probabilities=args.probabilities,
                             overwrite=args.overwrite, progress=not args.quiet, output_format=args.output_format,
-                            resample_uneven=args.resample_uneven, volume_index=args.volume_index)
+                            resample_uneven=args.resample_uneven, volume_index=args.volume_index,
+                            reports=not dist.enabled)
+    if dist.enabled:  # rank 0 writes the merged reports, every rank returns the same exit code
+        order = {case.name: index for index, case in enumerate(cases)}
+        records = sorted((record for part in dist.gather(records) for record in part),
+                         key=lambda record: order.get(record["case"], len(order)))
+        if dist.is_main:
+            write_reports(records, args.output)
     done = sum(r["status"] == "ok" for r in records)
     skipped = sum(r["status"].startswith("skipped") for r in records)
     failed = [r for r in records if r["status"] == "failed"]
-    for record in failed:
+    for record in failed if dist.is_main else []:
         print(f"medseg-attn: failed: {record['case']}: {record['error']}", file=sys.stderr)
     summary = f"predicted {done} case(s), skipped {skipped} existing"
     if failed:
@@ -237,6 +260,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from medseg_attn.benchmark import format_report, run_benchmarks
+
+    print(format_report(run_benchmarks(args.output, quick=args.quick, device=args.device)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medseg-attn`` console script."""
     parser = _parser()
@@ -249,9 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    _configure_logging(args.quiet, args.verbose)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 alone logs and shows progress
+    _configure_logging(args.quiet or rank > 0, args.verbose)
+    if rank > 0:  # the other ranks do the same work silently; errors still reach stderr
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
-               "inspect": _run_inspect, "classify": cli_classify.run}
+               "inspect": _run_inspect, "classify": cli_classify.run, "benchmark": _run_benchmark}
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:
@@ -263,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"medseg-attn: error: {cause}", file=sys.stderr)
         return 2
+    finally:
+        from medseg_attn.engine.distributed import teardown
+
+        teardown()
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -252,6 +252,7 @@ def predict_files(
     series_uid: str | None = None,
     resample_uneven: bool = False,
     volume_index: int | None = None,
+    reports: bool = True,
 ) -> list[dict[str, Any]]:
     """Predict every case into ``output_dir``; a failing case is recorded and the others go on.
 
@@ -262,6 +263,8 @@ def predict_files(
         inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
         output_format: 'nifti' (default), 'dicom-seg' or 'both'.
         series_uid, resample_uneven, volume_index: see :meth:`Predictor.load`.
+        reports: write ``report.csv`` / ``failures.csv`` (off when the caller merges several runs' records, as
+            the CLI does for the ranks of a torchrun job).
 
     Returns:
         One record per case: {"case", "input", "output", "status" ('ok', 'skipped (exists)', 'failed'),
@@ -287,7 +290,8 @@ def predict_files(
             records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
                                      resample_uneven, volume_index))
     finally:
-        write_reports(records, output_dir)
+        if reports:
+            write_reports(records, output_dir)
     return records
 
 

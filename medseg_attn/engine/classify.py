@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from medseg_attn.engine.classify_metrics import (
     save_classification_curves,
     save_confusion_matrix_png,
 )
+from medseg_attn.engine.distributed import partition, setup, shard
 from medseg_attn.engine.loop import TrainResult, TrainTask, Validation, build_optimizer, fit, open_run, seed_everything
 from medseg_attn.engine.predict import resolve_device
 from medseg_attn.networks.factory import build_classifier
@@ -111,8 +113,9 @@ def _split(sets: ImageSets, config: ClassifyConfig, output: Path, resume: bool) 
     train, val = stratified_split(train, fraction, seed)
     record = {"seed": seed, "validation_fraction": fraction, "stratified": True,
               "train": [s["name"] for s in train], "validation": [s["name"] for s in val]}
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(split_file, json.dumps(record, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(split_file, json.dumps(record, indent=2))
     return train, val
 
 
@@ -162,8 +165,11 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
     resolved = {key: str(Path(value).expanduser().resolve()) if value else None
                 for key, value in (("train", data.train), ("val", data.val), ("test", data.test))}
     config = config.replace(data=resolved)
-    output.mkdir(parents=True, exist_ok=True)
-    save_config(config, output / "config.yaml")
+    dist = setup(resolve_device(tcfg.device))
+    device = dist.device(resolve_device(tcfg.device))
+    if dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(config, output / "config.yaml")
     counts = np.bincount([s["label"] for s in train_samples], minlength=len(classes))
     logger.info("classes %s; training images per class %s; %d validation images", classes, counts.tolist(),
                 len(val_samples))
@@ -171,16 +177,20 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
         missing = [classes[k] for k in np.flatnonzero(counts == 0)]
         raise ValueError(f"{sets.train.source}: no training images left for class(es) {missing}")
 
+    has_validation = bool(val_samples)
+    if dist.enabled:  # this rank's part: it caches and trains on these, validates on those
+        train_samples = partition(train_samples, dist, tcfg.seed)
+        val_samples = shard(val_samples, dist)
     train_transform = mt.Compose(classification_transforms(prep, data.augmentation, mask=multitask))
     val_transform = mt.Compose(classification_transforms(prep, None, mask=multitask))
     if data.cache:
-        train_ds: Dataset = CacheDataset(train_samples, train_transform, progress=progress, num_workers=None)
-        val_ds = CacheDataset(val_samples, val_transform, progress=False) if val_samples else None
+        train_ds: Dataset = CacheDataset(train_samples, train_transform, progress=progress and dist.is_main,
+                                         num_workers=None)
+        val_ds = CacheDataset(val_samples, val_transform, progress=False) if has_validation else None
     else:
         train_ds = Dataset(train_samples, train_transform)
         val_ds = Dataset(val_samples, val_transform) if val_samples else None
 
-    device = resolve_device(tcfg.device)
     seed_everything(tcfg.seed)  # same initial weights for the same seed
     network = build_classifier(config.model, prep.spatial_dims, prep.channels, len(classes),
                                segmentation_classes).to(device)
@@ -191,6 +201,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
     segmentation_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
 
     def loader(seed: int) -> DataLoader:
+        seed = seed + 1_000_003 * dist.rank  # every rank its own order and augmentation, reproducibly
         train_transform.set_random_state(seed=seed % (2**32))
         generator = torch.Generator().manual_seed(seed)
         sampler = None
@@ -199,10 +210,10 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
         return DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=sampler is None, sampler=sampler,
                           num_workers=data.num_workers, generator=generator, drop_last=False)
 
-    def loss(batch: dict) -> torch.Tensor:
+    def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         image = batch["image"].to(device, non_blocking=True)
         label = torch.as_tensor(batch["label"]).long().to(device)
-        output_ = network(image)
+        output_ = model(image)
         logits = output_[0] if multitask else output_
         value = F.cross_entropy(logits.float(), label, weight=weights, label_smoothing=tcfg.label_smoothing)
         if multitask:
@@ -214,6 +225,10 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
 
     def validate() -> Validation:
         truth, probabilities = _predict_dataset(network, val_ds, tcfg.batch_size, device, multitask)
+        if dist.enabled:  # every rank scores its share; all ranks compute the metrics over all of them
+            parts = dist.gather((truth, probabilities))
+            truth = np.concatenate([t for t, _ in parts])
+            probabilities = np.concatenate([p.reshape(len(p), len(classes)) for _, p in parts])
         metrics = classification_metrics(truth, probabilities, classes)
         values = {key: metrics[key] for key in ("loss", "accuracy", "balanced_accuracy", "macro_f1", "auc")}
         monitored = values[tcfg.monitor]
@@ -224,7 +239,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
                                                                      title)
         improved = best["value"] is None or (monitored < best["value"] if tcfg.monitor == "loss"
                                              else monitored > best["value"])
-        if improved:
+        if improved and dist.is_main:
             best["value"] = monitored
             save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes,
                                       output / "confusion_matrix.png", title)
@@ -247,7 +262,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
                  "labels": {i: name for i, name in enumerate(classes)}, "preprocessing": prep.to_dict(),
                  "in_channels": prep.channels, "segmentation_classes": segmentation_classes},
     )
-    return fit(task, tcfg, output, payload, device, progress)
+    return fit(task, tcfg, output, payload, device, progress, dist)
 
 
 def _round(value: float) -> float | None:
@@ -267,5 +282,7 @@ def _predict_dataset(network: torch.nn.Module, dataset: Dataset, batch_size: int
         probabilities.append(logits.float().softmax(1).cpu().numpy())
         truth.append(np.asarray(batch["label"]))
     network.train(was_training)
+    if not truth:  # an empty share (more ranks than validation images)
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(truth), np.concatenate(probabilities)
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Distributed", "setup", "shard"]
+__all__ = ["Distributed", "partition", "setup", "shard", "teardown"]
 
 T = TypeVar("T")
 
@@ -54,11 +54,24 @@ class Distributed:
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's decision, for every rank (e.g. 'the time budget is spent'), so no rank waits forever."""
+        return bool(self.from_main(1.0 if flag else 0.0)[0])
+
+    def from_main(self, *values: float) -> tuple[float, ...]:
+        """Rank 0's values, for every rank: decisions that must not differ between processes (the time budget,
+        the learning rate of a step when it follows the wall clock)."""
         if not self.enabled:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self._reduce_device())
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._reduce_device())
+        dist.broadcast(tensor, src=0)
+        return tuple(tensor.tolist())
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        values: list = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
     def barrier(self) -> None:
         if self.enabled:
@@ -86,3 +99,21 @@ def setup(device: torch.device) -> Distributed:
 def shard(items: Sequence[T], info: Distributed) -> list[T]:
     """This rank's share of a list (round robin), e.g. the cases to predict or validate."""
     return list(items[info.rank :: info.world_size])
+
+
+def partition(items: Sequence[T], info: Distributed, seed: int) -> list[T]:
+    """This rank's share of the training cases: a seeded shuffle split into equal parts (the list is padded by
+    repeating cases so that every rank has as many and takes the same number of steps). Each rank caches only
+    its part, as in MONAI's DDP recipes."""
+    if not info.enabled:
+        return list(items)
+    from monai.data import partition_dataset
+
+    return list(partition_dataset(list(items), num_partitions=info.world_size, shuffle=True, seed=seed,
+                                  even_divisible=True)[info.rank])
+
+
+def teardown() -> None:
+    """Leave the process group (end of a torchrun command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -10,7 +10,12 @@ builds its network, optimizer, data and validation, describes them in a :class:`
   checkpoint holds model, optimizer, loss scaler, counters and the best value so far;
 * the budget (validation time included), early stopping (``patience`` validations without improvement), mixed
   precision, the progress bar, TensorBoard scalars and images, ``history.csv`` and its PNG curves, atomic
-  ``best.pt`` / ``last.pt`` checkpoints.
+  ``best.pt`` / ``last.pt`` checkpoints;
+* DDP under ``torchrun``: the network is wrapped in ``DistributedDataParallel`` for the training forward, rank 0
+  decides the budget and the wall-clock part of the learning rate for every rank, the epoch loss is averaged over
+  ranks, and only rank 0 writes checkpoints (the unwrapped network, so a run resumes with any number of
+  processes), history and TensorBoard. The task shards its own data and reduces its own validation
+  (:mod:`medseg_attn.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from medseg_attn import __version__
 from medseg_attn.config import TrainConfig, from_dict
 from medseg_attn.data.io import atomic_write_text
 from medseg_attn.engine.checkpoint import load_checkpoint, save_checkpoint
+from medseg_attn.engine.distributed import Distributed
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +91,13 @@ class TrainTask:
     Attributes:
         network: the model (already on the device).
         optimizer: its optimizer.
-        loss: batch -> scalar loss; called inside autocast, must move the batch to the device itself.
-        loader: epoch seed -> an iterable of batches for that epoch (re-seed transforms, build the DataLoader).
-        steps_per_epoch: optimizer steps per epoch (the loader is cycled if it is shorter).
-        validate: runs a validation, or None when there is no validation set.
+        loss: (model, batch) -> scalar loss; called inside autocast with the model to run (the network, or its
+            DDP wrapper under torchrun), must move the batch to the device itself.
+        loader: epoch seed -> an iterable of this rank's batches for that epoch (re-seed transforms, build the
+            DataLoader).
+        steps_per_epoch: optimizer steps per epoch, the same on every rank (the loader is cycled if shorter).
+        validate: runs a validation, or None when there is no validation set; under DDP every rank calls it and
+            it must return the same metric on every rank (reduce across ranks inside).
         metric: history column of the monitored value (``val_dice``, ``val_balanced_accuracy``, ...).
         higher_is_better: direction of ``metric``.
         payload: task content of every checkpoint (config, labels or classes, preprocessing, ...).
@@ -97,7 +106,7 @@ class TrainTask:
 
     network: nn.Module
     optimizer: torch.optim.Optimizer
-    loss: Callable[[dict], torch.Tensor]
+    loss: Callable[[nn.Module, dict], torch.Tensor]
     loader: Callable[[int], Iterable[dict]]
     steps_per_epoch: int
     validate: Callable[[], Validation] | None
@@ -205,13 +214,20 @@ def read_history(path: Path) -> list[dict]:
     return rows
 
 
+class _NoWriter:
+    """Stands in for the TensorBoard writer on ranks other than 0."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
 def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
     while True:
         yield from batches
 
 
 def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, Any] | None,
-        device: torch.device, progress: bool = True) -> TrainResult:
+        device: torch.device, progress: bool = True, dist: Distributed | None = None) -> TrainResult:
     """Run the training loop of ``task`` into the run folder ``output``.
 
     Args:
@@ -221,10 +237,14 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         payload: the last checkpoint to resume from (from :func:`open_run`), or None.
         device: where the network is.
         progress: show a progress bar per epoch.
+        dist: this process's place in a torchrun job (None: a single process).
     """
+    dist = dist or Distributed()
     network, optimizer = task.network, task.optimizer
+    model: nn.Module = network
     checkpoints = output / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
     use_amp = train.amp == "on" or (train.amp == "auto" and device.type == "cuda")
     amp_dtype = torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
@@ -241,7 +261,12 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         logger.info("resuming %s at epoch %d (step %d, %.0f s used)", output, state["epoch"], state["step"],
                     state["elapsed"])
 
-    writer = summary_writer(output / "tensorboard")
+    if dist.enabled:  # after loading the checkpoint: DDP broadcasts rank 0's weights once, here
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    progress = progress and dist.is_main
+    writer = summary_writer(output / "tensorboard") if dist.is_main else _NoWriter()
     steps_per_epoch = task.steps_per_epoch
     total_steps = train.max_epochs * steps_per_epoch
     budget = train.minutes * 60.0 if train.minutes else None
@@ -253,11 +278,14 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         return time.perf_counter() - clock_start
 
     def save(name: str) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint({
             "model": network.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "epoch": state["epoch"], "step": state["step"], "elapsed_seconds": elapsed(),
             "best_metric": state["best"], "best_epoch": state["best_epoch"], "bad_validations": state["bad"],
             **task.payload,
+            "world_size": dist.world_size,
             "versions": {"medseg_attn": __version__, "torch": str(torch.__version__)},
         }, checkpoints / f"{name}.pt")
 
@@ -269,14 +297,17 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
     while state["epoch"] < train.max_epochs:
         epoch = state["epoch"]
         seed = epoch_seed(train.seed, epoch)
-        seed_everything(seed)
+        seed_everything(seed + 1_000_003 * dist.rank)  # ranks draw different dropout / crops, reproducibly
         batches = _cycle(task.loader(seed))
         network.train()
         losses, wait, epoch_start = [], 0.0, time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", unit="step", leave=False,
                    disable=not progress, dynamic_ncols=True)
         for _ in bar:
-            if budget is not None and elapsed() + validation_seconds * 1.1 >= budget:
+            used = elapsed()
+            if budget is not None and dist.enabled:  # rank 0's clock rules: same stop, same learning rate
+                used, = dist.from_main(used)
+            if budget is not None and used + validation_seconds * 1.1 >= budget:
                 stopped = "time budget"
                 break
             fetch = time.perf_counter()
@@ -284,12 +315,12 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
             wait += time.perf_counter() - fetch
             progress_fraction = state["step"] / total_steps
             if budget is not None:
-                progress_fraction = max(progress_fraction, elapsed() / budget)
+                progress_fraction = max(progress_fraction, used / budget)
             lr = learning_rate(train.lr, state["step"], progress_fraction, train.warmup_steps, train.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = task.loss(batch)
+                loss = task.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -304,7 +335,11 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
             break
         state["epoch"] += 1
         epoch_seconds = time.perf_counter() - epoch_start
-        row: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "train_loss": float(np.mean(losses)),
+        epoch_loss = float(np.mean(losses))
+        if dist.enabled:
+            epoch_loss = float(dist.sum(torch.tensor([epoch_loss], dtype=torch.float64, device=device)).item()
+                               / dist.world_size)
+        row: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "train_loss": epoch_loss,
                                "lr": lr, "epoch_seconds": round(epoch_seconds, 2),
                                "data_wait_fraction": round(wait / max(epoch_seconds, 1e-9), 4),
                                "elapsed_seconds": round(elapsed(), 1), task.metric: None}
@@ -315,6 +350,8 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
             started = time.perf_counter()
             result = task.validate()
             validation_seconds = time.perf_counter() - started
+            if dist.enabled:  # every rank must take the same decisions (best, patience) from the same value
+                result.metric, = dist.from_main(result.metric)
             row[task.metric] = result.metric
             row.update(result.row)
             for tag, value in result.scalars.items():
@@ -330,7 +367,8 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
                         result.text, state["best"], state["best_epoch"])
         state["history"].append(row)
         save("last")
-        write_history(state["history"], output, task.curves)
+        if dist.is_main:
+            write_history(state["history"], output, task.curves)
         writer.flush()
         if train.patience is not None and state["bad"] >= train.patience:
             stopped = "early stopping"
@@ -340,6 +378,7 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
     if task.validate is None and state["epoch"] > 0:
         save("best")  # nothing to select on: the last weights are the best we have
     writer.close()
+    dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
     logger.info("training stopped (%s) after %d epochs, %d steps, %.0f s", stopped, state["epoch"], state["step"],
                 elapsed())
     return TrainResult(output, state["best"], state["best_epoch"], state["epoch"], state["step"], elapsed(), stopped)

@@ -29,12 +29,13 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.losses import DeepSupervisionLoss, DiceCELoss
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 
 from medseg_attn.config import Config, save_config
 from medseg_attn.data.datasets import check_cases, load_dataset, median_spacing, split_cases
 from medseg_attn.data.io import atomic_write_text
 from medseg_attn.data.transforms import Preprocessing, preprocessing, training_augmentation
+from medseg_attn.engine.distributed import Distributed, partition, setup, shard
 from medseg_attn.engine.loop import (
     TrainResult,
     TrainTask,
@@ -81,8 +82,13 @@ class _Run:
                                            "dataset": str(Path(config.data.dataset).expanduser().resolve())})
         self.labels = dict(sorted(labels.items()))
         self.prep = Preprocessing.resolve(self.config.data, modality, tuple(spacing) if spacing else None)
-        self.device = resolve_device(self.config.train.device)
+        self.dist: Distributed = setup(resolve_device(self.config.train.device))
+        self.device = self.dist.device(resolve_device(self.config.train.device))
         self.train_cases, self.val_cases = self._split(resume)
+        self.has_validation = bool(self.val_cases)
+        if self.dist.enabled:  # this rank's part: it caches and trains on these, validates on those
+            self.train_cases = partition(self.train_cases, self.dist, self.config.train.seed)
+            self.val_cases = shard(self.val_cases, self.dist)
 
     def _split(self, resume: bool) -> tuple[list[dict], list[dict]]:
         data, seed = self.config.data, self.config.train.seed
@@ -99,8 +105,9 @@ class _Run:
         record = {"seed": seed, "folds": data.folds, "fold": data.fold,
                   "validation_fraction": data.validation_fraction,
                   "train": [c["case"] for c in train], "validation": [c["case"] for c in val]}
-        self.output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(split_file, json.dumps(record, indent=2))
+        if self.dist.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(split_file, json.dumps(record, indent=2))
         return train, val
 
 
@@ -112,12 +119,12 @@ def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     data = run.config.data
     if data.cache:
         logger.info("caching %d training and %d validation cases", len(run.train_cases), len(run.val_cases))
-        train_ds = CacheDataset(run.train_cases, train_transform, cache_rate=1.0, progress=run.progress,
-                                num_workers=None)
-        val_ds = CacheDataset(run.val_cases, val_transform, progress=False) if run.val_cases else None
+        train_ds = CacheDataset(run.train_cases, train_transform, cache_rate=1.0,
+                                progress=run.progress and run.dist.is_main, num_workers=None)
+        val_ds = CacheDataset(run.val_cases, val_transform, progress=False) if run.has_validation else None
     else:
         train_ds = Dataset(run.train_cases, train_transform)
-        val_ds = Dataset(run.val_cases, val_transform) if run.val_cases else None
+        val_ds = Dataset(run.val_cases, val_transform) if run.has_validation else None
     return train_ds, val_ds, train_transform
 
 
@@ -136,9 +143,10 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     output = Path(output)
     run = _Run(config, output, resume, progress)
     cfg, tcfg = run.config, run.config.train
-    output.mkdir(parents=True, exist_ok=True)
-    run.checkpoints.mkdir(exist_ok=True)
-    save_config(cfg, output / "config.yaml")
+    if run.dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        run.checkpoints.mkdir(exist_ok=True)
+        save_config(cfg, output / "config.yaml")
 
     train_ds, val_ds, train_transform = _datasets(run)
     in_channels = _first_channels(train_ds)
@@ -151,18 +159,19 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     predictor = Predictor(network, run.prep, run.labels, cfg.data.patch_size, cfg.inference, run.device)
 
     def loader(seed: int) -> DataLoader:
-        train_transform.set_random_state(seed=seed % (2**32))
+        # every rank its own crops and augmentation, reproducibly (rank 0 alone: the single-process stream)
+        train_transform.set_random_state(seed=(seed + 1_000_003 * run.dist.rank) % (2**32))
         return DataLoader(train_ds, batch_size=_loader_batch(cfg), shuffle=True, drop_last=False,
                           num_workers=cfg.data.num_workers, collate_fn=list_data_collate,
                           generator=torch.Generator().manual_seed(seed))
 
-    def loss(batch: dict) -> torch.Tensor:
+    def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         image = batch["image"].to(run.device, non_blocking=True)
         label = batch["label"].to(run.device, non_blocking=True)
-        return loss_fn(network(image), label)
+        return loss_fn(model(image), label)
 
     def validate() -> Validation:
-        scores, overlay = _validate(predictor, val_ds, run.labels, tcfg.log_images)
+        scores, overlay = _validate(predictor, val_ds, run.labels, tcfg.log_images, run.dist)
         mean = float(np.nanmean(list(scores.values())))
         scalars = {"val/dice_mean": mean, **{f"val/dice_{name}": value for name, value in scores.items()}}
         return Validation(mean, row={f"val_dice_{name}": round(value, 4) for name, value in scores.items()},
@@ -177,7 +186,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
                  "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
                  "in_channels": in_channels},
     )
-    return fit(task, tcfg, output, run.payload, run.device, progress)
+    return fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
 
 
 def _loader_batch(cfg: Config) -> int:
@@ -192,10 +201,16 @@ def _first_channels(dataset: Dataset) -> int:
 
 
 @torch.no_grad()
-def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], image: bool):
-    """Mean Dice per foreground class over the validation cases (sliding window on the network grid)."""
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], image: bool,
+              dist: Distributed | None = None):
+    """Mean Dice per foreground class over the validation cases (sliding window on the network grid).
+
+    Under DDP each rank scores its share of the cases and the per-case scores of all ranks are gathered, so every
+    rank returns the same means as a single process would.
+    """
     num_classes = len(labels)
+    names = [labels[i] for i in sorted(labels) if i > 0]
+    scores = [np.zeros((0, len(names)))]  # (cases, C - 1) per-case Dice, NaN where the reference class is empty
     overlay = None
     for index in range(len(dataset)):
         item = dataset[index]
@@ -203,7 +218,10 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
         prediction = probs.argmax(0)
         label = torch.as_tensor(item["label"][0]).long().to(prediction.device)
         one_hot = torch.nn.functional.one_hot
-        metric(one_hot(prediction, num_classes).movedim(-1, 0)[None], one_hot(label, num_classes).movedim(-1, 0)[None])
+        # the functional form: MONAI's DiceMetric would all_gather by itself under torchrun, on ranks in step or not
+        scores.append(compute_dice(one_hot(prediction, num_classes).movedim(-1, 0)[None],
+                                   one_hot(label, num_classes).movedim(-1, 0)[None],
+                                   include_background=False, ignore_empty=True).cpu().numpy())
         if image and index == 0 and prediction.ndim == 3:
             centre = foreground_centre(label.cpu().numpy())
             picture = np.asarray(item["image"][0])[:, :, centre[2]]
@@ -211,6 +229,8 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
             pred = prediction.cpu().numpy()[:, :, centre[2]]
             overlay = np.concatenate([overlay_rgb(np.rot90(picture), np.rot90(ref), classes=num_classes),
                                       overlay_rgb(np.rot90(picture), np.rot90(pred), classes=num_classes)], axis=1)
-    values = metric.aggregate().cpu().numpy()
-    names = [labels[i] for i in sorted(labels) if i > 0]
+    per_case = np.concatenate((dist or Distributed()).gather(np.concatenate(scores)), axis=0)
+    scored = ~np.isnan(per_case)
+    # mean over the cases where the class is present; 0 for a class absent from every case (as MONAI's mean_batch)
+    values = np.where(scored, per_case, 0.0).sum(0) / np.maximum(scored.sum(0), 1)
     return {name: float(v) for name, v in zip(names, values)}, overlay
