@@ -264,6 +264,8 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
     if dist.enabled:  # after loading the checkpoint: DDP broadcasts rank 0's weights once, here
         from torch.nn.parallel import DistributedDataParallel
 
+        if device.type == "cuda":  # batch norm (model.norm: batch) over the global batch; in place on children
+            nn.SyncBatchNorm.convert_sync_batchnorm(network)
         model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     progress = progress and dist.is_main
     writer = summary_writer(output / "tensorboard") if dist.is_main else _NoWriter()
