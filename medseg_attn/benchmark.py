@@ -140,13 +140,15 @@ def benchmark_networks(
 ) -> tuple[list[NetworkResult], float]:
     """Forward/training-step time, FLOPs, memory of every candidate on a (batch, 1, size^3) input.
 
-    Candidates run interleaved (one repetition of each in turn) so machine noise hits them alike.
+    Candidates run interleaved (one repetition of each in turn) so machine noise hits them alike; the matmul rate
+    is measured in every repetition too, between the networks, so a busy spell on a shared machine lowers both
+    sides of the "fraction of matmul rate" rather than only one.
 
     Returns:
         (results, matmul FLOP/s)
     """
     device = device or torch.device("cpu")
-    rate = matmul_rate(device)
+    rates = [matmul_rate(device, repetitions=3)]
     factories = {k: v for k, v in candidates(size).items() if names is None or k in names}
     torch.manual_seed(0)
     x = torch.randn(batch, 1, size, size, size, device=device)
@@ -191,6 +193,8 @@ def benchmark_networks(
                 step_times[name].append(step)
             if progress:
                 logger.info("rep %d %-34s forward %.3f s, step %.3f s", repetition, name, forward, step)
+        rates.append(matmul_rate(device, repetitions=3))
+    rate = statistics.median(rates)
     results = []
     for name, net in networks.items():
         forward = statistics.median(forward_times[name])
