@@ -68,6 +68,8 @@ class MultiHeadAttention(nn.Module):
         key_value: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         return_weights: bool = False,
+        return_received: bool = False,
+        query_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attend from ``query`` tokens to ``key_value`` tokens (self-attention when it is None).
 
@@ -78,9 +80,13 @@ class MultiHeadAttention(nn.Module):
                 float bias of that shape.
             return_weights: also return the attention weights (B, heads, N, M); uses the explicit
                 softmax path, so only ask for it when you need the weights.
+            return_received: also return the attention each key *receives*, (B, heads, M) float32: the weights
+                summed over the queries, reduced chunk by chunk of queries (see :meth:`attend_received`), so the
+                full (N, M) matrix is never held. For explanation maps; slower than the fused kernel.
+            query_mask: boolean (B, N), True for queries that count in ``return_received`` (padding does not).
 
         Returns:
-            (B, N, dim) output tokens, and the weights when ``return_weights``.
+            (B, N, dim) output tokens, and the weights or received attention when asked for.
         """
         key_value = query if key_value is None else key_value
         batch, n_query, _ = query.shape
@@ -89,6 +95,10 @@ class MultiHeadAttention(nn.Module):
         kv = self.kv(key_value).view(batch, n_key, 2, self.heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, M, d)
         dropout_p = self.attn_dropout if self.training else 0.0
+        if return_received:
+            out, received = self.attend_received(q, k, v, mask, query_mask)  # (B, h, N, d), (B, h, M)
+            out = out.transpose(1, 2).reshape(batch, n_query, self.dim)  # (B, N, dim)
+            return self.proj_dropout(self.proj(out)), received
         if return_weights:
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, M)
             if mask is not None:
@@ -100,6 +110,47 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, n_query, self.dim)  # (B, N, dim)
         out = self.proj_dropout(self.proj(out))
         return (out, weights) if return_weights else out
+
+    def attend_received(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+        max_elements: int = 1 << 24,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention output and the attention each key receives, by explicit softmax over chunks of queries.
+
+        Only one chunk's weights (at most ``max_elements`` values) exist at a time, so memory stays bounded
+        even for a global level of thousands of tokens. Eval-time only (no dropout).
+
+        Args:
+            q: (B, h, N, d); k, v: (B, h, M, d).
+            mask: as in :meth:`forward` (keys that may be attended).
+            query_mask: boolean (B, N), True for queries whose weights are summed.
+
+        Returns:
+            (B, h, N, d) output and (B, h, M) float32 received attention (sum over queries of the weights).
+        """
+        batch, heads, n_query, _ = q.shape
+        n_key = k.shape[2]
+        chunk = max(1, max_elements // max(1, batch * heads * n_key))
+        received = torch.zeros(batch, heads, n_key, dtype=torch.float32, device=q.device)
+        k_t = k.float().transpose(-2, -1)  # (B, h, d, M)
+        outputs = []
+        for start in range(0, n_query, chunk):
+            stop = min(n_query, start + chunk)
+            scores = (q[:, :, start:stop].float() * self.scale) @ k_t  # (B, h, n, M)
+            if mask is not None:
+                part = mask[:, :, start:stop] if mask.shape[2] == n_query and n_query > 1 else mask
+                scores = scores.masked_fill(~part, float("-inf")) if part.dtype == torch.bool else scores + part
+            weights = scores.softmax(dim=-1)  # (B, h, n, M)
+            outputs.append(weights.to(v.dtype) @ v)  # (B, h, n, d)
+            if query_mask is not None:
+                weights = weights * query_mask[:, None, start:stop, None]
+            received += weights.sum(dim=2)  # (B, h, M)
+        return torch.cat(outputs, dim=2), received
 
 
 def reference_attention(

@@ -122,9 +122,11 @@ class SkipAttention(nn.Module):
         return tuple(min(s, w) for s, w in zip(spatial, self.window))
 
     def forward(
-        self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False
+        self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False, return_received: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Args: skip, gate: (B, C, *S). Returns the attended skip (B, C, *S) (and weights (B*nW, h, M, M))."""
+        """Args: skip, gate: (B, C, *S). Returns the attended skip (B, C, *S), and with ``return_weights`` the
+        weights (B*nW, h, M, M), or with ``return_received`` the attention each skip voxel receives, summed over
+        the (real, unpadded) queries of its window: (B, h, *S) float32, reduced without keeping the weights."""
         batch, channels, *spatial = skip.shape
         window = self.window_for(spatial)
         skip_padded, pads = pad_to_multiple(skip, window)
@@ -138,11 +140,18 @@ class SkipAttention(nn.Module):
             key_value = key_value + position
             query = query + position
         mask = padding_key_mask(padded, pads, window, batch, skip.device)  # (B*nW, 1, 1, M) or None
+        crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)
+        if return_received:
+            query_mask = None if mask is None else mask[:, 0, 0, :]  # (B*nW, M): queries and keys share windows
+            tokens, received = self.attention(query, key_value, mask=mask, return_received=True,
+                                              query_mask=query_mask)  # (B*nW, M, C), (B*nW, h, M)
+            received = window_merge(received.transpose(1, 2), window, padded)[crop]  # (B, h, *S)
+            return skip + window_merge(tokens, window, padded)[crop], received
         result = self.attention(query, key_value, mask=mask, return_weights=return_weights)
         tokens, weights = result if return_weights else (result, None)
         out = window_merge(tokens, window, padded)  # (B, C, *padded)
         if any(pads):
-            out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+            out = out[crop]
         out = skip + out
         return (out, weights) if return_weights else out
 
@@ -253,6 +262,48 @@ class AttentionSkipUNet(nn.Module):
         training mode, a list [full-resolution logits, then coarser ones]."""
         return self._run(x, None)
 
+    @property
+    def attention_levels(self) -> list[str]:
+        """Names of the skip levels that hold an attention block, finest first ('level0', 'level1', ...);
+        empty with ``attention=False``."""
+        if not self.attention_enabled or not self.has_decoder:
+            return []
+        return [f"level{i}" for i in range(len(self.skip_attention))]
+
+    def forward_with_attention(self, x: torch.Tensor, per_head: bool = False
+                               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and, per attention level, the attention each voxel *receives*, on the input's grid.
+
+        At each level the weights are summed over the queries as they are computed (never stored whole), averaged
+        over heads unless ``per_head``, and upsampled by the level's stride (linear interpolation of the token
+        map, token centres on their block centres) to the input grid.
+
+        Args:
+            x: (B, in_channels, *S).
+            per_head: keep heads apart.
+
+        Returns:
+            logits (B, out_channels, *S) and {level name: (B, heads or 1, *S) float32}.
+
+        Raises:
+            ValueError: the network was built with attention=False.
+        """
+        if not self.attention_levels:
+            raise ValueError("this network was built with attention=False: it has no attention maps")
+        received: dict[int, torch.Tensor] = {}
+        features = self.encode(x)
+        logits = self.decode(features, x.shape[2:], received=received)
+        logits = logits[0] if isinstance(logits, list) else logits
+        size = [-(-s // self.divisor) * self.divisor for s in x.shape[2:]]  # the padded input that was encoded
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in x.shape[2:])
+        maps = {}
+        for level in sorted(received):
+            values = received[level] if per_head else received[level].mean(1, keepdim=True)  # (B, h or 1, *S_l)
+            maps[f"level{level}"] = nn.functional.interpolate(values, size=size, mode=mode,
+                                                              align_corners=False)[crop]  # (B, h or 1, *S)
+        return logits, maps
+
     def attention_weights(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run a forward pass and return each skip level's attention weights, finest level first.
 
@@ -284,7 +335,8 @@ class AttentionSkipUNet(nn.Module):
         return features
 
     def decode(
-        self, features: list[torch.Tensor], spatial: Sequence[int], collect: dict[int, torch.Tensor] | None = None
+        self, features: list[torch.Tensor], spatial: Sequence[int], collect: dict[int, torch.Tensor] | None = None,
+        received: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Run the decoder on the output of :meth:`encode`.
 
@@ -292,6 +344,8 @@ class AttentionSkipUNet(nn.Module):
             features: the encoder's level features, finest first (bottleneck last).
             spatial: the input's spatial shape S (the logits are cropped back to it).
             collect: when given, each skip level's attention weights are stored in it by level.
+            received: when given, each skip level's received attention (B, h, *S_level) is stored in it by level
+                (see :meth:`SkipAttention.forward`).
 
         Returns:
             Logits (B, out_channels, *S); with deep supervision in training mode, a list [full-resolution logits,
@@ -305,7 +359,9 @@ class AttentionSkipUNet(nn.Module):
         for level in reversed(range(len(self.decoders))):
             up = self.upsamples[level](h)  # (B, channels[level], *S_level)
             skip = skips[level]
-            if self.attention_enabled and collect is not None:
+            if self.attention_enabled and received is not None:
+                skip, received[level] = self.skip_attention[level](skip, up, return_received=True)
+            elif self.attention_enabled and collect is not None:
                 skip, collect[level] = self.skip_attention[level](skip, up, return_weights=True)
             elif self.attention_enabled:
                 skip = self.skip_attention[level](skip, up)  # decoder asks, encoder answers
