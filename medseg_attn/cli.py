@@ -30,6 +30,12 @@ under torchrun (DDP, see docs/scaling.md) train.batch_size is per process and ra
   medseg-attn predict --model runs/spleen/checkpoints/best.pt --input a.nii.gz b.nii.gz --output out/ --tta
   medseg-attn predict --model runs/liver --input dicom/patient_017/ --output out/ --output-format both
   medseg-attn predict --model runs/liver --input export/ --output out/ --series-uid 1.2.840.113619.2.55.3
+  medseg-attn predict --model runs/spleen --input imagesTs/ --output out/ --attention-maps --uncertainty
+  medseg-attn predict --model runs/fold0 runs/fold1 runs/fold2 --input imagesTs/ --output out/ --uncertainty
+
+explanation maps (see docs/explainability.md): --attention-maps writes OUT/<case>_attention_<level>.nii.gz per
+attention level (level0 = finest), --uncertainty OUT/<case>_uncertainty.nii.gz and two report.csv columns; both
+lie on the input's grid with values in [0, 1], and either adds OUT/<case>_overlay.png
 
 exit codes: 0 every case done (or skipped as existing), 1 some case failed (see OUT/failures.csv),
 2 bad usage or model (before any case ran)""",
@@ -78,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
     predict = command("predict", "segment volumes with a trained model; outputs keep each input's exact geometry")
-    predict.add_argument("--model", required=True, help="run folder (uses checkpoints/best.pt) or a .pt checkpoint")
+    predict.add_argument("--model", required=True, nargs="+",
+                         help="run folder (uses checkpoints/best.pt) or a .pt checkpoint; several: an ensemble "
+                              "(class probabilities averaged; models trained with the same classes and preprocessing)")
     predict.add_argument("--input", nargs="+", required=True,
                          help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
                               "folders of these (a folder's sub-folders are DICOM series)")
@@ -99,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
     predict.add_argument("--probabilities", action="store_true",
                          help="also write <case>_probabilities.nii.gz (4D: one channel per class)")
+    predict.add_argument("--attention-maps", action="store_true",
+                         help="also write OUT/<case>_attention_<level>.nii.gz: how much attention each voxel receives "
+                              "at each attention level (summed over queries, mean over heads, maximum 1), on the "
+                              "input's grid; needs a model trained with attention")
+    predict.add_argument("--attention-heads", action="store_true",
+                         help="with --attention-maps (implied): keep the heads apart, one volume per head on a 4th axis")
+    predict.add_argument("--uncertainty", action="store_true",
+                         help="also write OUT/<case>_uncertainty.nii.gz: entropy of the class probabilities averaged "
+                              "over TTA flips and ensemble models, divided by log(classes) (0 certain .. 1 uniform); "
+                              "report.csv gets each case's mean, overall and inside the predicted foreground")
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
@@ -187,12 +205,15 @@ def _run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.model, device=str(dist.device(resolve_device(args.device))),
                                           tta=args.tta or None,
                                           overlap=args.overlap, sw_batch_size=args.sw_batch_size)
+    if args.attention_maps or args.attention_heads:
+        predictor.attention_levels()  # a model without attention: one-line error before any case
     cases = collect_cases(args.input, predictor.in_channels, args.series_uid)
     check_output_dir(cases, args.output, args.input)
     records = predict_files(predictor, shard(cases, dist), args.output, probabilities=args.probabilities,
                             overwrite=args.overwrite, progress=not args.quiet, output_format=args.output_format,
                             resample_uneven=args.resample_uneven, volume_index=args.volume_index,
-                            reports=not dist.enabled)
+                            reports=not dist.enabled, attention_maps=args.attention_maps,
+                            attention_heads=args.attention_heads, uncertainty=args.uncertainty)
     if dist.enabled:  # rank 0 writes the merged reports, every rank returns the same exit code
         order = {case.name: index for index, case in enumerate(cases)}
         records = sorted((record for part in dist.gather(records) for record in part),

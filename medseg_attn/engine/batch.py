@@ -12,6 +12,11 @@ Each case's problem (unreadable file, wrong dimensions, NaN voxels, an empty or 
 recorded and the batch goes on. ``OUT/report.csv`` lists every case (status, seconds, error) and
 ``OUT/failures.csv`` the failed ones; outputs are written atomically and existing ones are skipped unless
 ``overwrite``, so an interrupted batch is completed by running it again.
+
+On request each case also gets its explanation maps on its own grid (``<case>_attention_<level>.nii.gz``,
+``<case>_uncertainty.nii.gz``) and an overlay picture (``<case>_overlay.png``); with uncertainty, the report
+gives each case's mean uncertainty (whole volume, and inside the predicted foreground) so a batch can be sorted
+by how much to trust each case.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ import numpy as np
 from medseg_attn.data import dicom
 from medseg_attn.data.io import atomic_write, atomic_write_text, case_name, is_image_file, save_label_map
 from medseg_attn.data.io import save_nifti_like
+from medseg_attn.engine.explain import save_map_nifti
 from medseg_attn.engine.predict import Prediction, Predictor, group_cases
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CaseInput", "OUTPUT_FORMATS", "REPORT_COLUMNS", "check_output_dir", "collect_cases", "predict_files"]
+__all__ = ["CaseInput", "Explain", "OUTPUT_FORMATS", "REPORT_COLUMNS", "check_output_dir", "collect_cases", "predict_files"]
 
 OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
-REPORT_COLUMNS = ("case", "input", "output", "status", "seconds", "error")
+REPORT_COLUMNS = ("case", "input", "output", "status", "seconds", "uncertainty_mean", "uncertainty_foreground_mean",
+                  "error")
 
 
 @dataclass
@@ -160,7 +167,21 @@ def check_output_dir(cases: Sequence[CaseInput], output_dir: str | Path, folders
                 raise ValueError(f"{output}: is the folder of input {path}; choose another --output")
 
 
-def _targets(output_dir: Path, name: str, output_format: str, probabilities: bool) -> list[Path]:
+@dataclass(frozen=True)
+class Explain:
+    """Which explanation outputs a batch writes: attention maps (per level names, heads apart) and uncertainty."""
+
+    levels: tuple[str, ...] = ()
+    heads: bool = False
+    uncertainty: bool = False
+
+    @property
+    def any(self) -> bool:
+        return bool(self.levels) or self.uncertainty
+
+
+def _targets(output_dir: Path, name: str, output_format: str, probabilities: bool, explain: Explain = Explain()
+             ) -> list[Path]:
     targets = []
     if output_format in ("nifti", "both"):
         targets.append(output_dir / f"{name}.nii.gz")
@@ -168,6 +189,11 @@ def _targets(output_dir: Path, name: str, output_format: str, probabilities: boo
         targets.append(output_dir / f"{name}.seg.dcm")
     if probabilities:
         targets.append(output_dir / f"{name}_probabilities.nii.gz")
+    targets += [output_dir / f"{name}_attention_{level}.nii.gz" for level in explain.levels]
+    if explain.uncertainty:
+        targets.append(output_dir / f"{name}_uncertainty.nii.gz")
+    if explain.any:
+        targets.append(output_dir / f"{name}_overlay.png")  # last: drawn from the maps above
     return targets
 
 
@@ -190,7 +216,18 @@ def _write(result: Prediction, case: CaseInput, targets: list[Path], predictor: 
         for stale in target.parent.glob(f".{target.name}.*"):  # temporary file of an interrupted run
             stale.unlink(missing_ok=True)
     for target in targets:
-        if target.name.endswith("_probabilities.nii.gz"):
+        stem = target.name[len(case.name):]
+        if stem.startswith("_attention_") and result.attention is not None:
+            level = stem[len("_attention_"):-len(".nii.gz")]
+            values = result.attention[level]
+            save_map_nifti(values, target, result.affine, result.reference, f"attention received, {level}",
+                           channels_first=values.ndim > result.labels.ndim)
+        elif stem == "_uncertainty.nii.gz" and result.uncertainty is not None:
+            save_map_nifti(result.uncertainty, target, result.affine, result.reference,
+                           "predictive entropy / log(classes)")
+        elif stem == "_overlay.png":
+            _save_overlay(result, target)
+        elif target.name.endswith("_probabilities.nii.gz"):
             _save_probabilities(result.probabilities, result, target)
         elif target.name.endswith(".seg.dcm"):
             from medseg_attn.engine.dicom_seg import write_dicom_seg
@@ -201,6 +238,19 @@ def _write(result: Prediction, case: CaseInput, targets: list[Path], predictor: 
             save_nifti_like(result.labels, result.reference, target, dtype=result.labels.dtype.type)
         else:
             save_label_map(result.labels, result.affine, target, dtype=result.labels.dtype.type)
+
+
+def _save_overlay(result: Prediction, path: Path) -> None:
+    """Three orthogonal slices with each map as heat (attention: mean over heads) and the prediction contours."""
+    from medseg_attn.engine.visualize import save_map_overlay_png
+
+    maps = {}
+    if result.uncertainty is not None:
+        maps["uncertainty"] = result.uncertainty
+    for level, values in (result.attention or {}).items():
+        maps[f"attention {level}"] = values.mean(0) if values.ndim > result.labels.ndim else values
+    image = result.image if result.image is not None else np.zeros(result.labels.shape, np.float32)
+    save_map_overlay_png(path, image, result.labels, maps, result.affine, title=result.case)
 
 
 def _save_probabilities(probabilities: np.ndarray, result: Prediction, path: Path) -> None:
@@ -253,11 +303,16 @@ def predict_files(
     resample_uneven: bool = False,
     volume_index: int | None = None,
     reports: bool = True,
+    attention_maps: bool = False,
+    attention_heads: bool = False,
+    uncertainty: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict every case into ``output_dir``; a failing case is recorded and the others go on.
 
     Outputs per case: ``<case>.nii.gz`` (label map on the input's grid), ``<case>.seg.dcm`` (DICOM-SEG, for
-    DICOM series with ``output_format`` 'dicom-seg' or 'both'), ``<case>_probabilities.nii.gz`` (on request).
+    DICOM series with ``output_format`` 'dicom-seg' or 'both'), ``<case>_probabilities.nii.gz`` (on request);
+    with ``attention_maps`` ``<case>_attention_<level>.nii.gz`` per attention level, with ``uncertainty``
+    ``<case>_uncertainty.nii.gz``, and with either ``<case>_overlay.png``.
 
     Args:
         inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
@@ -265,18 +320,23 @@ def predict_files(
         series_uid, resample_uneven, volume_index: see :meth:`Predictor.load`.
         reports: write ``report.csv`` / ``failures.csv`` (off when the caller merges several runs' records, as
             the CLI does for the ranks of a torchrun job).
+        attention_maps, attention_heads, uncertainty: see :meth:`Predictor.predict`.
 
     Returns:
         One record per case: {"case", "input", "output", "status" ('ok', 'skipped (exists)', 'failed'),
-        "seconds", "error"}; the same rows are written to ``report.csv`` (and failed ones to ``failures.csv``).
+        "seconds", "uncertainty_mean", "uncertainty_foreground_mean", "error"}; the same rows are written to
+        ``report.csv`` (and failed ones to ``failures.csv``).
 
     Raises:
-        ValueError: unknown output format, or an output folder that would write into an input (before any case).
+        ValueError: unknown output format, an output folder that would write into an input, or attention maps
+            asked of a model without attention (before any case).
     """
     from tqdm import tqdm
 
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    levels = tuple(predictor.attention_levels()) if attention_maps or attention_heads else ()
+    explain = Explain(levels, attention_heads, uncertainty)
     output_dir = Path(output_dir)
     if all(isinstance(i, CaseInput) for i in inputs):
         cases = list(inputs)
@@ -288,7 +348,7 @@ def predict_files(
     try:
         for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
             records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
-                                     resample_uneven, volume_index))
+                                     resample_uneven, volume_index, explain))
     finally:
         if reports:
             write_reports(records, output_dir)
@@ -296,13 +356,14 @@ def predict_files(
 
 
 def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabilities: bool, overwrite: bool,
-              output_format: str, resample_uneven: bool, volume_index: int | None) -> dict[str, Any]:
+              output_format: str, resample_uneven: bool, volume_index: int | None, explain: Explain = Explain()
+              ) -> dict[str, Any]:
     fmt = output_format if case.dicom else "nifti"
     if fmt != output_format:
         logger.info("%s: not a DICOM series; writing NIfTI only", case.files[0])
-    targets = _targets(output_dir, case.name, fmt, probabilities)
+    targets = _targets(output_dir, case.name, fmt, probabilities, explain)
     record = {"case": case.name, "input": str(case.files[0]), "output": ";".join(str(t) for t in targets),
-              "status": "ok", "seconds": 0.0, "error": ""}
+              "status": "ok", "seconds": 0.0, "uncertainty_mean": "", "uncertainty_foreground_mean": "", "error": ""}
     if case.error:
         logger.error("failed: %s", case.error)
         return record | {"status": "failed", "error": case.error}
@@ -317,7 +378,9 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabili
             check_seg_source(dicom.select_series(case.files[0], case.series_uid))  # before the heavy work
         source = case.files if len(case.files) > 1 else case.files[0]
         result = predictor.predict(source, probabilities=probabilities, series_uid=case.series_uid,
-                                   resample_uneven=resample_uneven, volume_index=volume_index)
+                                   resample_uneven=resample_uneven, volume_index=volume_index,
+                                   attention_maps=bool(explain.levels), attention_heads=explain.heads,
+                                   uncertainty=explain.uncertainty)
         _write(result, case, targets, predictor)
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -327,4 +390,8 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabili
         logger.error("failed: %s", message)
         return record | {"status": "failed", "error": message}
     logger.info("%s -> %s (%.1f s)", case.files[0], targets[0], result.seconds)
+    if result.uncertainty is not None:
+        mean, inside = result.uncertainty_means()
+        record |= {"uncertainty_mean": f"{mean:.6f}",
+                   "uncertainty_foreground_mean": "" if np.isnan(inside) else f"{inside:.6f}"}
     return record | {"seconds": round(result.seconds, 3)}

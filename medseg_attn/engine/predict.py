@@ -7,6 +7,11 @@ structures much of their Dice). The resampling is a single affine map from the i
 done slab by slab so memory stays bounded on large volumes; the label map is written with the input's header,
 so affine and shape match it exactly.
 
+On request the same pass also gives explanation maps on the input's grid (see ``docs/explainability.md``):
+the attention each voxel receives at every attention level of the network (reduced window by window during
+the sliding window, blended with the same Gaussian weights, resampled like the probabilities, maximum 1), and
+the predictive entropy of the averaged class probabilities (over flip TTA and over an ensemble of checkpoints).
+
 Inputs are read by :class:`medseg_attn.data.readers.VolumeReader`: NIfTI, NRRD, MetaImage and DICOM (series
 folders and multi-frame files). Each input is checked before the network runs (header, dimensions, channels,
 finite voxels), with one-line errors naming the file. Batches over folders are run by
@@ -16,12 +21,13 @@ finite voxels), with one-line errors naming the file. Batches over folders are r
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,7 +46,8 @@ from medseg_attn.networks.factory import build_network
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "Prediction", "group_cases", "predict_files", "resample_to_grid", "resolve_device"]
+__all__ = ["Predictor", "Prediction", "group_cases", "predict_files", "Resampled", "resample_prediction", "resample_to_grid",
+           "resample_values", "normalise_maximum", "resolve_device"]
 
 
 def predict_files(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
@@ -72,31 +79,13 @@ def _spatial_affine(affine: torch.Tensor | np.ndarray, dims: int) -> np.ndarray:
     return a[np.ix_(keep, keep)]
 
 
-def resample_to_grid(
-    values: torch.Tensor,
-    source_affine: np.ndarray,
-    target_affine: np.ndarray,
-    target_shape: Sequence[int],
-    keep_values: bool = False,
-    fill_background: bool = True,
-    max_points: int = 1 << 22,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resample class probabilities (C, *S_src) onto another voxel grid and take the argmax there.
-
-    Both affines map voxel indices to the same world space. The target grid is processed in slabs along its
-    last axis (at most ``max_points`` voxels at a time), so memory grows with one slab, not the volume.
-
-    Args:
-        values: (C, *S_src) probabilities on the source grid (any device).
-        source_affine, target_affine: (D+1, D+1) voxel-to-world matrices.
-        target_shape: spatial shape of the target grid.
-        keep_values: also return the resampled probabilities (C, *target_shape) as float32.
-        fill_background: outside the source grid, probability 1 for class 0 (within one voxel of its edge, the
-            edge's values).
-
-    Returns:
-        (labels as uint8/int16 array of target_shape, probabilities or None)
-    """
+def _resampled_slabs(
+    values: torch.Tensor, source_affine: np.ndarray, target_affine: np.ndarray, target_shape: Sequence[int],
+    max_points: int,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Bilinear samples of ``values`` (C, *S_src) at the target grid's voxel centres, slab by slab along the
+    target's last axis: yields (start, stop, (C, P) samples); zero outside the source grid (within one voxel of
+    its edge, the edge's values)."""
     dims = len(target_shape)
     channels = values.shape[0]
     src = values.float()[None]  # (1, C, *S_src)
@@ -104,9 +93,6 @@ def resample_to_grid(
     mapping = np.linalg.inv(source_affine) @ target_affine
     mapping_t = torch.as_tensor(mapping, dtype=torch.float64)
     src_size = torch.tensor(values.shape[1:], dtype=torch.float64)
-    label_dtype = np.uint8 if channels <= 255 else np.int16
-    labels = np.zeros(tuple(target_shape), dtype=label_dtype)
-    probabilities = np.zeros((channels, *target_shape), dtype=np.float32) if keep_values else None
     plane = int(np.prod(target_shape[:-1]))
     slab = max(1, min(target_shape[-1], max_points // max(1, plane)))
     axes = [torch.arange(s, dtype=torch.float64) for s in target_shape[:-1]]
@@ -124,19 +110,123 @@ def resample_to_grid(
         normalised = torch.where(src_size[:, None] > 1, normalised, torch.zeros_like(normalised))
         sample_grid = normalised.flip(0).T.reshape(1, *([1] * (dims - 1)), -1, dims).to(src.device, src.dtype)
         sampled = F.grid_sample(src, sample_grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        sampled = sampled.reshape(channels, -1)  # (C, P)
+        yield start, stop, sampled.reshape(channels, -1)  # (C, P)
+
+
+class Resampled(NamedTuple):
+    """What :func:`resample_prediction` returns, on the target grid."""
+
+    labels: np.ndarray  # (*S) uint8/int16 class indices
+    probabilities: np.ndarray | None  # (C, *S) float32
+    uncertainty: np.ndarray | None  # (*S) float32 in [0, 1]
+    maps: dict[str, np.ndarray]  # name -> (c, *S) float32
+
+
+def resample_prediction(
+    values: torch.Tensor,
+    source_affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: Sequence[int],
+    keep_values: bool = False,
+    uncertainty: bool = False,
+    maps: dict[str, torch.Tensor] | None = None,
+    fill_background: bool = True,
+    max_points: int = 1 << 22,
+) -> Resampled:
+    """Resample class probabilities (C, *S_src) onto another voxel grid; argmax and entropy are taken there.
+
+    Both affines map voxel indices to the same world space. The target grid is processed in slabs along its
+    last axis (at most ``max_points`` voxels at a time), so memory grows with one slab, not the volume. Other
+    maps on the source grid are resampled in the same pass (one set of sample positions for all).
+
+    Args:
+        values: (C, *S_src) probabilities on the source grid (any device).
+        source_affine, target_affine: (D+1, D+1) voxel-to-world matrices.
+        target_shape: spatial shape of the target grid.
+        keep_values: also return the resampled probabilities (C, *target_shape) as float32.
+        uncertainty: also return the predictive entropy of the resampled probabilities, divided by log(C) so it
+            lies in [0, 1] (0: one class certain; 1: all classes equally likely), float32 of target_shape.
+        maps: name -> (c, *S_src) maps to resample too (linearly; 0 outside the source grid).
+        fill_background: outside the source grid, probability 1 for class 0 (within one voxel of its edge, the
+            edge's values).
+    """
+    channels = values.shape[0]
+    maps = maps or {}
+    sizes = [m.shape[0] for m in maps.values()]
+    label_dtype = np.uint8 if channels <= 255 else np.int16
+    labels = np.zeros(tuple(target_shape), dtype=label_dtype)
+    probabilities = np.zeros((channels, *target_shape), dtype=np.float32) if keep_values else None
+    entropy = np.zeros(tuple(target_shape), dtype=np.float32) if uncertainty else None
+    resampled = {name: np.zeros((size, *target_shape), dtype=np.float32) for name, size in zip(maps, sizes)}
+    stacked = torch.cat([values.float(), *[m.to(values.device, torch.float32) for m in maps.values()]]) \
+        if maps else values  # (C + sum(c), *S_src)
+    for start, stop, sampled in _resampled_slabs(stacked, source_affine, target_affine, target_shape, max_points):
+        shape = (*target_shape[:-1], stop - start)
+        extra = sampled[channels:].cpu().numpy()
+        sampled = sampled[:channels]  # (C, P)
         if fill_background:
             sampled[0] += (1.0 - sampled.sum(0)).clamp(min=0)
-        shape = (*target_shape[:-1], stop - start)
         labels[..., start:stop] = sampled.argmax(0).reshape(shape).cpu().numpy().astype(label_dtype)
         if probabilities is not None:
             probabilities[..., start:stop] = sampled.reshape(channels, *shape).cpu().numpy()
-    return labels, probabilities
+        if entropy is not None:
+            h = torch.special.entr(sampled.clamp(min=0)).sum(0) / math.log(max(channels, 2))  # (P,)
+            entropy[..., start:stop] = h.clamp(0, 1).reshape(shape).cpu().numpy()
+        first = 0
+        for (name, out), size in zip(resampled.items(), sizes):
+            out[..., start:stop] = extra[first:first + size].reshape(size, *shape)
+            first += size
+    return Resampled(labels, probabilities, entropy, resampled)
+
+
+def resample_to_grid(
+    values: torch.Tensor,
+    source_affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: Sequence[int],
+    keep_values: bool = False,
+    fill_background: bool = True,
+    max_points: int = 1 << 22,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample class probabilities (C, *S_src) onto another voxel grid and take the argmax there.
+
+    See :func:`resample_prediction` (this is it without the entropy).
+
+    Returns:
+        (labels as uint8/int16 array of target_shape, probabilities or None)
+    """
+    result = resample_prediction(values, source_affine, target_affine, target_shape, keep_values,
+                                 fill_background=fill_background, max_points=max_points)
+    return result.labels, result.probabilities
+
+
+def resample_values(
+    values: torch.Tensor, source_affine: np.ndarray, target_affine: np.ndarray, target_shape: Sequence[int],
+    max_points: int = 1 << 22,
+) -> np.ndarray:
+    """Resample any maps (C, *S_src) onto another voxel grid (linear, 0 outside the source grid).
+
+    Returns:
+        (C, *target_shape) float32.
+    """
+    out = np.zeros((values.shape[0], *target_shape), dtype=np.float32)
+    for start, stop, sampled in _resampled_slabs(values, source_affine, target_affine, target_shape, max_points):
+        out[..., start:stop] = sampled.reshape(values.shape[0], *target_shape[:-1], stop - start).cpu().numpy()
+    return out
+
+
+def normalise_maximum(values: np.ndarray) -> np.ndarray:
+    """Scale each map of (C, *S) so its maximum is 1 (in place; all-zero maps stay 0); values in [0, 1]."""
+    for channel in values:
+        top = float(channel.max())
+        if top > 0:
+            channel /= top
+    return np.clip(values, 0.0, 1.0, out=values)
 
 
 @dataclass
 class Prediction:
-    """A prediction on the input's own grid."""
+    """A prediction on the input's own grid (every array has the input's spatial shape ``S_input``)."""
 
     case: str
     labels: np.ndarray  # (*S_input) class indices
@@ -145,31 +235,49 @@ class Prediction:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     reference: Path | None = None  # the NIfTI input whose header the output copies (None: write from ``affine``)
+    # attention received per level ('level0' finest ...): (*S_input), or (heads, *S_input) per head; maximum 1
+    attention: dict[str, np.ndarray] | None = None
+    uncertainty: np.ndarray | None = None  # (*S_input) normalised predictive entropy in [0, 1]
+    image: np.ndarray | None = None  # (*S_input) the input's first channel, kept for overlays with the maps
+
+    def uncertainty_means(self) -> tuple[float, float]:
+        """Mean uncertainty over the whole volume and inside the predicted foreground (NaN when empty)."""
+        if self.uncertainty is None:
+            raise ValueError(f"{self.case}: predicted without uncertainty=True")
+        foreground = self.labels > 0
+        inside = float(self.uncertainty[foreground].mean()) if foreground.any() else float("nan")
+        return float(self.uncertainty.mean()), inside
 
 
 class Predictor:
-    """Runs a trained network over whole volumes.
+    """Runs a trained network (or an ensemble of them) over whole volumes.
 
     Args:
-        network: the segmentation network (logits out).
+        network: the segmentation network (logits out), or several trained the same way (an ensemble: their
+            probabilities are averaged).
         prep: the preprocessing the network was trained with.
         labels: class index -> name.
         patch_size: sliding-window size (voxels on the network grid).
         inference: overlap, blending, TTA, window batch.
         device: where the network runs.
+        in_channels: image channels the network takes.
+        sources: where each network came from (checkpoint paths), for error messages.
     """
 
     def __init__(
         self,
-        network: nn.Module,
+        network: nn.Module | Sequence[nn.Module],
         prep: Preprocessing,
         labels: dict[int, str],
         patch_size: Sequence[int],
         inference: InferenceConfig | None = None,
         device: torch.device | str = "cpu",
         in_channels: int = 1,
+        sources: Sequence[str] | None = None,
     ) -> None:
-        self.network = network
+        self.networks = list(network) if isinstance(network, (list, tuple)) else [network]
+        self.network = self.networks[0]
+        self.sources = list(sources) if sources else [f"network {i}" for i in range(len(self.networks))]
         self.in_channels = in_channels
         self.prep = prep
         self.labels = dict(labels)
@@ -179,57 +287,126 @@ class Predictor:
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
 
     @classmethod
-    def from_checkpoint(cls, model: str | Path, device: str = "auto", **inference: Any) -> Predictor:
-        """Load a run folder or checkpoint; ``inference`` overrides keys of the saved inference config."""
-        path = find_checkpoint(model)
-        payload = load_checkpoint(path)
-        if payload.get("task", "segmentation") != "segmentation":
-            raise ValueError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
-        try:
-            config = from_dict(payload["config"])
-            prep = Preprocessing.from_dict(payload["preprocessing"])
-            labels = {int(k): v for k, v in payload["labels"].items()}
-            network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), len(labels))
-            network.load_state_dict(payload["model"])
-        except (KeyError, RuntimeError, TypeError) as error:
-            raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
+    def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto", **inference: Any
+                        ) -> Predictor:
+        """Load a run folder or checkpoint (several: an ensemble); ``inference`` overrides keys of the saved
+        inference config (the first model's).
+
+        Raises:
+            FileNotFoundError: no checkpoint at a path.
+            ValueError: not a segmentation checkpoint, or ensemble members that differ in preprocessing, classes
+                or input channels.
+        """
+        models = [model] if isinstance(model, (str, Path)) else list(model)
+        if not models:
+            raise ValueError("no model given")
+        resolved = resolve_device(device)
+        networks, sources = [], []
+        first: dict[str, Any] = {}
+        for item in models:
+            path = find_checkpoint(item)
+            payload = load_checkpoint(path)
+            if payload.get("task", "segmentation") != "segmentation":
+                raise ValueError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
+            try:
+                config = from_dict(payload["config"])
+                prep = Preprocessing.from_dict(payload["preprocessing"])
+                labels = {int(k): v for k, v in payload["labels"].items()}
+                network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), len(labels))
+                network.load_state_dict(payload["model"])
+            except (KeyError, RuntimeError, TypeError) as error:
+                raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
+            found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
+            if not first:
+                first = {"path": path, "config": config, **found}
+            for key, value in found.items():
+                if value != first[key]:
+                    raise ValueError(f"{path}: ensemble member differs from {first['path']} in its {key} "
+                                     f"({value} vs {first[key]}); an ensemble needs models trained the same way")
+            logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
+                        payload.get("best_metric"))
+            networks.append(network.to(resolved).eval())
+            sources.append(str(path))
+        config = first["config"]
         if inference:
             config = config.replace(inference={k: v for k, v in inference.items() if v is not None})
-        resolved = resolve_device(device)
-        network.to(resolved).eval()
         patch = config.inference.patch_size or config.data.patch_size
-        logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
-                    payload.get("best_metric"))
-        return cls(network, prep, labels, patch, config.inference, resolved, int(payload["in_channels"]))
+        return cls(networks, first["preprocessing"], first["classes"], patch, config.inference, resolved,
+                   first["input channels"], sources)
+
+    def attention_levels(self) -> list[str]:
+        """The attention levels every network has ('level0' finest, ...), for ``attention_maps=True``.
+
+        Raises:
+            ValueError: a network without attention in its skips (trained with ``model.attention: false``, or a
+                MONAI architecture), or ensemble members with different levels; one line naming the checkpoint.
+        """
+        levels = None
+        for network, source in zip(self.networks, self.sources):
+            found = list(getattr(network, "attention_levels", []) or [])
+            if not found:
+                what = ("was trained with attention off (model.attention: false)"
+                        if getattr(network, "attention_enabled", None) is False
+                        else f"is a {type(network).__name__}, not an attention_skip_unet with attention")
+                raise ValueError(f"{source}: has no attention maps: this model {what}")
+            if levels is not None and found != levels:
+                raise ValueError(f"{source}: attention levels {found} differ from the other models' {levels}")
+            levels = found
+        return levels or []
 
     @torch.no_grad()
-    def infer(self, image: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (K, *S) for a preprocessed image (C, *S), by sliding window (+ flip TTA).
+    def infer(self, image: torch.Tensor, attention: bool = False, per_head: bool = False
+              ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Class probabilities (K, *S) for a preprocessed image (C, *S), by sliding window (+ flip TTA), averaged
+        over the ensemble.
 
         The image and the probability buffer stay where the image is (CPU for large volumes); windows run on
         the predictor's device. See :mod:`medseg_attn.engine.sliding`.
+
+        Args:
+            image: (C, *S) on the network grid.
+            attention: also return, per attention level, the attention each voxel receives (blended like the
+                probabilities, averaged over flips and networks): {level: (1 or heads, *S)}; not normalised.
+            per_head: keep the heads apart in those maps.
         """
         image = torch.as_tensor(image)
+        if attention:
+            self.attention_levels()
         flips: list[tuple[int, ...]] = [()]
         if self.inference.tta:
             axes = tuple(range(2, image.ndim + 1))
             flips = [c for r in range(len(axes) + 1) for c in combinations(axes, r)]
-        was_training = self.network.training
-        self.network.eval()
+        was_training = [network.training for network in self.networks]
+        for network in self.networks:
+            network.eval()
+        if attention:
+            forwards = [lambda x, n=n: self._forward_attention(n, x, per_head) for n in self.networks]
+        elif len(self.networks) == 1:
+            forwards = [self._forward]
+        else:
+            forwards = [lambda x, n=n: self._forward(x, n) for n in self.networks]
         try:
             return sliding_window_probabilities(
-                self._forward, image, self.patch_size, overlap=self.inference.overlap,
+                forwards, image, self.patch_size, overlap=self.inference.overlap,
                 batch_size=self.inference.sw_batch_size, blend=self.inference.blend, flips=flips,
-                device=self.device)  # (K, *S)
+                device=self.device, with_maps=attention)  # (K, *S) [, maps]
         finally:
-            self.network.train(was_training)
+            for network, mode in zip(self.networks, was_training):
+                network.train(mode)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
         autocast = self.device.type == "cuda"
         with torch.autocast(self.device.type, enabled=autocast):
-            out = self.network(torch.as_tensor(x))
+            out = (network or self.network)(torch.as_tensor(x))
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()
+
+    def _forward_attention(self, network: nn.Module, x: torch.Tensor, per_head: bool
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        autocast = self.device.type == "cuda"
+        with torch.autocast(self.device.type, enabled=autocast):
+            logits, maps = network.forward_with_attention(torch.as_tensor(x), per_head=per_head)
+        return logits.float(), maps
 
     def load(self, path: str | Path | Sequence[str | Path], series_uid: str | None = None,
              resample_uneven: bool = False, volume_index: int | None = None) -> torch.Tensor:
@@ -283,31 +460,93 @@ class Predictor:
             raise ValueError(f"{first}: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
         return loaded
 
-    def predict(self, path: str | Path | Sequence[str | Path], probabilities: bool = False, *,
-                series_uid: str | None = None, resample_uneven: bool = False, volume_index: int | None = None
-                ) -> Prediction:
-        """Predict one case; the result is on the input's own grid.
+    def load_array(self, array: np.ndarray | torch.Tensor, affine: np.ndarray | None = None) -> torch.Tensor:
+        """Check an in-memory image and give it the form :meth:`load` gives files: (C, *S) MetaTensor.
+
+        Args:
+            array: (*S) for single-channel models or (C, *S), in the voxel order the affine describes.
+            affine: (D+1, D+1) or 4x4 voxel-to-world RAS affine (mm); default: identity (1 mm, RAS).
+
+        Raises:
+            ValueError: wrong dimensions or channels, NaN/Inf voxels, or a singular affine.
+        """
+        from monai.data import MetaTensor
+
+        dims = self.prep.spatial_dims
+        data = torch.as_tensor(np.asarray(array, dtype=np.float32))
+        if data.ndim == dims:
+            data = data[None]
+        if data.ndim != dims + 1 or data.shape[0] != self.in_channels:
+            raise ValueError(f"array: shape {tuple(data.shape)}; this model expects {dims}D images with "
+                             f"{self.in_channels} channel(s): (*S) or (C, *S)")
+        full = np.eye(4)
+        if affine is not None:
+            given = np.asarray(affine, dtype=np.float64)
+            if given.shape not in ((dims + 1, dims + 1), (4, 4)):
+                raise ValueError(f"array: affine of shape {given.shape}; expected ({dims + 1}, {dims + 1}) or (4, 4)")
+            if given.shape == (4, 4):
+                full = given
+            else:
+                full[:dims, :dims], full[:dims, 3] = given[:dims, :dims], given[:dims, dims]
+        if not np.all(np.isfinite(full)) or abs(np.linalg.det(full[:3, :3])) < 1e-12:
+            raise ValueError("array: the affine must be finite and invertible")
+        bad = int((~torch.isfinite(data)).sum())
+        if bad:
+            raise ValueError(f"array: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
+        return MetaTensor(data, affine=torch.as_tensor(full), meta={"space": "RAS"})
+
+    def predict(self, path: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor, probabilities: bool = False,
+                *, attention_maps: bool = False, attention_heads: bool = False, uncertainty: bool = False,
+                affine: np.ndarray | None = None, series_uid: str | None = None, resample_uneven: bool = False,
+                volume_index: int | None = None) -> Prediction:
+        """Predict one case; the result (and every map) is on the input's own grid.
 
         Args:
             path: an image file or DICOM folder, or one file per channel (nnU-Net ``_0000``, ``_0001``, ...
-                files) for multi-channel models.
+                files) for multi-channel models; or an array (*S) / (C, *S) with its ``affine``.
             probabilities: also return the class probabilities on the input grid.
+            attention_maps: also return, per attention level, the attention each voxel receives (summed over
+                the queries, averaged over heads, maximum 1); see ``docs/explainability.md``.
+            attention_heads: keep the heads apart in those maps ((heads, *S) per level).
+            uncertainty: also return the normalised predictive entropy of the averaged probabilities.
+            affine: the voxel-to-world (RAS) affine of an array input (default identity).
             series_uid, resample_uneven, volume_index: see :meth:`load`.
+
+        Raises:
+            ValueError: a bad input (one line naming it), or ``attention_maps`` for a model without attention.
         """
         start = time.perf_counter()
-        files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
-        loaded = self.load(files, series_uid, resample_uneven, volume_index)
+        if attention_maps or attention_heads:
+            self.attention_levels()  # before any heavy work
+        if isinstance(path, (np.ndarray, torch.Tensor)):
+            files: list[Path] = []
+            loaded = self.load_array(path, affine)
+        else:
+            files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+            loaded = self.load(files, series_uid, resample_uneven, volume_index)
         dims = self.prep.spatial_dims
         original_shape = tuple(loaded.shape[1:])
         original_affine = _spatial_affine(loaded.affine, dims)
         image = self._pre({"image": loaded})["image"]
-        probs = self.infer(image)  # (K, *S_network)
+        maps: dict[str, torch.Tensor] = {}
+        if attention_maps or attention_heads:
+            probs, maps = self.infer(image, attention=True, per_head=attention_heads)  # (K, *S_net), {level: ..}
+        else:
+            probs = self.infer(image)  # (K, *S_network)
         network_affine = _spatial_affine(image.affine, dims)
-        labels, probability_map = resample_to_grid(probs, network_affine, original_affine, original_shape,
-                                                   keep_values=probabilities)
-        reference = files[0] if is_nifti(files[0]) and files[0].is_file() else None
-        return Prediction(case_name(files[0], strip_channel=len(files) > 1), labels, original_affine,
-                          probability_map, time.perf_counter() - start, reference=reference)
+        result = resample_prediction(probs, network_affine, original_affine, original_shape,
+                                     keep_values=probabilities, uncertainty=uncertainty, maps=maps)
+        del probs, maps
+        attention = None
+        if result.maps:  # {level: (1 or heads, *S_input)}, each map scaled to a maximum of 1
+            attention = {level: normalise_maximum(values) if attention_heads else normalise_maximum(values)[0]
+                         for level, values in result.maps.items()}
+        explained = attention is not None or result.uncertainty is not None
+        reference = files[0] if files and is_nifti(files[0]) and files[0].is_file() else None
+        name = case_name(files[0], strip_channel=len(files) > 1) if files else "array"
+        return Prediction(name, result.labels, original_affine, result.probabilities, time.perf_counter() - start,
+                          reference=reference, attention=attention, uncertainty=result.uncertainty,
+                          image=np.asarray(loaded[0], dtype=np.float32) if explained else None)
 
 
 def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple[str, list[Path]]]:

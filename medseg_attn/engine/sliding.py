@@ -5,12 +5,18 @@ softmax and, for flip TTA, runs it again per flip: three or more class-by-volume
 window batch is run through the network (and its flips), turned into probabilities, weighted by the Gaussian
 importance map and added into a single accumulator, so peak memory is one (classes x volume) buffer plus a
 one-channel weight map, growing linearly with the volume.
+
+Ensembles (several networks) are averaged the same way as flips: every (network, flip) pair's probabilities are
+summed into the window's average before blending. With ``with_maps``, each network also returns per-level maps
+(the attention each voxel receives, see :meth:`AttentionSkipUNet.forward_with_attention`); they are flipped back,
+averaged and blended with the same Gaussian weights into one small accumulator per level.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from monai.data.utils import compute_importance_map
@@ -31,7 +37,7 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 
 @torch.no_grad()
 def sliding_window_probabilities(
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    forward: Callable[[torch.Tensor], Any] | Sequence[Callable[[torch.Tensor], Any]],
     image: torch.Tensor,
     window: Sequence[int],
     overlap: float = 0.5,
@@ -40,11 +46,13 @@ def sliding_window_probabilities(
     flips: Sequence[tuple[int, ...]] = ((),),
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+    with_maps: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Blend softmax probabilities of overlapping windows over a whole image.
 
     Args:
-        forward: network, (B, C, *window) -> logits (B, K, *window).
+        forward: network, (B, C, *window) -> logits (B, K, *window); or a sequence of them (an ensemble,
+            averaged). With ``with_maps`` each returns (logits, {name: (B, c, *window) map}).
         image: (C, *S) on any device (stays there; windows move to ``device``).
         window: window size per spatial axis; images smaller than it are zero-padded on both sides (as MONAI).
         overlap: fraction of a window shared with its neighbour, in [0, 1).
@@ -54,10 +62,13 @@ def sliding_window_probabilities(
             ``((),)`` = no TTA.
         device: where the network runs (default: the image's device).
         dtype: accumulator type; float16 halves the buffer for many-class models.
+        with_maps: also blend the maps the forwards return.
 
     Returns:
-        (K, *S) class probabilities (dtype ``dtype``) on the image's device.
+        (K, *S) class probabilities (dtype ``dtype``) on the image's device; with ``with_maps`` also
+        {name: (c, *S) float32 map}.
     """
+    forwards = list(forward) if isinstance(forward, Sequence) else [forward]
     device = torch.device(device) if device is not None else image.device
     spatial = tuple(image.shape[1:])
     window = tuple(int(w) for w in window)
@@ -72,26 +83,43 @@ def sliding_window_probabilities(
     starts = [window_starts(s, w, overlap) for s, w in zip(padded, window)]
     corners = list(itertools.product(*starts))
     accumulator: torch.Tensor | None = None
+    map_accumulators: dict[str, torch.Tensor] = {}
     weights = torch.zeros(padded, dtype=torch.float32, device=image.device)
+    runs = len(forwards) * len(flips)
     for first in range(0, len(corners), batch_size):
         batch_corners = corners[first:first + batch_size]
         slices = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in batch_corners]
         batch = torch.stack([image[(slice(None),) + s] for s in slices]).to(device)  # (B, C, *window)
         probabilities = None
-        for flip in flips:
-            x = batch.flip(flip) if flip else batch
-            p = forward(x).float().softmax(1)  # (B, K, *window)
-            p = p.flip(flip) if flip else p
-            probabilities = p if probabilities is None else probabilities + p
-        probabilities = probabilities * (importance / len(flips))
+        maps: dict[str, torch.Tensor] = {}
+        for network in forwards:
+            for flip in flips:
+                x = batch.flip(flip) if flip else batch
+                out = network(x)
+                logits, window_maps = out if with_maps else (out, {})
+                p = logits.float().softmax(1)  # (B, K, *window)
+                p = p.flip(flip) if flip else p
+                probabilities = p if probabilities is None else probabilities + p
+                for name, m in window_maps.items():  # (B, c, *window)
+                    m = m.float().flip(flip) if flip else m.float()
+                    maps[name] = maps[name] + m if name in maps else m
+        probabilities = probabilities * (importance / runs)
         if accumulator is None:
             accumulator = torch.zeros((probabilities.shape[1], *padded), dtype=dtype, device=image.device)
+        for name, m in maps.items():
+            if name not in map_accumulators:
+                map_accumulators[name] = torch.zeros((m.shape[1], *padded), dtype=torch.float32, device=image.device)
+            for one, s in zip((m * (importance / runs)).to(image.device), slices):
+                map_accumulators[name][(slice(None),) + s] += one
         for p, s in zip(probabilities.to(image.device), slices):
             accumulator[(slice(None),) + s] += p.to(dtype)
             weights[s] += importance.to(image.device)
     assert accumulator is not None
-    for channel in accumulator:  # in place, one channel at a time: no second full-size buffer
-        channel.div_(weights.to(dtype))
+    crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))
+    for buffer in [accumulator, *map_accumulators.values()]:
+        for channel in buffer:  # in place, one channel at a time: no second full-size buffer
+            channel.div_(weights.to(channel.dtype))
     if padded != spatial:
-        accumulator = accumulator[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))]
-    return accumulator
+        accumulator = accumulator[crop]
+        map_accumulators = {name: m[crop] for name, m in map_accumulators.items()}
+    return (accumulator, map_accumulators) if with_maps else accumulator
