@@ -25,7 +25,12 @@ EXAMPLES = {
   medseg-attn classify train --output runs/cls --resume --minutes 20""",
     "predict": """examples:
   medseg-attn classify predict --model runs/cls --input new_images/ --output predictions.csv
-  medseg-attn classify predict --model runs/cls/checkpoints/best.pt --input a.png b.png --output p.csv""",
+  medseg-attn classify predict --model runs/cls/checkpoints/best.pt --input a.png b.png --output p.csv
+  medseg-attn classify predict --model runs/cls --input new_images/ --output p.csv --attention-maps attention/
+
+--attention-maps DIR writes where the attention head looked, per image: DIR/<name>_attention.png (2D: the image
+beside a heat overlay with a colour bar) or DIR/<name>_attention.nii.gz (3D: on the input's own voxel grid);
+sub-folders of the inputs are kept. See docs/explainability.md.""",
     "evaluate": """examples:
   medseg-attn classify evaluate --model runs/cls --data images/test --output evaluation/
   medseg-attn classify evaluate --model runs/cls --output evaluation/      # the run's test set
@@ -67,6 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                                                    "recursively)")
     predict.add_argument("--output", type=Path, required=True, help="predictions CSV to write")
     predict.add_argument("--batch-size", type=int, help="images per forward pass (default: the training batch)")
+    predict.add_argument("--attention-maps", type=Path, metavar="DIR",
+                         help="also write each image's head attention into DIR (PNG overlay for 2D images, NIfTI on "
+                              "the input grid for 3D volumes); needs a classifier trained with attention")
     predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
     evaluate = command("evaluate", "accuracy, balanced accuracy, macro F1, one-vs-rest AUC, per-class precision "
@@ -120,11 +128,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from medseg_attn.engine.classify_predict import Classifier, collect_images, predict_images
+    from medseg_attn.engine.classify_predict import Classifier, collect_images, predict_images, write_attention_maps
 
     files = collect_images(args.input)
     classifier = Classifier.from_checkpoint(args.model, device=args.device, batch_size=args.batch_size)
+    if args.attention_maps is not None:
+        classifier.check_attention()  # before any image: a model without attention is a one-line error
     rows = predict_images(classifier, files, args.output, progress=not args.quiet)
+    if args.attention_maps is not None:
+        written = write_attention_maps(classifier, files, args.attention_maps, progress=not args.quiet)
+        print(f"wrote {len(written)} attention map(s) -> {args.attention_maps}")
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["class_name"]] = counts.get(row["class_name"], 0) + 1

@@ -6,6 +6,10 @@
 
 Evaluation adds the reference (``true_class``, ``true_index``, ``correct``) to those rows and writes the metrics
 of :mod:`medseg_attn.engine.classify_metrics` next to them.
+
+:func:`write_attention_maps` writes where the classification head looked in each image: its class token's
+attention over the encoder's bottleneck tokens, averaged over heads, upsampled to the image as it was read (2D:
+a PNG overlay; 3D: a NIfTI on the input file's own voxel grid), maximum 1.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from medseg_attn.networks.factory import build_classifier
 logger = logging.getLogger(__name__)
 
 __all__ = ["Classifier", "collect_images", "evaluate_classifier", "predict_images", "read_predictions",
-           "write_predictions"]
+           "write_attention_maps", "write_predictions"]
 
 
 class Classifier:
@@ -48,11 +52,14 @@ class Classifier:
         device: where to run.
         batch_size: images per forward pass.
         multitask: the network also returns segmentation logits (ignored here).
+        source: where the network came from (its checkpoint), for error messages.
     """
 
     def __init__(self, network: torch.nn.Module, prep: ImagePreprocessing, classes: list[str],
-                 device: torch.device | str = "cpu", batch_size: int = 16, multitask: bool = False) -> None:
+                 device: torch.device | str = "cpu", batch_size: int = 16, multitask: bool = False,
+                 source: str = "classifier") -> None:
         self.network = network.eval()
+        self.source = source
         self.prep = prep
         self.classes = list(classes)
         self.device = torch.device(device)
@@ -87,7 +94,7 @@ class Classifier:
         logger.info("loaded %s (%d classes, epoch %s, best %s %s)", path, len(classes), payload.get("epoch"),
                     config.train.monitor, payload.get("best_metric"))
         return cls(network.to(resolved), prep, classes, resolved, batch_size or config.train.batch_size,
-                   segmentation_classes > 0)
+                   segmentation_classes > 0, str(path))
 
     @torch.no_grad()
     def probabilities(self, paths: Sequence[str | Path], progress: bool = False) -> np.ndarray:
@@ -106,6 +113,39 @@ class Classifier:
             out.append(logits.float().softmax(1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
+    def check_attention(self) -> None:
+        """Raise a one-line ValueError naming the checkpoint when the head has no attention to show."""
+        if not getattr(getattr(self.network, "head", None), "attention_enabled", False):
+            raise ValueError(f"{self.source}: has no attention maps: this classifier was trained with attention off "
+                             f"(model.attention: false)")
+
+    @torch.no_grad()
+    def attention_map(self, path: str | Path) -> np.ndarray:
+        """Where the head looked in one image: (*S) in [0, 1] on the image as read (see :func:`read_image`:
+        (H, W) for 2D, (X, Y, Z) in RAS order for NIfTI volumes, file order for other volumes).
+
+        The class token's weights over the bottleneck tokens (mean over heads) are upsampled by the encoder's
+        stride to the network input (token centres on their blocks' centres), then resized to the image's size.
+        """
+        import torch.nn.functional as F
+
+        self.check_attention()
+        path = Path(path)
+        sample = self._transform({"image": str(path)})["image"]  # (C, *size)
+        size = tuple(sample.shape[1:])
+        weights = self.network.attention_map(sample[None].to(self.device)).float().mean(1, keepdim=True)  # (1, 1, *grid)
+        divisor = self.network.divisor
+        padded = [-(-s // divisor) * divisor for s in size]
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        values = F.interpolate(weights, size=padded, mode=mode, align_corners=False)
+        values = values[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]  # (1, 1, *size)
+        shape = _read_shape(path)
+        if tuple(shape) != size:
+            values = F.interpolate(values, size=tuple(shape), mode=mode, align_corners=False)
+        values = values[0, 0].cpu().numpy()
+        top = float(values.max())
+        return np.clip(values / top if top > 0 else values, 0, 1).astype(np.float32)
+
     def _warn_resized(self, paths: list[Path]) -> None:
         if self.prep.resized:
             return  # training resized every image too
@@ -113,6 +153,74 @@ class Classifier:
         if odd:
             logger.warning("%d image(s) differ from the training size %s and are resized (first: %s)", len(odd),
                            "x".join(map(str, self.prep.image_size)), odd[0])
+
+
+def _read_shape(path: Path) -> tuple[int, ...]:
+    """The spatial shape :func:`read_image` gives for a file (NIfTI volumes: in RAS axis order)."""
+    info = image_info(path)
+    if info.spatial_dims == 3 and path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        orientation = nib.orientations.io_orientation(nib.load(str(path)).affine)
+        shape = [0, 0, 0]
+        for axis, (ras_axis, _) in enumerate(orientation):
+            shape[int(ras_axis)] = info.shape[axis]
+        return tuple(shape)
+    return info.shape
+
+
+def _attention_target(folder: Path, file: Path, root: Path, volume: bool) -> Path:
+    """FOLDER/<the file's folder relative to root>/<name without its image suffix>_attention.png|.nii.gz"""
+    lower = file.name.lower()
+    suffix = next((s for s in (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm", ".dicom") if lower.endswith(s)), file.suffix)
+    name = file.name[: len(file.name) - len(suffix)] if suffix else file.name
+    relative = file.parent.resolve().relative_to(root)
+    return folder / relative / f"{name}_attention{'.nii.gz' if volume else '.png'}"
+
+
+def write_attention_maps(classifier: Classifier, files: Sequence[str | Path], folder: str | Path,
+                         progress: bool = False) -> list[Path]:
+    """Write the head's attention for each image into ``folder``, keeping the inputs' sub-folders.
+
+    2D images give ``<name>_attention.png`` (the image beside the image with the map as heat overlay and a colour
+    bar); 3D volumes give ``<name>_attention.nii.gz`` on exactly the input's voxel grid (a NIfTI input's header is
+    copied; NRRD/MHA/DICOM volumes get their RAS affine).
+
+    Raises:
+        ValueError: the classifier has no attention (before any image).
+    """
+    import os
+
+    from tqdm import tqdm
+
+    from medseg_attn.data.images import read_image
+    from medseg_attn.data.io import read_geometry
+    from medseg_attn.engine.explain import save_map_nifti
+    from medseg_attn.engine.visualize import save_picture_attention_png
+
+    classifier.check_attention()
+    paths = [Path(f) for f in files]
+    root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths])) if paths else Path()
+    written = []
+    for path in tqdm(paths, desc="attention", unit="image", leave=False, disable=not progress):
+        values = classifier.attention_map(path)
+        volume = values.ndim == 3
+        target = _attention_target(Path(folder), path, root, volume)
+        if not volume:
+            image, _ = read_image(path)
+            save_picture_attention_png(target, image, values, title=f"{path.name}")
+        elif path.name.lower().endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            orientation = nib.orientations.io_orientation(nib.load(str(path)).affine)
+            back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), orientation)
+            stored = nib.orientations.apply_orientation(values, back)  # RAS order -> the file's own order
+            save_map_nifti(np.ascontiguousarray(stored), target, np.eye(4), reference=path,
+                           description="classification head attention")
+        else:
+            save_map_nifti(values, target, read_geometry(path).affine, description="classification head attention")
+        written.append(target)
+    return written
 
 
 def collect_images(items: Sequence[str | Path]) -> list[Path]:
