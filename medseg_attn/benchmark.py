@@ -25,7 +25,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["matmul_rate", "benchmark_networks", "benchmark_inference", "benchmark_data_pipeline", "run_benchmarks",
+__all__ = ["matmul_rate", "benchmark_networks", "benchmark_variants", "benchmark_inference", "benchmark_data_pipeline", "run_benchmarks",
            "TARGETS"]
 
 # name -> (what is compared, target ratio, "<=" or ">=")
@@ -205,6 +205,67 @@ def benchmark_networks(
     return results, rate
 
 
+def benchmark_variants(
+    size: int = 64, batch: int = 2, repetitions: int = 5, device: torch.device | None = None,
+    compile: bool = True, progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Training-step time of the default AttentionSkipUNet under each optimisation the engine offers.
+
+    Variants (interleaved like :func:`benchmark_networks`): fp32 eager (the reference), bf16 / fp16 autocast
+    (``train.amp``), channels-last memory format, and ``torch.compile`` (``train.compile``; its compilation is
+    done in the warm-up repetition and reported separately). Returns one dict per variant with the median step
+    time and its ratio to fp32 eager.
+    """
+    from medseg_attn.networks import AttentionSkipUNet
+
+    device = device or torch.device("cpu")
+    half = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    channels_last = torch.channels_last_3d
+    variants: dict[str, dict[str, Any]] = {
+        "fp32 eager": {},
+        f"{str(half).split('.')[-1]} autocast": {"amp": half},
+        "channels-last": {"memory_format": channels_last},
+    }
+    if compile:
+        variants["torch.compile"] = {"compile": True}
+    torch.manual_seed(0)
+    x = torch.randn(batch, 1, size, size, size, device=device)
+    y = torch.randint(0, 3, (batch, size, size, size), device=device)
+    runs = {}
+    for name, options in variants.items():
+        torch.manual_seed(0)
+        network = AttentionSkipUNet(3, 1, 3).to(device).train()
+        inputs = x
+        if "memory_format" in options:
+            network = network.to(memory_format=options["memory_format"])
+            inputs = x.contiguous(memory_format=options["memory_format"])
+        model = torch.compile(network) if options.get("compile") else network
+        runs[name] = (model, torch.optim.AdamW(network.parameters(), 1e-4), inputs, options.get("amp"))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    warmup: dict[str, float] = {}
+    for repetition in range(repetitions + 1):
+        for name, (model, optimizer, inputs, amp) in runs.items():
+            _sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = nn.functional.cross_entropy(model(inputs).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _sync(device)
+            seconds = time.perf_counter() - start
+            if repetition:
+                times[name].append(seconds)
+            else:
+                warmup[name] = seconds
+            if progress:
+                logger.info("rep %d %-18s step %.3f s", repetition, name, seconds)
+    reference = statistics.median(times["fp32 eager"])
+    return [{"variant": name, "train_step_seconds": statistics.median(values),
+             "ratio_to_fp32_eager": statistics.median(values) / reference, "first_step_seconds": warmup[name]}
+            for name, values in times.items()]
+
+
 @dataclass
 class InferenceResult:
     """Whole-volume sliding-window prediction of one pipeline on one volume."""
@@ -321,6 +382,7 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
     torch.set_grad_enabled(True)
     repetitions = 3 if quick else 7
     networks, rate = benchmark_networks(64, 2, repetitions, resolved)
+    variants = benchmark_variants(64, 2, repetitions, resolved, compile=not quick)
     if quick:
         shapes, overlap = [(128, 128, 64), (256, 256, 128)], 0.25
     else:
@@ -328,6 +390,7 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
     inference = benchmark_inference(shapes, overlap, resolved)
     pipeline = benchmark_data_pipeline(output / "data_pipeline", epochs=1 if quick else 3, device=resolved)
     report = make_report(networks, rate, inference, pipeline, overlap, resolved, quick)
+    report["variants"] = variants
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(report, indent=2))
     _plot(networks, output / "benchmark.png")
@@ -402,6 +465,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {r['name']:48s} {str(tuple(r['shape'])):16s} {r['seconds']:7.1f} s "
                      f"{r['voxels_per_second'] / 1e6:6.2f} Mvox/s  peak {r['peak_memory_mb']:7.0f} MB "
                      f"(+{r['added_memory_mb']:.0f} MB)")
+    if report.get("variants"):
+        lines += ["", "training step of AttentionSkipUNet under each optimisation (batch 2 x 64^3):"]
+        for v in report["variants"]:
+            lines.append(f"  {v['variant']:18s} {v['train_step_seconds']:7.3f} s  x{v['ratio_to_fp32_eager']:.2f} "
+                         f"of fp32 eager  (first step {v['first_step_seconds']:.1f} s)")
     pipe = report["data_pipeline"]
     lines += ["", f"data pipeline (demo config, cache={pipe['cache']}, workers={pipe['num_workers']}): "
                   f"{100 * pipe['data_wait_fraction']:.1f}% of step time waiting for data over {pipe['steps']} steps"]

@@ -109,6 +109,7 @@ class TrainConfig:
     patience: int | None = None  # stop after this many validations without a better Dice
     seed: int = 0
     amp: str = "auto"  # auto (on for CUDA), on, off
+    compile: bool = False  # torch.compile the training forward (slow first steps; needs a C++ compiler on CPU)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     log_images: bool = True  # TensorBoard overlays of a validation case
 

@@ -267,6 +267,8 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         if device.type == "cuda":  # batch norm (model.norm: batch) over the global batch; in place on children
             nn.SyncBatchNorm.convert_sync_batchnorm(network)
         model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    if train.compile:  # the training forward only; checkpoints keep the plain network's parameter names
+        model = torch.compile(model)
     progress = progress and dist.is_main
     writer = summary_writer(output / "tensorboard") if dist.is_main else _NoWriter()
     steps_per_epoch = task.steps_per_epoch
