@@ -103,3 +103,16 @@ def test_early_stopping(brain_dataset, tmp_path):
     result = train(_config(brain_dataset, "train.max_epochs=10", "train.lr=1e-12", "train.patience=1"),
                    tmp_path / "run", progress=False)
     assert result.stopped == "early stopping" and result.epochs == 2 and result.best_epoch == 1
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_the_plain_network(brain_dataset, tmp_path):
+    """train.compile: the training forward runs through torch.compile; checkpoints keep plain parameter names."""
+    result = train(_config(brain_dataset, "train.max_epochs=1", "train.compile=true"), tmp_path / "run",
+                   progress=False)
+    assert result.steps == 6
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert not any("_orig_mod" in key for key in payload["model"])
+    from medseg_attn.engine.predict import Predictor
+
+    Predictor.from_checkpoint(tmp_path / "run")  # loads into the plain network
