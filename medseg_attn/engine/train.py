@@ -36,6 +36,7 @@ from medseg_attn.data.datasets import check_cases, load_dataset, median_spacing,
 from medseg_attn.data.io import atomic_write_text
 from medseg_attn.data.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.engine.distributed import Distributed, partition, setup, shard
+from medseg_attn.engine.explain import validation_attention_images
 from medseg_attn.engine.loop import (
     TrainResult,
     TrainTask,
@@ -171,11 +172,13 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         return loss_fn(model(image), label)
 
     def validate() -> Validation:
-        scores, overlay = _validate(predictor, val_ds, run.labels, tcfg.log_images, run.dist)
+        scores, overlay, attention = _validate(predictor, val_ds, run.labels, tcfg.log_images, run.dist)
+        images = {"val/overlay": overlay} if overlay is not None else {}
+        images.update({f"val/attention_{level}": picture for level, picture in attention.items()})
         mean = float(np.nanmean(list(scores.values())))
         scalars = {"val/dice_mean": mean, **{f"val/dice_{name}": value for name, value in scores.items()}}
         return Validation(mean, row={f"val_dice_{name}": round(value, 4) for name, value in scores.items()},
-                          scalars=scalars, images={"val/overlay": overlay} if overlay is not None else {},
+                          scalars=scalars, images=images,
                           text=f"validation Dice {mean:.4f}")
 
     task = TrainTask(
@@ -211,7 +214,7 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
     num_classes = len(labels)
     names = [labels[i] for i in sorted(labels) if i > 0]
     scores = [np.zeros((0, len(names)))]  # (cases, C - 1) per-case Dice, NaN where the reference class is empty
-    overlay = None
+    overlay, attention = None, {}
     for index in range(len(dataset)):
         item = dataset[index]
         probs = predictor.infer(item["image"])  # (K, *S)
@@ -229,8 +232,11 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
             pred = prediction.cpu().numpy()[:, :, centre[2]]
             overlay = np.concatenate([overlay_rgb(np.rot90(picture), np.rot90(ref), classes=num_classes),
                                       overlay_rgb(np.rot90(picture), np.rot90(pred), classes=num_classes)], axis=1)
+            # where each skip level's attention went on this case (empty without attention)
+            attention = validation_attention_images(predictor.network, item["image"], label,
+                                                    predictor.patch_size, predictor.inference.overlap)
     per_case = np.concatenate((dist or Distributed()).gather(np.concatenate(scores)), axis=0)
     scored = ~np.isnan(per_case)
     # mean over the cases where the class is present; 0 for a class absent from every case (as MONAI's mean_batch)
     values = np.where(scored, per_case, 0.0).sum(0) / np.maximum(scored.sum(0), 1)
-    return {name: float(v) for name, v in zip(names, values)}, overlay
+    return {name: float(v) for name, v in zip(names, values)}, overlay, attention

@@ -55,6 +55,8 @@ def test_short_training_lowers_the_loss(brain_dataset, tmp_path):
     accumulator.Reload()
     assert {"train/loss", "val/dice_mean", "val/dice_grey_matter"} <= set(accumulator.Tags()["scalars"])
     assert "val/overlay" in accumulator.Tags()["images"]
+    # one attention picture per skip level that attends (3 skips for 4 levels of channels)
+    assert {"val/attention_level0", "val/attention_level1", "val/attention_level2"} <= set(accumulator.Tags()["images"])
 
 
 def test_resume_continues_exactly(brain_dataset, tmp_path):
