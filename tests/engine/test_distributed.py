@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,28 @@ def test_two_process_gloo_training_completes_and_its_checkpoint_loads(tmp_path, 
     assert sorted(p.name for p in (tmp_path / "pred").glob("case*.nii.gz")) == [f"case{i}.nii.gz" for i in range(3)]
     with (tmp_path / "pred" / "report.csv").open() as handle:
         assert sorted(row["case"] for row in csv.DictReader(handle)) == ["case0", "case1", "case2"]
+
+
+def test_two_process_classification_training(tmp_path):
+    """classify train under torchrun: validation gathered from both ranks, rank 0 writes one run folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        (tmp_path / "images" / f"class_{k}").mkdir(parents=True)
+        for i in range(8):
+            image = rng.integers(0, 40, (32, 32, 3)).astype(np.uint8)
+            image[8:24, 8:24] = colour
+            Image.fromarray(image).save(tmp_path / "images" / f"class_{k}" / f"{i}.png")
+    run_dir = tmp_path / "run"
+    result = torchrun("classify", "train", "--data", str(tmp_path / "images"), "--output", str(run_dir),
+                      "--epochs", "2", "--set", "model.channels=[8,16,32]", "--set", "train.batch_size=4",
+                      "--set", "train.device=cpu", "--set", "train.balance=sampler")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("trained 2 epochs") == 1
+    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert payload["world_size"] == 2 and payload["classes"] == ["class_0", "class_1", "class_2"]
+    with (run_dir / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == 2 and all(0.0 <= float(row["val_accuracy"]) <= 1.0 for row in history)
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
