@@ -24,6 +24,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,29 +217,46 @@ def _write(result: Prediction, case: CaseInput, targets: list[Path], predictor: 
     for target in targets:
         for stale in target.parent.glob(f".{target.name}.*"):  # temporary file of an interrupted run
             stale.unlink(missing_ok=True)
-    for target in targets:
-        stem = target.name[len(case.name):]
-        if stem.startswith("_attention_") and result.attention is not None:
-            level = stem[len("_attention_"):-len(".nii.gz")]
-            values = result.attention[level]
-            save_map_nifti(values, target, result.affine, result.reference, f"attention received, {level}",
-                           channels_first=values.ndim > result.labels.ndim)
-        elif stem == "_uncertainty.nii.gz" and result.uncertainty is not None:
-            save_map_nifti(result.uncertainty, target, result.affine, result.reference,
-                           "predictive entropy / log(classes)")
-        elif stem == "_overlay.png":
-            _save_overlay(result, target)
-        elif target.name.endswith("_probabilities.nii.gz"):
-            _save_probabilities(result.probabilities, result, target)
-        elif target.name.endswith(".seg.dcm"):
-            from medseg_attn.engine.dicom_seg import write_dicom_seg
+    maps = [t for t in targets if t.name[len(case.name):].startswith(("_attention_", "_uncertainty."))]
+    # the maps are gzip-compressed in worker threads (zlib releases the GIL) while the overlay is drawn
+    with ThreadPoolExecutor(max_workers=2) if maps else nullcontext() as pool:
+        jobs = [pool.submit(_save_map, result, case.name, target) for target in maps]
+        for target in targets:
+            if target in maps:
+                continue
+            _write_one(result, case, target, predictor)
+        for job in jobs:
+            job.result()  # re-raises a failed write
 
-            series = dicom.select_series(case.files[0], case.series_uid)
-            write_dicom_seg(result.labels, series, predictor.labels, target)
-        elif result.reference is not None:
-            save_nifti_like(result.labels, result.reference, target, dtype=result.labels.dtype.type)
-        else:
-            save_label_map(result.labels, result.affine, target, dtype=result.labels.dtype.type)
+
+def _save_map(result: Prediction, name: str, target: Path) -> None:
+    """One ``<case>_attention_<level>.nii.gz`` or ``<case>_uncertainty.nii.gz``."""
+    stem = target.name[len(name):]
+    if stem.startswith("_attention_"):
+        level = stem[len("_attention_"):-len(".nii.gz")]
+        values = result.attention[level]
+        save_map_nifti(values, target, result.affine, result.reference, f"attention received, {level}",
+                       channels_first=values.ndim > result.labels.ndim)
+    else:
+        save_map_nifti(result.uncertainty, target, result.affine, result.reference,
+                       "predictive entropy / log(classes)")
+
+
+def _write_one(result: Prediction, case: CaseInput, target: Path, predictor: Predictor) -> None:
+    """One output other than the maps: the label map, DICOM-SEG, probabilities or the overlay picture."""
+    if target.name[len(case.name):] == "_overlay.png":
+        _save_overlay(result, target)
+    elif target.name.endswith("_probabilities.nii.gz"):
+        _save_probabilities(result.probabilities, result, target)
+    elif target.name.endswith(".seg.dcm"):
+        from medseg_attn.engine.dicom_seg import write_dicom_seg
+
+        series = dicom.select_series(case.files[0], case.series_uid)
+        write_dicom_seg(result.labels, series, predictor.labels, target)
+    elif result.reference is not None:
+        save_nifti_like(result.labels, result.reference, target, dtype=result.labels.dtype.type)
+    else:
+        save_label_map(result.labels, result.affine, target, dtype=result.labels.dtype.type)
 
 
 def _save_overlay(result: Prediction, path: Path) -> None:

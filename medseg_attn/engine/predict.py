@@ -160,6 +160,8 @@ def resample_prediction(
     resampled = {name: np.zeros((size, *target_shape), dtype=np.float32) for name, size in zip(maps, sizes)}
     stacked = torch.cat([values.float(), *[m.to(values.device, torch.float32) for m in maps.values()]]) \
         if maps else values  # (C + sum(c), *S_src)
+    if maps or uncertainty:  # half-size slabs: their coordinates, extra channels and entropy fit the same memory
+        max_points = max(1, max_points // 2)
     for start, stop, sampled in _resampled_slabs(stacked, source_affine, target_affine, target_shape, max_points):
         shape = (*target_shape[:-1], stop - start)
         extra = sampled[channels:].cpu().numpy()

@@ -122,7 +122,12 @@ def test_classify_predict_writes_attention_maps(tmp_path):
     result = run("-q", "classify", "predict", "--model", str(model3d), "--input", str(source), "--output",
                  str(tmp_path / "p3.csv"), "--attention-maps", str(tmp_path / "maps3d"))
     assert result.returncode == 0, result.stderr
-    _check_map(tmp_path / "maps3d" / "volume_attention.nii.gz", volume.shape, affine, maximum_one=True)
+    written = _check_map(tmp_path / "maps3d" / "volume_attention.nii.gz", volume.shape, affine, maximum_one=True)
+    # stored in the file's own (LPS) voxel order: back in RAS order it is the map the classifier computes
+    from medseg_attn.engine.classify_predict import Classifier
+
+    expected = Classifier.from_checkpoint(model3d, device="cpu").attention_map(source)  # RAS order
+    np.testing.assert_allclose(written[::-1, ::-1], expected, atol=0.5 / 255 + 1e-6)  # stored in 8 bits
 
     off = write_classifier(tmp_path / "off.pt", attention=False)
     assert_one_line_error(run("classify", "predict", "--model", str(off), "--input", str(pictures), "--output",
