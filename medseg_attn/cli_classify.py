@@ -135,14 +135,14 @@ def _predict(args: argparse.Namespace) -> int:
     if args.attention_maps is not None:
         classifier.check_attention()  # before any image: a model without attention is a one-line error
     rows = predict_images(classifier, files, args.output, progress=not args.quiet)
-    if args.attention_maps is not None:
-        written = write_attention_maps(classifier, files, args.attention_maps, progress=not args.quiet)
-        print(f"wrote {len(written)} attention map(s) -> {args.attention_maps}")
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["class_name"]] = counts.get(row["class_name"], 0) + 1
     summary = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
     print(f"classified {len(rows)} image(s) ({summary}) -> {args.output}")
+    if args.attention_maps is not None:
+        written = write_attention_maps(classifier, files, args.attention_maps, progress=not args.quiet)
+        print(f"wrote {len(written)} attention map(s) -> {args.attention_maps}")
     return 0
 
 

@@ -133,3 +133,16 @@ def test_classify_predict_writes_attention_maps(tmp_path):
     assert_one_line_error(run("classify", "predict", "--model", str(off), "--input", str(pictures), "--output",
                               str(tmp_path / "p_off.csv"), "--attention-maps", str(tmp_path / "maps_off")),
                           "off.pt", "has no attention maps")
+
+
+def test_every_predict_option_is_documented():
+    from medseg_attn import cli
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    commands = next(a for a in cli._parser()._actions if a.dest == "command").choices
+    classify = next(a for a in commands["classify"]._actions if a.dest == "classify_command").choices
+    for parser in (commands["predict"], classify["predict"]):
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert f"`{option}" in text, option
