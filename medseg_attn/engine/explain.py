@@ -85,8 +85,8 @@ def validation_attention_images(
     is 1, as the predicted maps are.
 
     Args:
-        network: the segmentation network (a DDP wrapper is unwrapped); put in eval mode for the call and
-            restored after.
+        network: the segmentation network (DDP and torch.compile wrappers are unwrapped); put in eval mode for
+            the call and restored after.
         image: (C, *S) or (1, C, *S) preprocessed image on the network grid (2D or 3D).
         label: (*S) or (1, *S) reference labels: the slice goes through their foreground (default: the
             prediction's).
@@ -101,7 +101,9 @@ def validation_attention_images(
     from medseg_attn.engine.sliding import sliding_window_probabilities
     from medseg_attn.engine.visualize import foreground_centre, heat_rgb
 
-    model = getattr(network, "module", network)
+    model = network
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DistributedDataParallel, torch.compile
+        model = getattr(model, "module", None) or model._orig_mod
     if not getattr(model, "attention_levels", None):
         return {}
     image = torch.as_tensor(image)
