@@ -156,17 +156,18 @@ class Classifier:
 
 
 def _read_shape(path: Path) -> tuple[int, ...]:
-    """The spatial shape :func:`read_image` gives for a file (NIfTI volumes: in RAS axis order)."""
-    info = image_info(path)
-    if info.spatial_dims == 3 and path.name.lower().endswith((".nii", ".nii.gz")):
+    """The spatial shape :func:`read_image` gives for a file (NIfTI with 3 or more axes: in RAS axis order, a
+    last spatial axis of length 1 dropped)."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
-        orientation = nib.orientations.io_orientation(nib.load(str(path)).affine)
-        shape = [0, 0, 0]
-        for axis, (ras_axis, _) in enumerate(orientation):
-            shape[int(ras_axis)] = info.shape[axis]
-        return tuple(shape)
-    return info.shape
+        image = nib.load(str(path))
+        if len(image.shape) >= 3:
+            shape = [0, 0, 0]
+            for axis, (ras_axis, _) in enumerate(nib.orientations.io_orientation(image.affine)):
+                shape[int(ras_axis)] = int(image.shape[axis])
+            return tuple(shape[:2]) if shape[2] == 1 else tuple(shape)
+    return image_info(path).shape
 
 
 def _attention_target(folder: Path, file: Path, root: Path, volume: bool) -> Path:
