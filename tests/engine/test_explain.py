@@ -218,3 +218,10 @@ def test_validation_attention_images_one_picture_per_level():
     whole = validation_attention_images(net, image[None])
     assert list(whole) == ["level0", "level1"]
     assert validation_attention_images(AttentionSkipUNet(3, 1, 3, channels=(8, 16), attention=False), image) == {}
+
+
+def test_an_ensemble_of_differently_trained_models_is_refused(tmp_path):
+    first = write_checkpoint(tmp_path / "two_mm.pt")
+    other = write_checkpoint(tmp_path / "native.pt", spacing=None)
+    with pytest.raises(ValueError, match=r"native\.pt: ensemble member differs from .*two_mm\.pt in its preprocessing"):
+        Predictor.from_checkpoint([first, other], device="cpu")
