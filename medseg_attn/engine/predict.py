@@ -47,7 +47,7 @@ from medseg_attn.networks.factory import build_network
 logger = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "Prediction", "group_cases", "predict_files", "Resampled", "resample_prediction", "resample_to_grid",
-           "resample_values", "normalise_maximum", "resolve_device"]
+           "normalise_maximum", "resolve_device"]
 
 
 def predict_files(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
@@ -200,21 +200,6 @@ def resample_to_grid(
     result = resample_prediction(values, source_affine, target_affine, target_shape, keep_values,
                                  fill_background=fill_background, max_points=max_points)
     return result.labels, result.probabilities
-
-
-def resample_values(
-    values: torch.Tensor, source_affine: np.ndarray, target_affine: np.ndarray, target_shape: Sequence[int],
-    max_points: int = 1 << 22,
-) -> np.ndarray:
-    """Resample any maps (C, *S_src) onto another voxel grid (linear, 0 outside the source grid).
-
-    Returns:
-        (C, *target_shape) float32.
-    """
-    out = np.zeros((values.shape[0], *target_shape), dtype=np.float32)
-    for start, stop, sampled in _resampled_slabs(values, source_affine, target_affine, target_shape, max_points):
-        out[..., start:stop] = sampled.reshape(values.shape[0], *target_shape[:-1], stop - start).cpu().numpy()
-    return out
 
 
 def normalise_maximum(values: np.ndarray) -> np.ndarray:
