@@ -306,33 +306,52 @@ def _monai(shape: tuple[int, ...], overlap: float, device: torch.device) -> Call
     return run
 
 
+def _inference_child(pipeline: str, shape: tuple[int, ...], overlap: float, device: str, threads: int) -> tuple:
+    """One whole-volume prediction in a fresh process: (seconds, peak MB, MB held before the prediction)."""
+    torch.set_num_threads(threads)
+    resolved = torch.device(device)
+    run = {"ours": _ours, "monai": _monai}[pipeline](shape, overlap, resolved)
+    image = torch.randn(1, *shape)
+    run(torch.randn(1, *(min(s, 64) for s in shape)))  # warm up on one window
+    gc.collect()
+    before = _current_rss_mb() if resolved.type == "cpu" else 0.0
+    _peak_rss_reset()
+    start = time.perf_counter()
+    labels = run(image)
+    _sync(resolved)
+    seconds = time.perf_counter() - start
+    assert tuple(labels.shape) == tuple(shape)
+    return seconds, _peak_memory_mb(resolved), before
+
+
 def benchmark_inference(
     shapes: list[tuple[int, int, int]], overlap: float = 0.5, device: torch.device | None = None,
     monai: bool = True,
 ) -> list[InferenceResult]:
-    """Throughput and peak memory of whole-volume prediction (ours, and MONAI + AttentionUnet) per shape."""
+    """Throughput and peak memory of whole-volume prediction (ours, and MONAI + AttentionUnet) per shape.
+
+    Every prediction runs in a fresh process (``spawn``), so its peak memory is its own: not inflated by what
+    this process allocated before, nor hidden by memory the allocator kept from earlier runs. ``peak_memory_mb``
+    is that process's peak (Python, torch, the network, the volume and the prediction); ``added_memory_mb`` is
+    the part the prediction itself added (peak minus the memory held just before it started).
+    """
+    import multiprocessing
+
     device = device or torch.device("cpu")
+    context = multiprocessing.get_context("spawn")
+    names = {"ours": "medseg-attn Predictor (AttentionSkipUNet)",
+             "monai": "MONAI sliding_window_inference + AttentionUnet"}
     results = []
-    for shape in shapes:
-        image = torch.randn(1, *shape)
-        pipelines = {"medseg-attn Predictor (AttentionSkipUNet)": _ours}
-        if monai:
-            pipelines["MONAI sliding_window_inference + AttentionUnet"] = _monai
-        for name, build in pipelines.items():
-            run = build(shape, overlap, device)
-            gc.collect()
-            before = _current_rss_mb() if device.type == "cpu" else 0.0
-            _peak_rss_reset()
-            start = time.perf_counter()
-            labels = run(image)
-            _sync(device)
-            seconds = time.perf_counter() - start
-            peak = _peak_memory_mb(device)
-            assert tuple(labels.shape) == shape
-            voxels = float(torch.tensor(shape).prod())
-            results.append(InferenceResult(name, shape, seconds, voxels / seconds, peak, peak - before))
-            logger.info("%s %s: %.1f s, %.0f voxels/s, peak %.0f MB", name, shape, seconds, voxels / seconds, peak)
-            del run, labels
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for shape in shapes:
+            for pipeline in ("ours", "monai") if monai else ("ours",):
+                seconds, peak, before = pool.apply(_inference_child, (pipeline, tuple(shape), overlap, str(device),
+                                                                      torch.get_num_threads()))
+                voxels = float(torch.tensor(shape).prod())
+                results.append(InferenceResult(names[pipeline], tuple(shape), seconds, voxels / seconds, peak,
+                                               peak - before))
+                logger.info("%s %s: %.1f s, %.2f Mvoxels/s, peak %.0f MB (+%.0f MB)", names[pipeline], shape,
+                            seconds, voxels / seconds / 1e6, peak, peak - before)
     return results
 
 

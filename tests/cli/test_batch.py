@@ -21,15 +21,8 @@ from medseg_attn.engine.checkpoint import save_checkpoint
 from medseg_attn.networks.factory import build_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_helpers import command, run  # noqa: E402
 from dicom_factory import write_series  # noqa: E402
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "medseg_attn.cli", *args]
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,9 @@
-"""``medseg-attn classify`` as users run it: real subprocesses on real PNG / NIfTI folders, one-line errors.
-
-Runs through ``medseg_attn.cli`` once it routes ``classify``, else through ``python -m medseg_attn.cli_classify``
-(the same arguments).
-"""
+"""``medseg-attn classify`` as users run it: real subprocesses on real PNG / NIfTI folders, one-line errors."""
 
 from __future__ import annotations
 
 import csv
-import functools
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,29 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_helpers import assert_one_line_error, run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ("--set", "model.channels=[8,16,32]", "--set", "train.batch_size=16")
-
-
-@functools.cache
-def _module() -> str:
-    from medseg_attn import cli
-
-    parser = cli._parser()
-    commands = next(a for a in parser._actions if a.dest == "command")
-    return "medseg_attn.cli" if "classify" in commands.choices else "medseg_attn.cli_classify"
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", _module(), *args], capture_output=True, text=True, timeout=600)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("medseg-attn: error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def rgb_folder(root: Path, classes: int = 10, per_class: int = 6, size: int = 64) -> Path:

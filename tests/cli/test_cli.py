@@ -14,21 +14,8 @@ import pytest
 
 from medseg_attn.data.demo import build_demo_dataset
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medseg_attn.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("medseg-attn: error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_helpers import assert_one_line_error, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ map per attention level and one uncertainty map per case, each on exactly the in
 from __future__ import annotations
 
 import csv
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,21 +17,9 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_helpers import assert_one_line_error, run  # noqa: E402
 from dicom_factory import write_series  # noqa: E402
 from explain_factory import grids, phantom, write_checkpoint, write_classifier, write_volume  # noqa: E402
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medseg_attn.cli", *args], capture_output=True, text=True,
-                          timeout=600)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("medseg-attn: error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _check_map(path: Path, shape: tuple, affine: np.ndarray, maximum_one: bool) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,12 +9,8 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_helpers import run  # noqa: E402
 from dicom_factory import write_series  # noqa: E402
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medseg_attn.cli", *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_inspect_real_dicom_series_and_reference_labels(ct_dir):
