@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from medseg_attn import cli_classify
+from medseg_attn.cli_args import add_train_arguments
 
 logger = logging.getLogger("medseg_attn.cli")
 
@@ -71,17 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
     train = command("train", "train a segmentation network on a labelled dataset")
-    train.add_argument("--config", type=Path, help="YAML config (see configs/ and docs/configuration.md)")
-    train.add_argument("--data", help="dataset.json (MSD layout), a folder holding one, or an nnU-Net raw folder "
-                                      "(imagesTr/, labelsTr/); sets data.dataset")
-    train.add_argument("--output", type=Path, required=True, help="run folder for checkpoints, logs and config")
-    train.add_argument("--minutes", type=float, help="wall-clock budget for training (sets train.minutes)")
-    train.add_argument("--epochs", type=int, help="maximum epochs (sets train.max_epochs)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.lr=0.001 (repeatable)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --output from checkpoints/last.pt with its saved config")
-    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    add_train_arguments(train, config_help="YAML config (see configs/ and docs/configuration.md)",
+                        data_help="dataset.json (MSD layout), a folder holding one, or an nnU-Net raw folder "
+                                  "(imagesTr/, labelsTr/); sets data.dataset", set_example="train.lr=0.001")
 
     predict = command("predict", "segment volumes with a trained model; outputs keep each input's exact geometry")
     predict.add_argument("--model", required=True, nargs="+",

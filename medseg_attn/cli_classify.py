@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from medseg_attn.cli_args import add_train_arguments
+
 logger = logging.getLogger("medseg_attn.cli")
 
 __all__ = ["add_parser", "main", "run"]
@@ -54,17 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
     train = command("train", "train a classifier on an ImageFolder (root/<class>/<image>) or a CSV listing")
-    train.add_argument("--config", type=Path, help="YAML config (see configs/classify_2d.yaml, classify_3d.yaml)")
-    train.add_argument("--data", help="ImageFolder root, a folder holding train/ [val/] [test/], or a CSV listing "
-                                      "(path,label); sets data.train")
-    train.add_argument("--output", type=Path, required=True, help="run folder for checkpoints, logs and config")
-    train.add_argument("--minutes", type=float, help="wall-clock budget for training (sets train.minutes)")
-    train.add_argument("--epochs", type=int, help="maximum epochs (sets train.max_epochs)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set model.attention=false (repeatable)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --output from checkpoints/last.pt with its saved config")
-    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    add_train_arguments(train, config_help="YAML config (see configs/classify_2d.yaml, classify_3d.yaml)",
+                        data_help="ImageFolder root, a folder holding train/ [val/] [test/], or a CSV listing "
+                                  "(path,label); sets data.train", set_example="model.attention=false")
 
     predict = command("predict", "classify images; writes a CSV: file, class name, index, class probabilities")
     predict.add_argument("--model", required=True, help="run folder (uses checkpoints/best.pt) or a .pt checkpoint")
