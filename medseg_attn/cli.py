@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from medseg_attn import cli_classify
-from medseg_attn.cli_args import add_train_arguments
+from medseg_attn.cli_args import add_train_arguments, train_config_from_args
 
 logger = logging.getLogger("medseg_attn.cli")
 
@@ -162,24 +162,9 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from medseg_attn.config import load_config
     from medseg_attn.engine.train import train
 
-    overrides = list(args.overrides)
-    config_path = args.config
-    if args.resume and config_path is None:
-        config_path = args.output / "config.yaml"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{config_path}: no saved config; is {args.output} a run folder?")
-    if args.data:
-        overrides.append(f"data.dataset={args.data}")
-    if args.minutes is not None:
-        overrides.append(f"train.minutes={args.minutes}")
-    if args.epochs is not None:
-        overrides.append(f"train.max_epochs={args.epochs}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    config = load_config(config_path, overrides)
+    config = train_config_from_args(args, "data.dataset")
     result = train(config, args.output, resume=args.resume, progress=not args.quiet)
     best = f"{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else "n/a"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds / 60:.1f} min, stopped: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, *, config_help: str, data_help: str,
@@ -19,3 +20,30 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, config_help: str, da
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --output from checkpoints/last.pt with its saved config")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+
+
+def train_config_from_args(args: argparse.Namespace, data_key: str, kind: type | None = None) -> Any:
+    """The run configuration a training command asks for: ``--config`` (with ``--resume`` and no ``--config``,
+    the run's saved ``config.yaml``), then ``--data`` (into ``data_key``), ``--minutes``, ``--epochs``,
+    ``--device`` and every ``--set``.
+
+    Raises:
+        FileNotFoundError: ``--resume`` on a folder without a saved config.
+    """
+    from medseg_attn.config import Config, load_config
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if args.resume and config_path is None:
+        config_path = args.output / "config.yaml"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{config_path}: no saved config; is {args.output} a run folder?")
+    if args.data:
+        overrides.append(f"{data_key}={args.data}")
+    if args.minutes is not None:
+        overrides.append(f"train.minutes={args.minutes}")
+    if args.epochs is not None:
+        overrides.append(f"train.max_epochs={args.epochs}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    return load_config(config_path, overrides, kind=kind or Config)

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from medseg_attn.cli_args import add_train_arguments
+from medseg_attn.cli_args import add_train_arguments, train_config_from_args
 
 logger = logging.getLogger("medseg_attn.cli")
 
@@ -95,24 +95,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medseg_attn.config import ClassifyConfig, load_config
+    from medseg_attn.config import ClassifyConfig
     from medseg_attn.engine.classify import train_classifier
 
-    overrides = list(args.overrides)
-    config_path = args.config
-    if args.resume and config_path is None:
-        config_path = args.output / "config.yaml"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{config_path}: no saved config; is {args.output} a run folder?")
-    if args.data:
-        overrides.append(f"data.train={args.data}")
-    if args.minutes is not None:
-        overrides.append(f"train.minutes={args.minutes}")
-    if args.epochs is not None:
-        overrides.append(f"train.max_epochs={args.epochs}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    config = load_config(config_path, overrides, kind=ClassifyConfig)
+    config = train_config_from_args(args, "data.train", kind=ClassifyConfig)
     result = train_classifier(config, args.output, resume=args.resume, progress=not args.quiet)
     monitor = config.train.monitor.replace("_", " ")
     best = f"{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else "n/a"
