@@ -30,8 +30,8 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import torch
-from medseg_attn.engine.batch import predict_files
-from medseg_attn.engine.predict import Predictor
+from medseg_attn.segmentation.batch import predict_files
+from medseg_attn.segmentation.predictor import Predictor
 
 model, source, out, explain, device = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 predictor = Predictor.from_checkpoint(model, device=device)
@@ -60,7 +60,7 @@ def make_volume(path: Path, shape: tuple[int, int, int] = (256, 256, 128)) -> Pa
     import nibabel as nib
     import numpy as np
 
-    from medseg_attn.data.demo import build_demo_dataset
+    from medseg_attn.demo_data import build_demo_dataset
 
     data = build_demo_dataset(path.parent / "demo_data", train_cases=1, test_cases=1, seed=7, progress=False)
     brain = nib.load(str(next((data.parent / "imagesTs").iterdir())))

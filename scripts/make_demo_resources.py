@@ -8,7 +8,7 @@ Storage (lossless): plain NIfTI-1 files compressed with xz (LZMA), with the voxe
 (S, A, R: left-right is the slowest axis; the affine's columns are permuted to match, so every voxel keeps its
 world position). The 2009a template is exactly left-right symmetric, so with left-right slowest the second half
 of the file repeats sagittal slices of the first, which LZMA's large window finds: 2.1 MB for all three maps,
-against 4.2 MB for RAS order in xz and 5.0 MB in gzip. ``medseg_attn.data.demo.load_template`` decompresses
+against 4.2 MB for RAS order in xz and 5.0 MB in gzip. ``medseg_attn.demo_data.load_template`` decompresses
 in memory and reorients to RAS; ``xz -dk mni152_t1.nii.xz`` gives a ``.nii`` that any viewer opens.
 ``--format gz`` writes ordinary RAS ``.nii.gz`` files instead (the loader reads either).
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from medseg_attn.engine.classify_predict import Classifier
-from medseg_attn.engine.predict import Predictor
-from medseg_attn.engine.visualize import save_map_overlay_png, save_picture_attention_png
+from medseg_attn.classification.predictor import Classifier
+from medseg_attn.plots import save_map_overlay_png, save_picture_attention_png
+from medseg_attn.segmentation.predictor import Predictor
 
 
 def small(path: Path) -> None:
@@ -47,7 +47,7 @@ def main() -> int:
                                    {"uncertainty": result.uncertainty}, result.affine,
                                    title=f"{args.ct.name}: a CT shown to the brain MRI model", side=170))
     if args.classifier and args.picture:
-        from medseg_attn.data.images import read_image
+        from medseg_attn.io.pictures import read_image
 
         classifier = Classifier.from_checkpoint(args.classifier, device="cpu")
         image, _ = read_image(args.picture)

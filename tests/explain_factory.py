@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from medseg_attn.config import Config
-from medseg_attn.data.transforms import Preprocessing
-from medseg_attn.engine.checkpoint import save_checkpoint
 from medseg_attn.networks.factory import build_network
+from medseg_attn.segmentation.transforms import Preprocessing
+from medseg_attn.training.checkpoint import save_checkpoint
 
 LABELS = {0: "background", 1: "shell", 2: "core"}
 
@@ -79,8 +79,8 @@ def write_volume(path: Path, volume: np.ndarray, affine: np.ndarray) -> Path:
 def write_classifier(path: Path, spatial_dims: int = 2, channels: int = 3, image_size: Sequence[int] = (48, 40),
                      attention: bool = True, seed: int = 0) -> Path:
     """A classification checkpoint (3 classes) of a small encoder + head with random weights."""
+    from medseg_attn.classification.transforms import ImagePreprocessing
     from medseg_attn.config import ClassifyConfig
-    from medseg_attn.data.images import ImagePreprocessing
     from medseg_attn.networks.factory import build_classifier
 
     config = ClassifyConfig().replace(model={"channels": [8, 16, 32], "head_dim": 8, "attention": attention},

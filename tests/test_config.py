@@ -96,12 +96,13 @@ def test_every_key_is_documented():
 
 
 def test_demo_config_is_the_shipped_one():
-    import yaml
     from importlib import resources
+
+    import yaml
 
     shipped = resources.files("medseg_attn.resources").joinpath("demo.yaml").read_text()
     assert yaml.safe_load(shipped) == yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    from medseg_attn.demo import demo_config
+    from medseg_attn.segmentation.demo import demo_config
 
     assert demo_config().model.attention is True and demo_config(["train.minutes=1"]).train.minutes == 1.0
 
@@ -122,6 +123,6 @@ def test_classify_config_keys_are_documented_and_the_demo_config_is_shipped():
             assert f"`{field.name}`" in text, f"{section.name}.{field.name} is not documented"
     shipped = resources.files("medseg_attn.resources").joinpath("classify_2d.yaml").read_text()
     assert yaml.safe_load(shipped) == yaml.safe_load((REPO / "configs" / "classify_2d.yaml").read_text())
-    from medseg_attn.demo_classify import classify_demo_config
+    from medseg_attn.classification.demo import classify_demo_config
 
     assert classify_demo_config(["train.minutes=1"]).data.image_size == (64, 64)

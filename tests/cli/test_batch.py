@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from medseg_attn.config import load_config
-from medseg_attn.data.transforms import Preprocessing
-from medseg_attn.engine.checkpoint import save_checkpoint
 from medseg_attn.networks.factory import build_network
+from medseg_attn.segmentation.transforms import Preprocessing
+from medseg_attn.training.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import command, run  # noqa: E402

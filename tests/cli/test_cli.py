@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg_attn.data.demo import build_demo_dataset
+from medseg_attn.demo_data import build_demo_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import assert_one_line_error, run  # noqa: E402

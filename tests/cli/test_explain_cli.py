@@ -111,7 +111,7 @@ def test_classify_predict_writes_attention_maps(tmp_path):
     assert result.returncode == 0, result.stderr
     written = _check_map(tmp_path / "maps3d" / "volume_attention.nii.gz", volume.shape, affine, maximum_one=True)
     # stored in the file's own (LPS) voxel order: back in RAS order it is the map the classifier computes
-    from medseg_attn.engine.classify_predict import Classifier
+    from medseg_attn.classification.predictor import Classifier
 
     expected = Classifier.from_checkpoint(model3d, device="cpu").attention_map(source)  # RAS order
     np.testing.assert_allclose(written[::-1, ::-1], expected, atol=0.5 / 255 + 1e-6)  # stored in 8 bits
@@ -123,7 +123,7 @@ def test_classify_predict_writes_attention_maps(tmp_path):
 
 
 def test_every_predict_option_is_documented():
-    from medseg_attn import cli
+    from medseg_attn.cli import app as cli
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     commands = next(a for a in cli._parser()._actions if a.dest == "command").choices

@@ -1,0 +1,102 @@
+"""``medseg-attn`` command line: thin wrappers that turn library errors into one-line messages and exit codes.
+
+Exit codes: 0 success, 1 some cases of a batch failed, 2 bad input or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from medseg_attn.cli import classification, segmentation
+
+logger = logging.getLogger("medseg_attn.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medseg-attn",
+        description="3D medical image segmentation with multi-head attention in the U-Net skip connections.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, epilog=segmentation.EXAMPLES.get(name),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    segmentation.add_parsers(command)
+    classification.add_parser(commands)
+    return parser
+
+
+# (message regex, module regex) of third-party warnings that say nothing a user can act on; everything else shows
+QUIET_WARNINGS: list[tuple[str, str]] = []
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("monai", "PIL", "matplotlib", "nibabel"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # MONAI's LoadImage registers a pydicom reader that warns on every construction when NVIDIA's optional
+    # nvImageCodec is absent; medseg-attn decodes DICOM with SimpleITK and never uses that reader
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    for message, module in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medseg-attn`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from medseg_attn import __version__
+
+        print(f"medseg-attn {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 alone logs and shows progress
+    _configure_logging(args.quiet or rank > 0, args.verbose)
+    if rank > 0:  # the other ranks do the same work silently; errors still reach stderr
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    runners = {**segmentation.RUNNERS, "classify": classification.run}
+    try:
+        return runners[args.command](args)
+    except KeyboardInterrupt:
+        print("medseg-attn: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as error:
+        cause = _user_error(error)
+        if cause is None or os.environ.get("MEDSEG_ATTN_DEBUG"):
+            raise
+        print(f"medseg-attn: error: {cause}", file=sys.stderr)
+        return 2
+    finally:
+        from medseg_attn.training.distributed import teardown
+
+        teardown()
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The user-facing error behind ``error``: MONAI wraps errors raised inside transforms in
+    ``RuntimeError("applying transform ...")``; the ValueError that names the file is further down the chain."""
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, USER_ERRORS):
+            return current
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,0 +1,61 @@
+"""Arguments that several ``medseg-attn`` commands share (segmentation and classification training)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, *, config_help: str, data_help: str,
+                        set_example: str) -> None:
+    """``--config --data --output --minutes --epochs --set --resume --device`` of a training command."""
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--data", help=data_help)
+    parser.add_argument("--output", type=Path, required=True, help="run folder for checkpoints, logs and config")
+    parser.add_argument("--minutes", type=float, help="wall-clock budget for training (sets train.minutes)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (sets train.max_epochs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, e.g. --set {set_example} (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from checkpoints/last.pt with its saved config")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+
+
+def train_config_from_args(args: argparse.Namespace, data_key: str, kind: type | None = None) -> Any:
+    """The run configuration a training command asks for: ``--config`` (with ``--resume`` and no ``--config``,
+    the run's saved ``config.yaml``), then ``--data`` (into ``data_key``), ``--minutes``, ``--epochs``,
+    ``--device`` and every ``--set``.
+
+    Raises:
+        FileNotFoundError: ``--resume`` on a folder without a saved config.
+    """
+    from medseg_attn.config import Config, load_config
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if args.resume and config_path is None:
+        config_path = args.output / "config.yaml"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{config_path}: no saved config; is {args.output} a run folder?")
+    if args.data:
+        overrides.append(f"{data_key}={args.data}")
+    if args.minutes is not None:
+        overrides.append(f"train.minutes={args.minutes}")
+    if args.epochs is not None:
+        overrides.append(f"train.max_epochs={args.epochs}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    return load_config(config_path, overrides, kind=kind or Config)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser, *, output_help: str, minutes: float, minutes_help: str,
+                       attention_help: str, baseline_help: str, config_name: str) -> None:
+    """``--output --minutes --attention --baseline --seed --set`` of a ``demo`` command."""
+    parser.add_argument("--output", type=Path, required=True, help=output_help)
+    parser.add_argument("--minutes", type=float, default=minutes, help=f"{minutes_help} (default {minutes:g})")
+    parser.add_argument("--attention", choices=["on", "off"], default="on", help=f"{attention_help} (default on)")
+    parser.add_argument("--baseline", action="store_true", help=baseline_help)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a key of the demo config (configs/{config_name})")

@@ -1,0 +1,238 @@
+"""``medseg-attn train|predict|inspect|evaluate|demo|benchmark``: the segmentation commands.
+
+``add_parsers(commands)`` adds them to the top-level sub-parsers; ``RUNNERS`` maps each to its function. Library
+errors propagate to :func:`medseg_attn.cli.app.main`, which turns them into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medseg_attn.cli.arguments import add_demo_arguments, add_train_arguments, train_config_from_args
+
+__all__ = ["EXAMPLES", "RUNNERS", "add_parsers"]
+
+EXAMPLES = {
+    "train": """examples:
+  medseg-attn train --data Task09_Spleen/dataset.json --output runs/spleen --minutes 30
+  medseg-attn train --config configs/ct_spleen.yaml --output runs/spleen --set train.lr=1e-3
+  medseg-attn train --config configs/ct_spleen.yaml --output runs/spleen --set model.attention=false
+  medseg-attn train --output runs/spleen --resume --minutes 60
+  torchrun --nproc_per_node=4 -m medseg_attn.cli train --config configs/ct_spleen.yaml --output runs/spleen
+
+under torchrun (DDP, see docs/scaling.md) train.batch_size is per process and rank 0 writes the run folder""",
+    "predict": """examples:
+  medseg-attn predict --model runs/spleen --input imagesTs/ --output predictions/
+  medseg-attn predict --model runs/spleen/checkpoints/best.pt --input a.nii.gz b.nii.gz --output out/ --tta
+  medseg-attn predict --model runs/liver --input dicom/patient_017/ --output out/ --output-format both
+  medseg-attn predict --model runs/liver --input export/ --output out/ --series-uid 1.2.840.113619.2.55.3
+  medseg-attn predict --model runs/spleen --input imagesTs/ --output out/ --attention-maps --uncertainty
+  medseg-attn predict --model runs/fold0 runs/fold1 runs/fold2 --input imagesTs/ --output out/ --uncertainty
+
+explanation maps (see docs/explainability.md): --attention-maps writes OUT/<case>_attention_<level>.nii.gz per
+attention level (level0 = finest), --uncertainty OUT/<case>_uncertainty.nii.gz and two report.csv columns; both
+lie on the input's grid with values in [0, 1], and either adds OUT/<case>_overlay.png
+
+exit codes: 0 every case done (or skipped as existing), 1 some case failed (see OUT/failures.csv),
+2 bad usage or model (before any case ran)""",
+    "inspect": """examples:
+  medseg-attn inspect case_017.nii.gz
+  medseg-attn inspect dicom/patient_017/            # the series in the folder, then the volume
+  medseg-attn inspect export/ --series-uid 1.2.840.113619.2.55.3""",
+    "evaluate": """examples:
+  medseg-attn evaluate --pred predictions/ --label labelsTs/ --output evaluation/ --labels dataset.json""",
+    "demo": """examples:
+  medseg-attn demo --output demo_out            # about 7 minutes on a 2-core CPU
+  medseg-attn demo --output demo_out --minutes 2 --baseline""",
+    "benchmark": """examples:
+  medseg-attn benchmark --quick                  # a few minutes on 2 CPU cores
+  medseg-attn benchmark --output bench/          # the full run (512x512x300 volume), see docs/benchmarks.md
+
+prints each ratio with its target; writes OUTPUT/benchmark.json and OUTPUT/benchmark.png""",
+}
+
+
+
+def add_parsers(command) -> None:
+    """Add the segmentation commands through ``command(name, help) -> ArgumentParser`` (see cli.main)."""
+    train = command("train", "train a segmentation network on a labelled dataset")
+    add_train_arguments(train, config_help="YAML config (see configs/ and docs/configuration.md)",
+                        data_help="dataset.json (MSD layout), a folder holding one, or an nnU-Net raw folder "
+                                  "(imagesTr/, labelsTr/); sets data.dataset", set_example="train.lr=0.001")
+
+    predict = command("predict", "segment volumes with a trained model; outputs keep each input's exact geometry")
+    predict.add_argument("--model", required=True, nargs="+",
+                         help="run folder (uses checkpoints/best.pt) or a .pt checkpoint; several: an ensemble "
+                              "(class probabilities averaged; models trained with the same classes and preprocessing)")
+    predict.add_argument("--input", nargs="+", required=True,
+                         help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
+                              "folders of these (a folder's sub-folders are DICOM series)")
+    predict.add_argument("--output", type=Path, required=True,
+                         help="folder for <case>.nii.gz label maps, report.csv and failures.csv")
+    predict.add_argument("--output-format", choices=["nifti", "dicom-seg", "both"], default="nifti",
+                         help="nifti (default); dicom-seg writes <case>.seg.dcm for DICOM series inputs (NIfTI for "
+                              "other inputs); both writes both")
+    predict.add_argument("--series-uid", help="the SeriesInstanceUID to read from DICOM folders holding several "
+                                              "series (default: each series is its own case)")
+    predict.add_argument("--resample-uneven", action="store_true",
+                         help="interpolate DICOM series with missing slices or uneven slice spacing onto a regular "
+                              "grid (default: report them as failed cases)")
+    predict.add_argument("--volume-index", type=int,
+                         help="for 4D images (X, Y, Z, T): the volume to segment with a single-channel model")
+    predict.add_argument("--tta", action="store_true", help="average over flips of every axis (slower, smoother)")
+    predict.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's)")
+    predict.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="also write <case>_probabilities.nii.gz (4D: one channel per class)")
+    predict.add_argument("--attention-maps", action="store_true",
+                         help="also write OUT/<case>_attention_<level>.nii.gz: how much attention each voxel receives "
+                              "at each attention level (summed over queries, mean over heads, maximum 1), on the "
+                              "input's grid; needs a model trained with attention")
+    predict.add_argument("--attention-heads", action="store_true",
+                         help="with --attention-maps (implied): keep the heads apart, one volume per head on a 4th axis")
+    predict.add_argument("--uncertainty", action="store_true",
+                         help="also write OUT/<case>_uncertainty.nii.gz: entropy of the class probabilities averaged "
+                              "over TTA flips and ensemble models, divided by log(classes) (0 certain .. 1 uniform); "
+                              "report.csv gets each case's mean, overall and inside the predicted foreground")
+    predict.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+    predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+
+    inspect = command("inspect", "show what the reader sees in a volume, DICOM folder or folder of volumes")
+    inspect.add_argument("path", type=Path, help="a NIfTI/NRRD/MHA/DICOM file, a DICOM folder or a folder of volumes")
+    inspect.add_argument("--series-uid", help="the series to describe in a DICOM folder holding several")
+    inspect.add_argument("--resample-uneven", action="store_true",
+                         help="show a DICOM series with missing slices or uneven spacing as resampled for prediction")
+
+    evaluate = command("evaluate", "Dice, HD95 and surface Dice per case and class, with a summary and box plot")
+    evaluate.add_argument("--pred", type=Path, required=True, help="folder of predicted label maps")
+    evaluate.add_argument("--label", type=Path, required=True, help="folder of reference label maps (same names)")
+    evaluate.add_argument("--output", type=Path, required=True, help="folder for metrics.csv, summary.json, PNG")
+    evaluate.add_argument("--labels", help="class names: a dataset.json, a run folder or checkpoint, or "
+                                           "'1=liver,2=spleen' (default: label_<k>)")
+    evaluate.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    evaluate.add_argument("--include-background", action="store_true", help="also score class 0")
+
+    demo = command("demo", "build a brain-tissue dataset from the shipped MNI152 MRI, train, predict, evaluate")
+    add_demo_arguments(demo, output_help="folder for the dataset, run, predictions, report", minutes=5.0,
+                       minutes_help="training budget in minutes", attention_help="attention in the skips",
+                       baseline_help="also train the matched U-Net without attention in the same budget and compare",
+                       config_name="demo.yaml")
+    demo.add_argument("--train-cases", type=int, default=20, help="training cases to generate (default 20)")
+    demo.add_argument("--test-cases", type=int, default=4, help="held-out cases to generate (default 4)")
+    benchmark = command("benchmark", "time our networks and predictor against MONAI's in one run; print ratios")
+    benchmark.add_argument("--quick", action="store_true", help="small volumes, fewer repetitions (a few minutes)")
+    benchmark.add_argument("--output", type=Path, default=Path("benchmark_out"),
+                           help="folder for benchmark.json and benchmark.png (default benchmark_out)")
+    benchmark.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from medseg_attn.segmentation.train import train
+
+    config = train_config_from_args(args, "data.dataset")
+    result = train(config, args.output, resume=args.resume, progress=not args.quiet)
+    best = f"{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else "n/a"
+    print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds / 60:.1f} min, stopped: "
+          f"{result.stopped}); best validation Dice {best}; run: {result.run_dir}")
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from medseg_attn.segmentation.batch import check_output_dir, collect_cases, predict_files, write_reports
+    from medseg_attn.segmentation.predictor import Predictor
+    from medseg_attn.training.device import resolve_device
+    from medseg_attn.training.distributed import setup, shard
+
+    if args.volume_index is not None and args.volume_index < 0:
+        raise ValueError(f"--volume-index {args.volume_index}: expected 0 or more")
+    dist = setup(resolve_device(args.device))  # under torchrun every rank predicts its share, on its own GPU
+    predictor = Predictor.from_checkpoint(args.model, device=str(dist.device(resolve_device(args.device))),
+                                          tta=args.tta or None,
+                                          overlap=args.overlap, sw_batch_size=args.sw_batch_size)
+    if args.attention_maps or args.attention_heads:
+        predictor.attention_levels()  # a model without attention: one-line error before any case
+    cases = collect_cases(args.input, predictor.in_channels, args.series_uid)
+    check_output_dir(cases, args.output, args.input)
+    records = predict_files(predictor, shard(cases, dist), args.output, probabilities=args.probabilities,
+                            overwrite=args.overwrite, progress=not args.quiet, output_format=args.output_format,
+                            resample_uneven=args.resample_uneven, volume_index=args.volume_index,
+                            reports=not dist.enabled, attention_maps=args.attention_maps,
+                            attention_heads=args.attention_heads, uncertainty=args.uncertainty)
+    if dist.enabled:  # rank 0 writes the merged reports, every rank returns the same exit code
+        order = {case.name: index for index, case in enumerate(cases)}
+        records = sorted((record for part in dist.gather(records) for record in part),
+                         key=lambda record: order.get(record["case"], len(order)))
+        if dist.is_main:
+            write_reports(records, args.output)
+    done = sum(r["status"] == "ok" for r in records)
+    skipped = sum(r["status"].startswith("skipped") for r in records)
+    failed = [r for r in records if r["status"] == "failed"]
+    for record in failed if dist.is_main else []:
+        print(f"medseg-attn: failed: {record['case']}: {record['error']}", file=sys.stderr)
+    summary = f"predicted {done} case(s), skipped {skipped} existing"
+    if failed:
+        summary += f", failed {len(failed)} (see {args.output / 'failures.csv'})"
+    print(f"{summary} -> {args.output}")
+    return 1 if failed else 0
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from medseg_attn.io.describe import describe
+
+    print("\n".join(describe(args.path, args.series_uid, args.resample_uneven)))
+    return 0
+
+
+def _labels_from(spec: str | None) -> dict[int, str] | None:
+    if spec is None:
+        return None
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir() and (path / "dataset.json").exists() or path.suffix == ".json":
+            from medseg_attn.segmentation.datasets import load_dataset
+
+            return load_dataset(path).labels
+        from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+        return {int(k): v for k, v in load_checkpoint(find_checkpoint(path))["labels"].items()}
+    labels = {0: "background"}
+    for part in spec.split(","):
+        key, _, name = part.partition("=")
+        if not key.strip().isdigit() or not name.strip():
+            raise ValueError(f"--labels {spec!r}: expected a dataset.json, a run folder, or '1=liver,2=spleen'")
+        labels[int(key)] = name.strip()
+    return labels
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from medseg_attn.segmentation.evaluate import evaluate_folders
+
+    summary = evaluate_folders(args.pred, args.label, args.output, labels=_labels_from(args.labels),
+                               tolerance_mm=args.tolerance, include_background=args.include_background,
+                               progress=not args.quiet)
+    lines = [f"{name}: Dice {values['dice']['mean']:.4f}" for name, values in summary["classes"].items()]
+    print(f"{summary['cases']} case(s); " + "; ".join(lines) + f" -> {args.output}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from medseg_attn.segmentation.demo import run_demo
+
+    report = run_demo(args.output, minutes=args.minutes, attention=args.attention == "on", baseline=args.baseline,
+                      train_cases=args.train_cases, test_cases=args.test_cases, seed=args.seed,
+                      overrides=args.overrides, progress=not args.quiet)
+    print(report.read_text())
+    return 0
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from medseg_attn.segmentation.benchmark import format_report, run_benchmarks
+
+    print(format_report(run_benchmarks(args.output, quick=args.quick, device=args.device)))
+    return 0
+
+
+RUNNERS = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
+           "inspect": _run_inspect, "benchmark": _run_benchmark}

@@ -1,0 +1,308 @@
+"""Loading configurations: YAML and ``--set`` overrides -> frozen dataclasses, with did-you-mean errors and
+one validation of every value (ranges and choices) before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg_attn.config import sections
+from medseg_attn.config.sections import ConfigError, TrainConfig
+
+__all__ = ["ClassifyConfig", "Config", "apply_overrides", "from_dict", "load_config", "parse_override", "read_yaml", "save_config"]
+
+
+class _Sections:
+    """Shared behaviour of the top-level configurations (a run's whole YAML file)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of builtins (lists, not tuples), safe for YAML, JSON and ``weights_only`` checkpoints."""
+        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    def replace(self, **sections: dict[str, Any]):
+        """A copy with some keys of some sections changed, e.g. ``cfg.replace(train={"lr": 1e-3})``."""
+        return from_dict(_merge(self.to_dict(), sections), type(self))
+
+
+@dataclass(frozen=True)
+class Config(_Sections):
+    """The whole run configuration (segmentation)."""
+
+    data: sections.DataConfig = field(default_factory=sections.DataConfig)
+    model: sections.ModelConfig = field(default_factory=sections.ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: sections.InferenceConfig = field(default_factory=sections.InferenceConfig)
+
+
+@dataclass(frozen=True)
+class ClassifyConfig(_Sections):
+    """The whole run configuration (classification)."""
+
+    data: sections.ClassifyDataConfig = field(default_factory=sections.ClassifyDataConfig)
+    model: sections.ClassifyModelConfig = field(default_factory=sections.ClassifyModelConfig)
+    train: sections.ClassifyTrainConfig = field(default_factory=sections.ClassifyTrainConfig)
+
+
+_CHOICES = {
+    "data.modality": ("auto", "ct", "mr"),
+    "data.intensity": ("auto", "ct", "zscore", "none"),
+    "model.architecture": ("attention_skip_unet", "monai_unet", "monai_attention_unet"),
+    "model.norm": ("instance", "batch", "group"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("cosine", "poly", "constant"),
+    "train.amp": ("auto", "on", "off"),
+    "inference.blend": ("gaussian", "constant"),
+}
+# choices that differ by section class (checked before _CHOICES)
+_CLASS_CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    sections.ClassifyDataConfig: {"intensity": ("zscore", "scale", "minmax", "ct", "none"),
+                         "color": ("auto", "grayscale", "rgb")},
+    sections.ClassifyModelConfig: {"architecture": ("attention_skip_unet",), "pooling": ("class_token", "attention")},
+    sections.ClassifyTrainConfig: {"balance": ("none", "sampler", "loss"),
+                          "monitor": ("balanced_accuracy", "accuracy", "macro_f1", "auc", "loss")},
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "labels":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] | None = None) -> Any:
+    """Check and convert one YAML value against its dataclass annotation (given as a string)."""
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ConfigError(f"{where} may not be null (expected {annotation})")
+    if annotation.startswith("tuple") and "str" in annotation and isinstance(value, str):
+        return value  # e.g. spacing: auto
+    if annotation.startswith("tuple"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        kind = int if "tuple[int" in annotation else float
+        try:
+            return tuple(kind(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a list of {kind.__name__}, got {value!r}") from None
+    if annotation.startswith("dict"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping like {{0: background, 1: organ}}, got {value!r}")
+        try:
+            return {int(k): str(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} keys must be integer class indices, got {list(value)}") from None
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if annotation.startswith("float"):
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        choices = choices or _CHOICES.get(where)
+        if choices and value not in choices:
+            hint = difflib.get_close_matches(value, choices, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{suggestion}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in known:
+            candidates = [f"{prefix}{name}" for name in known]
+            hint = difflib.get_close_matches(where, candidates, n=1, cutoff=0.5)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(sorted(known))})"
+            raise ConfigError(f"unknown config key {where!r}{suggestion}")
+        spec = known[key]
+        sub = spec.default_factory if spec.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[key] = _build(sub, value or {}, f"{where}.")
+        else:
+            kwargs[key] = _convert(value, str(spec.type), where, _CLASS_CHOICES.get(cls, {}).get(key))
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any] | None, kind: type = Config) -> Any:
+    """Build a :class:`Config` (or ``kind``, e.g. :class:`ClassifyConfig`) from nested dicts, checking every key
+    and value."""
+    config = _build(kind, values or {}, "")
+    if isinstance(config, ClassifyConfig):
+        _check_classify(config)
+    else:
+        _check(config)
+    return config
+
+
+def _check_train(train: TrainConfig) -> None:
+    if train.batch_size < 1 or train.lr <= 0 or train.max_epochs < 1:
+        raise ConfigError("train.batch_size and train.max_epochs must be >= 1 and train.lr > 0")
+    if train.minutes is not None and train.minutes <= 0:
+        raise ConfigError(f"train.minutes must be positive, got {train.minutes}")
+    if train.steps_per_epoch is not None and train.steps_per_epoch < 1:
+        raise ConfigError(f"train.steps_per_epoch must be >= 1 or null, got {train.steps_per_epoch}")
+    if train.val_interval < 1:
+        raise ConfigError(f"train.val_interval must be >= 1, got {train.val_interval}")
+
+
+def _check_classify(config: ClassifyConfig) -> None:
+    data, model, train = config.data, config.model, config.train
+    if data.image_size is not None and (len(data.image_size) not in (2, 3) or min(data.image_size) < 4):
+        raise ConfigError(f"data.image_size must have 2 or 3 sides of at least 4 pixels, got {list(data.image_size)}")
+    if not 0.0 <= data.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction must lie in [0, 1), got {data.validation_fraction}")
+    if data.ct_window[0] >= data.ct_window[1]:
+        raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
+    if model.first_stride not in (1, 2):
+        raise ConfigError(f"model.first_stride must be 1 or 2, got {model.first_stride}")
+    if len(model.channels) < 2:
+        raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
+    if model.head_layers < 1 or (model.hidden is not None and model.hidden < 1):
+        raise ConfigError("model.head_layers and model.hidden must be >= 1")
+    if not 0.0 <= model.dropout < 1.0:
+        raise ConfigError(f"model.dropout must lie in [0, 1), got {model.dropout}")
+    if model.deep_supervision:
+        raise ConfigError("model.deep_supervision is a segmentation setting; it is not supported for classification")
+    if model.segmentation_weight < 0:
+        raise ConfigError(f"model.segmentation_weight must be >= 0, got {model.segmentation_weight}")
+    _check_train(train)
+    if not 0.0 <= train.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing must lie in [0, 1), got {train.label_smoothing}")
+
+
+def _check(config: Config) -> None:
+    data, model, train = config.data, config.model, config.train
+    if len(data.patch_size) not in (2, 3) or min(data.patch_size) < 8:
+        raise ConfigError(f"data.patch_size must have 2 or 3 sides of at least 8 voxels, got {list(data.patch_size)}")
+    if isinstance(data.spacing, str) and data.spacing != "auto":
+        raise ConfigError(f"data.spacing must be 'auto', null or a list of mm, got {data.spacing!r}")
+    if isinstance(data.spacing, tuple) and (
+        len(data.spacing) not in (1, len(data.patch_size)) or min(data.spacing) <= 0
+    ):
+        raise ConfigError(f"data.spacing must be positive mm for each axis, got {list(data.spacing)}")
+    if not 0.0 <= data.foreground_fraction <= 1.0:
+        raise ConfigError(f"data.foreground_fraction must lie in [0, 1], got {data.foreground_fraction}")
+    if not 0.0 <= data.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction must lie in [0, 1), got {data.validation_fraction}")
+    if data.folds == 1 or data.folds < 0 or (data.folds > 1 and not 0 <= data.fold < data.folds):
+        raise ConfigError(f"data.folds={data.folds}, data.fold={data.fold}: need folds >= 2 and 0 <= fold < folds")
+    if data.ct_window[0] >= data.ct_window[1]:
+        raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
+    if model.first_stride not in (1, 2):
+        raise ConfigError(f"model.first_stride must be 1 or 2, got {model.first_stride}")
+    if len(model.channels) < 2:
+        raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
+    if train.batch_size < 1 or train.lr <= 0 or train.max_epochs < 1:
+        raise ConfigError("train.batch_size and train.max_epochs must be >= 1 and train.lr > 0")
+    if train.minutes is not None and train.minutes <= 0:
+        raise ConfigError(f"train.minutes must be positive, got {train.minutes}")
+    if not 0.0 <= config.inference.overlap < 1.0:
+        raise ConfigError(f"inference.overlap must lie in [0, 1), got {config.inference.overlap}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=1e-3'`` -> (['train', 'lr'], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value (e.g. train.lr=0.001), got {text!r}")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested dict (validation happens in :func:`from_dict`)."""
+    values = _merge({}, values)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[path[-1]] = value
+    return values
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train[, inference])")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, kind: type = Config) -> Any:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    ``kind`` is :class:`Config` (segmentation, the default) or :class:`ClassifyConfig`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: unknown key (with a suggestion), wrong type, or an out-of-range value; the message names
+            the file.
+    """
+    values = read_yaml(path) if path is not None else {}
+    values = apply_overrides(values, overrides or [])
+    try:
+        return from_dict(values, kind)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from None
+
+
+def save_config(config: Config | ClassifyConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from medseg_attn.io.files import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,159 @@
+"""The configuration's sections: frozen dataclasses with a default for every key (an empty file is valid)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AugmentationConfig",
+    "ClassifyDataConfig",
+    "ClassifyModelConfig",
+    "ClassifyTrainConfig",
+    "ConfigError",
+    "DataConfig",
+    "InferenceConfig",
+    "ModelConfig",
+    "TrainConfig",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and what was expected."""
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Random augmentation applied to training patches (MONAI dictionary transforms)."""
+
+    enabled: bool = True
+    rotate_degrees: float = 15.0  # RandAffined rotation range per axis
+    scale: float = 0.1  # RandAffined scale range (+-)
+    affine_probability: float = 0.2
+    flip_axes: tuple[int, ...] = ()  # spatial axes (RAS order) to flip at random; empty for lateralised labels
+    intensity_probability: float = 0.15  # for each of noise, scale/shift, contrast (gamma), smoothing
+    noise_std: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is turned into network inputs."""
+
+    dataset: str | None = None  # dataset.json, a folder holding one, or an nnU-Net raw folder (imagesTr/labelsTr)
+    modality: str = "auto"  # auto (from the dataset), ct, mr
+    labels: dict[int, str] | None = None  # class index -> name; null = read from the dataset
+    spacing: tuple[float, ...] | str | None = "auto"  # target mm per voxel; auto = median of training cases
+    orientation: str = "RAS"
+    intensity: str = "auto"  # auto (ct -> ct window, mr -> z-score on foreground), ct, zscore, none
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU clipped and scaled to [0, 1] by the ct preset
+    crop_foreground: bool = True  # crop each volume to its nonzero bounding box before patches
+    patch_size: tuple[int, ...] = (64, 64, 64)
+    samples_per_case: int = 2  # patches drawn from a case each time it is visited
+    foreground_fraction: float = 0.67  # fraction of patches centred on a labelled voxel
+    validation_fraction: float = 0.2  # held out from training when folds == 0
+    folds: int = 0  # k-fold cross-validation when > 1 ...
+    fold: int = 0  # ... and this fold is the validation set
+    max_validation_cases: int = 8  # cap on validation cases (sliding-window validation is costly on CPU)
+    cache: bool = True  # cache preprocessed cases in memory (MONAI CacheDataset)
+    num_workers: int = 0  # DataLoader workers for augmentation
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network. ``architecture`` can also name MONAI networks for side-by-side comparisons."""
+
+    architecture: str = "attention_skip_unet"  # or monai_unet, monai_attention_unet
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    first_stride: int = 2  # stride of the first encoder level: 2 works at half resolution, 1 at full
+    attention: bool = True  # False = the matched U-Net baseline
+    head_dim: int = 16
+    window_size: int = 4
+    global_levels: int = 1
+    global_max_tokens: int = 4096
+    attention_dropout: float = 0.0
+    position: bool = True  # learned within-window position embeddings in the windowed attention blocks
+    norm: str = "instance"
+    residual: bool = True  # residual convolution blocks (ResNet-style) or plain conv-norm-act pairs
+    deep_supervision: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, budget, validation and logging."""
+
+    max_epochs: int = 1000
+    minutes: float | None = None  # wall-clock budget for training, validation included
+    steps_per_epoch: int = 50  # optimizer steps per epoch; null = one pass over the training cases
+    batch_size: int = 2
+    optimizer: str = "adamw"  # adamw or sgd
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.99  # sgd only (nesterov)
+    schedule: str = "cosine"  # cosine, poly or constant; decays over max_epochs or the time budget
+    warmup_steps: int = 20
+    val_interval: int = 5  # epochs between sliding-window validations
+    patience: int | None = None  # stop after this many validations without a better Dice
+    seed: int = 0
+    amp: str = "auto"  # auto (on for CUDA), on, off
+    compile: bool = False  # torch.compile the training forward (slow first steps; needs a C++ compiler on CPU)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    log_images: bool = True  # TensorBoard overlays of a validation case
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window prediction."""
+
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    blend: str = "gaussian"  # gaussian or constant
+    tta: bool = False  # average over flips of every spatial axis
+    patch_size: tuple[int, ...] | None = None  # null = data.patch_size
+
+
+@dataclass(frozen=True)
+class ClassifyDataConfig:
+    """Image classification data: ImageFolder roots (``root/<class>/<image>``) or CSV listings (``path,label``)."""
+
+    train: str | None = None  # ImageFolder root, a folder holding train/ [val/] [test/], or a CSV listing
+    val: str | None = None  # validation set (same forms); null = root/val when present, else a stratified split
+    test: str | None = None  # test set for `classify evaluate` (null = root/test when present)
+    image_size: tuple[int, ...] | None = None  # resize to (H, W) or (X, Y, Z); null = all images must match
+    color: str = "auto"  # auto (rgb when any image is colour), grayscale, rgb
+    intensity: str = "zscore"  # zscore (per image), scale (/255 or /65535 by bit depth), minmax, ct, none
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU window of the ct preset
+    validation_fraction: float = 0.2  # stratified share held out when there is no validation set
+    cache: bool = True  # keep decoded, resized images in memory
+    num_workers: int = 0
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+
+@dataclass(frozen=True)
+class ClassifyModelConfig(ModelConfig):
+    """The classifier: the :class:`ModelConfig` encoder keys plus the classification head."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    first_stride: int = 1
+    attention: bool = True  # attention head (and attention skips when multitask); False = pooling + MLP baseline
+    pooling: str = "class_token"  # class_token (transformer block over [cls; tokens]) or attention (learned query)
+    head_layers: int = 1  # transformer blocks of the class_token head
+    hidden: int | None = None  # MLP hidden width; null = 2 x bottleneck channels
+    dropout: float = 0.1  # before the last linear layer
+    multitask: bool = False  # also segment with the U-Net decoder (needs label maps beside the images)
+    segmentation_weight: float = 1.0  # weight of the DiceCE segmentation loss in multitask training
+
+
+@dataclass(frozen=True)
+class ClassifyTrainConfig(TrainConfig):
+    """:class:`TrainConfig` with classification defaults and class-imbalance handling."""
+
+    steps_per_epoch: int | None = None  # null = one pass over the training images
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    val_interval: int = 1
+    balance: str = "none"  # none, sampler (class-balanced sampling) or loss (inverse-frequency class weights)
+    label_smoothing: float = 0.0
+    monitor: str = "balanced_accuracy"  # validation value that selects best.pt: balanced_accuracy, accuracy,
+    # macro_f1, auc or loss

@@ -1,0 +1,280 @@
+"""Pictures a person would rather see than read: overlays, training curves (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medseg_attn.io.files import atomic_write  # noqa: E402
+
+__all__ = ["label_colors", "overlay_rgb", "heat_rgb", "save_overlay_png", "save_map_overlay_png",
+           "save_picture_attention_png", "save_training_curves", "foreground_centre", "to_ras"]
+
+HEAT = "inferno"  # perceptually uniform, dark at 0: a low value does not hide the anatomy
+
+
+def label_colors(count: int) -> np.ndarray:
+    """(count, 3) RGB in [0, 1]; class 0 is black."""
+    cmap = plt.get_cmap("tab10" if count <= 11 else "tab20")
+    colors = np.array([cmap(i % cmap.N)[:3] for i in range(max(count - 1, 1))])
+    return np.vstack([np.zeros(3), colors])[:count]
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return np.zeros_like(image, dtype=np.float32)
+    low, high = np.percentile(finite, [0.5, 99.5])
+    return np.clip((image - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45, classes: int | None = None) -> np.ndarray:
+    """(H, W, 3) float RGB: a grey image slice with a label slice blended in colour."""
+    grey = _normalise(image)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    count = int(classes if classes is not None else max(int(labels.max()) + 1, 2))
+    colors = label_colors(count)
+    mask = labels > 0
+    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colors[np.clip(labels[mask], 0, count - 1).astype(int)]
+    return rgb
+
+
+def foreground_centre(labels: np.ndarray) -> tuple[int, ...]:
+    """Voxel index at the centre of the foreground's bounding box (the volume's centre when empty)."""
+    foreground = labels > 0
+    if not foreground.any():
+        return tuple(s // 2 for s in labels.shape)
+    centre = []
+    for axis in range(labels.ndim):  # the box from each axis' projection: no list of every voxel
+        present = np.flatnonzero(foreground.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
+        centre.append(int(present[0] + present[-1]) // 2)
+    return tuple(centre)
+
+
+def _orthogonal(volume: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:
+    """Three mid-slices (sagittal, coronal, axial for RAS arrays), rotated for display (superior up)."""
+    x, y, z = centre
+    return [np.rot90(volume[x, :, :]), np.rot90(volume[:, y, :]), np.rot90(volume[:, :, z])]
+
+
+def save_overlay_png(
+    path: str | Path,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    label: np.ndarray | None = None,
+    names: dict[int, str] | None = None,
+    title: str = "",
+) -> Path:
+    """PNG with three orthogonal slices through the foreground: image, prediction (and reference) overlays.
+
+    Arrays are 3D on the same grid, ideally in RAS orientation (superior is drawn up).
+    """
+    classes = max(int(prediction.max()), int(label.max()) if label is not None else 0, len(names or {}) - 1) + 1
+    centre = foreground_centre(label if label is not None else prediction)
+    rows = [("image", None), ("prediction", prediction)] + ([("reference", label)] if label is not None else [])
+    fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.3 * len(rows)), squeeze=False)
+    image_slices = _orthogonal(image, centre)
+    for row, (name, volume) in enumerate(rows):
+        slices = _orthogonal(volume, centre) if volume is not None else [np.zeros_like(s, dtype=int) for s in image_slices]
+        for col, (img, lab) in enumerate(zip(image_slices, slices)):
+            axes[row, col].imshow(overlay_rgb(img, lab, classes=classes), interpolation="nearest")
+            axes[row, col].set_axis_off()
+        axes[row, 0].set_title(name, loc="left", fontsize=10)
+    if names:
+        colors = label_colors(classes)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i]) for i in sorted(names) if i > 0 and i < classes]
+        fig.legend(handles, [names[i] for i in sorted(names) if 0 < i < classes], loc="lower center",
+                   ncol=min(6, max(1, len(handles))), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.05 if names else 0, 1, 0.97))
+    return _save(fig, path)
+
+
+def heat_rgb(image: np.ndarray, values: np.ndarray | None, labels: np.ndarray | None = None, alpha: float = 0.75,
+             colors: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) float RGB: an image slice ((H, W) grey or (H, W, 3) colour) with a [0, 1] map blended in as heat
+    (more opaque where higher), and the outline of each predicted class (white, or ``colors[k]`` for class k)."""
+    grey = _normalise(image)
+    rgb = 0.8 * (grey if grey.ndim == 3 else np.repeat(grey[..., None], 3, axis=-1))  # darker: heat stands out
+    if values is not None:
+        v = np.clip(np.nan_to_num(values.astype(np.float32)), 0, 1)[..., None]
+        rgb = (1 - alpha * v) * rgb + alpha * v * plt.get_cmap(HEAT)(v[..., 0])[..., :3]
+    if labels is not None:
+        for k in np.unique(labels[labels > 0]):
+            rgb[_boundary(labels == k)] = 1.0 if colors is None else colors[int(k) % len(colors)]
+    return rgb
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of a 2D mask that touch (4-neighbourhood) a pixel outside it."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner
+
+
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D array in the closest RAS voxel order (axes permuted/flipped, never interpolated) and its spacing."""
+    import nibabel as nib
+
+    orientation = nib.orientations.io_orientation(affine)
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    return nib.orientations.apply_orientation(volume, orientation), spacing[orientation[:, 0].astype(int)]
+
+
+def _slices_with_aspect(volume: np.ndarray, centre: Sequence[int], spacing: Sequence[float]
+                        ) -> list[tuple[np.ndarray, float]]:
+    """The three orthogonal slices of :func:`_orthogonal` with their display aspect (row / column spacing)."""
+    sx, sy, sz = spacing
+    return list(zip(_orthogonal(volume, centre), (sz / sy, sz / sx, sy / sx)))
+
+
+def _font(size: int):
+    """DejaVu Sans (shipped with matplotlib) at ``size`` pixels, for pictures drawn with Pillow."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def _panel(rgb: np.ndarray, aspect: float, side: int):
+    """A float RGB slice as a Pillow image of at most ``side`` pixels, rows stretched by ``aspect`` (row / column
+    spacing) so that millimetres are square."""
+    from PIL import Image
+
+    rows, columns = rgb.shape[:2]
+    height, width = rows * aspect, columns
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize(size, Image.NEAREST)
+
+
+def _draw_rows(path: str | Path, rows: list[tuple[str, list[tuple[np.ndarray, float]], bool]], title: str,
+               side: int) -> Path:
+    """PNG of rows of float RGB panels (with their row / column spacing), each row titled and, when its flag is
+    set, with a colour bar of :data:`HEAT` from 0 (bottom) to 1 (top); written atomically."""
+    from PIL import Image, ImageDraw
+
+    gap, heading, bar = 6, 20, 16
+    font, small = _font(13), _font(11)
+    pictures = [[_panel(rgb, aspect, side) for rgb, aspect in panels] for _, panels, _ in rows]
+    width = max(sum(p.size[0] for p in row) + gap * (len(row) + 1) for row in pictures) + bar + 40
+    heights = [heading + max(p.size[1] for p in row) + gap for row in pictures]
+    canvas = Image.new("RGB", (width, heading + 8 + sum(heights)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((gap, 4), title, fill="black", font=font)
+    gradient = (plt.get_cmap(HEAT)(np.linspace(1, 0, 256))[:, None, :3] * np.ones((1, bar, 1)) * 255).astype(np.uint8)
+    top = heading + 8
+    for (name, _, with_bar), row, height in zip(rows, pictures, heights):
+        draw.text((gap, top), name, fill="black", font=font)
+        left = gap
+        for picture in row:
+            canvas.paste(picture, (left, top + heading))
+            left += picture.size[0] + gap
+        if with_bar:
+            inner = height - heading - gap
+            canvas.paste(Image.fromarray(gradient).resize((bar, inner)), (left, top + heading))
+            for value in (0.0, 0.5, 1.0):
+                y = top + heading + round((1 - value) * (inner - 1))
+                draw.line([(left + bar, y), (left + bar + 3, y)], fill="black")
+                draw.text((left + bar + 5, y - 6), f"{value:g}", fill="black", font=small)
+        top += height
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="png", compress_level=3))
+
+
+def save_map_overlay_png(
+    path: str | Path,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    maps: dict[str, np.ndarray],
+    affine: np.ndarray,
+    title: str = "",
+    side: int = 240,
+) -> Path:
+    """PNG: three orthogonal mid-slices through the predicted foreground; one row per map (heat overlay on the
+    image, the outline of each predicted class, a colour bar), below a row with the image and the outlines.
+
+    Drawn with Pillow (a fraction of matplotlib's time: it is written for every case of a batch).
+
+    Args:
+        image, prediction: (*S) arrays on the input grid (2D, or 3D in any orientation: drawn in RAS,
+            superior up).
+        maps: name -> (*S) map with values in [0, 1].
+        affine: the grid's voxel-to-world (RAS) affine (orientation and voxel size of the drawing).
+        side: the longest side of a slice in pixels.
+    """
+    if image.ndim == 2:  # one slice: drawn as the axial view of a one-slice volume
+        image, prediction = image[..., None], prediction[..., None]
+        maps = {name: m[..., None] for name, m in maps.items()}
+        full = np.eye(4)
+        full[:2, :2], full[:2, 3] = np.asarray(affine)[:2, :2], np.asarray(affine)[:2, 2]
+        affine = full
+    image, spacing = to_ras(image, affine)
+    prediction, _ = to_ras(prediction, affine)
+    centre = foreground_centre(prediction)
+    views = [2] if image.shape[2] == 1 else [0, 1, 2]
+    images = [_slices_with_aspect(image, centre, spacing)[v] for v in views]
+    labels = [_orthogonal(prediction, centre)[v] for v in views]
+    colors = label_colors(max(int(prediction.max()) + 1, 2))
+    rows = []
+    for name, volume in [("image + prediction", None)] + [(name, to_ras(m, affine)[0]) for name, m in maps.items()]:
+        values = [_orthogonal(volume, centre)[v] for v in views] if volume is not None else [None] * len(views)
+        panels = [(heat_rgb(img, value, lab, colors=colors), aspect)
+                  for (img, aspect), lab, value in zip(images, labels, values)]
+        rows.append((name, panels, volume is not None))
+    return _draw_rows(path, rows, title, side)
+
+
+def save_picture_attention_png(path: str | Path, image: np.ndarray, values: np.ndarray, title: str = "",
+                               side: int = 320) -> Path:
+    """PNG of a 2D picture beside the same picture with an attention map as heat overlay and a colour bar.
+
+    Args:
+        image: (C, H, W) or (H, W) as read (rows first); colour pictures are shown in colour.
+        values: (H, W) map in [0, 1].
+    """
+    picture = image[0] if image.ndim == 3 and image.shape[0] == 1 else image
+    picture = np.moveaxis(picture, 0, -1) if picture.ndim == 3 else picture  # (H, W[, 3])
+    plain = heat_rgb(picture, None)
+    rows = [("image | attention of the classification head", [(plain, 1.0), (heat_rgb(picture, values), 1.0)],
+             True)]
+    return _draw_rows(path, rows, title, side)
+
+
+def save_training_curves(history: list[dict], path: str | Path) -> Path:
+    """Loss per epoch and validation Dice (mean and per class) against epochs, as one PNG."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [row["epoch"] for row in history]
+    left.plot(epochs, [row["train_loss"] for row in history], label="training loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("DiceCE loss")
+    left.grid(alpha=0.3)
+    validated = [row for row in history if row.get("val_dice") is not None]
+    if validated:
+        right.plot([r["epoch"] for r in validated], [r["val_dice"] for r in validated], "k-o", label="mean")
+        keys = [k for k in validated[-1] if k.startswith("val_dice_")]
+        for key in keys:
+            right.plot([r["epoch"] for r in validated], [r.get(key) for r in validated], "--", label=key[9:])
+        right.legend(fontsize=8)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation Dice")
+    lowest = min((r["val_dice"] for r in validated), default=0.0)
+    right.set_ylim(max(0.0, lowest - 0.05), 1.0)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

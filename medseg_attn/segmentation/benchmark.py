@@ -1,0 +1,353 @@
+"""Benchmarks against MONAI's networks, in one process run, reported as ratios.
+
+Absolute times on shared machines are noise; ratios measured in the same run, with the candidates interleaved
+repetition by repetition, are not. For each network at the same input: parameters, forward FLOPs
+(``torch.utils.flop_counter``), median forward and training-step time (forward + backward + AdamW step), peak
+memory, and achieved FLOP/s as a fraction of the machine's measured fp32 matrix-multiply rate. For whole volumes:
+sliding-window throughput (voxels per second) and peak memory of our predictor against MONAI's
+``sliding_window_inference`` with its ``AttentionUnet``, at two volume sizes to show how memory grows.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medseg_attn.segmentation.benchmark_pipeline import (
+    InferenceResult,
+    benchmark_data_pipeline,
+    benchmark_inference,
+    current_rss_mb,
+    peak_memory_mb,
+    peak_rss_reset,
+    sync,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TARGETS", "benchmark_networks", "benchmark_variants", "format_report", "matmul_rate", "run_benchmarks"]
+
+# name -> (what is compared, target ratio, "<=" or ">=")
+TARGETS = {
+    "train_step_vs_monai_attention_unet": ("ours / MONAI AttentionUnet, training step time", 1.0, "<="),
+    "attention_overhead": ("attention on / off, training step time", 1.15, "<="),
+    "forward_fraction_of_matmul": ("forward FLOP/s / fp32 matmul FLOP/s", 0.60, ">="),
+    "inference_throughput_vs_monai": ("ours / MONAI sliding window + AttentionUnet, voxels per second", 1.5, ">="),
+    "inference_peak_memory_gib": ("peak memory of our prediction on the large volume, GiB", 6.0, "<="),
+    "data_wait_fraction": ("share of training-step time waiting for data (demo config)", 0.10, "<="),
+}
+
+
+def matmul_rate(device: torch.device, size: int = 2048, repetitions: int = 7) -> float:
+    """Median fp32 FLOP/s of a square matrix multiply: the machine's practical peak."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    times = []
+    for _ in range(repetitions):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def candidates(size: int) -> dict[str, Callable[[], nn.Module]]:
+    """Networks at comparable sizes (16..256 channels where the design allows), 1 input and 3 output channels."""
+    from monai.networks.nets import UNETR, AttentionUnet, BasicUNet, SwinUNETR, UNet
+
+    from medseg_attn.networks import AttentionSkipUNet
+
+    channels = (16, 32, 64, 128, 256)
+    return {
+        "AttentionSkipUNet (attention on)": lambda: AttentionSkipUNet(3, 1, 3, channels=channels),
+        "AttentionSkipUNet (attention off)": lambda: AttentionSkipUNet(3, 1, 3, channels=channels, attention=False),
+        "MONAI UNet": lambda: UNet(3, 1, 3, channels, (2, 2, 2, 2), num_res_units=2),
+        "MONAI AttentionUnet": lambda: AttentionUnet(3, 1, 3, channels, (2, 2, 2, 2)),
+        "MONAI BasicUNet": lambda: BasicUNet(3, 1, 3, features=(16, 32, 64, 128, 256, 16)),
+        "MONAI SwinUNETR": lambda: SwinUNETR(1, 3, feature_size=24),
+        "MONAI UNETR": lambda: UNETR(1, 3, img_size=size, feature_size=16, hidden_size=384, mlp_dim=1536,
+                                    num_heads=6),
+    }
+
+
+@dataclass
+class NetworkResult:
+    """One network's numbers at one input size."""
+
+    name: str
+    parameters: int
+    forward_gflops: float
+    forward_seconds: float
+    train_step_seconds: float
+    forward_fraction_of_matmul: float
+    train_fraction_of_matmul: float
+    peak_memory_mb: float  # peak during forward + training step, above what the process held before
+
+
+def _flops(network: nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return float(counter.get_total_flops())
+
+
+def benchmark_networks(
+    size: int = 64, batch: int = 2, repetitions: int = 5, device: torch.device | None = None,
+    names: list[str] | None = None, progress: bool = True,
+) -> tuple[list[NetworkResult], float]:
+    """Forward/training-step time, FLOPs, memory of every candidate on a (batch, 1, size^3) input.
+
+    Candidates run interleaved (one repetition of each in turn) so machine noise hits them alike; the matmul rate
+    is measured in every repetition too, between the networks, so a busy spell on a shared machine lowers both
+    sides of the "fraction of matmul rate" rather than only one.
+
+    Returns:
+        (results, matmul FLOP/s)
+    """
+    device = device or torch.device("cpu")
+    rates = [matmul_rate(device, repetitions=3)]
+    factories = {k: v for k, v in candidates(size).items() if names is None or k in names}
+    torch.manual_seed(0)
+    x = torch.randn(batch, 1, size, size, size, device=device)
+    y = torch.randint(0, 3, (batch, size, size, size), device=device)
+    networks = {}
+    for name, make in factories.items():
+        try:
+            networks[name] = make().to(device)
+        except ImportError as error:  # SwinUNETR / UNETR need einops (pip install medseg-attn[bench])
+            logger.warning("skipping %s: %s", name, str(error).splitlines()[0])
+    optimizers = {name: torch.optim.AdamW(net.parameters(), 1e-4) for name, net in networks.items()}
+    flops = {name: _flops(net.eval(), x) for name, net in networks.items()}
+    forward_times: dict[str, list[float]] = {name: [] for name in networks}
+    step_times: dict[str, list[float]] = {name: [] for name in networks}
+    peaks: dict[str, float] = {}
+    for repetition in range(repetitions + 1):  # the first repetition warms up and is dropped
+        for name, net in networks.items():
+            gc.collect()
+            before = current_rss_mb() if device.type == "cpu" else 0.0
+            peak_rss_reset()
+            net.eval()
+            with torch.no_grad():
+                sync(device)
+                start = time.perf_counter()
+                net(x)
+                sync(device)
+                forward = time.perf_counter() - start
+            net.train()
+            sync(device)
+            start = time.perf_counter()
+            out = net(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            loss = nn.functional.cross_entropy(out, y)
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
+            sync(device)
+            step = time.perf_counter() - start
+            peaks[name] = max(peaks.get(name, 0.0), peak_memory_mb(device) - before)
+            if repetition:
+                forward_times[name].append(forward)
+                step_times[name].append(step)
+            if progress:
+                logger.info("rep %d %-34s forward %.3f s, step %.3f s", repetition, name, forward, step)
+        rates.append(matmul_rate(device, repetitions=3))
+    rate = statistics.median(rates)
+    results = []
+    for name, net in networks.items():
+        forward = statistics.median(forward_times[name])
+        step = statistics.median(step_times[name])
+        results.append(NetworkResult(
+            name, sum(p.numel() for p in net.parameters()), flops[name] / 1e9, forward, step,
+            flops[name] / forward / rate, 3 * flops[name] / step / rate, peaks[name]))
+    return results, rate
+
+
+def benchmark_variants(
+    size: int = 64, batch: int = 2, repetitions: int = 5, device: torch.device | None = None,
+    compile: bool = True, progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Training-step time of the default AttentionSkipUNet under each optimisation the engine offers.
+
+    Variants (interleaved like :func:`benchmark_networks`): fp32 eager (the reference), bf16 / fp16 autocast
+    (``train.amp``), channels-last memory format, and ``torch.compile`` (``train.compile``; its compilation is
+    done in the warm-up repetition and reported separately). Returns one dict per variant with the median step
+    time and its ratio to fp32 eager.
+    """
+    from medseg_attn.networks import AttentionSkipUNet
+
+    device = device or torch.device("cpu")
+    half = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    channels_last = torch.channels_last_3d
+    variants: dict[str, dict[str, Any]] = {
+        "fp32 eager": {},
+        f"{str(half).split('.')[-1]} autocast": {"amp": half},
+        "channels-last": {"memory_format": channels_last},
+    }
+    if compile:
+        variants["torch.compile"] = {"compile": True}
+    torch.manual_seed(0)
+    x = torch.randn(batch, 1, size, size, size, device=device)
+    y = torch.randint(0, 3, (batch, size, size, size), device=device)
+    runs = {}
+    for name, options in variants.items():
+        torch.manual_seed(0)
+        network = AttentionSkipUNet(3, 1, 3).to(device).train()
+        inputs = x
+        if "memory_format" in options:
+            network = network.to(memory_format=options["memory_format"])
+            inputs = x.contiguous(memory_format=options["memory_format"])
+        model = torch.compile(network) if options.get("compile") else network
+        runs[name] = (model, torch.optim.AdamW(network.parameters(), 1e-4), inputs, options.get("amp"))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    warmup: dict[str, float] = {}
+    for repetition in range(repetitions + 1):
+        for name, (model, optimizer, inputs, amp) in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = nn.functional.cross_entropy(model(inputs).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sync(device)
+            seconds = time.perf_counter() - start
+            if repetition:
+                times[name].append(seconds)
+            else:
+                warmup[name] = seconds
+            if progress:
+                logger.info("rep %d %-18s step %.3f s", repetition, name, seconds)
+    reference = statistics.median(times["fp32 eager"])
+    return [{"variant": name, "train_step_seconds": statistics.median(values),
+             "ratio_to_fp32_eager": statistics.median(values) / reference, "first_step_seconds": warmup[name]}
+            for name, values in times.items()]
+
+
+def _ratio(results: list[NetworkResult], top: str, bottom: str, field: str) -> float | None:
+    by_name = {r.name: r for r in results}
+    if top in by_name and bottom in by_name:
+        return getattr(by_name[top], field) / getattr(by_name[bottom], field)
+    return None
+
+
+def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> dict[str, Any]:
+    """Run everything, write ``benchmark.json`` and a PNG into ``output``; returns the report dict."""
+    from medseg_attn.training.device import resolve_device
+
+    resolved = resolve_device(device)
+    torch.set_grad_enabled(True)
+    repetitions = 3 if quick else 7
+    networks, rate = benchmark_networks(64, 2, repetitions, resolved)
+    variants = benchmark_variants(64, 2, repetitions, resolved, compile=not quick)
+    if quick:
+        shapes, overlap = [(128, 128, 64), (256, 256, 128)], 0.25
+    else:
+        shapes, overlap = [(256, 256, 128), (512, 512, 300)], 0.5
+    inference = benchmark_inference(shapes, overlap, resolved)
+    pipeline = benchmark_data_pipeline(output / "data_pipeline", epochs=1 if quick else 3, device=resolved)
+    report = make_report(networks, rate, inference, pipeline, overlap, resolved, quick)
+    report["variants"] = variants
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "benchmark.json").write_text(json.dumps(report, indent=2))
+    _plot(networks, output / "benchmark.png")
+    return report
+
+
+def make_report(networks: list[NetworkResult], rate: float, inference: list[InferenceResult],
+                pipeline: dict[str, Any], overlap: float, device: torch.device, quick: bool) -> dict[str, Any]:
+    """The ratios against their targets, with every measurement behind them (``benchmark.json``)."""
+    ours = [r for r in inference if r.name.startswith("medseg-attn")]
+    theirs = [r for r in inference if r.name.startswith("MONAI")]
+    ratios = {
+        "train_step_vs_monai_attention_unet": _ratio(networks, "AttentionSkipUNet (attention on)",
+                                                     "MONAI AttentionUnet", "train_step_seconds"),
+        "attention_overhead": _ratio(networks, "AttentionSkipUNet (attention on)",
+                                     "AttentionSkipUNet (attention off)", "train_step_seconds"),
+        "forward_fraction_of_matmul": next(r.forward_fraction_of_matmul for r in networks
+                                           if r.name == "AttentionSkipUNet (attention on)"),
+        "inference_throughput_vs_monai": ours[-1].voxels_per_second / theirs[-1].voxels_per_second,
+        "inference_peak_memory_gib": ours[-1].peak_memory_mb / 1024,
+        "data_wait_fraction": pipeline["data_wait_fraction"],
+    }
+    small, large = ours[0], ours[-1]
+    growth = (large.added_memory_mb / max(small.added_memory_mb, 1e-6)) / (
+        float(torch.tensor(large.shape).prod()) / float(torch.tensor(small.shape).prod()))
+    report = {
+        "device": str(device), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+        "quick": quick, "matmul_gflops": rate / 1e9, "overlap": overlap,
+        "networks": [asdict(r) for r in networks], "inference": [asdict(r) for r in inference],
+        "data_pipeline": pipeline,
+        "ratios": ratios, "memory_growth_per_voxel_ratio": growth,
+        "targets": {k: {"what": w, "target": t, "sense": s, "met": _met(ratios[k], t, s)}
+                    for k, (w, t, s) in TARGETS.items()},
+    }
+    return report
+
+
+def _met(value: float | None, target: float, sense: str) -> bool | None:
+    if value is None:
+        return None
+    return value <= target if sense == "<=" else value >= target
+
+
+def _plot(results: list[NetworkResult], path: Path) -> None:
+    from medseg_attn.plots import plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [r.name.replace("AttentionSkipUNet", "ours").replace("MONAI ", "") for r in results]
+    left.barh(names, [r.train_step_seconds for r in results], color="tab:blue")
+    left.set_xlabel("training step (s), batch 2 x 64^3")
+    left.invert_yaxis()
+    right.barh(names, [100 * r.forward_fraction_of_matmul for r in results], color="tab:orange")
+    right.set_xlabel("forward FLOP/s, % of fp32 matmul rate")
+    right.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable table of results and ratios with their targets."""
+    lines = [f"device {report['device']}, {report['threads']} threads, torch {report['torch']}, "
+             f"fp32 matmul {report['matmul_gflops']:.0f} GFLOP/s", "",
+             f"{'network':36s} {'params':>8s} {'GFLOP':>7s} {'fwd s':>7s} {'step s':>7s} {'fwd %mm':>8s} "
+             f"{'peak MB':>8s}"]
+    for r in report["networks"]:
+        lines.append(f"{r['name']:36s} {r['parameters'] / 1e6:7.2f}M {r['forward_gflops']:7.1f} "
+                     f"{r['forward_seconds']:7.3f} {r['train_step_seconds']:7.3f} "
+                     f"{100 * r['forward_fraction_of_matmul']:7.1f}% {r['peak_memory_mb']:8.0f}")
+    lines += ["", f"whole-volume prediction (overlap {report['overlap']}):"]
+    for r in report["inference"]:
+        lines.append(f"  {r['name']:48s} {str(tuple(r['shape'])):16s} {r['seconds']:7.1f} s "
+                     f"{r['voxels_per_second'] / 1e6:6.2f} Mvox/s  peak {r['peak_memory_mb']:7.0f} MB "
+                     f"(+{r['added_memory_mb']:.0f} MB)")
+    if report.get("variants"):
+        lines += ["", "training step of AttentionSkipUNet under each optimisation (batch 2 x 64^3):"]
+        for v in report["variants"]:
+            lines.append(f"  {v['variant']:18s} {v['train_step_seconds']:7.3f} s  x{v['ratio_to_fp32_eager']:.2f} "
+                         f"of fp32 eager  (first step {v['first_step_seconds']:.1f} s)")
+    pipe = report["data_pipeline"]
+    lines += ["", f"data pipeline (demo config, cache={pipe['cache']}, workers={pipe['num_workers']}): "
+                  f"{100 * pipe['data_wait_fraction']:.1f}% of step time waiting for data over {pipe['steps']} steps"]
+    lines += ["", "ratios (target):"]
+    for key, target in report["targets"].items():
+        value = report["ratios"][key]
+        mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
+        shown = "n/a" if value is None else f"{value:.2f}"
+        lines.append(f"  {target['what']:70s} {shown:>6s}  (target {target['sense']} {target['target']}) {mark}")
+    lines.append(f"  memory growth per voxel, large / small volume: {report['memory_growth_per_voxel_ratio']:.2f} "
+                 f"(1.0 = linear)")
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Case lists: Medical Segmentation Decathlon ``dataset.json`` and nnU-Net raw folders; splits and folds.
+
+A :class:`SegmentationDataset` is a plain description (paths, labels, modality); MONAI datasets are built from
+its ``training`` list of ``{"image": path or [paths], "label": path, "case": name}`` dicts by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg_attn.io.suffixes import VOLUME_SUFFIXES
+from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_geometry
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SegmentationDataset", "load_dataset", "split_cases", "check_cases", "median_spacing"]
+
+_MODALITY_WORDS = {"ct": "ct", "mr": "mr", "mri": "mr", "t1": "mr", "t2": "mr", "flair": "mr", "t1w": "mr",
+                   "t2w": "mr", "adc": "mr", "dwi": "mr", "pd": "mr", "t1gd": "mr", "t1c": "mr"}
+
+
+@dataclass
+class SegmentationDataset:
+    """A labelled dataset: where it is, what its classes and modality are, and its cases."""
+
+    root: Path
+    name: str
+    labels: dict[int, str]
+    modality: str | None  # 'ct', 'mr' or None when unknown
+    channels: int
+    training: list[dict[str, Any]] = field(default_factory=list)
+    test: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _modality(names: list[str]) -> str | None:
+    kinds = {_MODALITY_WORDS.get(str(n).strip().lower()) for n in names}
+    kinds.discard(None)
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _parse_labels(raw: Any, where: Path) -> dict[int, str]:
+    """MSD writes {"0": "background"}; nnU-Net v2 writes {"background": 0} (values may be lists for regions)."""
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{where}: 'labels' must be a non-empty mapping of class index to name")
+    labels: dict[int, str] = {}
+    for key, value in raw.items():
+        if str(key).lstrip("-").isdigit():
+            labels[int(key)] = str(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            labels[value] = str(key)
+        else:
+            raise ValueError(f"{where}: cannot read label entry {key!r}: {value!r} (expected index -> name)")
+    if 0 not in labels:
+        labels[0] = "background"
+    expected = list(range(len(labels)))
+    if sorted(labels) != expected:
+        raise ValueError(f"{where}: label indices must be 0..{len(labels) - 1} without gaps, got {sorted(labels)}")
+    return dict(sorted(labels.items()))
+
+
+def _resolve(root: Path, entry: str) -> Path:
+    path = Path(entry)
+    return path if path.is_absolute() else (root / path).resolve()
+
+
+def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
+    root = json_path.parent
+    labels = _parse_labels(spec.get("labels"), json_path)
+    modality_names = list((spec.get("modality") or spec.get("channel_names") or {}).values())
+    channels = max(1, len(modality_names))
+    training = []
+    for item in spec.get("training", []):
+        if not isinstance(item, dict) or "image" not in item or "label" not in item:
+            raise ValueError(f"{json_path}: each 'training' entry needs 'image' and 'label', got {item!r}")
+        images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+        paths = [_resolve(root, p) for p in images]
+        training.append({"image": paths if len(paths) > 1 else paths[0], "label": _resolve(root, item["label"]),
+                         "case": case_name(paths[0], strip_channel=len(paths) > 1)})
+    test = []
+    for item in spec.get("test", []):
+        image = item["image"] if isinstance(item, dict) else item
+        images = image if isinstance(image, list) else [image]
+        paths = [_resolve(root, p) for p in images]
+        test.append({"image": paths if len(paths) > 1 else paths[0], "case": case_name(paths[0])})
+    if not training:
+        training = _scan_nnunet(root, channels, json_path)  # nnU-Net v2 dataset.json has no file lists
+    name = str(spec.get("name") or root.name)
+    return SegmentationDataset(root, name, labels, _modality(modality_names), channels, training, test)
+
+
+def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]:
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise ValueError(f"{where}: no 'training' list and no imagesTr/ + labelsTr/ folders beside it")
+    cases = []
+    for label in sorted(p for p in labels_dir.iterdir() if is_image_file(p)):
+        name = case_name(label)
+        suffix = next(s for s in VOLUME_SUFFIXES if label.name.lower().endswith(s))
+        images = [images_dir / f"{name}_{c:04d}{suffix}" for c in range(channels)]
+        if not images[0].exists() and (images_dir / label.name).exists():
+            images = [images_dir / label.name]  # plain MSD-style names without channel suffix
+        missing = [str(p) for p in images if not p.exists()]
+        if missing:
+            raise ValueError(f"{label}: no matching image {missing[0]} in {images_dir}")
+        cases.append({"image": images if len(images) > 1 else images[0], "label": label, "case": name})
+    if not cases:
+        raise ValueError(f"{labels_dir}: no label files ({', '.join(VOLUME_SUFFIXES)}) found")
+    return cases
+
+
+def load_dataset(path: str | Path) -> SegmentationDataset:
+    """Read a dataset from a ``dataset.json`` file, a folder holding one, or an nnU-Net raw folder.
+
+    MSD (``training``/``test`` lists, ``labels`` index -> name, ``modality``) and nnU-Net v2 (``labels`` name ->
+    index, ``channel_names``, files found in imagesTr/labelsTr with ``_0000`` channel suffixes) are both read.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: malformed dataset.json, missing files, or no cases; the message names the file.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: dataset not found (expected dataset.json or a folder holding one)")
+    json_path = path / "dataset.json" if path.is_dir() else path
+    if json_path.is_file():
+        try:
+            spec = json.loads(json_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{json_path}: not valid JSON ({error})") from None
+        if not isinstance(spec, dict):
+            raise ValueError(f"{json_path}: expected a JSON object with 'labels' and 'training'")
+        dataset = _from_msd(json_path.resolve(), spec)
+    elif path.is_dir():
+        cases = _scan_nnunet(path, 1, path)
+        values = set()
+        for case in cases[:5]:  # name classes from a few label maps when nothing describes them
+            from medseg_attn.io.readers import VolumeReader
+
+            reader = VolumeReader()
+            array, _ = reader.get_data(reader.read(case["label"]))
+            values |= set(np.unique(np.asarray(array)).astype(int).tolist())
+        labels = {i: ("background" if i == 0 else f"label_{i}") for i in range(int(max(values)) + 1)}
+        dataset = SegmentationDataset(path.resolve(), path.name, labels, None, 1, cases)
+    else:
+        raise ValueError(f"{path}: expected dataset.json or a folder with dataset.json or imagesTr/labelsTr")
+    missing = [str(c["label"]) for c in dataset.training if not Path(c["label"]).exists()]
+    missing += [str(p) for c in dataset.training for p in _as_list(c["image"]) if not Path(p).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"{json_path}: listed file not found: {missing[0]}{more}")
+    logger.info("dataset %s: %d training cases, %d classes, modality %s", dataset.name, len(dataset.training),
+                len(dataset.labels), dataset.modality or "unknown")
+    return dataset
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, voxels: bool = True) -> list[str]:
+    """Checks of every case before training; all problems are collected, not only the first.
+
+    Headers: readable, 2D/3D, positive finite spacing, non-singular affine, image and label on the same voxel grid
+    (the same grid stored with axes flipped or permuted counts as the same: the pipeline reorients both). Images
+    may be NIfTI/NRRD/MetaImage files or DICOM series folders. With ``voxels``, the image voxels are read and
+    checked for NaN/Inf, and (with ``num_classes``) the label values for integers in ``0..num_classes-1``.
+
+    Returns:
+        One line per problem, naming the file; empty when the cases are fine.
+    """
+    problems = []
+    for case in cases:
+        try:
+            label = read_geometry(case["label"])
+        except (ValueError, FileNotFoundError) as error:
+            problems.append(str(error))
+            continue
+        for image_path in _as_list(case["image"]):
+            try:
+                image = read_geometry(image_path)
+            except (ValueError, FileNotFoundError) as error:
+                problems.append(str(error))
+                continue
+            if len(image.shape) != len(label.shape) or sorted(image.shape) != sorted(label.shape):
+                problems.append(f"{case['label']}: label shape {label.shape} does not match image "
+                                f"{image_path} shape {image.shape}")
+            elif grid_mapping(label.shape, label.affine, image.shape, image.affine) is None:
+                problems.append(f"{case['label']}: label affine differs from image {image_path} "
+                                f"(not the same voxel grid)")
+            elif voxels:
+                problems += _voxel_problems(image_path)
+        if voxels:
+            problems += _label_problems(case["label"], num_classes)
+    return problems
+
+
+def _voxel_problems(path: Path) -> list[str]:
+    from medseg_attn.io.readers import VolumeReader
+
+    reader = VolumeReader()
+    try:
+        array, _ = reader.get_data(reader.read(path))
+    except (ValueError, FileNotFoundError) as error:
+        return [str(error)]
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        if bad:
+            return [f"{path}: {bad} voxel(s) are NaN or Inf"]
+    return []
+
+
+def _label_problems(path: Path, num_classes: int | None) -> list[str]:
+    from medseg_attn.io.readers import VolumeReader
+
+    reader = VolumeReader()
+    try:
+        array, _ = reader.get_data(reader.read(path))
+    except (ValueError, FileNotFoundError) as error:
+        return [str(error)]
+    values = np.unique(array)
+    bad = [v for v in values.tolist() if not np.isfinite(v) or v != int(v) or v < 0
+           or (num_classes is not None and v >= num_classes)]
+    if bad:
+        shown = [int(v) if np.isfinite(v) and v == int(v) else v for v in bad[:5]]
+        expected = f"0..{num_classes - 1}" if num_classes is not None else "integers >= 0"
+        return [f"{path}: label values {shown} are outside the dataset's classes {expected}"]
+    return []
+
+
+def median_spacing(cases: list[dict[str, Any]]) -> tuple[float, ...]:
+    """Median voxel spacing (mm) over the cases' images, read from headers only (nnU-Net's target spacing)."""
+    spacings = [read_geometry(_as_list(c["image"])[0]).spacing for c in cases]
+    if not spacings:
+        raise ValueError("no cases to compute a target spacing from")
+    return tuple(float(round(v, 4)) for v in np.median(np.array(spacings), axis=0))
+
+
+def split_cases(
+    cases: list[dict[str, Any]], validation_fraction: float, folds: int, fold: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Deterministic train/validation split (shuffled by ``seed``), or fold ``fold`` of ``folds``-fold CV."""
+    order = sorted(cases, key=lambda c: c["case"])
+    random.Random(seed).shuffle(order)
+    if folds > 1:
+        if len(order) < folds:
+            raise ValueError(f"{folds}-fold cross-validation needs at least {folds} cases, got {len(order)}")
+        validation = order[fold::folds]
+    else:
+        count = int(round(len(order) * validation_fraction))
+        if validation_fraction > 0 and len(order) > 1:
+            count = max(1, count)
+        count = min(count, len(order) - 1)
+        validation = order[:count]
+    names = {c["case"] for c in validation}
+    return [c for c in order if c["case"] not in names], validation

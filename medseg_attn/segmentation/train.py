@@ -1,0 +1,223 @@
+"""Segmentation training: patches -> network -> DiceCE, sliding-window validation, checkpoints, TensorBoard.
+
+Run folder layout::
+
+    RUN/config.yaml            resolved configuration (spacing, labels, modality filled in)
+    RUN/split.json             training / validation case names (or the fold)
+    RUN/checkpoints/last.pt    after every epoch (resume from here)
+    RUN/checkpoints/best.pt    best mean validation Dice so far
+    RUN/history.csv            one row per epoch: loss, learning rate, validation Dice, timings
+    RUN/training_curves.png    the same as a picture
+    RUN/tensorboard/           scalars and validation overlays
+
+The loop itself (learning-rate schedule over ``max_epochs`` or the budget ``minutes``, per-epoch seeding for
+exact ``--resume``, checkpoints, history, TensorBoard, early stopping) is :func:`medseg_attn.training.loop.fit`,
+shared with classification; this module supplies the segmentation parts: case lists, preprocessing, patches,
+DiceCE and sliding-window validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import DataLoader, Dataset, list_data_collate
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.metrics import compute_dice
+
+from medseg_attn.config import Config, save_config
+from medseg_attn.networks.factory import build_network
+from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
+from medseg_attn.segmentation.datasets import check_cases, load_dataset, median_spacing, split_cases
+from medseg_attn.segmentation.explain import validation_attention_images
+from medseg_attn.segmentation.predictor import Predictor
+from medseg_attn.segmentation.transforms import Preprocessing, preprocessing, training_augmentation
+from medseg_attn.training.device import resolve_device
+from medseg_attn.training.distributed import Distributed, partition, setup, shard
+from medseg_attn.training.loop import (
+    TrainResult,
+    TrainTask,
+    Validation,
+    build_optimizer,
+    fit,
+    learning_rate,
+    open_run,
+    seed_everything,
+)
+from medseg_attn.training.setup import build_datasets, recorded_split, seeded_loader
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "train", "learning_rate"]
+
+
+class _Run:
+    """State of one training run (kept together so the loop below reads top to bottom)."""
+
+    def __init__(self, config: Config, output: Path, resume: bool, progress: bool) -> None:
+        self.output = output
+        self.progress = progress
+        self.checkpoints = output / "checkpoints"
+        self.payload: dict[str, Any] | None = open_run(config, output, resume)
+        if not config.data.dataset:
+            raise ValueError("no dataset given: set data.dataset in the config or pass --data")
+        self.dataset = load_dataset(config.data.dataset)
+        labels = config.data.labels or self.dataset.labels
+        problems = check_cases(self.dataset.training, num_classes=len(labels))
+        if len(problems) == 1:
+            raise ValueError(problems[0])
+        if problems:  # every problem at once, one line each, so a dataset is fixed in one go
+            listing = "\n  ".join(problems)
+            raise ValueError(f"{len(problems)} problems in the training data:\n  {listing}")
+        spacing = config.data.spacing
+        if spacing == "auto":
+            spacing = median_spacing(self.dataset.training)
+        modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
+        self.config = config.replace(data={"spacing": list(spacing) if spacing else None, "labels": labels,
+                                           "modality": modality or "auto",
+                                           "dataset": str(Path(config.data.dataset).expanduser().resolve())})
+        self.labels = dict(sorted(labels.items()))
+        self.prep = Preprocessing.resolve(self.config.data, modality, tuple(spacing) if spacing else None)
+        self.dist: Distributed = setup(resolve_device(self.config.train.device))
+        self.device = self.dist.device(resolve_device(self.config.train.device))
+        self.train_cases, self.val_cases = self._split(resume)
+        self.has_validation = bool(self.val_cases)
+        if self.dist.enabled:  # this rank's part: it caches and trains on these, validates on those
+            self.train_cases = partition(self.train_cases, self.dist, self.config.train.seed)
+            self.val_cases = shard(self.val_cases, self.dist)
+
+    def _split(self, resume: bool) -> tuple[list[dict], list[dict]]:
+        data, seed = self.config.data, self.config.train.seed
+
+        def draw() -> tuple[list[dict], list[dict]]:
+            train, val = split_cases(self.dataset.training, data.validation_fraction, data.folds, data.fold, seed)
+            return train, val[: data.max_validation_cases] if data.max_validation_cases else val
+
+        record = {"seed": seed, "folds": data.folds, "fold": data.fold, "validation_fraction": data.validation_fraction}
+        return recorded_split(self.output / "split.json", self.dataset.training, "case", resume, self.dist.is_main,
+                              draw, record, source="the dataset")
+
+
+def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
+    num_classes = len(run.labels)
+    pre = preprocessing(run.prep, ("image", "label"), num_classes=num_classes)
+    train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes))
+    val_transform = mt.Compose(pre)
+    train_ds, val_ds = build_datasets(run.train_cases, run.val_cases, train_transform, val_transform,
+                                      run.config.data.cache, run.progress and run.dist.is_main, run.has_validation)
+    return train_ds, val_ds, train_transform
+
+
+def train(config: Config, output: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a segmentation network.
+
+    Args:
+        config: the run configuration (``data.dataset`` must be set).
+        output: run folder (created).
+        resume: continue the run in ``output`` from its last checkpoint.
+        progress: show progress bars.
+
+    Raises:
+        ValueError / FileNotFoundError: bad data, config or run folder (message names the file).
+    """
+    output = Path(output)
+    run = _Run(config, output, resume, progress)
+    cfg, tcfg = run.config, run.config.train
+    if run.dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        run.checkpoints.mkdir(exist_ok=True)
+        save_config(cfg, output / "config.yaml")
+
+    train_ds, val_ds, train_transform = _datasets(run)
+    in_channels = _first_channels(train_ds)
+    seed_everything(tcfg.seed)  # same initial weights for the same seed
+    network = build_network(cfg.model, run.prep.spatial_dims, in_channels, len(run.labels)).to(run.device)
+    optimizer = build_optimizer(network, tcfg)
+    loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    if cfg.model.deep_supervision:
+        loss_fn = DeepSupervisionLoss(loss_fn, weight_mode="exp")
+    predictor = Predictor(network, run.prep, run.labels, cfg.data.patch_size, cfg.inference, run.device)
+
+    def loader(seed: int) -> DataLoader:
+        return seeded_loader(train_ds, train_transform, seed, run.dist.rank, _loader_batch(cfg), cfg.data.num_workers,
+                             collate_fn=list_data_collate)
+
+    def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        image = batch["image"].to(run.device, non_blocking=True)
+        label = batch["label"].to(run.device, non_blocking=True)
+        return loss_fn(model(image), label)
+
+    def validate() -> Validation:
+        scores, overlay, attention = _validate(predictor, val_ds, run.labels, tcfg.log_images, run.dist)
+        images = {"val/overlay": overlay} if overlay is not None else {}
+        images.update({f"val/attention_{level}": picture for level, picture in attention.items()})
+        mean = float(np.nanmean(list(scores.values())))
+        scalars = {"val/dice_mean": mean, **{f"val/dice_{name}": value for name, value in scores.items()}}
+        return Validation(mean, row={f"val_dice_{name}": round(value, 4) for name, value in scores.items()},
+                          scalars=scalars, images=images,
+                          text=f"validation Dice {mean:.4f}")
+
+    task = TrainTask(
+        network=network, optimizer=optimizer, loss=loss, loader=loader,
+        steps_per_epoch=tcfg.steps_per_epoch or max(1, math.ceil(len(train_ds) / _loader_batch(cfg))),
+        validate=validate if val_ds is not None else None, metric="val_dice", curves=save_training_curves,
+        payload={"task": "segmentation", "config": cfg.to_dict(),
+                 "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
+                 "in_channels": in_channels},
+    )
+    return fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
+
+
+def _loader_batch(cfg: Config) -> int:
+    """Cases per loader batch: each case yields ``samples_per_case`` patches."""
+    return max(1, cfg.train.batch_size // max(1, cfg.data.samples_per_case))
+
+
+def _first_channels(dataset: Dataset) -> int:
+    item = dataset[0]
+    item = item[0] if isinstance(item, list) else item
+    return int(item["image"].shape[0])
+
+
+@torch.no_grad()
+def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], image: bool,
+              dist: Distributed | None = None):
+    """Mean Dice per foreground class over the validation cases (sliding window on the network grid).
+
+    Under DDP each rank scores its share of the cases and the per-case scores of all ranks are gathered, so every
+    rank returns the same means as a single process would.
+    """
+    num_classes = len(labels)
+    names = [labels[i] for i in sorted(labels) if i > 0]
+    scores = [np.zeros((0, len(names)))]  # (cases, C - 1) per-case Dice, NaN where the reference class is empty
+    overlay, attention = None, {}
+    for index in range(len(dataset)):
+        item = dataset[index]
+        probs = predictor.infer(item["image"])  # (K, *S)
+        prediction = probs.argmax(0)
+        label = torch.as_tensor(item["label"][0]).long().to(prediction.device)
+        one_hot = torch.nn.functional.one_hot
+        # the functional form: MONAI's DiceMetric would all_gather by itself under torchrun, on ranks in step or not
+        scores.append(compute_dice(one_hot(prediction, num_classes).movedim(-1, 0)[None],
+                                   one_hot(label, num_classes).movedim(-1, 0)[None],
+                                   include_background=False, ignore_empty=True).cpu().numpy())
+        if image and index == 0 and prediction.ndim == 3:
+            centre = foreground_centre(label.cpu().numpy())
+            picture = np.asarray(item["image"][0])[:, :, centre[2]]
+            ref = label.cpu().numpy()[:, :, centre[2]]
+            pred = prediction.cpu().numpy()[:, :, centre[2]]
+            overlay = np.concatenate([overlay_rgb(np.rot90(picture), np.rot90(ref), classes=num_classes),
+                                      overlay_rgb(np.rot90(picture), np.rot90(pred), classes=num_classes)], axis=1)
+            # where each skip level's attention went on this case (empty without attention)
+            attention = validation_attention_images(predictor.network, item["image"], label,
+                                                    predictor.patch_size, predictor.inference.overlap)
+    per_case = np.concatenate((dist or Distributed()).gather(np.concatenate(scores)), axis=0)
+    scored = ~np.isnan(per_case)
+    # mean over the cases where the class is present; 0 for a class absent from every case (as MONAI's mean_batch)
+    values = np.where(scored, per_case, 0.0).sum(0) / np.maximum(scored.sum(0), 1)
+    return {name: float(v) for name, v in zip(names, values)}, overlay, attention

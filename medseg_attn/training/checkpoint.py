@@ -1,0 +1,71 @@
+"""Checkpoints: atomic save (temporary file, then rename) and safe load (``weights_only=True``).
+
+A checkpoint is a plain dict of tensors and builtins, so it loads without unpickling code:
+``{"format", "version", "model", "optimizer", "epoch", "step", "elapsed_seconds", "best_metric", "best_epoch",
+"bad_validations", "config", "labels", "preprocessing", "in_channels", "versions"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg_attn.io.files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint"]
+
+CHECKPOINT_FORMAT = "medseg-attn-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write ``payload`` (plus format tags) atomically to ``path``."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def find_checkpoint(model: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint file, or ``RUN_DIR/checkpoints/{best,last}.pt`` for a run folder.
+
+    Raises:
+        FileNotFoundError: nothing to load at ``model``.
+    """
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            for name in (f"{prefer}.pt", "best.pt", "last.pt"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise FileNotFoundError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this run folder")
+    raise FileNotFoundError(f"{path}: model not found (expected a run folder or a .pt checkpoint)")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a medseg-attn checkpoint with ``torch.load(..., weights_only=True)`` (never unpickles code).
+
+    Raises:
+        ValueError: unreadable file, or not a medseg-attn checkpoint; the message names the file.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError ... for bad files
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        unsafe = [line for line in lines if "WeightsUnpickler error" in line]
+        reason = (unsafe or lines or [type(error).__name__])[0]
+        raise ValueError(f"{path}: not a loadable checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a medseg-attn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {payload['version']} is newer than this "
+                         f"medseg-attn understands ({CHECKPOINT_VERSION}); upgrade medseg-attn")
+    return payload

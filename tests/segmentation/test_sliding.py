@@ -1,0 +1,45 @@
+"""Our single-buffer sliding window equals MONAI's sliding_window_inference on softmax probabilities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+from medseg_attn.segmentation.sliding import sliding_window_probabilities, window_starts
+
+
+def test_window_starts_cover_the_axis():
+    assert window_starts(10, 16, 0.5) == [0]
+    assert window_starts(64, 32, 0.5) == [0, 16, 32]
+    assert window_starts(70, 32, 0.5) == [0, 16, 32, 38]  # the last window ends at the edge
+    assert window_starts(70, 32, 0.0) == [0, 32, 38]
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize("shape", [(1, 40, 37, 29), (2, 20, 50, 12)])
+def test_matches_monai(shape, blend):
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(shape[0], 4, 3, padding=1)
+    image = torch.randn(*shape)
+    ours = sliding_window_probabilities(network, image, (16, 24, 16), overlap=0.5, batch_size=3, blend=blend)
+    theirs = sliding_window_inference(image[None], (16, 24, 16), 3, lambda x: network(x).softmax(1), overlap=0.5,
+                                      mode=blend)[0]
+    assert ours.shape == (4, *shape[1:])
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.sum(0), torch.ones(shape[1:]), atol=1e-5, rtol=1e-5)
+
+
+def test_flips_average_and_half_precision():
+    torch.manual_seed(1)
+    network = torch.nn.Conv3d(1, 3, 3, padding=1)
+    image = torch.randn(1, 24, 24, 24)
+    flips = [(), (2,), (3,), (4,)]
+    ours = sliding_window_probabilities(network, image, (16, 16, 16), flips=flips)
+    by_hand = sum(sliding_window_probabilities(lambda x, f=f: network(x.flip(f)).flip(f) if f else network(x),
+                                               image, (16, 16, 16)) for f in flips) / len(flips)
+    torch.testing.assert_close(ours, by_hand, atol=1e-5, rtol=1e-4)
+    half = sliding_window_probabilities(network, image, (16, 16, 16), dtype=torch.float16)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), sliding_window_probabilities(network, image, (16, 16, 16)), atol=2e-3,
+                               rtol=1e-2)
