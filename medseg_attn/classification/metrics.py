@@ -15,7 +15,6 @@ Conventions (those of scikit-learn, so numbers can be compared):
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io.files import atomic_write, atomic_write_text
+from medseg_attn.io.tables import write_csv
 
 __all__ = ["binary_auc", "classification_metrics", "confusion_matrix", "save_classification_curves",
            "save_confusion_matrix_png", "write_metrics"]
@@ -107,14 +107,6 @@ def classification_metrics(truth: np.ndarray, probabilities: np.ndarray, classes
     }
 
 
-def _csv(rows: list[list[Any]]) -> str:
-    import csv
-
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
 def write_metrics(metrics: dict[str, Any], classes: list[str], output: str | Path) -> dict[str, Path]:
     """Write ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``confusion_matrix.png``."""
     output = Path(output)
@@ -128,10 +120,10 @@ def write_metrics(metrics: dict[str, Any], classes: list[str], output: str | Pat
         values = metrics["per_class"][name]
         rows.append([name, index] + [_fmt(values[k]) for k in ("precision", "recall", "f1", "auc")]
                     + [values["support"], values["predicted"]])
-    atomic_write_text(paths["per_class"], _csv(rows))
+    write_csv(paths["per_class"], rows)
     matrix = metrics["confusion_matrix"]
-    atomic_write_text(paths["confusion_csv"], _csv([["true \\ predicted"] + classes]
-                                                   + [[name] + list(row) for name, row in zip(classes, matrix)]))
+    write_csv(paths["confusion_csv"], [["true \\ predicted"] + classes]
+              + [[name] + list(row) for name, row in zip(classes, matrix)])
     save_confusion_matrix_png(np.asarray(matrix), classes, paths["confusion_png"],
                               title=f"accuracy {metrics['accuracy']:.3f}, balanced {metrics['balanced_accuracy']:.3f}")
     return paths

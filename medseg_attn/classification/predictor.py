@@ -15,7 +15,6 @@ a PNG overlay; 3D: a NIfTI on the input file's own voxel grid), maximum 1.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -31,9 +30,9 @@ from medseg_attn.classification.metrics import classification_metrics, write_met
 from medseg_attn.classification.train import TASK
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, from_dict
-from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.pictures import image_info, is_classification_image
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix, strip_suffix
+from medseg_attn.io.tables import unescape_cell, write_csv
 from medseg_attn.networks.factory import build_classifier
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.device import resolve_device
@@ -265,11 +264,7 @@ def _rows(files: Sequence[str | Path], probabilities: np.ndarray, classes: list[
 
 def write_predictions(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write prediction rows as CSV (atomically)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(Path(path), buffer.getvalue())
+    return write_csv(path, rows, list(rows[0]) if rows else ["file"])
 
 
 def predict_images(classifier: Classifier, files: Sequence[str | Path], output: str | Path,
@@ -297,7 +292,7 @@ def read_predictions(path: str | Path, classes: list[str]) -> tuple[list[str], n
         probabilities = np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float64)
     except ValueError as error:
         raise ValueError(f"{path}: a probability is not a number ({error})") from None
-    return [r["file"] for r in rows], probabilities.reshape(len(rows), len(classes))
+    return [unescape_cell(r["file"]) for r in rows], probabilities.reshape(len(rows), len(classes))
 
 
 def evaluate_classifier(reference: ImageList | str | Path, output: str | Path, classifier: Classifier | None = None,

@@ -21,8 +21,6 @@ by how much to trust each case.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io import dicom
-from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.nifti import write_nifti
+from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
 from medseg_attn.segmentation.predictor import Prediction, Predictor
 
@@ -307,21 +305,13 @@ def _save_probabilities(probabilities: np.ndarray, result: Prediction, path: Pat
                 unit_interval=True, intent="class probabilities")
 
 
-def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_reports(records: list[dict[str, Any]], output_dir: Path) -> None:
     """``report.csv`` (every case) and ``failures.csv`` (failed cases; removed when none failed)."""
-    atomic_write_text(output_dir / "report.csv", _csv(records, REPORT_COLUMNS))
+    write_csv(output_dir / "report.csv", records, REPORT_COLUMNS)
     failed = [r for r in records if r["status"] == "failed"]
     failures = output_dir / "failures.csv"
     if failed:
-        atomic_write_text(failures, _csv(failed, ("case", "input", "error")))
+        write_csv(failures, failed, ("case", "input", "error"))
     else:
         failures.unlink(missing_ok=True)
 

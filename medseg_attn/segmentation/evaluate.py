@@ -10,8 +10,6 @@ MONAI 1.6 gives NaN: all three metrics when both are empty, Dice (default ``igno
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -29,6 +27,7 @@ from tqdm import tqdm
 
 from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
+from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
 
 logger = logging.getLogger(__name__)
@@ -227,12 +226,7 @@ def _summarize(rows: list[dict], names: dict[int, str], cases: int, tolerance_mm
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    buffer = io.StringIO()  # small: one row per case and class
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: f"{value:.6f}" if isinstance(value, float) else value for key, value in row.items()})
-    atomic_write_text(path, buffer.getvalue())
+    write_csv(path, rows, CSV_COLUMNS, float_format=".6f")
 
 
 def _plot(rows: list[dict], names: dict[int, str], path: Path, cases: int) -> None:

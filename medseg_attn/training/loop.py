@@ -21,7 +21,6 @@ builds its network, optimizer, data and validation, describes them in a :class:`
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import random
@@ -38,7 +37,7 @@ from tqdm import tqdm
 
 from medseg_attn import __version__
 from medseg_attn.config import TrainConfig, from_dict
-from medseg_attn.io.files import atomic_write_text
+from medseg_attn.io.tables import write_csv
 from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg_attn.training.distributed import Distributed
 
@@ -184,12 +183,7 @@ def write_history(history: list[dict], output: Path, curves: Callable[[list[dict
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-    atomic_write_text(output / "history.csv", buffer.getvalue())
+    write_csv(output / "history.csv", history, keys)
     if curves is not None:
         curves(history, output / "training_curves.png")
 
