@@ -1,10 +1,11 @@
 """Sliding-window inference that accumulates class probabilities in one buffer.
 
-MONAI's ``sliding_window_inference`` blends whatever the network returns (logits) and the caller then takes a
-softmax and, for flip TTA, runs it again per flip: three or more class-by-volume buffers at once. Here every
-window batch is run through the network (and its flips), turned into probabilities, weighted by the Gaussian
-importance map and added into a single accumulator, so peak memory is one (classes x volume) buffer plus a
-one-channel weight map, growing linearly with the volume.
+Every window batch is run through the network (and its flips), turned into probabilities, weighted by the
+Gaussian importance map and added into a single accumulator, so peak memory is one (classes x volume) buffer plus
+a one-channel weight map, growing linearly with the volume. MONAI's ``sliding_window_inference`` blends the
+network's output in much the same way (one output buffer and a count map); measured with the *same* network, the
+two pipelines run at about the same speed and memory (see docs/benchmarks.md): what this module adds is blending
+probabilities rather than logits, TTA flips and ensembles inside the window loop, and the attention maps.
 
 Ensembles (several networks) are averaged the same way as flips: every (network, flip) pair's probabilities are
 summed into the window's average before blending. With ``with_maps``, each network also returns per-level maps
