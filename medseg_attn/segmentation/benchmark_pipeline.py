@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceResult", "benchmark_data_pipeline", "benchmark_inference", "current_rss_mb", "peak_memory_mb", "peak_rss_reset",
+__all__ = ["PIPELINES", "InferenceResult", "inference_network", "window_count", "window_gflops", "benchmark_data_pipeline", "benchmark_inference", "current_rss_mb", "peak_memory_mb", "peak_rss_reset",
            "sync"]
 
 
@@ -69,41 +70,82 @@ class InferenceResult:
     voxels_per_second: float
     peak_memory_mb: float
     added_memory_mb: float  # peak minus what the process held before
+    windows: int = 0  # network evaluations of one window
+    gflops: float = 0.0  # the plan's forward FLOPs: windows x FLOPs of one window, in GFLOP
 
 
-def _ours(shape: tuple[int, ...], overlap: float, device: torch.device) -> Callable[[torch.Tensor], Any]:
-    from medseg_attn.config import InferenceConfig
+# key -> (what the row is, pipeline, network); "ours" and "monai" are the two pipelines
+PIPELINES = {
+    "ours": ("medseg-attn Predictor + AttentionSkipUNet", "ours", "attention_skip_unet"),
+    "monai_same_network": ("MONAI sliding_window_inference + AttentionSkipUNet", "monai", "attention_skip_unet"),
+    "monai_unet": ("MONAI sliding_window_inference + MONAI UNet", "monai", "monai_unet"),
+    "monai_attention_unet": ("MONAI sliding_window_inference + MONAI AttentionUnet", "monai", "monai_attention_unet"),
+}
+WINDOW = (64, 64, 64)
+WINDOW_BATCH = 2
+
+
+def inference_network(kind: str) -> torch.nn.Module:
+    """The networks of the inference rows: our default model, MONAI's ``UNet`` (16..256 channels, 2 residual
+    units: what a MONAI user picks) and MONAI's ``AttentionUnet``; 1 input and 3 output channels."""
+    from monai.networks.nets import AttentionUnet, UNet
+
     from medseg_attn.networks import AttentionSkipUNet
+
+    channels = (16, 32, 64, 128, 256)
+    if kind == "attention_skip_unet":
+        return AttentionSkipUNet(3, 1, 3, channels=channels)
+    if kind == "monai_unet":
+        return UNet(3, 1, 3, channels, (2, 2, 2, 2), num_res_units=2)
+    return AttentionUnet(3, 1, 3, channels, (2, 2, 2, 2))
+
+
+def window_count(shape: tuple[int, ...], overlap: float) -> int:
+    """Windows of :data:`WINDOW` a sliding window with ``overlap`` evaluates over ``shape`` (both pipelines
+    step by ``int(window * (1 - overlap))`` and add a last window flush with the far edge)."""
+    from medseg_attn.segmentation.sliding import window_starts
+
+    return int(np.prod([len(window_starts(s, w, overlap)) for s, w in zip(shape, WINDOW)]))
+
+
+def window_gflops(network: torch.nn.Module) -> float:
+    """Forward GFLOPs of one window (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(torch.zeros(1, 1, *WINDOW))
+    return counter.get_total_flops() / 1e9
+
+
+def _pipeline(key: str, overlap: float, device: torch.device) -> Callable[[torch.Tensor], Any]:
+    from medseg_attn.config import InferenceConfig
     from medseg_attn.segmentation.predictor import Predictor
     from medseg_attn.segmentation.transforms import Preprocessing
 
-    network = AttentionSkipUNet(3, 1, 3).to(device).eval()
-    prep = Preprocessing(None, "RAS", "none", (0.0, 1.0), False, 3)
-    predictor = Predictor(network, prep, {0: "a", 1: "b", 2: "c"}, (64, 64, 64),
-                          InferenceConfig(overlap=overlap, sw_batch_size=2), device)
-    return lambda image: predictor.infer(image).argmax(0)
+    _, pipeline, kind = PIPELINES[key]
+    network = inference_network(kind).to(device).eval()
+    if pipeline == "ours":
+        prep = Preprocessing(None, "RAS", "none", (0.0, 1.0), False, 3)
+        predictor = Predictor(network, prep, {0: "a", 1: "b", 2: "c"}, WINDOW,
+                              InferenceConfig(overlap=overlap, sw_batch_size=WINDOW_BATCH), device)
+        return lambda image: predictor.infer(image).argmax(0)
 
-
-def _monai(shape: tuple[int, ...], overlap: float, device: torch.device) -> Callable[[torch.Tensor], Any]:
     from monai.inferers import sliding_window_inference
-    from monai.networks.nets import AttentionUnet
-
-    network = AttentionUnet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2)).to(device).eval()
 
     def run(image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            logits = sliding_window_inference(image[None].to(device), (64, 64, 64), 2, network, overlap=overlap,
-                                              mode="gaussian")
+            logits = sliding_window_inference(image[None].to(device), WINDOW, WINDOW_BATCH, network,
+                                              overlap=overlap, mode="gaussian")
         return logits[0].argmax(0)
 
     return run
 
 
-def _inference_child(pipeline: str, shape: tuple[int, ...], overlap: float, device: str, threads: int) -> tuple:
+def _inference_child(key: str, shape: tuple[int, ...], overlap: float, device: str, threads: int) -> tuple:
     """One whole-volume prediction in a fresh process: (seconds, peak MB, MB held before the prediction)."""
     torch.set_num_threads(threads)
     resolved = torch.device(device)
-    run = {"ours": _ours, "monai": _monai}[pipeline](shape, overlap, resolved)
+    run = _pipeline(key, overlap, resolved)
     image = torch.randn(1, *shape)
     run(torch.randn(1, *(min(s, 64) for s in shape)))  # warm up on one window
     gc.collect()
@@ -119,32 +161,34 @@ def _inference_child(pipeline: str, shape: tuple[int, ...], overlap: float, devi
 
 def benchmark_inference(
     shapes: list[tuple[int, int, int]], overlap: float = 0.5, device: torch.device | None = None,
-    monai: bool = True,
+    keys: tuple[str, ...] = tuple(PIPELINES),
 ) -> list[InferenceResult]:
-    """Throughput and peak memory of whole-volume prediction (ours, and MONAI + AttentionUnet) per shape.
+    """Time and peak memory of whole-volume prediction for each pipeline row of :data:`PIPELINES` per shape.
 
     Every prediction runs in a fresh process (``spawn``), so its peak memory is its own: not inflated by what
     this process allocated before, nor hidden by memory the allocator kept from earlier runs. ``peak_memory_mb``
     is that process's peak (Python, torch, the network, the volume and the prediction); ``added_memory_mb`` is
-    the part the prediction itself added (peak minus the memory held just before it started).
+    the part the prediction itself added (peak minus the memory held just before it started). Every row uses
+    the same windows (64^3), overlap, window batch and Gaussian blending.
     """
     import multiprocessing
 
     device = device or torch.device("cpu")
     context = multiprocessing.get_context("spawn")
-    names = {"ours": "medseg-attn Predictor (AttentionSkipUNet)",
-             "monai": "MONAI sliding_window_inference + AttentionUnet"}
+    flops = {kind: window_gflops(inference_network(kind)) for kind in {PIPELINES[k][2] for k in keys}}
     results = []
     with context.Pool(1, maxtasksperchild=1) as pool:
         for shape in shapes:
-            for pipeline in ("ours", "monai") if monai else ("ours",):
-                seconds, peak, before = pool.apply(_inference_child, (pipeline, tuple(shape), overlap, str(device),
+            windows = window_count(tuple(shape), overlap)
+            for key in keys:
+                name, _, kind = PIPELINES[key]
+                seconds, peak, before = pool.apply(_inference_child, (key, tuple(shape), overlap, str(device),
                                                                       torch.get_num_threads()))
-                voxels = float(torch.tensor(shape).prod())
-                results.append(InferenceResult(names[pipeline], tuple(shape), seconds, voxels / seconds, peak,
-                                               peak - before))
-                logger.info("%s %s: %.1f s, %.2f Mvoxels/s, peak %.0f MB (+%.0f MB)", names[pipeline], shape,
-                            seconds, voxels / seconds / 1e6, peak, peak - before)
+                voxels = float(np.prod(shape))
+                results.append(InferenceResult(name, tuple(shape), seconds, voxels / seconds, peak, peak - before,
+                                               windows, windows * flops[kind]))
+                logger.info("%s %s: %.1f s, %.2f Mvoxels/s, peak %.0f MB (+%.0f MB)", name, shape, seconds,
+                            voxels / seconds / 1e6, peak, peak - before)
     return results
 
 

@@ -15,8 +15,9 @@ from medseg_attn.segmentation.benchmark import (
     format_report,
     make_report,
 )
+from medseg_attn.segmentation.benchmark_pipeline import PIPELINES, window_count
 
-NAMES = ["AttentionSkipUNet (attention on)", "AttentionSkipUNet (attention off)", "MONAI AttentionUnet"]
+NAMES = ["AttentionSkipUNet (attention on)", "AttentionSkipUNet (attention off)", "MONAI UNet"]
 
 
 def test_networks_and_inference_are_measured_and_reported():
@@ -32,8 +33,11 @@ def test_networks_and_inference_are_measured_and_reported():
         assert 0 < result.forward_fraction_of_matmul < 2
 
     inference = benchmark_inference([(48, 40, 32)], overlap=0.25)  # each prediction in a fresh process
-    assert [r.name.split()[0] for r in inference] == ["medseg-attn", "MONAI"]
+    assert [r.name for r in inference] == [name for name, _, _ in PIPELINES.values()]
     assert all(r.voxels_per_second > 0 and 0 <= r.added_memory_mb < r.peak_memory_mb for r in inference)
+    # the same windows for every row; the plan's FLOPs = windows x one window's FLOPs of that row's network
+    assert {r.windows for r in inference} == {1}  # 48 x 40 x 32 fits in one 64^3 window
+    assert inference[0].gflops == inference[1].gflops > 0  # rows (a): the same network
 
     pipeline = {"data_wait_fraction": 0.04, "steps": 10, "cache": True, "num_workers": 0}
     report = make_report(networks, rate, inference, pipeline, 0.25, torch.device("cpu"), quick=True)
@@ -44,3 +48,14 @@ def test_networks_and_inference_are_measured_and_reported():
     text = format_report(report)
     for what, target, sense in TARGETS.values():
         assert what in text and f"(target {sense} {target})" in text
+    for row in report["inference"]:
+        assert row["limit_seconds"] == row["gflops"] * 1e9 / rate
+
+
+def test_window_count_matches_monai_sliding_window():
+    from monai.data.utils import dense_patch_slices, get_valid_patch_size
+
+    for shape, overlap in (((256, 256, 128), 0.5), ((130, 64, 70), 0.25), ((512, 512, 300), 0.5)):
+        roi = get_valid_patch_size(shape, (64, 64, 64))
+        interval = [int(r * (1 - overlap)) for r in roi]
+        assert window_count(shape, overlap) == len(dense_patch_slices(shape, roi, interval))
