@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 from medseg_attn.io.files import atomic_write  # noqa: E402
 
 __all__ = ["label_colors", "overlay_rgb", "heat_rgb", "save_overlay_png", "save_map_overlay_png",
-           "save_picture_attention_png", "save_training_curves", "foreground_centre", "to_ras"]
+           "save_picture_attention_png", "save_training_curves", "foreground_centre", "to_ras", "save_thumbnail_png",
+           "save_distributions_png"]
 
 HEAT = "inferno"  # perceptually uniform, dark at 0: a low value does not hide the anatomy
 
@@ -231,6 +232,79 @@ def save_map_overlay_png(
                   for (img, aspect), lab, value in zip(images, labels, values)]
         rows.append((name, panels, volume is not None))
     return _draw_rows(path, rows, title, side)
+
+
+def save_thumbnail_png(path: str | Path, image: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+                       classes: int | None = None, side: int = 110) -> Path:
+    """Small PNG for review tables: three orthogonal slices (sagittal, coronal, axial; superior up) through the
+    centre of the labelled voxels, each class filled in its colour over the grey image, millimetres square.
+
+    Args:
+        image, labels: (*S) arrays on one grid (2D, or 3D in any orientation: drawn in RAS).
+        affine: the grid's voxel-to-world (RAS) affine.
+        classes: number of classes for the colours (default: from the labels).
+        side: the longest side of a slice in pixels.
+    """
+    from PIL import Image
+
+    if image.ndim == 2:
+        image, labels = image[..., None], labels[..., None]
+        full = np.eye(4)
+        full[:2, :2], full[:2, 3] = np.asarray(affine)[:2, :2], np.asarray(affine)[:2, 2]
+        affine = full
+    image, spacing = to_ras(image, affine)
+    labels, _ = to_ras(labels, affine)
+    centre = foreground_centre(labels)
+    views = [2] if image.shape[2] == 1 else [0, 1, 2]
+    count = classes or max(int(labels.max()) + 1, 2)
+    panels = [_panel(overlay_rgb(img, lab, classes=count), aspect, side) for v, ((img, aspect), lab) in
+              enumerate(zip(_slices_with_aspect(image, centre, spacing), _orthogonal(labels, centre))) if v in views]
+    gap = 2
+    canvas = Image.new("RGB", (sum(p.size[0] for p in panels) + gap * (len(panels) - 1),
+                               max(p.size[1] for p in panels)), "black")
+    left = 0
+    for panel in panels:
+        canvas.paste(panel, (left, 0))
+        left += panel.size[0] + gap
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="png", compress_level=6))
+
+
+def save_distributions_png(path: str | Path, values: dict[str, list[tuple[str, float, bool]]], unit: str = "ml",
+                           title: str = "") -> Path:
+    """One strip plot per structure: each case's value as a dot (flagged cases red and named), with the batch's
+    median and quartiles as a box behind them.
+
+    Args:
+        values: structure -> [(case, value, flagged), ...]; structures without values are left out.
+        unit: axis label unit.
+    """
+    shown = {name: items for name, items in values.items() if items}
+    count = max(len(shown), 1)
+    columns = min(4, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows + 0.4), squeeze=False)
+    rng = np.random.default_rng(0)
+    for axis, (name, items) in zip(axes.ravel(), shown.items()):
+        data = np.array([v for _, v, _ in items], dtype=float)
+        axis.boxplot(data, vert=False, widths=0.5, showfliers=False)
+        jitter = 1 + rng.uniform(-0.15, 0.15, len(items))
+        flagged = np.array([f for _, _, f in items], dtype=bool)
+        axis.scatter(data[~flagged], jitter[~flagged], s=12, color="tab:blue", zorder=3)
+        axis.scatter(data[flagged], jitter[flagged], s=22, color="tab:red", zorder=4)
+        for (case, value, flag), y in zip(items, jitter):
+            if flag:
+                axis.annotate(case, (value, y), fontsize=7, color="tab:red", xytext=(3, 3), textcoords="offset points")
+        axis.set_yticks([])
+        axis.set_title(f"{name} (n={len(items)})", fontsize=9)
+        axis.set_xlabel(unit, fontsize=8)
+        axis.tick_params(labelsize=7)
+    for axis in axes.ravel()[len(shown):]:
+        axis.set_axis_off()
+    if not shown:
+        axes[0, 0].text(0.5, 0.5, "no values", ha="center", va="center")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def save_picture_attention_png(path: str | Path, image: np.ndarray, values: np.ndarray, title: str = "",

@@ -70,7 +70,8 @@ def add_parsers(command) -> None:
                          help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
                               "folders of these (a folder's sub-folders are DICOM series)")
     predict.add_argument("--output", type=Path, required=True,
-                         help="folder for <case>.nii.gz label maps, report.csv and failures.csv")
+                         help="folder for <case>.nii.gz label maps, report.csv, failures.csv and report.html (the "
+                              "QC report: cases ranked for review)")
     predict.add_argument("--output-format", choices=["nifti", "dicom-seg", "both"], default="nifti",
                          help="nifti (default); dicom-seg writes <case>.seg.dcm for DICOM series inputs (NIfTI for "
                               "other inputs); both writes both")
@@ -96,6 +97,15 @@ def add_parsers(command) -> None:
                          help="also write OUT/<case>_uncertainty.nii.gz: entropy of the class probabilities averaged "
                               "over TTA flips and ensemble models, divided by log(classes) (0 certain .. 1 uniform); "
                               "report.csv gets each case's mean, overall and inside the predicted foreground")
+    predict.add_argument("--statistics", action="store_true",
+                         help="also write OUT/<case>_statistics.json and OUT/statistics.csv: per structure voxels, "
+                              "volume (ml), intensity mean/sd/percentiles (HU for CT models), connected components, "
+                              "bounding box (mm), mean uncertainty (see docs/statistics.md)")
+    predict.add_argument("--review-config", type=Path,
+                         help="YAML file of review-flag settings for OUT/report.html (MAD factors, expected volumes "
+                              "per structure, fragmentation limits ...; see docs/statistics.md)")
+    predict.add_argument("--review-set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one review setting, e.g. volume_mad_k=5 (repeatable)")
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
@@ -113,6 +123,9 @@ def add_parsers(command) -> None:
                                            "'1=liver,2=spleen' (default: label_<k>)")
     evaluate.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     evaluate.add_argument("--include-background", action="store_true", help="also score class 0")
+    evaluate.add_argument("--statistics", action="store_true",
+                          help="also write statistics.csv: volume, components, bounding box per case, structure and "
+                               "source (reference and prediction; see docs/statistics.md)")
 
     demo = command("demo", "build a brain-tissue dataset from the shipped MNI152 MRI, train, predict, evaluate")
     add_demo_arguments(demo, output_help="folder for the dataset, run, predictions, report", minutes=5.0,
@@ -142,6 +155,8 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     from medseg_attn.segmentation.batch import check_output_dir, collect_cases, predict_files, write_reports
     from medseg_attn.segmentation.predictor import Predictor
+    from medseg_attn.segmentation.qc_report import Review
+    from medseg_attn.segmentation.review import load_review_settings
     from medseg_attn.training.device import resolve_device
     from medseg_attn.training.distributed import setup, shard
 
@@ -153,19 +168,21 @@ def _run_predict(args: argparse.Namespace) -> int:
                                           overlap=args.overlap, sw_batch_size=args.sw_batch_size)
     if args.attention_maps or args.attention_heads:
         predictor.attention_levels()  # a model without attention: one-line error before any case
+    review = Review.for_predictor(predictor, load_review_settings(args.review_config, args.review_set),
+                                  statistics=args.statistics)
     cases = collect_cases(args.input, predictor.in_channels, args.series_uid)
     check_output_dir(cases, args.output, args.input)
     records = predict_files(predictor, shard(cases, dist), args.output, probabilities=args.probabilities,
                             overwrite=args.overwrite, progress=not args.quiet, output_format=args.output_format,
                             resample_uneven=args.resample_uneven, volume_index=args.volume_index,
                             reports=not dist.enabled, attention_maps=args.attention_maps,
-                            attention_heads=args.attention_heads, uncertainty=args.uncertainty)
+                            attention_heads=args.attention_heads, uncertainty=args.uncertainty, review=review)
     if dist.enabled:  # rank 0 writes the merged reports, every rank returns the same exit code
         order = {case.name: index for index, case in enumerate(cases)}
         records = sorted((record for part in dist.gather(records) for record in part),
                          key=lambda record: order.get(record["case"], len(order)))
         if dist.is_main:
-            write_reports(records, args.output)
+            write_reports(records, args.output, review)
     done = sum(r["status"] == "ok" for r in records)
     skipped = sum(r["status"].startswith("skipped") for r in records)
     failed = [r for r in records if r["status"] == "failed"]
@@ -174,7 +191,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     summary = f"predicted {done} case(s), skipped {skipped} existing"
     if failed:
         summary += f", failed {len(failed)} (see {args.output / 'failures.csv'})"
-    print(f"{summary} -> {args.output}")
+    print(f"{summary} -> {args.output} (review: {args.output / 'report.html'})")
     return 1 if failed else 0
 
 
@@ -211,7 +228,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_folders(args.pred, args.label, args.output, labels=_labels_from(args.labels),
                                tolerance_mm=args.tolerance, include_background=args.include_background,
-                               progress=not args.quiet)
+                               progress=not args.quiet, statistics=args.statistics)
     lines = [f"{name}: Dice {values['dice']['mean']:.4f}" for name, values in summary["classes"].items()]
     print(f"{summary['cases']} case(s); " + "; ".join(lines) + f" -> {args.output}")
     return 0

@@ -17,6 +17,10 @@ On request each case also gets its explanation maps on its own grid (``<case>_at
 ``<case>_uncertainty.nii.gz``) and an overlay picture (``<case>_overlay.png``); with uncertainty, the report
 gives each case's mean uncertainty (whole volume, and inside the predicted foreground) so a batch can be sorted
 by how much to trust each case.
+
+With a :class:`~medseg_attn.segmentation.qc_report.Review` (the CLI always passes one) each case is also measured
+(statistics per structure, checks against the model's plan, a thumbnail in ``OUT/qc/``) and the batch gets
+``OUT/report.html``, its cases ranked for review (and ``statistics.csv`` with ``--statistics``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
 from medseg_attn.segmentation.predictor import Prediction, Predictor
+from medseg_attn.segmentation.qc_report import Review
 
 logger = logging.getLogger(__name__)
 
@@ -305,9 +310,12 @@ def _save_probabilities(probabilities: np.ndarray, result: Prediction, path: Pat
                 unit_interval=True, intent="class probabilities")
 
 
-def write_reports(records: list[dict[str, Any]], output_dir: Path) -> None:
-    """``report.csv`` (every case) and ``failures.csv`` (failed cases; removed when none failed)."""
+def write_reports(records: list[dict[str, Any]], output_dir: Path, review: Review | None = None) -> None:
+    """``report.csv`` (every case) and ``failures.csv`` (failed cases; removed when none failed); with a
+    ``review`` also ``report.html`` (and ``statistics.csv``)."""
     write_csv(output_dir / "report.csv", records, REPORT_COLUMNS)
+    if review is not None:
+        review.write(records, output_dir)
     failed = [r for r in records if r["status"] == "failed"]
     failures = output_dir / "failures.csv"
     if failed:
@@ -331,6 +339,7 @@ def predict_files(
     attention_maps: bool = False,
     attention_heads: bool = False,
     uncertainty: bool = False,
+    review: Review | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every case into ``output_dir``; a failing case is recorded and the others go on.
 
@@ -346,6 +355,8 @@ def predict_files(
         reports: write ``report.csv`` / ``failures.csv`` (off when the caller merges several runs' records, as
             the CLI does for the ranks of a torchrun job).
         attention_maps, attention_heads, uncertainty: see :meth:`Predictor.predict`.
+        review: measure each case and write ``report.html`` (see the module docstring); each record gets a
+            ``review`` entry (statistics and plan flags).
 
     Returns:
         One record per case: {"case", "input", "output", "status" ('ok', 'skipped (exists)', 'failed'),
@@ -373,16 +384,16 @@ def predict_files(
     try:
         for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
             records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
-                                     resample_uneven, volume_index, explain))
+                                     resample_uneven, volume_index, explain, review))
     finally:
         if reports:
-            write_reports(records, output_dir)
+            write_reports(records, output_dir, review)
     return records
 
 
 def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabilities: bool, overwrite: bool,
-              output_format: str, resample_uneven: bool, volume_index: int | None, explain: Explain = Explain()
-              ) -> dict[str, Any]:
+              output_format: str, resample_uneven: bool, volume_index: int | None, explain: Explain = Explain(),
+              review: Review | None = None) -> dict[str, Any]:
     fmt = output_format if case.dicom else "nifti"
     if fmt != output_format:
         logger.info("%s: not a DICOM series; writing NIfTI only", case.files[0])
@@ -395,7 +406,9 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabili
     if any(t.resolve() == f.resolve() for t in targets for f in case.files):
         return record | {"status": "failed", "error": f"{targets[0]}: refusing to overwrite the input file"}
     if all(t.exists() for t in targets) and not overwrite:
-        return record | {"status": "skipped (exists)"}
+        measured = review.skipped(case.name, case.files, case.series_uid, output_dir, resample_uneven,
+                                  volume_index) if review else None
+        return record | {"status": "skipped (exists)", "review": measured}
     try:
         if fmt in ("dicom-seg", "both") and case.dicom:
             from medseg_attn.io.dicom_seg import check_seg_source
@@ -405,8 +418,10 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabili
         result = predictor.predict(source, probabilities=probabilities, series_uid=case.series_uid,
                                    resample_uneven=resample_uneven, volume_index=volume_index,
                                    attention_maps=bool(explain.levels), attention_heads=explain.heads,
-                                   uncertainty=explain.uncertainty)
+                                   uncertainty=explain.uncertainty, keep_image=review is not None)
         _write(result, case, targets, predictor)
+        if review is not None:
+            record["review"] = review.case(result, case.name, case.files[0], output_dir)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # a bad case must not end the batch; the reason goes to failures.csv

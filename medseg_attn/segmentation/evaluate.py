@@ -29,6 +29,7 @@ from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
+from medseg_attn.segmentation.statistics import case_statistics, write_statistics_csv
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,22 @@ def _summarize(rows: list[dict], names: dict[int, str], cases: int, tolerance_mm
             "tolerance_mm": float(tolerance_mm), "nan_policy": NAN_POLICY}
 
 
+def _label_statistics(name: str, pred: np.ndarray, label: np.ndarray, label_path: Path, spacing: Sequence[float],
+                      names: dict[int, str]) -> list[dict]:
+    """Statistics records of the reference and the prediction (on the reference's grid), rows tagged by source."""
+    affine = np.asarray(_open(label_path)[0].affine, dtype=np.float64)
+    if label.ndim == 2:  # a single-slice map: its in-plane spacing, voxels of the slice thickness
+        affine = np.diag([*spacing, float(np.prod(nib.load(str(label_path)).header.get_zooms()[:3])
+                                          / np.prod(spacing)), 1.0])
+    records = []
+    for source, array in (("reference", label), ("prediction", pred)):
+        record = case_statistics(array, affine, {i: n for i, n in names.items() if i}, unit=None, case=name)
+        for row in record["structures"]:
+            row["source"] = source
+        records.append(record)
+    return records
+
+
 def _write_csv(rows: list[dict], path: Path) -> None:
     write_csv(path, rows, CSV_COLUMNS, float_format=".6f")
 
@@ -246,7 +263,7 @@ def _plot(rows: list[dict], names: dict[int, str], path: Path, cases: int) -> No
 
 def evaluate_folders(
     pred_dir: str | Path, label_dir: str | Path, output_dir: str | Path, labels: dict[int, str] | None = None,
-    tolerance_mm: float = 1.0, include_background: bool = False, progress: bool = True,
+    tolerance_mm: float = 1.0, include_background: bool = False, progress: bool = True, statistics: bool = False,
 ) -> dict:
     """Evaluate every label file against the prediction of the same name; write CSV, JSON and a box plot.
 
@@ -262,6 +279,9 @@ def evaluate_folders(
         tolerance_mm: surface Dice tolerance in mm.
         include_background: also evaluate class 0 (everything not in another evaluated class).
         progress: show a progress bar over cases on stderr.
+        statistics: also write ``statistics.csv``: per case, structure and ``source`` (reference, prediction) the
+            label-map statistics of :mod:`medseg_attn.segmentation.statistics` on the reference's grid (no image
+            here, so no intensity values), so predicted and reference volumes sit side by side.
 
     Returns:
         The summary written to ``summary.json`` (NaN as None).
@@ -287,6 +307,7 @@ def evaluate_folders(
     names = _class_names(labels, list(label_files.values()), include_background)
     logger.info("evaluating %d cases, classes %s", len(cases), names)
     rows: list[dict] = []
+    measured: list[dict] = []
     for name, pred_path, label_path in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
         (pred, _), (label, spacing) = _read_label_map(pred_path), _read_label_map(label_path)
         if mappings[name] is not None:
@@ -295,6 +316,8 @@ def evaluate_folders(
                                  "write the prediction on the label's grid")
             pred = np.ascontiguousarray(on_grid(pred, mappings[name]))
         metrics = evaluate_case(pred, label, spacing, list(names), tolerance_mm, case=pred_path.name)
+        if statistics:
+            measured += _label_statistics(name, pred, label, label_path, spacing, names)
         del pred, label  # one case in memory at a time
         rows += [{"case": name, "class_index": i, "class_name": names[i], **metrics[i]} for i in names]
     absent = [names[i] for i in names if not any(r["label_voxels"] for r in rows if r["class_index"] == i)]
@@ -303,6 +326,8 @@ def evaluate_folders(
     summary = _summarize(rows, names, len(cases), tolerance_mm)
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(rows, output_dir / "metrics.csv")
+    if statistics:
+        write_statistics_csv(measured, output_dir / "statistics.csv", unit=None, extra=("source",))
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     _plot(rows, names, output_dir / "dice_boxplot.png", len(cases))
     logger.info("mean Dice %s over %d cases; results in %s", summary["mean_dice"], len(cases), output_dir)

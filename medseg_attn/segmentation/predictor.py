@@ -323,7 +323,7 @@ class Predictor:
     def predict(self, path: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor, probabilities: bool = False,
                 *, attention_maps: bool = False, attention_heads: bool = False, uncertainty: bool = False,
                 affine: np.ndarray | None = None, series_uid: str | None = None, resample_uneven: bool = False,
-                volume_index: int | None = None) -> Prediction:
+                volume_index: int | None = None, keep_image: bool = False) -> Prediction:
         """Predict one case; the result (and every map) is on the input's own grid.
 
         Args:
@@ -336,6 +336,8 @@ class Predictor:
             uncertainty: also return the normalised predictive entropy of the averaged probabilities.
             affine: the voxel-to-world (RAS) affine of an array input (default identity).
             series_uid, resample_uneven, volume_index: see :meth:`load`.
+            keep_image: return the input's first channel as read (original intensities, e.g. HU) in ``image``
+                (always kept with explanation maps).
 
         Raises:
             ValueError: a bad input (one line naming it), or ``attention_maps`` for a model without attention.
@@ -366,7 +368,7 @@ class Predictor:
         if result.maps:  # {level: (1 or heads, *S_input)}, each map scaled to a maximum of 1
             attention = {level: normalise_maximum(values) if attention_heads else normalise_maximum(values)[0]
                          for level, values in result.maps.items()}
-        explained = attention is not None or result.uncertainty is not None
+        explained = keep_image or attention is not None or result.uncertainty is not None
         reference = files[0] if files and is_nifti(files[0]) and files[0].is_file() else None
         name = case_name(files[0], strip_channel=len(files) > 1) if files else "array"
         return Prediction(name, result.labels, original_affine, result.probabilities, time.perf_counter() - start,
