@@ -263,8 +263,8 @@ def save_thumbnail_png(path: str | Path, image: np.ndarray, labels: np.ndarray, 
     canvas = Image.new("RGB", (sum(p.size[0] for p in panels) + gap * (len(panels) - 1),
                                max(p.size[1] for p in panels)), "black")
     left = 0
-    for panel in panels:
-        canvas.paste(panel, (left, 0))
+    for panel in panels:  # vertically centred: a thin slab's side views are short strips
+        canvas.paste(panel, (left, (canvas.size[1] - panel.size[1]) // 2))
         left += panel.size[0] + gap
     return atomic_write(path, lambda tmp: canvas.save(tmp, format="png", compress_level=6))
 

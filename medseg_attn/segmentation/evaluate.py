@@ -29,7 +29,7 @@ from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
-from medseg_attn.segmentation.statistics import case_statistics, write_statistics_csv
+from medseg_attn.segmentation.structure_statistics import case_statistics, write_statistics_csv
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def evaluate_folders(
         include_background: also evaluate class 0 (everything not in another evaluated class).
         progress: show a progress bar over cases on stderr.
         statistics: also write ``statistics.csv``: per case, structure and ``source`` (reference, prediction) the
-            label-map statistics of :mod:`medseg_attn.segmentation.statistics` on the reference's grid (no image
+            label-map statistics of :mod:`medseg_attn.segmentation.structure_statistics` on the reference's grid (no image
             here, so no intensity values), so predicted and reference volumes sit side by side.
 
     Returns:

@@ -23,7 +23,7 @@ import numpy as np
 
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.segmentation.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
-from medseg_attn.segmentation.statistics import (case_statistics, read_case_statistics, write_case_statistics,
+from medseg_attn.segmentation.structure_statistics import (case_statistics, read_case_statistics, write_case_statistics,
                                                  write_statistics_csv)
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,8 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
         kinds = {kind: sum(f["severity"] for f in case["flags"] if f["kind"] == kind) for kind in FLAG_KINDS}
         cells = [_cell(rank, rank), f'<td class="text"><a href="#{anchor}">{html.escape(case["case"])}</a></td>',
                  _cell(f"{case['score']:g}", case["score"]),
-                 f'<td class="flags">{html.escape("; ".join(f["kind"] for f in case["flags"]) or "-")}</td>']
+                 f'<td class="flags">{html.escape(", ".join(dict.fromkeys(f["kind"] for f in case["flags"])) or "-")}'
+                 '</td>']
         cells += [_cell(f"{kinds[k]:.1f}" if kinds[k] else "", round(kinds[k], 3),
                         ("flag " + k) if kinds[k] else "") for k in FLAG_KINDS]
         if per_structure:

@@ -35,7 +35,7 @@ __all__ = ["FLAG_KINDS", "ReviewSettings", "flag_cases", "load_review_settings",
 
 FLAG_KINDS = ("failed", "empty", "volume", "fragmented", "uncertainty", "geometry", "intensity")
 MAD_SCALE = 1.4826  # MAD x this estimates the standard deviation of normal data
-CAP = 10.0
+CAP = 5.0  # the most one graded flag (volume, fragmented, uncertainty, geometry, intensity) adds
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def plan_flags(record: dict[str, Any], plan_spacing: Sequence[float] | None, pat
     """Flags of one case's grid and image range against the model's plan (``geometry``, CT ``intensity``).
 
     Args:
-        record: the case's statistics (:func:`medseg_attn.segmentation.statistics.case_statistics`).
+        record: the case's statistics (:func:`medseg_attn.segmentation.structure_statistics.case_statistics`).
         plan_spacing: the model's target spacing (mm; None: each input's own).
         patch_size: the sliding-window patch (voxels on the network grid).
         intensity: the model's intensity preset ('ct', 'zscore', 'none').

@@ -146,16 +146,9 @@ def structure_rows(
     return rows
 
 
-def case_statistics(
-    labels: np.ndarray,
-    affine: np.ndarray,
-    names: dict[int, str],
-    image: np.ndarray | None = None,
-    uncertainty: np.ndarray | None = None,
-    unit: str | None = "hu",
-    case: str = "case",
-    source: str | Path | None = None,
-) -> dict[str, Any]:
+def case_statistics(labels: np.ndarray, affine: np.ndarray, names: dict[int, str], image: np.ndarray | None = None,
+                    uncertainty: np.ndarray | None = None, unit: str | None = "hu", case: str = "case",
+                    source: str | Path | None = None) -> dict[str, Any]:
     """A case's statistics: its grid, image range, mean uncertainty and one entry per structure.
 
     Args: as :func:`structure_rows`; ``source`` is the input the statistics describe (for the record).
