@@ -30,6 +30,7 @@ from medseg_attn.classification.metrics import classification_metrics, write_met
 from medseg_attn.classification.train import TASK
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, from_dict
+from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.pictures import image_info, is_classification_image
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix, strip_suffix
 from medseg_attn.io.tables import unescape_cell, write_csv
@@ -200,6 +201,7 @@ def write_attention_maps(classifier: Classifier, files: Sequence[str | Path], fo
 
     classifier.check_attention()
     paths = [Path(f) for f in files]
+    check_output_location(folder, paths, folder=True, option="--attention-maps")  # never among the inputs
     root = Path(os.path.commonpath([str(p.parent.resolve()) for p in paths])) if paths else Path()
     written = []
     for path in tqdm(paths, desc="attention", unit="image", leave=False, disable=not progress):
@@ -235,8 +237,10 @@ def collect_images(items: Sequence[str | Path]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file()
-                           and not any(is_hidden(part) for part in p.relative_to(path).parts))
+            visible = [p for p in path.rglob("*") if not any(is_hidden(part) for part in p.relative_to(path).parts)]
+            for problem in filter(None, map(not_regular, visible)):
+                logger.warning("skipped %s", problem)  # a dangling link or a device is named, never dropped silently
+            files = sorted(p for p in visible if p.is_file())
             images = [p for p in files if is_classification_image(p)]
             if len(images) < len(files):
                 logger.warning("skipped %d file(s) in %s that are not images", len(files) - len(images), path)
@@ -269,7 +273,12 @@ def write_predictions(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def predict_images(classifier: Classifier, files: Sequence[str | Path], output: str | Path,
                    progress: bool = False) -> list[dict[str, Any]]:
-    """Classify ``files`` and write ``output`` (predictions CSV); returns the rows."""
+    """Classify ``files`` and write ``output`` (predictions CSV); returns the rows.
+
+    Raises:
+        ValueError: ``output`` is one of the input files (before any image is read).
+    """
+    check_output_location(output, files, folder=False)
     probabilities = classifier.probabilities(files, progress=progress)
     rows = _rows(files, probabilities, classifier.classes)
     write_predictions(rows, output)
@@ -319,6 +328,8 @@ def evaluate_classifier(reference: ImageList | str | Path, output: str | Path, c
         raise ValueError(f"{listing.source}: no labelled images to evaluate")
     truth = np.array([s["label"] for s in samples])
     files = [s["image"] for s in samples]
+    sources = [reference] if isinstance(reference, (str, Path)) else []
+    check_output_location(output, [*sources, *([predictions] if predictions else []), *files], folder=True)
     if classifier is not None:
         probabilities = classifier.probabilities(files, progress=progress)
     elif predictions is not None:

@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--max-voxels", type=float, metavar="N",
+                        help="refuse images whose header declares more voxels than N (default 2**30, or "
+                             "$MEDSEG_ATTN_MAX_VOXELS; see docs/reliability.md)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -63,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.max_voxels is not None:
+        from medseg_attn.io.limits import MAX_VOXELS_ENV
+
+        if not args.max_voxels >= 1 or args.max_voxels == float("inf"):
+            print(f"medseg-attn: error: --max-voxels {args.max_voxels:g}: expected a positive number of voxels",
+                  file=sys.stderr)
+            return 2
+        os.environ[MAX_VOXELS_ENV] = str(int(args.max_voxels))  # read by every reader, worker processes too
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 alone logs and shows progress
     _configure_logging(args.quiet or rank > 0, args.verbose)
     if rank > 0:  # the other ranks do the same work silently; errors still reach stderr

@@ -38,15 +38,15 @@ def train_config_from_args(args: argparse.Namespace, data_key: str, kind: type |
         config_path = args.output / "config.yaml"
         if not config_path.exists():
             raise FileNotFoundError(f"{config_path}: no saved config; is {args.output} a run folder?")
-    if args.data:
-        overrides.append(f"{data_key}={args.data}")
+    # taken as typed, never parsed as YAML: `--data 2024` or `--data null` is a folder name
+    literals: dict[str, Any] = {data_key: args.data} if args.data else {}
     if args.minutes is not None:
-        overrides.append(f"train.minutes={args.minutes}")
+        literals["train.minutes"] = args.minutes  # nan, inf and negatives are refused by the config validation
     if args.epochs is not None:
-        overrides.append(f"train.max_epochs={args.epochs}")
+        literals["train.max_epochs"] = args.epochs
     if args.device:
-        overrides.append(f"train.device={args.device}")
-    return load_config(config_path, overrides, kind=kind or Config)
+        literals["train.device"] = args.device
+    return load_config(config_path, overrides, kind=kind or Config, literals=literals)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser, *, output_help: str, minutes: float, minutes_help: str,

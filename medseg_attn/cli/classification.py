@@ -106,6 +106,11 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from medseg_attn.classification.predictor import Classifier, collect_images, predict_images, write_attention_maps
 
+    from medseg_attn.io.files import check_output_location
+
+    check_output_location(args.output, args.input, folder=False)  # never over an input or inside an input folder
+    if args.attention_maps is not None:
+        check_output_location(args.attention_maps, args.input, folder=True, option="--attention-maps")
     files = collect_images(args.input)
     classifier = Classifier.from_checkpoint(args.model, device=args.device, batch_size=args.batch_size)
     if args.attention_maps is not None:
@@ -157,7 +162,9 @@ def _run_test_set(model: str, classes: list[str]):
 
 def _demo(args: argparse.Namespace) -> int:
     from medseg_attn.classification.demo import run_classify_demo
+    from medseg_attn.io.files import check_output_location
 
+    check_output_location(args.output, [], folder=True)
     report = run_classify_demo(args.output, minutes=args.minutes, attention=args.attention == "on",
                                baseline=args.baseline, seed=args.seed, overrides=args.overrides,
                                progress=not args.quiet)

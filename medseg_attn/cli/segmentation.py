@@ -176,7 +176,8 @@ def _run_predict(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, progress=not args.quiet, output_format=args.output_format,
                             resample_uneven=args.resample_uneven, volume_index=args.volume_index,
                             reports=not dist.enabled, attention_maps=args.attention_maps,
-                            attention_heads=args.attention_heads, uncertainty=args.uncertainty, review=review)
+                            attention_heads=args.attention_heads, uncertainty=args.uncertainty, review=review,
+                            lock=not dist.enabled)
     if dist.enabled:  # rank 0 writes the merged reports, every rank returns the same exit code
         order = {case.name: index for index, case in enumerate(cases)}
         records = sorted((record for part in dist.gather(records) for record in part),
@@ -219,6 +220,9 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
         key, _, name = part.partition("=")
         if not key.strip().isdigit() or not name.strip():
             raise ValueError(f"--labels {spec!r}: expected a dataset.json, a run folder, or '1=liver,2=spleen'")
+        if int(key) in labels and int(key) != 0:
+            raise ValueError(f"--labels {spec!r}: class {int(key)} is named twice ({labels[int(key)]}, "
+                             f"{name.strip()}); give each class once")
         labels[int(key)] = name.strip()
     return labels
 
@@ -235,8 +239,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from medseg_attn.io.files import check_output_location
     from medseg_attn.segmentation.demo import run_demo
 
+    check_output_location(args.output, [], folder=True)
     report = run_demo(args.output, minutes=args.minutes, attention=args.attention == "on", baseline=args.baseline,
                       train_cases=args.train_cases, test_cases=args.test_cases, seed=args.seed,
                       overrides=args.overrides, progress=not args.quiet)

@@ -13,6 +13,8 @@ import yaml
 
 from medseg_attn.config import sections
 from medseg_attn.config.sections import ConfigError, TrainConfig
+from medseg_attn.config.bounded_yaml import safe_load_bounded
+from medseg_attn.config.validation import CHOICES, CLASS_CHOICES, check_depth, shown, validate
 
 __all__ = ["ClassifyConfig", "Config", "apply_overrides", "from_dict", "load_config", "parse_override", "read_yaml", "save_config"]
 
@@ -48,26 +50,6 @@ class ClassifyConfig(_Sections):
     train: sections.ClassifyTrainConfig = field(default_factory=sections.ClassifyTrainConfig)
 
 
-_CHOICES = {
-    "data.modality": ("auto", "ct", "mr"),
-    "data.intensity": ("auto", "ct", "zscore", "none"),
-    "model.architecture": ("attention_skip_unet", "monai_unet", "monai_attention_unet"),
-    "model.norm": ("instance", "batch", "group"),
-    "train.optimizer": ("adamw", "sgd"),
-    "train.schedule": ("cosine", "poly", "constant"),
-    "train.amp": ("auto", "on", "off"),
-    "inference.blend": ("gaussian", "constant"),
-}
-# choices that differ by section class (checked before _CHOICES)
-_CLASS_CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
-    sections.ClassifyDataConfig: {"intensity": ("zscore", "scale", "minmax", "ct", "none"),
-                         "color": ("auto", "grayscale", "rgb")},
-    sections.ClassifyModelConfig: {"architecture": ("attention_skip_unet",), "pooling": ("class_token", "attention")},
-    sections.ClassifyTrainConfig: {"balance": ("none", "sampler", "loss"),
-                          "monitor": ("balanced_accuracy", "accuracy", "macro_f1", "auc", "loss")},
-}
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -98,26 +80,26 @@ def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] |
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {shown(value)}")
         kind = int if "tuple[int" in annotation else float
         try:
             return tuple(kind(v) for v in value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be a list of {kind.__name__}, got {value!r}") from None
+            raise ConfigError(f"{where} must be a list of {kind.__name__}, got {shown(value)}") from None
     if annotation.startswith("dict"):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping like {{0: background, 1: organ}}, got {value!r}")
+            raise ConfigError(f"{where} must be a mapping like {{0: background, 1: organ}}, got {shown(value)}")
         try:
             return {int(k): str(v) for k, v in value.items()}
         except (TypeError, ValueError):
             raise ConfigError(f"{where} keys must be integer class indices, got {list(value)}") from None
     if annotation.startswith("bool"):
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
+            raise ConfigError(f"{where} must be true or false, got {shown(value)}")
         return value
     if annotation.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
+            raise ConfigError(f"{where} must be an integer, got {shown(value)}")
         return int(value)
     if annotation.startswith("float"):
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
@@ -126,23 +108,23 @@ def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] |
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
+            raise ConfigError(f"{where} must be a number, got {shown(value)}")
         return float(value)
     if annotation.startswith("str"):
         if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        choices = choices or _CHOICES.get(where)
+            raise ConfigError(f"{where} must be a string, got {shown(value)}")
+        choices = choices or CHOICES.get(where)
         if choices and value not in choices:
             hint = difflib.get_close_matches(value, choices, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{suggestion}")
+            raise ConfigError(f"{where}: {shown(value)} is not one of {', '.join(choices)}{suggestion}")
         return value
     return value
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {values!r}")
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {shown(values)}")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -157,7 +139,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if sub is not None and dataclasses.is_dataclass(sub):
             kwargs[key] = _build(sub, value or {}, f"{where}.")
         else:
-            kwargs[key] = _convert(value, str(spec.type), where, _CLASS_CHOICES.get(cls, {}).get(key))
+            kwargs[key] = _convert(value, str(spec.type), where, CLASS_CHOICES.get(cls.__name__, {}).get(key))
     return cls(**kwargs)
 
 
@@ -165,6 +147,7 @@ def from_dict(values: dict[str, Any] | None, kind: type = Config) -> Any:
     """Build a :class:`Config` (or ``kind``, e.g. :class:`ClassifyConfig`) from nested dicts, checking every key
     and value."""
     config = _build(kind, values or {}, "")
+    _check_common(config)
     if isinstance(config, ClassifyConfig):
         _check_classify(config)
     else:
@@ -172,70 +155,43 @@ def from_dict(values: dict[str, Any] | None, kind: type = Config) -> Any:
     return config
 
 
-def _check_train(train: TrainConfig) -> None:
-    if train.batch_size < 1 or train.lr <= 0 or train.max_epochs < 1:
-        raise ConfigError("train.batch_size and train.max_epochs must be >= 1 and train.lr > 0")
-    if train.minutes is not None and train.minutes <= 0:
-        raise ConfigError(f"train.minutes must be positive, got {train.minutes}")
-    if train.steps_per_epoch is not None and train.steps_per_epoch < 1:
-        raise ConfigError(f"train.steps_per_epoch must be >= 1 or null, got {train.steps_per_epoch}")
-    if train.val_interval < 1:
-        raise ConfigError(f"train.val_interval must be >= 1, got {train.val_interval}")
+def _check_common(config: Config | ClassifyConfig) -> None:
+    """Every value against its range (:mod:`medseg_attn.config.validation`), then what ties keys together."""
+    validate(config)
+    data, model = config.data, config.model
+    if data.ct_window[0] >= data.ct_window[1]:
+        raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
+    if len(model.channels) < 2:
+        raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
 
 
 def _check_classify(config: ClassifyConfig) -> None:
-    data, model, train = config.data, config.model, config.train
-    if data.image_size is not None and (len(data.image_size) not in (2, 3) or min(data.image_size) < 4):
+    data, model = config.data, config.model
+    if data.image_size is not None and len(data.image_size) not in (2, 3):
         raise ConfigError(f"data.image_size must have 2 or 3 sides of at least 4 pixels, got {list(data.image_size)}")
-    if not 0.0 <= data.validation_fraction < 1.0:
-        raise ConfigError(f"data.validation_fraction must lie in [0, 1), got {data.validation_fraction}")
-    if data.ct_window[0] >= data.ct_window[1]:
-        raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
-    if model.first_stride not in (1, 2):
-        raise ConfigError(f"model.first_stride must be 1 or 2, got {model.first_stride}")
-    if len(model.channels) < 2:
-        raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
-    if model.head_layers < 1 or (model.hidden is not None and model.hidden < 1):
-        raise ConfigError("model.head_layers and model.hidden must be >= 1")
-    if not 0.0 <= model.dropout < 1.0:
-        raise ConfigError(f"model.dropout must lie in [0, 1), got {model.dropout}")
     if model.deep_supervision:
         raise ConfigError("model.deep_supervision is a segmentation setting; it is not supported for classification")
-    if model.segmentation_weight < 0:
-        raise ConfigError(f"model.segmentation_weight must be >= 0, got {model.segmentation_weight}")
-    _check_train(train)
-    if not 0.0 <= train.label_smoothing < 1.0:
-        raise ConfigError(f"train.label_smoothing must lie in [0, 1), got {train.label_smoothing}")
+    if data.image_size is not None:
+        check_depth(data.image_size, model.channels, model.first_stride, "data.image_size")
 
 
 def _check(config: Config) -> None:
-    data, model, train = config.data, config.model, config.train
+    data, model, inference = config.data, config.model, config.inference
     if len(data.patch_size) not in (2, 3) or min(data.patch_size) < 8:
         raise ConfigError(f"data.patch_size must have 2 or 3 sides of at least 8 voxels, got {list(data.patch_size)}")
     if isinstance(data.spacing, str) and data.spacing != "auto":
         raise ConfigError(f"data.spacing must be 'auto', null or a list of mm, got {data.spacing!r}")
-    if isinstance(data.spacing, tuple) and (
-        len(data.spacing) not in (1, len(data.patch_size)) or min(data.spacing) <= 0
-    ):
+    if isinstance(data.spacing, tuple) and len(data.spacing) not in (1, len(data.patch_size)):
         raise ConfigError(f"data.spacing must be positive mm for each axis, got {list(data.spacing)}")
-    if not 0.0 <= data.foreground_fraction <= 1.0:
-        raise ConfigError(f"data.foreground_fraction must lie in [0, 1], got {data.foreground_fraction}")
-    if not 0.0 <= data.validation_fraction < 1.0:
-        raise ConfigError(f"data.validation_fraction must lie in [0, 1), got {data.validation_fraction}")
-    if data.folds == 1 or data.folds < 0 or (data.folds > 1 and not 0 <= data.fold < data.folds):
+    if data.folds == 1 or (data.folds > 1 and not 0 <= data.fold < data.folds):
         raise ConfigError(f"data.folds={data.folds}, data.fold={data.fold}: need folds >= 2 and 0 <= fold < folds")
-    if data.ct_window[0] >= data.ct_window[1]:
-        raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
-    if model.first_stride not in (1, 2):
-        raise ConfigError(f"model.first_stride must be 1 or 2, got {model.first_stride}")
-    if len(model.channels) < 2:
-        raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
-    if train.batch_size < 1 or train.lr <= 0 or train.max_epochs < 1:
-        raise ConfigError("train.batch_size and train.max_epochs must be >= 1 and train.lr > 0")
-    if train.minutes is not None and train.minutes <= 0:
-        raise ConfigError(f"train.minutes must be positive, got {train.minutes}")
-    if not 0.0 <= config.inference.overlap < 1.0:
-        raise ConfigError(f"inference.overlap must lie in [0, 1), got {config.inference.overlap}")
+    if inference.patch_size is not None and len(inference.patch_size) != len(data.patch_size):
+        raise ConfigError(f"inference.patch_size {list(inference.patch_size)} must have as many sides as "
+                          f"data.patch_size {list(data.patch_size)}")
+    stride = model.first_stride if model.architecture == "attention_skip_unet" else 1
+    check_depth(data.patch_size, model.channels, stride, "data.patch_size")
+    if inference.patch_size is not None:
+        check_depth(inference.patch_size, model.channels, stride, "inference.patch_size")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -247,17 +203,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_bounded(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return path, value
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings to a nested dict (validation happens in :func:`from_dict`)."""
+def apply_overrides(values: dict[str, Any], overrides: list[str], literals: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, then ``literals``
+    (``{"data.dataset": "2024"}``: taken as they are, e.g. paths from the command line, never parsed as YAML).
+    Validation happens in :func:`from_dict`."""
     values = _merge({}, values)
-    for text in overrides:
-        path, value = parse_override(text)
+    pairs = [parse_override(text) for text in overrides]
+    pairs += [([part for part in key.split(".") if part], value) for key, value in (literals or {}).items()]
+    for path, value in pairs:
         node = values
         for part in path[:-1]:
             child = node.get(part)
@@ -273,7 +233,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = safe_load_bounded(path.read_text(errors="replace"), str(path)) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -283,10 +243,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, kind: type = Config) -> Any:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, kind: type = Config,
+                literals: dict[str, Any] | None = None) -> Any:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
 
-    ``kind`` is :class:`Config` (segmentation, the default) or :class:`ClassifyConfig`.
+    ``kind`` is :class:`Config` (segmentation, the default) or :class:`ClassifyConfig`; ``literals`` are
+    ``{key: value}`` set as they are (see :func:`apply_overrides`).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -294,7 +256,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             the file.
     """
     values = read_yaml(path) if path is not None else {}
-    values = apply_overrides(values, overrides or [])
+    values = apply_overrides(values, overrides or [], literals)
     try:
         return from_dict(values, kind)
     except ConfigError as error:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medseg_attn.io.limits import check_declared_size
 from medseg_attn.io.suffixes import DICOM_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -32,9 +33,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DicomSeries", "find_series", "is_dicom_file", "read_dicom", "read_series", "select_series",
            "series_affine", "series_label"]
 
-_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SeriesDescription",
-                "SeriesNumber", "Modality", "ImageOrientationPatient", "ImagePositionPatient", "Rows", "Columns",
-                "NumberOfFrames", "InstanceNumber", "PixelSpacing"]
+# every slice of one series must agree on these (blank counts as a value: anonymised series stay readable)
+IDENTITY_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -77,7 +77,7 @@ class DicomSeries:
     problems: tuple[str, ...]  # missing slices, uneven spacing, tilt ... (empty when the grid is regular)
     resamplable: bool  # the problems are only missing slices / uneven spacing
     positions: tuple[float, ...]  # slice positions along the normal (mm), ascending
-    missing_uids: tuple[str, ...]  # Study/Series/SOP Instance UIDs that are blank
+    missing_uids: tuple[str, ...]  # Study/Series/SOP Instance and SOP Class UIDs that are blank
     origin: tuple[float, ...] = (0.0, 0.0, 0.0)  # LPS position of the first slice (ascending order)
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # row, column, normal (columns)
     pixel_spacing: tuple[float, float] = (1.0, 1.0)  # (x = between columns, y = between rows) in mm
@@ -174,10 +174,11 @@ def _check_positions(positions: np.ndarray, normal: np.ndarray, where: Path) -> 
 def _series_from_headers(folder: Path, uid: str, files: list[Path], headers: list, multiframe: bool
                          ) -> DicomSeries:
     where = files[0] if multiframe else folder
+    mixed = _identity_problem(where, files, headers)
     sizes = {(int(h.get("Rows", 0) or 0), int(h.get("Columns", 0) or 0)) for h in headers}
     geometries = [_frame_geometry(h, f) for h, f in zip(headers, files)]
     orientations = {tuple(np.round(g[0], 4)) for g in geometries}
-    problems: list[str] = []
+    problems: list[str] = [mixed] if mixed else []
     if len(sizes) > 1:
         problems.append(f"{where}: slices of different sizes {sorted(sizes)} in one series")
     if len(orientations) > 1:
@@ -201,7 +202,7 @@ def _series_from_headers(folder: Path, uid: str, files: list[Path], headers: lis
     else:
         step = None
     first = headers[0]
-    blank = [name for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    blank = [name for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
              if any(not str(h.get(name, "") or "").strip() for h in headers)]
     direction = np.stack([orientation[:3], orientation[3:], normal], axis=1)
     return DicomSeries(folder, uid, tuple(files), str(first.get("SeriesDescription", "") or ""),
@@ -210,6 +211,19 @@ def _series_from_headers(folder: Path, uid: str, files: list[Path], headers: lis
                        step, tuple(problems), resamplable, tuple(float(v) for v in positions @ normal), tuple(blank),
                        tuple(float(v) for v in positions[0]), tuple(float(v) for v in direction.reshape(-1)),
                        _pixel_spacing(first, where))
+
+
+def _identity_problem(where: Path, files: list[Path], headers: list) -> str | None:
+    """The first :data:`IDENTITY_TAGS` value that differs between slices (another patient, study, frame of
+    reference or modality mixed into the series), or None."""
+    for tag in IDENTITY_TAGS:
+        values = [str(header.get(tag, "") or "").strip() for header in headers]
+        for path, value in zip(files[1:], values[1:]):
+            if value != values[0]:
+                return (f"{where}: slices of one series differ in {tag}: {path.name} has {value[:64]!r} where "
+                        f"{files[0].name} has {values[0][:64]!r}; a series must hold one patient, study, frame of "
+                        f"reference and modality (remove the stray file)")
+    return None
 
 
 def _pixel_spacing(header, where: Path) -> tuple[float, float]:
@@ -326,6 +340,8 @@ def read_series(series: DicomSeries, resample_uneven: bool = False) -> sitk.Imag
     if series.problems and not (resample_uneven and series.resamplable):
         hint = "; use --resample-uneven to interpolate onto a regular grid" if series.resamplable else ""
         raise ValueError(series.problems[0] + hint)
+    check_declared_size(series.files[0] if series.multiframe else series.folder,
+                        (series.columns, series.rows, series.slices), 2)
     try:
         with _quiet_itk():
             if series.multiframe:

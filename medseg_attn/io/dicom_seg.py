@@ -30,6 +30,8 @@ def check_seg_source(series: DicomSeries) -> None:
     if series.multiframe:
         raise ValueError(f"{where}: DICOM-SEG output for a multi-frame source file is not supported; use "
                          f"--output-format nifti")
+    if series.problems and not series.resamplable:
+        raise ValueError(series.problems[0])
     if series.problems:
         raise ValueError(f"{where}: the series was resampled onto a regular grid ({series.problems[0]}); a DICOM-SEG "
                          f"must lie on the source slices, use --output-format nifti")

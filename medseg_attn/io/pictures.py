@@ -29,6 +29,7 @@ from medseg_attn.io.suffixes import (
     SITK_SUFFIXES,
     has_suffix,
 )
+from medseg_attn.io.limits import check_declared_size
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _open_picture(path: Path):
 
     try:
         image = Image.open(path)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
@@ -112,6 +113,19 @@ def _sitk_reader(path: Path):
 
 
 def image_info(path: str | Path) -> ImageInfo:
+    """Header facts of one image (its pixels are not decoded), checked against the voxel limit
+    (:mod:`medseg_attn.io.limits`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unsupported type, unreadable header, or more voxels than the limit; the message names the file.
+    """
+    info = _image_info(Path(path))
+    check_declared_size(info.path, (*info.shape, info.channels))
+    return info
+
+
+def _image_info(path: Path) -> ImageInfo:
     """Header facts of one image (its pixels are not decoded).
 
     Raises:

@@ -29,6 +29,7 @@ from monai.transforms.io.array import switch_endianness
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from medseg_attn.io import dicom
+from medseg_attn.io.limits import check_declared_size
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, SITK_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ def read_sitk(path: str | Path, series_uid: str | None = None, resample_uneven: 
     if path.is_dir() or dicom.is_dicom_file(path):
         return dicom.read_dicom(path, series_uid, resample_uneven)[0]
     try:
-        return sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header only: its declared size is checked before decoding
+        check_declared_size(path, (*reader.GetSize(), reader.GetNumberOfComponents()))
+        return reader.Execute()
     except RuntimeError as error:
         reason = next((line.strip() for line in str(error).splitlines() if "ERROR" not in line and line.strip()),
                       "unreadable")
@@ -108,6 +113,7 @@ class VolumeReader(ImageReader):
                 raise FileNotFoundError(f"{path}: file not found")
             if is_nifti(path) and path.is_file():
                 image = self._nibabel.read(str(path))
+                check_declared_size(path, image.shape, image.header.get_data_dtype().itemsize)  # before decoding
                 try:
                     array, meta = self._nibabel.get_data(image)
                 except Exception as error:  # truncated gzip, short data ...

@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medseg_attn.io.limits import check_declared_size
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, VOLUME_SUFFIXES, has_suffix, strip_suffix
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
         raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ValueError(f"{path}: expected a NIfTI image, got {type(image).__name__}")
+    check_declared_size(path, image.shape, image.header.get_data_dtype().itemsize)  # before any voxel is read
     shape = tuple(int(s) for s in image.shape)
     channels = 1
     if len(shape) == 4:
@@ -127,6 +129,7 @@ def _sitk_geometry(path: Path, series_uid: str | None) -> Geometry:
             raise ValueError(series.problems[0])
         spacing = (*series.pixel_spacing, float(series.spacing or 1.0))
         shape = (series.columns, series.rows, series.slices)
+        check_declared_size(path, shape)
         return _checked(path, shape, lps_to_ras(dicom.series_affine(series)), spacing, 1)
     import SimpleITK as sitk
 
@@ -139,6 +142,7 @@ def _sitk_geometry(path: Path, series_uid: str | None) -> Geometry:
     dims = reader.GetDimension()
     shape = tuple(int(s) for s in reader.GetSize())
     channels = int(reader.GetNumberOfComponents())
+    check_declared_size(path, (*shape, channels))
     if dims == 4:
         channels, shape = shape[3], shape[:3]
     elif dims not in (2, 3):

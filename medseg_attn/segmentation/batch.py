@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io import dicom
+from medseg_attn.io.files import check_output_location, not_regular, remove_stale_temporaries
+from medseg_attn.io.lock import OutputLock
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
@@ -133,7 +135,9 @@ def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid:
     cases: list[CaseInput] = []
     for item in items:
         path = Path(item).expanduser()
-        if not path.exists():
+        if not_regular(path):  # a dangling link or a device: reported, never dropped without a word
+            cases.append(CaseInput(case_name(path), [path], error=not_regular(path)))
+        elif not path.exists():
             cases.append(CaseInput(case_name(path), [path], error=f"{path}: input not found"))
         elif path.is_file():
             if is_image_file(path) or dicom.is_dicom_file(path):
@@ -143,6 +147,7 @@ def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid:
                                        f".nii/.nii.gz, NRRD, MetaImage .mha/.mhd or DICOM)"))
         else:
             entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+            cases += [CaseInput(case_name(p), [p], error=not_regular(p)) for p in entries if not_regular(p)]
             if any(dicom.is_dicom_file(p) for p in entries if p.is_file()):
                 cases += _dicom_cases(path, series_uid)
                 continue
@@ -182,23 +187,13 @@ def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid:
 
 def check_output_dir(cases: Sequence[CaseInput], output_dir: str | Path, folders: Sequence[str | Path] = ()
                      ) -> None:
-    """Refuse an output folder that is an input's folder or lies inside an input folder (``folders`` too).
+    """Refuse an output folder that is an existing file, an input's folder or lies inside an input folder
+    (``folders`` too): :func:`medseg_attn.io.files.check_output_location`.
 
     Raises:
         ValueError: naming the output folder and the input.
     """
-    output = Path(output_dir).expanduser().resolve()
-    for folder in folders:
-        resolved = Path(folder).expanduser().resolve()
-        if Path(folder).is_dir() and (output == resolved or resolved in output.parents):
-            raise ValueError(f"{output}: lies in the input folder {folder}; choose another --output")
-    for case in cases:
-        for path in case.files:
-            resolved = path.resolve()
-            if path.is_dir() and (output == resolved or resolved in output.parents):
-                raise ValueError(f"{output}: lies in the input folder {path}; choose another --output")
-            if path.is_file() and resolved.parent == output:
-                raise ValueError(f"{output}: is the folder of input {path}; choose another --output")
+    check_output_location(output_dir, [*folders, *(path for case in cases for path in case.files)], folder=True)
 
 
 @dataclass(frozen=True)
@@ -247,8 +242,7 @@ def _one_line(error: BaseException) -> str:
 
 def _write(result: Prediction, case: CaseInput, targets: list[Path], predictor: Predictor) -> None:
     for target in targets:
-        for stale in target.parent.glob(f".{target.name}.*"):  # temporary file of an interrupted run
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(target)  # temporary files of a killed run (never those of a live one)
     maps = [t for t in targets if t.name[len(case.name):].startswith(("_attention_", "_uncertainty."))]
     # the maps are gzip-compressed in worker threads (zlib releases the GIL) while the overlay is drawn
     with ThreadPoolExecutor(max_workers=2) if maps else nullcontext() as pool:
@@ -340,6 +334,7 @@ def predict_files(
     attention_heads: bool = False,
     uncertainty: bool = False,
     review: Review | None = None,
+    lock: bool = True,
 ) -> list[dict[str, Any]]:
     """Predict every case into ``output_dir``; a failing case is recorded and the others go on.
 
@@ -357,6 +352,8 @@ def predict_files(
         attention_maps, attention_heads, uncertainty: see :meth:`Predictor.predict`.
         review: measure each case and write ``report.html`` (see the module docstring); each record gets a
             ``review`` entry (statistics and plan flags).
+        lock: hold ``output_dir/.medseg-attn.lock`` (:class:`~medseg_attn.io.lock.OutputLock`) for the batch, so
+            a second run into the same folder waits for this one (off for the ranks of one torchrun job).
 
     Returns:
         One record per case: {"case", "input", "output", "status" ('ok', 'skipped (exists)', 'failed'),
@@ -381,13 +378,14 @@ def predict_files(
     check_output_dir(cases, output_dir, [i for i in inputs if not isinstance(i, CaseInput)])
     output_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
-    try:
-        for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-            records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
-                                     resample_uneven, volume_index, explain, review))
-    finally:
-        if reports:
-            write_reports(records, output_dir, review)
+    with OutputLock(output_dir) if lock else nullcontext():  # a second run into this folder waits for this one
+        try:
+            for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+                records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
+                                         resample_uneven, volume_index, explain, review))
+        finally:
+            if reports:
+                write_reports(records, output_dir, review)
     return records
 
 

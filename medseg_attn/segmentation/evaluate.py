@@ -25,7 +25,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 from scipy import ndimage
 from tqdm import tqdm
 
-from medseg_attn.io.files import atomic_write, atomic_write_text
+from medseg_attn.io.files import atomic_write, atomic_write_text, check_output_location
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
@@ -190,14 +190,24 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
 
 def _class_names(labels: dict[int, str] | None, label_paths: list[Path], include_background: bool) -> dict[int, str]:
-    """Class index -> name of the evaluated classes, sorted by index."""
-    if labels is None:  # a first pass over the label files, one at a time
-        found = set().union(*(_present_boxes(_read_label_map(path)[0], path) for path in label_paths))
-        names = {index: f"label_{index}" for index in found}
-    else:
-        names = {int(index): str(name) for index, name in labels.items()}
-        if min(names, default=0) < 0:
-            raise ValueError(f"class indices {sorted(names)} must be >= 0")
+    """Class index -> name of the evaluated classes, sorted by index.
+
+    A value of the label files that ``labels`` does not name is evaluated as its own class ``label_<k>``, with a
+    warning naming the files (never silently counted as background).
+    """
+    present = {path: set(_present_boxes(_read_label_map(path)[0], path)) for path in label_paths}  # one at a time
+    names = {index: f"label_{index}" for index in set().union(*present.values())}
+    if labels is not None:
+        given = {int(index): str(name) for index, name in labels.items()}
+        if min(given, default=0) < 0:
+            raise ValueError(f"class indices {sorted(given)} must be >= 0")
+        unnamed = sorted(set(names) - set(given) - {0})
+        if unnamed:
+            files = [path.name for path, values in present.items() if values & set(unnamed)]
+            logger.warning("label values %s are not in the class names given (%s) but occur in %d label file(s) "
+                           "(%s); each is evaluated as its own class label_<value>", unnamed,
+                           ", ".join(f"{k}={v}" for k, v in sorted(given.items())), len(files), ", ".join(files[:5]))
+        names = {**{index: names[index] for index in unnamed}, **given}
     background = names.pop(0, "background")
     if include_background:
         names[0] = background
@@ -275,7 +285,8 @@ def evaluate_folders(
         pred_dir: folder of predicted label maps (NIfTI).
         label_dir: folder of reference label maps (NIfTI); each needs a prediction.
         output_dir: receives ``metrics.csv``, ``summary.json`` and ``dice_boxplot.png`` (created).
-        labels: class index -> name; None: every nonzero value of the label files, named ``label_<k>``.
+        labels: class index -> name; None: every nonzero value of the label files, named ``label_<k>``; values
+            of the label files missing from ``labels`` are evaluated as ``label_<k>`` too, with a warning.
         tolerance_mm: surface Dice tolerance in mm.
         include_background: also evaluate class 0 (everything not in another evaluated class).
         progress: show a progress bar over cases on stderr.
@@ -291,6 +302,7 @@ def evaluate_folders(
         ValueError: no label files, missing predictions, shape/affine mismatch, non-integer values.
     """
     pred_dir, label_dir, output_dir = Path(pred_dir), Path(label_dir), Path(output_dir)
+    check_output_location(output_dir, [pred_dir, label_dir], folder=True)
     _check_tolerance(tolerance_mm)
     label_files, pred_files = _nifti_files(label_dir, "label"), _nifti_files(pred_dir, "prediction")
     if not label_files:

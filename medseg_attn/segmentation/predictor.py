@@ -35,6 +35,7 @@ from torch import nn
 
 from medseg_attn.config import Config, InferenceConfig, from_dict
 from medseg_attn.io.dicom import is_dicom_file
+from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed, is_nifti
 from medseg_attn.io.volumes import case_name, read_geometry
 from medseg_attn.networks.factory import build_network
@@ -283,7 +284,16 @@ class Predictor:
         bad = int((~torch.isfinite(loaded)).sum())
         if bad:
             raise ValueError(f"{first}: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
+        self._check_content(first, loaded)
         return loaded
+
+    def _check_content(self, source: Any, image: torch.Tensor) -> None:
+        """Blank, one-voxel or absurdly spaced images: one line, before any network runs."""
+        affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+        dims = image.ndim - 1
+        spacing = np.sqrt((affine[:dims, :dims] ** 2).sum(0))
+        check_segmentable(source, tuple(image.shape[1:]), float(image.min()), float(image.max()), spacing,
+                          self.prep.spacing)
 
     def load_array(self, array: np.ndarray | torch.Tensor, affine: np.ndarray | None = None) -> torch.Tensor:
         """Check an in-memory image and give it the form :meth:`load` gives files: (C, *S) MetaTensor.
@@ -318,7 +328,9 @@ class Predictor:
         bad = int((~torch.isfinite(data)).sum())
         if bad:
             raise ValueError(f"array: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
-        return MetaTensor(data, affine=torch.as_tensor(full), meta={"space": "RAS"})
+        image = MetaTensor(data, affine=torch.as_tensor(full), meta={"space": "RAS"})
+        self._check_content("array", image)
+        return image
 
     def predict(self, path: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor, probabilities: bool = False,
                 *, attention_maps: bool = False, attention_heads: bool = False, uncertainty: bool = False,

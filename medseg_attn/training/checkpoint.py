@@ -60,8 +60,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError ... for bad files
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        unsafe = [line for line in lines if "WeightsUnpickler error" in line]
-        reason = (unsafe or lines or [type(error).__name__])[0]
+        if any("Weights only load failed" in line or "WeightsUnpickler" in line for line in lines):
+            # never pass on PyTorch's advice to retry with weights_only=False: that would run the file's code
+            found = [line for line in lines if "GLOBAL" in line.upper() and "weights_only" not in line]
+            what = f" ({found[0][:160]})" if found else ""
+            raise ValueError(f"{path}: refused: the file holds Python objects beyond plain weights{what}; "
+                             f"medseg-attn checkpoints never do, so it was not written by medseg-attn") from None
+        reason = (lines or [type(error).__name__])[0]
         raise ValueError(f"{path}: not a loadable checkpoint ({reason[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a medseg-attn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
