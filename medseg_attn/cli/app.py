@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medseg-attn: error: {cause}", file=sys.stderr)
         return 2
     finally:
-        from medseg_attn.training.distributed import teardown
+        if "medseg_attn.training.distributed" in sys.modules:  # torch is not imported for nothing (inspect)
+            from medseg_attn.training.distributed import teardown
 
-        teardown()
+            teardown()
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -153,6 +153,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from medseg_attn.io.limits import check_file_size
+
+    for item in args.input:  # an oversized file named on the command line: one line before the model loads
+        check_file_size(Path(item).expanduser())
     from medseg_attn.segmentation.batch import check_output_dir, collect_cases, predict_files, write_reports
     from medseg_attn.segmentation.predictor import Predictor
     from medseg_attn.segmentation.qc_report import Review

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_attn.io import dicom
-from medseg_attn.io.readers import VolumeReader, is_nifti
+from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix
 from medseg_attn.io.volumes import is_image_file, read_geometry
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _format(path: Path) -> str:
         return "DICOM series (SimpleITK / GDCM)"
     if dicom.is_dicom_file(path):
         return "DICOM multi-frame file (SimpleITK / GDCM)"
-    if is_nifti(path):
+    if has_suffix(path, NIFTI_SUFFIXES):
         import nibabel as nib
 
         image = nib.load(str(path))
@@ -56,9 +56,11 @@ def _format(path: Path) -> str:
 def describe_volume(path: str | Path, series_uid: str | None = None, resample_uneven: bool = False) -> list[str]:
     """Report lines for one volume (file, DICOM series folder or multi-frame file)."""
     path = Path(path)
-    reader = VolumeReader(series_uid, resample_uneven)
     if not path.is_dir() and not dicom.is_dicom_file(path):
-        read_geometry(path)  # header checks first: one clear line for broken files
+        read_geometry(path)  # header checks first (size guard included): one clear line for broken files
+    from medseg_attn.io.readers import VolumeReader  # MONAI, imported only when voxels are to be read
+
+    reader = VolumeReader(series_uid, resample_uneven)
     lines = [f"format: {_format(path)}"]
     array, meta = reader.get_data(reader.read(path))
     affine = np.asarray(meta["affine"], dtype=np.float64)

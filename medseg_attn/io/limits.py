@@ -90,3 +90,36 @@ def check_segmentable(path: str | Path, shape: Sequence[int], minimum: float, ma
             raise ValueError(f"{path}: voxel spacing {shown} mm resampled to the model's "
                              f"{' x '.join(f'{mm:g}' for mm in target)} mm would give {voxels:.3g} voxels, above the "
                              f"limit of {max_voxels()}; is the spacing in the header right?")
+
+
+def check_file_size(path: str | Path) -> None:
+    """The size guard alone for one image file (NIfTI, NRRD, MetaImage), from its header; other problems of the
+    file are left to the reader that reports them. Commands run it on the files named on their command line
+    before loading a model, so an oversized input is a one-line error at once.
+
+    Raises:
+        ValueError: the header declares more voxels than :func:`max_voxels`.
+    """
+    from medseg_attn.io.suffixes import NIFTI_SUFFIXES, SITK_SUFFIXES, has_suffix
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        if has_suffix(path, NIFTI_SUFFIXES):
+            import nibabel as nib
+
+            header = nib.load(str(path)).header
+            shape, itemsize = header.get_data_shape(), header.get_data_dtype().itemsize
+        elif has_suffix(path, SITK_SUFFIXES):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape, itemsize = (*reader.GetSize(), reader.GetNumberOfComponents()), None
+        else:
+            return
+    except Exception:  # an unreadable header is the reader's to report, with its own message
+        return
+    check_declared_size(path, shape, itemsize)
