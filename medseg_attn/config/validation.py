@@ -174,5 +174,5 @@ def check_depth(patch: tuple[int, ...], channels: tuple[int, ...], first_stride:
     bottleneck = [max(1, -(-side // divisor)) for side in patch]
     if math.prod(bottleneck) < 2:
         raise ConfigError(f"{where} {list(patch)} is too small for model.channels {list(channels)} (first_stride "
-                          f"{first_stride}): the deepest level would be {bottleneck} voxels; use a side above "
-                          f"{divisor} or fewer levels")
+                          f"{first_stride}): the bottleneck (deepest level) would be {bottleneck} voxels; use a side "
+                          f"above {divisor} or fewer levels")

@@ -302,9 +302,9 @@ def evaluate_folders(
         ValueError: no label files, missing predictions, shape/affine mismatch, non-integer values.
     """
     pred_dir, label_dir, output_dir = Path(pred_dir), Path(label_dir), Path(output_dir)
-    check_output_location(output_dir, [pred_dir, label_dir], folder=True)
     _check_tolerance(tolerance_mm)
     label_files, pred_files = _nifti_files(label_dir, "label"), _nifti_files(pred_dir, "prediction")
+    check_output_location(output_dir, [pred_dir, label_dir], folder=True)
     if not label_files:
         raise ValueError(f"{label_dir}: no NIfTI label files (.nii or .nii.gz) found")
     missing = [path.name for name, path in label_files.items() if name not in pred_files]

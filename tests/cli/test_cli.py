@@ -66,7 +66,8 @@ def test_label_image_mismatch_is_one_line(tmp_path, dataset):
                           spec["training"][0]["label"][2:], "does not match image")
     nib.save(nib.Nifti1Image(np.full(image.shape, 7, np.uint8), image.affine), str(broken / spec["training"][0]["label"]))
     result = run("train", "--data", str(broken), "--output", str(tmp_path / "r2"), "--epochs", "1",
-                 "--set", "data.spacing=[4,4,4]", "--set", "data.patch_size=[16,16,16]")
+                 "--set", "data.spacing=[4,4,4]", "--set", "data.patch_size=[16,16,16]",
+                 "--set", "model.channels=[8,16,32]")
     assert_one_line_error(result, "label values [7]", "outside the dataset's classes")
 
 
