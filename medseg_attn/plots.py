@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medseg_attn.io.files import atomic_write  # noqa: E402
+from medseg_attn.io.segments import label_palette  # noqa: E402
 
 __all__ = ["label_colors", "overlay_rgb", "heat_rgb", "save_overlay_png", "save_map_overlay_png",
            "save_picture_attention_png", "save_training_curves", "foreground_centre", "to_ras", "save_thumbnail_png",
@@ -21,10 +22,8 @@ HEAT = "inferno"  # perceptually uniform, dark at 0: a low value does not hide t
 
 
 def label_colors(count: int) -> np.ndarray:
-    """(count, 3) RGB in [0, 1]; class 0 is black."""
-    cmap = plt.get_cmap("tab10" if count <= 11 else "tab20")
-    colors = np.array([cmap(i % cmap.N)[:3] for i in range(max(count - 1, 1))])
-    return np.vstack([np.zeros(3), colors])[:count]
+    """(count, 3) RGB in [0, 1]; class 0 is black (the one palette: :func:`medseg_attn.io.segments.label_palette`)."""
+    return label_palette(count)
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:

@@ -100,7 +100,7 @@ def test_demo_config_is_the_shipped_one():
 
     import yaml
 
-    shipped = resources.files("medseg_attn.resources").joinpath("demo.yaml").read_text()
+    shipped = resources.files("medseg_attn.resources.configs").joinpath("demo.yaml").read_text()
     assert yaml.safe_load(shipped) == yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     from medseg_attn.segmentation.demo import demo_config
 
@@ -121,7 +121,7 @@ def test_classify_config_keys_are_documented_and_the_demo_config_is_shipped():
         assert f"### `{section.name}`" in text
         for field in dataclasses.fields(getattr(config, section.name)):
             assert f"`{field.name}`" in text, f"{section.name}.{field.name} is not documented"
-    shipped = resources.files("medseg_attn.resources").joinpath("classify_2d.yaml").read_text()
+    shipped = resources.files("medseg_attn.resources.configs").joinpath("classify_2d.yaml").read_text()
     assert yaml.safe_load(shipped) == yaml.safe_load((REPO / "configs" / "classify_2d.yaml").read_text())
     from medseg_attn.classification.demo import classify_demo_config
 

@@ -31,9 +31,9 @@ __all__ = ["classify_demo_config", "run_classify_demo"]
 
 
 def classify_demo_config(overrides: list[str] | None = None) -> ClassifyConfig:
-    """The demo's configuration (``medseg_attn/resources/classify_2d.yaml``, the same as
+    """The demo's configuration (``medseg_attn/resources/configs/classify_2d.yaml``, the same as
     ``configs/classify_2d.yaml``)."""
-    values = yaml.safe_load(resources.files("medseg_attn.resources").joinpath("classify_2d.yaml").read_text())
+    values = yaml.safe_load(resources.files("medseg_attn.resources.configs").joinpath("classify_2d.yaml").read_text())
     return from_dict(apply_overrides(values or {}, overrides or []), ClassifyConfig)
 
 

@@ -42,7 +42,9 @@ from medseg_attn.classification.metrics import (
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, save_config
 from medseg_attn.io.pictures import read_image
+from medseg_attn.io.segments import resolve_colors
 from medseg_attn.networks.factory import build_classifier
+from medseg_attn.training.card import training_card
 from medseg_attn.training.device import resolve_device
 from medseg_attn.training.distributed import partition, setup, shard
 from medseg_attn.training.loop import (
@@ -246,7 +248,10 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
         higher_is_better=tcfg.monitor != "loss", curves=save_classification_curves,
         payload={"task": TASK, "config": config.to_dict(), "classes": list(classes),
                  "labels": {i: name for i, name in enumerate(classes)}, "preprocessing": prep.to_dict(),
-                 "in_channels": prep.channels, "segmentation_classes": segmentation_classes},
+                 "in_channels": prep.channels, "segmentation_classes": segmentation_classes,
+                 "colors": resolve_colors(dict(enumerate(classes))),
+                 "card": training_card({"training": str(data.train), "training_images": len(train_samples),
+                                        "validation_images": len(val_samples), "classes": len(classes)})},
     )
     return fit(task, tcfg, output, payload, device, progress, dist)
 

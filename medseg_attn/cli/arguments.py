@@ -10,7 +10,8 @@ from typing import Any
 def add_train_arguments(parser: argparse.ArgumentParser, *, config_help: str, data_help: str,
                         set_example: str) -> None:
     """``--config --data --output --minutes --epochs --set --resume --device`` of a training command."""
-    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--config", type=Path, help=f"{config_help}; or the name of a shipped config, e.g. ct_spleen "
+                                                    "(medseg-attn config list)")
     parser.add_argument("--data", help=data_help)
     parser.add_argument("--output", type=Path, required=True, help="run folder for checkpoints, logs and config")
     parser.add_argument("--minutes", type=float, help="wall-clock budget for training (sets train.minutes)")

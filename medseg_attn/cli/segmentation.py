@@ -64,7 +64,8 @@ def add_parsers(command) -> None:
 
     predict = command("predict", "segment volumes with a trained model; outputs keep each input's exact geometry")
     predict.add_argument("--model", required=True, nargs="+",
-                         help="run folder (uses checkpoints/best.pt) or a .pt checkpoint; several: an ensemble "
+                         help="run folder (uses checkpoints/best.pt), a .pt checkpoint, a MONAI bundle medseg-attn "
+                              "exported, or an exported .onnx (with --engine onnxruntime); several: an ensemble "
                               "(class probabilities averaged; models trained with the same classes and preprocessing)")
     predict.add_argument("--input", nargs="+", required=True,
                          help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
@@ -72,9 +73,14 @@ def add_parsers(command) -> None:
     predict.add_argument("--output", type=Path, required=True,
                          help="folder for <case>.nii.gz label maps, report.csv, failures.csv and report.html (the "
                               "QC report: cases ranked for review)")
-    predict.add_argument("--output-format", choices=["nifti", "dicom-seg", "both"], default="nifti",
-                         help="nifti (default); dicom-seg writes <case>.seg.dcm for DICOM series inputs (NIfTI for "
-                              "other inputs); both writes both")
+    predict.add_argument("--output-format", default="nifti", metavar="FORMATS",
+                         help="nifti (default; with labels.itksnap.txt and labels.ctbl label tables), dicom-seg "
+                              "(<case>.seg.dcm for DICOM series inputs, NIfTI for other inputs), seg-nrrd "
+                              "(<case>.seg.nrrd, a 3D Slicer segmentation with named, coloured segments); a comma "
+                              "list such as nifti,seg-nrrd; both = nifti,dicom-seg; all = every format")
+    predict.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                         help="torch (default), or onnxruntime: run an exported .onnx file given as --model "
+                              "(pip install 'medseg-attn[onnx]'; CPU); a .onnx --model implies it")
     predict.add_argument("--series-uid", help="the SeriesInstanceUID to read from DICOM folders holding several "
                                               "series (default: each series is its own case)")
     predict.add_argument("--resample-uneven", action="store_true",
@@ -109,8 +115,10 @@ def add_parsers(command) -> None:
     predict.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
     predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
-    inspect = command("inspect", "show what the reader sees in a volume, DICOM folder or folder of volumes")
-    inspect.add_argument("path", type=Path, help="a NIfTI/NRRD/MHA/DICOM file, a DICOM folder or a folder of volumes")
+    inspect = command("inspect", "show what the reader sees in a volume, DICOM folder or folder of volumes, or the "
+                                 "model card of a run folder, checkpoint, export or bundle")
+    inspect.add_argument("path", type=Path, help="a NIfTI/NRRD/MHA/DICOM file, a DICOM folder or a folder of volumes; "
+                                                 "or a run folder, .pt checkpoint, .onnx/.ts export or MONAI bundle")
     inspect.add_argument("--series-uid", help="the series to describe in a DICOM folder holding several")
     inspect.add_argument("--resample-uneven", action="store_true",
                          help="show a DICOM series with missing slices or uneven spacing as resampled for prediction")
@@ -167,9 +175,17 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.volume_index is not None and args.volume_index < 0:
         raise ValueError(f"--volume-index {args.volume_index}: expected 0 or more")
     dist = setup(resolve_device(args.device))  # under torchrun every rank predicts its share, on its own GPU
-    predictor = Predictor.from_checkpoint(args.model, device=str(dist.device(resolve_device(args.device))),
-                                          tta=args.tta or None,
-                                          overlap=args.overlap, sw_batch_size=args.sw_batch_size)
+    options = {"tta": args.tta or None, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size}
+    if args.engine == "onnxruntime" or any(str(m).endswith(".onnx") for m in args.model):
+        from medseg_attn.segmentation.export import predictor_from_onnx
+
+        if len(args.model) != 1 or not str(args.model[0]).endswith(".onnx"):
+            raise ValueError(f"--engine onnxruntime: give one .onnx file as --model (medseg-attn export --format "
+                             f"onnx), got {' '.join(map(str, args.model))}")
+        predictor = predictor_from_onnx(args.model[0], **options)
+    else:
+        predictor = Predictor.from_checkpoint(args.model, device=str(dist.device(resolve_device(args.device))),
+                                              **options)
     if args.attention_maps or args.attention_heads:
         predictor.attention_levels()  # a model without attention: one-line error before any case
     review = Review.for_predictor(predictor, load_review_settings(args.review_config, args.review_set),
@@ -201,9 +217,11 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    from medseg_attn.cli.export import model_card_lines
     from medseg_attn.io.describe import describe
 
-    print("\n".join(describe(args.path, args.series_uid, args.resample_uneven)))
+    card = model_card_lines(args.path)  # a run folder, checkpoint, export or bundle: its model card
+    print("\n".join(card if card is not None else describe(args.path, args.series_uid, args.resample_uneven)))
     return 0
 
 

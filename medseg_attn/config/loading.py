@@ -255,6 +255,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         ConfigError: unknown key (with a suggestion), wrong type, or an out-of-range value; the message names
             the file.
     """
+    if path is not None:  # a file, or the name of a shipped config ('ct_spleen')
+        from medseg_attn.config.shipped import resolve_config_path
+
+        path = resolve_config_path(path)
     values = read_yaml(path) if path is not None else {}
     values = apply_overrides(values, overrides or [], literals)
     try:

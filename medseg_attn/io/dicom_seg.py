@@ -3,18 +3,22 @@
 The label map of a DICOM series lies on the series' own grid (x = column, y = row, z = slice in position order,
 as :mod:`medseg_attn.io.dicom` reads it), so slice ``k`` of the label map is the segmentation of source file
 ``series.files[k]``: highdicom copies each source frame's position and orientation into the SEG and references
-its SOP Instance UID. Segment ``k`` is class ``k`` of the model, labelled with the class name.
+its SOP Instance UID. Segment ``k`` is class ``k`` of the model, labelled with the class name, coded with the
+SNOMED CT concept of a known structure (spleen, liver, grey matter, ...; generic tissue otherwise, see
+:func:`medseg_attn.io.segments.structure_code`) and given the class colour as its recommended display colour.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from medseg_attn.io.dicom import DicomSeries
 from medseg_attn.io.files import atomic_write
+from medseg_attn.io.segments import resolve_colors, structure_code
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ def check_seg_source(series: DicomSeries) -> None:
 
 
 def write_dicom_seg(labels: np.ndarray, series: DicomSeries, class_names: dict[int, str], path: str | Path,
-                    description: str = "medseg-attn segmentation") -> Path:
+                    description: str = "medseg-attn segmentation",
+                    colors: dict[int, Sequence[int]] | None = None) -> Path:
     """Write ``labels`` (columns, rows, slices) of ``series`` as a binary DICOM-SEG file (atomically).
 
     Args:
@@ -47,6 +52,7 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, class_names: dict[i
         class_names: class index -> name; every index > 0 becomes a segment, empty ones included.
         path: the output file (``.dcm``).
         description: SeriesDescription of the SEG.
+        colors: class index -> 0..255 RGB, the segments' recommended display colours (default palette).
 
     Raises:
         ValueError: blank UIDs, multi-frame or resampled source, or a label map not on the series grid.
@@ -68,13 +74,15 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, class_names: dict[i
     pixels = np.ascontiguousarray(np.transpose(labels, (2, 1, 0))).astype(np.uint8)  # (slices, rows, columns)
     algorithm = hd.AlgorithmIdentificationSequence(name="medseg-attn", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
-    segments = [
-        hd.seg.SegmentDescription(
+    colors = resolve_colors(class_names, colors)
+    segments = []
+    for index in foreground:
+        category, concept = structure_code(str(class_names[index]))
+        segments.append(hd.seg.SegmentDescription(
             segment_number=index, segment_label=str(class_names[index])[:64],
-            segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
-        for index in foreground
-    ]
+            segmented_property_category=category, segmented_property_type=concept,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*[int(v) for v in colors[index]])))
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=int(_series_number(series)),

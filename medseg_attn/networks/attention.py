@@ -199,7 +199,7 @@ def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     batch, channels, *spatial = x.shape
     dims = len(spatial)
     grid = [s // w for s, w in zip(spatial, window)]
-    x = x.movedim(1, -1)  # (B, *S, C), a view
+    x = x.movedim(1, dims + 1)  # (B, *S, C), a view (positive axes: exportable to ONNX)
     x = x.reshape(batch, *[v for pair in zip(grid, window) for v in pair], channels)  # (B, g0, w0, g1, w1, .., C)
     order = [0] + [1 + 2 * i for i in range(dims)] + [2 + 2 * i for i in range(dims)] + [1 + 2 * dims]
     x = x.permute(*order)  # (B, g0, g1[, g2], w0, w1[, w2], C)
@@ -226,7 +226,7 @@ def window_merge(tokens: torch.Tensor, window: Sequence[int], spatial: Sequence[
         order += [1 + i, 1 + dims + i]
     x = x.permute(*order, 1 + 2 * dims)  # (B, g0, w0, g1, w1[, g2, w2], C)
     x = x.reshape(x.shape[0], *spatial, channels)  # (B, *S, C)
-    return x.movedim(-1, 1)  # (B, C, *S), a view
+    return x.movedim(dims + 1, 1)  # (B, C, *S), a view
 
 
 def padding_key_mask(

@@ -41,6 +41,8 @@ from medseg_attn.io.lock import OutputLock
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
+from medseg_attn.io.segments import write_seg_nrrd
+from medseg_attn.segmentation.outputs import case_formats, parse_output_formats, write_label_tables
 from medseg_attn.segmentation.predictor import Prediction, Predictor
 from medseg_attn.segmentation.qc_report import Review
 
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CaseInput", "Explain", "OUTPUT_FORMATS", "REPORT_COLUMNS", "check_output_dir", "collect_cases", "predict_files"]
 
-OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "seg-nrrd", "both", "all")  # and comma lists: see segmentation.outputs
 REPORT_COLUMNS = ("case", "input", "output", "status", "seconds", "uncertainty_mean", "uncertainty_foreground_mean",
                   "error")
 
@@ -212,10 +214,8 @@ class Explain:
 def _targets(output_dir: Path, name: str, output_format: str, probabilities: bool, explain: Explain = Explain()
              ) -> list[Path]:
     targets = []
-    if output_format in ("nifti", "both"):
-        targets.append(output_dir / f"{name}.nii.gz")
-    if output_format in ("dicom-seg", "both"):
-        targets.append(output_dir / f"{name}.seg.dcm")
+    suffixes = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm", "seg-nrrd": ".seg.nrrd"}
+    targets += [output_dir / f"{name}{suffixes[f]}" for f in parse_output_formats(output_format)]
     if probabilities:
         targets.append(output_dir / f"{name}_probabilities.nii.gz")
     targets += [output_dir / f"{name}_attention_{level}.nii.gz" for level in explain.levels]
@@ -280,7 +280,9 @@ def _write_one(result: Prediction, case: CaseInput, target: Path, predictor: Pre
         from medseg_attn.io.dicom_seg import write_dicom_seg
 
         series = dicom.select_series(case.files[0], case.series_uid)
-        write_dicom_seg(result.labels, series, predictor.labels, target)
+        write_dicom_seg(result.labels, series, predictor.labels, target, colors=predictor.colors)
+    elif target.name.endswith(".seg.nrrd"):
+        write_seg_nrrd(result.labels, result.affine, predictor.labels, predictor.colors, target)
     else:
         write_nifti(result.labels, target, affine=result.affine, reference=result.reference)
 
@@ -339,13 +341,15 @@ def predict_files(
     """Predict every case into ``output_dir``; a failing case is recorded and the others go on.
 
     Outputs per case: ``<case>.nii.gz`` (label map on the input's grid), ``<case>.seg.dcm`` (DICOM-SEG, for
-    DICOM series with ``output_format`` 'dicom-seg' or 'both'), ``<case>_probabilities.nii.gz`` (on request);
+    DICOM series with ``output_format`` 'dicom-seg' or 'both'), ``<case>.seg.nrrd`` (with 'seg-nrrd'),
+    ``labels.itksnap.txt`` + ``labels.ctbl`` beside NIfTI maps, ``<case>_probabilities.nii.gz`` (on request);
     with ``attention_maps`` ``<case>_attention_<level>.nii.gz`` per attention level, with ``uncertainty``
     ``<case>_uncertainty.nii.gz``, and with either ``<case>_overlay.png``.
 
     Args:
         inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
-        output_format: 'nifti' (default), 'dicom-seg' or 'both'.
+        output_format: 'nifti' (default), 'dicom-seg', 'seg-nrrd', a comma list, 'both' or 'all'
+            (see :mod:`medseg_attn.segmentation.outputs`).
         series_uid, resample_uneven, volume_index: see :meth:`Predictor.load`.
         reports: write ``report.csv`` / ``failures.csv`` (off when the caller merges several runs' records, as
             the CLI does for the ranks of a torchrun job).
@@ -366,8 +370,7 @@ def predict_files(
     """
     from tqdm import tqdm
 
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"output format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    formats = parse_output_formats(output_format)
     levels = tuple(predictor.attention_levels()) if attention_maps or attention_heads else ()
     explain = Explain(levels, attention_heads, uncertainty)
     output_dir = Path(output_dir)
@@ -377,6 +380,8 @@ def predict_files(
         cases = collect_cases([i for i in inputs if not isinstance(i, CaseInput)], predictor.in_channels, series_uid)
     check_output_dir(cases, output_dir, [i for i in inputs if not isinstance(i, CaseInput)])
     output_dir.mkdir(parents=True, exist_ok=True)
+    if "nifti" in formats or "dicom-seg" in formats:  # ITK-SNAP / Slicer label tables beside the NIfTI maps
+        write_label_tables(output_dir, predictor.labels, predictor.colors)
     records: list[dict[str, Any]] = []
     with OutputLock(output_dir) if lock else nullcontext():  # a second run into this folder waits for this one
         try:
@@ -392,9 +397,10 @@ def predict_files(
 def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabilities: bool, overwrite: bool,
               output_format: str, resample_uneven: bool, volume_index: int | None, explain: Explain = Explain(),
               review: Review | None = None) -> dict[str, Any]:
-    fmt = output_format if case.dicom else "nifti"
-    if fmt != output_format:
-        logger.info("%s: not a DICOM series; writing NIfTI only", case.files[0])
+    asked = parse_output_formats(output_format)
+    fmt = ",".join(case_formats(asked, case.dicom))
+    if "dicom-seg" in asked and "dicom-seg" not in fmt:
+        logger.info("%s: not a DICOM series; no DICOM-SEG (NIfTI instead)", case.files[0])
     targets = _targets(output_dir, case.name, fmt, probabilities, explain)
     record = {"case": case.name, "input": str(case.files[0]), "output": ";".join(str(t) for t in targets),
               "status": "ok", "seconds": 0.0, "uncertainty_mean": "", "uncertainty_foreground_mean": "", "error": ""}
@@ -408,7 +414,7 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabili
                                   volume_index) if review else None
         return record | {"status": "skipped (exists)", "review": measured}
     try:
-        if fmt in ("dicom-seg", "both") and case.dicom:
+        if "dicom-seg" in fmt and case.dicom:
             from medseg_attn.io.dicom_seg import check_seg_source
 
             check_seg_source(dicom.select_series(case.files[0], case.series_uid))  # before the heavy work

@@ -36,8 +36,8 @@ __all__ = ["demo_config", "run_demo"]
 
 
 def demo_config(overrides: list[str] | None = None) -> Config:
-    """The demo's configuration (``medseg_attn/resources/demo.yaml``, the same as ``configs/demo.yaml``)."""
-    values = yaml.safe_load(resources.files("medseg_attn.resources").joinpath("demo.yaml").read_text())
+    """The demo's configuration (``medseg_attn/resources/configs/demo.yaml``, the same as ``configs/demo.yaml``)."""
+    values = yaml.safe_load(resources.files("medseg_attn.resources.configs").joinpath("demo.yaml").read_text())
     return from_dict(apply_overrides(values or {}, overrides or []))
 
 

@@ -37,6 +37,7 @@ from medseg_attn.config import Config, InferenceConfig, from_dict
 from medseg_attn.io.dicom import is_dicom_file
 from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed, is_nifti
+from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import case_name, read_geometry
 from medseg_attn.networks.factory import build_network
 from medseg_attn.segmentation.resample import normalise_maximum, resample_prediction, spatial_affine
@@ -107,6 +108,7 @@ class Predictor:
         self.in_channels = in_channels
         self.prep = prep
         self.labels = dict(labels)
+        self.colors = resolve_colors(self.labels)  # class -> 0..255 RGB; from_checkpoint sets the model's own
         self.patch_size = tuple(patch_size)
         self.inference = inference or InferenceConfig()
         self.device = torch.device(device)
@@ -144,7 +146,7 @@ class Predictor:
                 raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
             found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
             if not first:
-                first = {"path": path, "config": config, **found}
+                first = {"path": path, "config": config, "colors": payload.get("colors"), **found}
             for key, value in found.items():
                 if value != first[key]:
                     raise ValueError(f"{path}: ensemble member differs from {first['path']} in its {key} "
@@ -157,8 +159,10 @@ class Predictor:
         if inference:
             config = config.replace(inference={k: v for k, v in inference.items() if v is not None})
         patch = config.inference.patch_size or config.data.patch_size
-        return cls(networks, first["preprocessing"], first["classes"], patch, config.inference, resolved,
-                   first["input channels"], sources)
+        predictor = cls(networks, first["preprocessing"], first["classes"], patch, config.inference, resolved,
+                        first["input channels"], sources)
+        predictor.colors.update({int(k): list(v) for k, v in (first["colors"] or {}).items()})
+        return predictor
 
     def attention_levels(self) -> list[str]:
         """The attention levels every network has ('level0' finest, ...), for ``attention_maps=True``.

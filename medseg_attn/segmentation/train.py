@@ -31,12 +31,14 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import compute_dice
 
 from medseg_attn.config import Config, save_config
+from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
 from medseg_attn.segmentation.datasets import check_cases, load_dataset, median_spacing, split_cases
 from medseg_attn.segmentation.explain import validation_attention_images
 from medseg_attn.segmentation.predictor import Predictor
 from medseg_attn.segmentation.transforms import Preprocessing, preprocessing, training_augmentation
+from medseg_attn.training.card import training_card
 from medseg_attn.training.device import resolve_device
 from medseg_attn.training.distributed import Distributed, partition, setup, shard
 from medseg_attn.training.loop import (
@@ -168,7 +170,11 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         validate=validate if val_ds is not None else None, metric="val_dice", curves=save_training_curves,
         payload={"task": "segmentation", "config": cfg.to_dict(),
                  "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
-                 "in_channels": in_channels},
+                 "in_channels": in_channels, "colors": resolve_colors(run.labels, colors_from_dataset(
+                     cfg.data.dataset), f"{cfg.data.dataset}: colors"),
+                 "card": training_card({"dataset": cfg.data.dataset, "training_cases": len(run.train_cases),
+                                        "validation_cases": len(run.val_cases), "modality": cfg.data.modality,
+                                        "spacing": run.prep.spacing and list(run.prep.spacing)})},
     )
     return fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
 

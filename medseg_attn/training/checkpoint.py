@@ -30,7 +30,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
 
 
 def find_checkpoint(model: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint file, or ``RUN_DIR/checkpoints/{best,last}.pt`` for a run folder.
+    """A checkpoint file, ``RUN_DIR/checkpoints/{best,last}.pt`` for a run folder, or ``BUNDLE/models/model.pt``
+    for a MONAI bundle medseg-attn exported.
 
     Raises:
         FileNotFoundError: nothing to load at ``model``.
@@ -39,6 +40,8 @@ def find_checkpoint(model: str | Path, prefer: str = "best") -> Path:
     if path.is_file():
         return path
     if path.is_dir():
+        if (path / "configs" / "metadata.json").is_file() and (path / "models" / "model.pt").is_file():
+            return path / "models" / "model.pt"
         for folder in (path / "checkpoints", path):
             for name in (f"{prefer}.pt", "best.pt", "last.pt"):
                 if (folder / name).is_file():

@@ -1,0 +1,96 @@
+"""``medseg-attn export`` (TorchScript / ONNX / MONAI bundle), ``medseg-attn config list|show`` and the model card
+that ``medseg-attn inspect`` prints for a run folder, checkpoint, export or bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["EXAMPLES", "RUNNERS", "add_parsers", "model_card_lines"]
+
+EXAMPLES = {
+    "export": """examples:
+  medseg-attn export --model runs/spleen --format onnx --output spleen.onnx
+  medseg-attn export --model runs/spleen --format torchscript --output spleen.ts
+  medseg-attn export --model runs/spleen --format bundle --output spleen_bundle/
+  medseg-attn predict --model spleen.onnx --engine onnxruntime --input imagesTs/ --output out/
+  python -m monai.bundle run --config_file spleen_bundle/configs/inference.json --bundle_root spleen_bundle \\
+      --dataset_dir imagesTs/ --output_dir out/
+
+formats and what each carries over: docs/export.md""",
+    "config": """examples:
+  medseg-attn config list
+  medseg-attn config show ct_spleen > my_spleen.yaml
+  medseg-attn train --config ct_spleen --data Task09_Spleen --output runs/spleen""",
+}
+
+
+def add_parsers(command) -> None:
+    """Add ``export`` and ``config`` through ``command(name, help) -> ArgumentParser`` (see cli.app)."""
+    export = command("export", "export a trained model: TorchScript, ONNX or a MONAI bundle (docs/export.md)")
+    export.add_argument("--model", required=True, help="run folder (uses checkpoints/best.pt) or a .pt checkpoint "
+                                                       "(segmentation or classification)")
+    export.add_argument("--format", required=True, choices=["torchscript", "onnx", "bundle"],
+                        help="torchscript (.ts) and onnx (.onnx): the network with dynamic batch and spatial sizes; "
+                             "bundle: a MONAI bundle folder (segmentation models)")
+    export.add_argument("--output", type=Path, required=True,
+                        help="the file to write (.ts / .onnx added when it has no suffix), or the bundle folder")
+    config = command("config", "list the shipped configs, or show one with its comments")
+    config.add_argument("action", choices=["list", "show"], help="list: names and descriptions; show: print one")
+    config.add_argument("name", nargs="?", help="the config to show, e.g. ct_spleen")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+    task = load_checkpoint(find_checkpoint(args.model)).get("task", "segmentation")
+    if task == "classification":
+        from medseg_attn.classification.export import export_classifier
+
+        written = export_classifier(args.model, args.format, args.output)
+    else:
+        from medseg_attn.segmentation.export import export_segmentation
+
+        written = export_segmentation(args.model, args.format, args.output)
+    print(f"exported {task} model as {args.format} -> {written}")
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from medseg_attn.config.shipped import shipped_config_text, shipped_configs
+
+    if args.action == "list":
+        configs = shipped_configs()
+        width = max(len(name) for name in configs)
+        for name, description in configs.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+    if not args.name:
+        raise ValueError("config show: give the config's name, e.g. `medseg-attn config show ct_spleen`")
+    print(shipped_config_text(args.name), end="")
+    return 0
+
+
+def model_card_lines(path: Path) -> list[str] | None:
+    """The model card of a run folder, checkpoint, ``.onnx`` / ``.ts`` export or bundle; None for anything else."""
+    from medseg_attn.training.card import format_card, model_card
+
+    path = Path(path)
+    if path.suffix in (".onnx", ".ts") and path.is_file():
+        from medseg_attn.networks.export import read_metadata
+
+        card = dict(read_metadata(path).get("card") or {})
+        card["labels"] = {int(k): v for k, v in (card.get("labels") or {}).items()}
+        card["colors"] = {int(k): v for k, v in (card.get("colors") or {}).items()}
+        return format_card(card, str(path))
+    is_model = path.suffix == ".pt" and path.is_file() or path.is_dir() and (
+        (path / "checkpoints").is_dir() or (path / "models" / "model.pt").is_file())
+    if not is_model:
+        return None
+    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+    checkpoint = find_checkpoint(path)
+    return format_card(model_card(load_checkpoint(checkpoint)), str(checkpoint))
+
+
+RUNNERS = {"export": _run_export, "config": _run_config}
