@@ -122,5 +122,5 @@ def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) ->
     patch = config.inference.patch_size or config.data.patch_size
     predictor = Predictor(OnnxNetwork(path, threads), prep, labels, patch, config.inference, "cpu",
                           int(metadata["in_channels"]), [str(path)])
-    predictor.colors = {int(k): v for k, v in (metadata.get("colors") or {}).items()}
+    predictor.colors.update({int(k): list(v) for k, v in (metadata.get("colors") or {}).items()})
     return predictor
