@@ -1,22 +1,100 @@
-"""Augmentation shared by both tasks: MONAI's Rand* dictionary transforms built from an ``AugmentationConfig``."""
+"""Augmentation shared by both tasks: MONAI's Rand* dictionary transforms built from an ``AugmentationConfig``.
+
+The chain covers the variation between scanners and sites (strengths in :class:`AugmentationConfig`, documented
+in docs/preprocessing.md): rotation and scaling, mirroring, an MR bias field, Gaussian noise and blur,
+brightness, contrast, simulated low resolution, gamma (also on the inverted image), and for segmentation random
+background masking (everything outside a dilated label mask set to the background value, as skull-stripping or
+masking leaves a scan). With a ``background`` value the intensity transforms leave the voxels that hold it
+untouched, so the background stays the one defined value the preprocessing gave it.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
+import numpy as np
+import torch
 from monai import transforms as mt
+from scipy import ndimage
 
 from medseg_attn.config import AugmentationConfig
 
-__all__ = ["augmentation"]
+__all__ = ["RandBackgroundMaskd", "augmentation"]
+
+_BACKGROUND_KEY = "_background"
 
 
-def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str] = ("image", "label")
-                 ) -> list[mt.Transform]:
+class RandBackgroundMaskd(mt.RandomizableTransform, mt.MapTransform):
+    """With probability ``prob``, set every image voxel farther than a random 1..``max_dilation`` voxels from
+    the labelled foreground to ``value`` (simulates skull-stripped, masked or defaced inputs)."""
+
+    def __init__(self, image_key: str, label_key: str, value: float, prob: float = 0.15,
+                 max_dilation: int = 4) -> None:
+        mt.MapTransform.__init__(self, [image_key])
+        mt.RandomizableTransform.__init__(self, prob)
+        self.image_key, self.label_key, self.value, self.max_dilation = image_key, label_key, value, max_dilation
+        self._dilation = 1
+
+    def randomize(self, data: dict | None = None) -> None:
+        super().randomize(None)
+        self._dilation = int(self.R.randint(1, self.max_dilation + 1))
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize()
+        if not self._do_transform:
+            return data
+        label = np.asarray(torch.as_tensor(data[self.label_key]).cpu())[0] > 0  # (*S)
+        if not label.any():
+            return data
+        keep = ndimage.binary_dilation(label, iterations=self._dilation)
+        data = dict(data)
+        image = data[self.image_key].clone()
+        image[:, ~torch.from_numpy(keep)] = self.value
+        data[self.image_key] = image
+        return data
+
+
+class _MarkBackgroundd(mt.MapTransform):
+    """Remember which voxels hold the background value (before the intensity transforms)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(["image"])
+        self.value = value
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        data[_BACKGROUND_KEY] = (torch.as_tensor(data["image"]) == self.value).all(dim=0)  # (*S)
+        return data
+
+
+class _RestoreBackgroundd(mt.MapTransform):
+    """Put the background value back where :class:`_MarkBackgroundd` found it."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(["image"])
+        self.value = value
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        background = data.pop(_BACKGROUND_KEY)
+        image = data["image"].clone()
+        image[:, background] = self.value
+        data["image"] = image
+        return data
+
+
+def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str] = ("image", "label"),
+                 background: float | None = None, background_masking: bool = False) -> list[mt.Transform]:
     """Spatial and intensity augmentation of image(/label) patches (MONAI's Rand* dictionary transforms).
 
-    ``keys`` are 'image' and optionally 'label' (classification augments the image alone).
+    Args:
+        aug: the strengths and probabilities.
+        spatial_dims: 2 or 3.
+        keys: 'image' and optionally a label map (classification augments the image alone).
+        background: the value the preprocessing gives everything outside the body; intensity transforms keep
+            it there, and padding uses it. None: no defined background.
+        background_masking: add :class:`RandBackgroundMaskd` (needs ``background`` and a label key).
     """
     if not aug.enabled:
         return []
@@ -30,12 +108,25 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
     ]
     for axis in aug.flip_axes:
         chain.append(mt.RandFlipd(keys, prob=0.5, spatial_axis=axis))
+    if background is not None and background_masking and len(keys) > 1 and aug.background_mask_probability > 0:
+        chain.append(RandBackgroundMaskd("image", keys[1], background, aug.background_mask_probability))
+    if background is not None:
+        chain.append(_MarkBackgroundd(background))
     p = aug.intensity_probability
+    sigma = (0.5, 1.0)
     chain += [
+        mt.RandBiasFieldd("image", prob=aug.bias_field_probability, coeff_range=(0.0, aug.bias_field_coefficient)),
         mt.RandGaussianNoised("image", prob=p, std=aug.noise_std),
-        mt.RandScaleIntensityd("image", factors=0.1, prob=p),
+        mt.RandGaussianSmoothd("image", prob=p, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma),
+        mt.RandScaleIntensityd("image", factors=aug.brightness, prob=p),
         mt.RandShiftIntensityd("image", offsets=0.1, prob=p),
-        mt.RandAdjustContrastd("image", prob=p, gamma=(0.7, 1.5)),
-        mt.RandGaussianSmoothd("image", prob=p, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        mt.RandScaleIntensityFixedMeand("image", factors=aug.contrast, prob=p, preserve_range=True),
+        mt.RandSimulateLowResolutiond("image", prob=aug.low_resolution_probability, zoom_range=aug.low_resolution_zoom,
+                                      upsample_mode="trilinear" if spatial_dims == 3 else "bilinear"),
+        mt.RandAdjustContrastd("image", prob=aug.inverted_gamma_probability, gamma=aug.gamma, invert_image=True,
+                               retain_stats=True),
+        mt.RandAdjustContrastd("image", prob=p, gamma=aug.gamma, retain_stats=True),
     ]
+    if background is not None:
+        chain.append(_RestoreBackgroundd(background))
     return chain

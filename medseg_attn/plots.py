@@ -15,7 +15,7 @@ from medseg_attn.io.files import atomic_write  # noqa: E402
 from medseg_attn.io.segments import label_palette  # noqa: E402
 
 __all__ = ["label_colors", "overlay_rgb", "heat_rgb", "save_overlay_png", "save_map_overlay_png",
-           "save_picture_attention_png", "save_training_curves", "foreground_centre", "to_ras", "save_thumbnail_png",
+           "save_picture_attention_png", "save_stress_plot", "save_training_curves", "foreground_centre", "to_ras", "save_thumbnail_png",
            "save_distributions_png"]
 
 HEAT = "inferno"  # perceptually uniform, dark at 0: a low value does not hide the anatomy
@@ -342,6 +342,34 @@ def save_training_curves(history: list[dict], path: str | Path) -> Path:
     lowest = min((r["val_dice"] for r in validated), default=0.0)
     right.set_ylim(max(0.0, lowest - 0.05), 1.0)
     right.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_stress_plot(rows: list[dict], classes: Sequence[str], path: str | Path, title: str = "stress test") -> Path:
+    """Mean Dice per stress variant (one bar per class, cases as dots), the as-is mean as a dashed line."""
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    fig, axis = plt.subplots(figsize=(max(6.0, 0.75 * len(variants) * max(1, len(classes)) ** 0.5 + 2), 4.2))
+    width = 0.8 / max(1, len(classes))
+    colors = label_colors(len(classes) + 1)[1:]
+    for k, name in enumerate(classes):
+        for v, variant in enumerate(variants):
+            values = [row[name] for row in rows if row["variant"] == variant and row.get(name) == row.get(name)]
+            if not values:
+                continue
+            x = v - 0.4 + width * (k + 0.5)
+            axis.bar(x, float(np.mean(values)), width, color=colors[k], label=name if v == 0 else None)
+            axis.plot([x] * len(values), values, "k.", markersize=3)
+        as_is = [row[name] for row in rows if row["variant"] == "as_is" and row.get(name) == row.get(name)]
+        if as_is:
+            axis.axhline(float(np.mean(as_is)), color=colors[k], linestyle="--", linewidth=0.8)
+    axis.set_xticks(range(len(variants)), variants, rotation=35, ha="right", fontsize=8)
+    axis.set_ylabel("Dice")
+    lowest = min((row[name] for row in rows for name in classes if row.get(name) == row.get(name)), default=0.0)
+    axis.set_ylim(max(0.0, min(lowest, 0.8) - 0.05), 1.0)
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="lower left")
+    axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,4 +1,4 @@
-"""``medseg-attn train|predict|inspect|evaluate|demo|benchmark``: the segmentation commands.
+"""``medseg-attn plan|train|predict|inspect|evaluate|demo|benchmark``: the segmentation commands.
 
 ``add_parsers(commands)`` adds them to the top-level sub-parsers; ``RUNNERS`` maps each to its function. Library
 errors propagate to :func:`medseg_attn.cli.app.main`, which turns them into one line and an exit code.
@@ -15,6 +15,14 @@ from medseg_attn.cli.arguments import add_demo_arguments, add_train_arguments, t
 __all__ = ["EXAMPLES", "RUNNERS", "add_parsers"]
 
 EXAMPLES = {
+    "plan": """examples:
+  medseg-attn plan --data Task09_Spleen/dataset.json
+  medseg-attn plan --data Task09_Spleen --output plan.json --device cuda
+  medseg-attn plan --config configs/ct_spleen.yaml --data Task09_Spleen --set data.patch_size=auto
+
+prints the plan (target spacing, patch and batch size within the voxel budget, normalisation, mask use; each
+value from the plan or from the config) and writes it as JSON with the dataset fingerprint; train does the same at
+its start (RUN/plan.json). See docs/preprocessing.md""",
     "train": """examples:
   medseg-attn train --data Task09_Spleen/dataset.json --output runs/spleen --minutes 30
   medseg-attn train --config configs/ct_spleen.yaml --output runs/spleen --set train.lr=1e-3
@@ -57,6 +65,15 @@ prints each ratio with its target; writes OUTPUT/benchmark.json and OUTPUT/bench
 
 def add_parsers(command) -> None:
     """Add the segmentation commands through ``command(name, help) -> ArgumentParser`` (see cli.main)."""
+    plan = command("plan", "fingerprint a dataset and print the plan training would use (spacing, patch, "
+                           "normalisation)")
+    plan.add_argument("--data", help="dataset.json, a folder holding one, or an nnU-Net raw folder; sets data.dataset")
+    plan.add_argument("--config", type=Path, help="YAML config whose values override the plan's")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set data.patch_size=[96,96,64] (repeatable)")
+    plan.add_argument("--output", type=Path, default=Path("plan.json"), help="where to write the plan (plan.json)")
+    plan.add_argument("--device", default="cpu",
+                      help="cpu (default) or cuda: which voxel budget the patch and batch size must fit")
     train = command("train", "train a segmentation network on a labelled dataset")
     add_train_arguments(train, config_help="YAML config (see configs/ and docs/configuration.md)",
                         data_help="dataset.json (MSD layout), a folder holding one, or an nnU-Net raw folder "
@@ -142,6 +159,9 @@ def add_parsers(command) -> None:
                        config_name="demo.yaml")
     demo.add_argument("--train-cases", type=int, default=20, help="training cases to generate (default 20)")
     demo.add_argument("--test-cases", type=int, default=4, help="held-out cases to generate (default 4)")
+    demo.add_argument("--stress-cases", type=int, default=1,
+                      help="unseen deformations for the stress test (13 acquisition variants each; 0 = none; "
+                           "default 1)")
     benchmark = command("benchmark", "time our networks and predictor against MONAI's in one run; print ratios")
     benchmark.add_argument("--quick", action="store_true", help="small volumes, fewer repetitions (a few minutes)")
     benchmark.add_argument("--output", type=Path, default=Path("benchmark_out"),
@@ -157,6 +177,24 @@ def _run_train(args: argparse.Namespace) -> int:
     best = f"{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else "n/a"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds / 60:.1f} min, stopped: "
           f"{result.stopped}); best validation Dice {best}; run: {result.run_dir}")
+    return 0
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from medseg_attn.config import load_config
+    from medseg_attn.segmentation.datasets import load_dataset
+    from medseg_attn.segmentation.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
+
+    overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
+    config = load_config(args.config, overrides)
+    if not config.data.dataset:
+        raise ValueError("no dataset given: pass --data or set data.dataset")
+    dataset = load_dataset(config.data.dataset)
+    modality = config.data.modality if config.data.modality != "auto" else dataset.modality
+    fingerprint = dataset_fingerprint(dataset.training, modality, progress=not args.quiet)
+    plan = make_plan(fingerprint, config, args.device)
+    print(describe_plan(plan))
+    print(f"plan written to {save_plan(plan, args.output)}")
     return 0
 
 
@@ -267,7 +305,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     check_output_location(args.output, [], folder=True)
     report = run_demo(args.output, minutes=args.minutes, attention=args.attention == "on", baseline=args.baseline,
                       train_cases=args.train_cases, test_cases=args.test_cases, seed=args.seed,
-                      overrides=args.overrides, progress=not args.quiet)
+                      overrides=args.overrides, progress=not args.quiet, stress_cases=args.stress_cases)
     print(report.read_text())
     return 0
 
@@ -279,5 +317,5 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-RUNNERS = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
+RUNNERS = {"plan": _run_plan, "train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
            "inspect": _run_inspect, "benchmark": _run_benchmark}

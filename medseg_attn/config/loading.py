@@ -74,8 +74,12 @@ def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] |
         if "None" in annotation:
             return None
         raise ConfigError(f"{where} may not be null (expected {annotation})")
-    if annotation.startswith("tuple") and "str" in annotation and isinstance(value, str):
-        return value  # e.g. spacing: auto
+    if "str" in annotation and not annotation.startswith("str") and isinstance(value, str):
+        if value != "auto":
+            kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "tuple": "a list"}
+            kind = next((text for key, text in kinds.items() if annotation.startswith(key)), annotation)
+            raise ConfigError(f"{where} must be {kind} or 'auto', got {shown(value)}")
+        return value  # e.g. spacing: auto, patch_size: auto (planned), batch_size: auto
     if annotation.startswith("tuple"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
@@ -177,19 +181,22 @@ def _check_classify(config: ClassifyConfig) -> None:
 
 def _check(config: Config) -> None:
     data, model, inference = config.data, config.model, config.inference
-    if len(data.patch_size) not in (2, 3) or min(data.patch_size) < 8:
+    planned = isinstance(data.patch_size, str)  # patch_size: auto (the plan picks it at training)
+    if not planned and (len(data.patch_size) not in (2, 3) or min(data.patch_size) < 8):
         raise ConfigError(f"data.patch_size must have 2 or 3 sides of at least 8 voxels, got {list(data.patch_size)}")
     if isinstance(data.spacing, str) and data.spacing != "auto":
         raise ConfigError(f"data.spacing must be 'auto', null or a list of mm, got {data.spacing!r}")
-    if isinstance(data.spacing, tuple) and len(data.spacing) not in (1, len(data.patch_size)):
+    sides = (2, 3) if planned else (len(data.patch_size),)
+    if isinstance(data.spacing, tuple) and len(data.spacing) not in (1, *sides):
         raise ConfigError(f"data.spacing must be positive mm for each axis, got {list(data.spacing)}")
     if data.folds == 1 or (data.folds > 1 and not 0 <= data.fold < data.folds):
         raise ConfigError(f"data.folds={data.folds}, data.fold={data.fold}: need folds >= 2 and 0 <= fold < folds")
-    if inference.patch_size is not None and len(inference.patch_size) != len(data.patch_size):
+    if inference.patch_size is not None and not planned and len(inference.patch_size) != len(data.patch_size):
         raise ConfigError(f"inference.patch_size {list(inference.patch_size)} must have as many sides as "
                           f"data.patch_size {list(data.patch_size)}")
     stride = model.first_stride if model.architecture == "attention_skip_unet" else 1
-    check_depth(data.patch_size, model.channels, stride, "data.patch_size")
+    if not planned:
+        check_depth(data.patch_size, model.channels, stride, "data.patch_size")
     if inference.patch_size is not None:
         check_depth(inference.patch_size, model.channels, stride, "inference.patch_size")
 

@@ -30,8 +30,17 @@ class AugmentationConfig:
     scale: float = 0.1  # RandAffined scale range (+-)
     affine_probability: float = 0.2
     flip_axes: tuple[int, ...] = ()  # spatial axes (RAS order) to flip at random; empty for lateralised labels
-    intensity_probability: float = 0.15  # for each of noise, scale/shift, contrast (gamma), smoothing
-    noise_std: float = 0.1
+    intensity_probability: float = 0.15  # for each of noise, blur, brightness, shift, contrast, gamma
+    noise_std: float = 0.1  # RandGaussianNoised: sigma drawn in [0, noise_std] (z-scored units)
+    brightness: float = 0.25  # RandScaleIntensityd: intensities x (1 +- brightness)
+    contrast: float = 0.25  # RandScaleIntensityFixedMeand: spread about the mean x (1 +- contrast), range kept
+    gamma: tuple[float, float] = (0.7, 1.5)  # RandAdjustContrastd gamma range (statistics retained)
+    inverted_gamma_probability: float = 0.1  # gamma applied to the inverted image (nnU-Net)
+    bias_field_probability: float = 0.15  # RandBiasFieldd: smooth multiplicative field (MR coil inhomogeneity)
+    bias_field_coefficient: float = 0.1  # its Legendre coefficients (degree 3) drawn in [0, this]
+    low_resolution_probability: float = 0.15  # RandSimulateLowResolutiond: down- then up-sampled
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)  # its zoom range (0.5 = half the resolution)
+    background_mask_probability: float = 0.15  # segmentation, non-CT: outside a 1-4 voxel dilated label -> background
 
 
 @dataclass(frozen=True)
@@ -43,10 +52,14 @@ class DataConfig:
     labels: dict[int, str] | None = None  # class index -> name; null = read from the dataset
     spacing: tuple[float, ...] | str | None = "auto"  # target mm per voxel; auto = median of training cases
     orientation: str = "RAS"
-    intensity: str = "auto"  # auto (ct -> ct window, mr -> z-score on foreground), ct, zscore, none
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU clipped and scaled to [0, 1] by the ct preset
-    crop_foreground: bool = True  # crop each volume to its nonzero bounding box before patches
-    patch_size: tuple[int, ...] = (64, 64, 64)
+    intensity: str = "auto"  # auto (planned: ct -> ct, else zscore), ct (dataset percentiles 0.5-99.5 + z-score),
+    # ct_window (fixed ct_window scaled to [0, 1]), zscore (per case, inside the body mask), none
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU clipped and scaled to [0, 1] by the ct_window preset
+    crop_foreground: bool = True  # crop each volume to its body mask's bounding box before patches
+    normalisation_mask: bool | str = "auto"  # auto (planned), true, false: normalise inside the body mask and set
+    # the background outside it to one value
+    patch_size: tuple[int, ...] | str = "auto"  # voxels on the network grid; auto = planned within voxel_budget
+    voxel_budget: int | None = None  # batch x patch voxels the plan may use; null = 2 x 64^3 on CPU, 2 x 128^3 CUDA
     samples_per_case: int = 2  # patches drawn from a case each time it is visited
     foreground_fraction: float = 0.67  # fraction of patches centred on a labelled voxel
     validation_fraction: float = 0.2  # held out from training when folds == 0
@@ -84,7 +97,7 @@ class TrainConfig:
     max_epochs: int = 1000
     minutes: float | None = None  # wall-clock budget for training, validation included
     steps_per_epoch: int = 50  # optimizer steps per epoch; null = one pass over the training cases
-    batch_size: int = 2
+    batch_size: int | str = "auto"  # patches per step; auto = planned from the dataset (segmentation)
     optimizer: str = "adamw"  # adamw or sgd
     lr: float = 2e-3
     weight_decay: float = 1e-5

@@ -254,7 +254,7 @@ def split_cases(
         validation = order[fold::folds]
     else:
         count = int(round(len(order) * validation_fraction))
-        if validation_fraction > 0 and len(order) > 1:
+        if validation_fraction > 0 and len(order) > 2:  # with 1-2 cases every case trains (no validation)
             count = max(1, count)
         count = min(count, len(order) - 1)
         validation = order[:count]

@@ -5,7 +5,10 @@
    field, contrast and noise (held-out cases are never seen in training);
 2. train the attention-skip U-Net within the budget (and, with ``baseline``, the same U-Net without attention);
 3. predict the held-out 1 mm cases (probabilities resampled to 1 mm before the argmax);
-4. evaluate Dice, HD95 and surface Dice, draw an overlay, and write ``summary.md``.
+4. evaluate Dice, HD95 and surface Dice, draw an overlay, and write ``summary.md``;
+5. stress test (:mod:`medseg_attn.segmentation.stress`): new unseen deformations under acquisition variants
+   (zero background, skull-stripped, bias, gamma, noise, low resolution, rigid moves, an oblique LPS grid),
+   Dice per variant in ``stress/stress.csv`` and ``stress/stress.png``, summarised in ``summary.md``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def run_demo(
     seed: int = 0,
     overrides: list[str] | None = None,
     progress: bool = True,
+    stress_cases: int = 1,
 ) -> Path:
     """Run the demo into ``output``; returns the path of ``summary.md``.
 
@@ -110,12 +114,16 @@ def run_demo(
     save_overlay_png(output / "overlay.png", image, predicted, reference, LABELS,
                      title=f"held-out {name} ({variants[0]['label']}): grey matter Dice {dice[0]:.3f}, "
                            f"white matter Dice {dice[1]:.3f}")
+    stress_rows = _stress(output, variants[0], stress_cases)
     report = _report(output, variants, build_seconds, time.perf_counter() - started, minutes, train_cases, test_cases)
+    report += _stress_report(output, stress_rows, variants[0]["label"])
     path = atomic_write_text(output / "summary.md", report)
     atomic_write_text(output / "summary.json", json.dumps(
         {v["name"]: {"attention": v["attention"], "classes": v["summary"]["classes"],
                      "epochs": v["result"].epochs, "steps": v["result"].steps,
-                     "train_seconds": round(v["train_seconds"], 1)} for v in variants}, indent=2, allow_nan=False,
+                     "train_seconds": round(v["train_seconds"], 1),
+                     **({"stress": _stress_means(stress_rows)} if v is variants[0] and stress_rows else {})}
+         for v in variants}, indent=2, allow_nan=False,
         default=lambda o: None))
     return path
 
@@ -161,6 +169,43 @@ def _report(output: Path, variants: list[dict[str, Any]], build_seconds: float, 
         ]
     lines += [f"- overlay: {output / 'overlay.png'}", "",
               f"View the training curves with: tensorboard --logdir {output}", ""]
+    return "\n".join(lines)
+
+
+def _stress(output: Path, variant: dict[str, Any], cases: int) -> list[dict[str, Any]]:
+    """The stress test of the first model on ``cases`` new unseen deformations (nothing when 0)."""
+    if cases <= 0:
+        return []
+    from medseg_attn.segmentation.stress import BRAIN_VARIANTS, brain_variants, run_stress
+
+    logger.info("stress test: %d unseen case(s) x %d variants", cases, len(BRAIN_VARIANTS))
+    predictor = Predictor.from_checkpoint(output / f"run{'' if variant['name'] == 'attention' else variant['name']}")
+    pairs = [(case, item) for case in range(cases) for item in brain_variants(case)]
+    return run_stress(predictor, pairs, output / "stress", f"{variant['label']}: {cases} unseen deformation(s), 1 mm")
+
+
+def _stress_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    names = list(dict.fromkeys(row["variant"] for row in rows))
+    return {name: {key: round(float(np.nanmean([r[key] for r in rows if r["variant"] == name])), 4)
+                   for key in ("grey_matter", "white_matter")} for name in names}
+
+
+def _stress_report(output: Path, rows: list[dict[str, Any]], label: str) -> str:
+    if not rows:
+        return ""
+    means = _stress_means(rows)
+    base = means["as_is"]
+    cases = len({row["case"] for row in rows})
+    lines = ["", f"## Stress test ({label}, {cases} unseen deformation(s) at 1 mm)", "",
+             "| variant | grey matter Dice | white matter Dice | GM change | WM change |", "|---|---|---|---|---|"]
+    for name, values in means.items():
+        gm, wm = values["grey_matter"], values["white_matter"]
+        lines.append(f"| {name} | {gm:.3f} | {wm:.3f} | {gm - base['grey_matter']:+.3f} | "
+                     f"{wm - base['white_matter']:+.3f} |")
+    worst = min(min(v["grey_matter"] - base["grey_matter"], v["white_matter"] - base["white_matter"])
+                for v in means.values())
+    lines += ["", f"Largest drop from as-is: {worst:+.3f}. Variants: docs/preprocessing.md. "
+              f"Per case: {output / 'stress' / 'stress.csv'}; picture: {output / 'stress' / 'stress.png'}", ""]
     return "\n".join(lines)
 
 

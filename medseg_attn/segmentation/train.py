@@ -2,7 +2,8 @@
 
 Run folder layout::
 
-    RUN/config.yaml            resolved configuration (spacing, labels, modality filled in)
+    RUN/plan.json              the dataset fingerprint and the plan (spacing, patch, batch, normalisation, mask)
+    RUN/config.yaml            resolved configuration (planned values, labels, modality filled in)
     RUN/split.json             training / validation case names (or the fold)
     RUN/checkpoints/last.pt    after every epoch (resume from here)
     RUN/checkpoints/best.pt    best mean validation Dice so far
@@ -18,6 +19,7 @@ DiceCE and sliding-window validation.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -34,8 +36,9 @@ from medseg_attn.config import Config, save_config
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
-from medseg_attn.segmentation.datasets import check_cases, load_dataset, median_spacing, split_cases
+from medseg_attn.segmentation.datasets import check_cases, load_dataset, split_cases
 from medseg_attn.segmentation.explain import validation_attention_images
+from medseg_attn.segmentation.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 from medseg_attn.segmentation.predictor import Predictor
 from medseg_attn.segmentation.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.training.card import training_card
@@ -76,19 +79,33 @@ class _Run:
         if problems:  # every problem at once, one line each, so a dataset is fixed in one go
             listing = "\n  ".join(problems)
             raise ValueError(f"{len(problems)} problems in the training data:\n  {listing}")
-        spacing = config.data.spacing
-        if spacing == "auto":
-            spacing = median_spacing(self.dataset.training)
         modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
-        self.config = config.replace(data={"spacing": list(spacing) if spacing else None, "labels": labels,
-                                           "modality": modality or "auto",
-                                           "dataset": str(Path(config.data.dataset).expanduser().resolve())})
+        self.dist: Distributed = setup(resolve_device(config.train.device))
+        device = resolve_device(config.train.device)
+        config = config.replace(data={"labels": labels, "modality": modality or "auto",
+                                      "dataset": str(Path(config.data.dataset).expanduser().resolve())})
+        self.plan = _plan(config, self.dataset.training, modality, device, output, resume,
+                          progress and self.dist.is_main, self.dist.is_main)
+        resolved = self.plan["resolved"]
+        self.config = config.replace(data={"spacing": resolved["spacing"], "patch_size": resolved["patch_size"],
+                                           "intensity": resolved["intensity"],
+                                           "normalisation_mask": bool(resolved["normalisation_mask"])},
+                                     train={"batch_size": resolved["batch_size"]})
         self.labels = dict(sorted(labels.items()))
-        self.prep = Preprocessing.resolve(self.config.data, modality, tuple(spacing) if spacing else None)
-        self.dist: Distributed = setup(resolve_device(self.config.train.device))
-        self.device = self.dist.device(resolve_device(self.config.train.device))
+        self.prep = Preprocessing.from_plan(self.config.data, self.plan)
+        self.device = self.dist.device(device)
         self.train_cases, self.val_cases = self._split(resume)
         self.has_validation = bool(self.val_cases)
+        if not self.has_validation:
+            logger.info("no validation: %d training case(s) and validation_fraction %g leave none to validate on; "
+                        "checkpoints/best.pt is the last epoch's model", len(self.train_cases),
+                        self.config.data.validation_fraction)
+        data, batch = self.config.data, int(self.config.train.batch_size)
+        if len(self.train_cases) * data.samples_per_case < batch:  # few cases: fill a batch from each visit
+            samples = math.ceil(batch / max(1, len(self.train_cases)))
+            logger.info("%d training case(s): %d patches per case visit (data.samples_per_case was %d) so a batch "
+                        "of %d is full", len(self.train_cases), samples, data.samples_per_case, batch)
+            self.config = self.config.replace(data={"samples_per_case": samples})
         if self.dist.enabled:  # this rank's part: it caches and trains on these, validates on those
             self.train_cases = partition(self.train_cases, self.dist, self.config.train.seed)
             self.val_cases = shard(self.val_cases, self.dist)
@@ -108,7 +125,7 @@ class _Run:
 def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     num_classes = len(run.labels)
     pre = preprocessing(run.prep, ("image", "label"), num_classes=num_classes)
-    train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes))
+    train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes, run.prep))
     val_transform = mt.Compose(pre)
     train_ds, val_ds = build_datasets(run.train_cases, run.val_cases, train_transform, val_transform,
                                       run.config.data.cache, run.progress and run.dist.is_main, run.has_validation)
@@ -170,6 +187,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         validate=validate if val_ds is not None else None, metric="val_dice", curves=save_training_curves,
         payload={"task": "segmentation", "config": cfg.to_dict(),
                  "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
+                 "plan": {key: run.plan[key] for key in ("planned", "resolved", "source", "rules", "ct_statistics")},
                  "in_channels": in_channels, "colors": resolve_colors(run.labels, colors_from_dataset(
                      cfg.data.dataset), f"{cfg.data.dataset}: colors"),
                  "card": training_card({"dataset": cfg.data.dataset, "training_cases": len(run.train_cases),
@@ -177,6 +195,21 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
                                         "spacing": run.prep.spacing and list(run.prep.spacing)})},
     )
     return fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
+
+
+def _plan(config: Config, cases: list[dict], modality: str | None, device: torch.device, output: Path, resume: bool,
+          progress: bool, is_main: bool) -> dict[str, Any]:
+    """The run's plan: RUN/plan.json when resuming (the run keeps its plan), else fingerprint + plan, written."""
+    path = output / "plan.json"
+    if resume and path.exists():
+        return json.loads(path.read_text())
+    fingerprint = dataset_fingerprint(cases, modality, progress)
+    plan = make_plan(fingerprint, config, device.type)
+    if is_main:
+        logger.info("%s", describe_plan(plan))
+        output.mkdir(parents=True, exist_ok=True)
+        save_plan(plan, path)
+    return plan
 
 
 def _loader_batch(cfg: Config) -> int:

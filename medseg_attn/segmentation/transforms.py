@@ -15,6 +15,7 @@ from monai import transforms as mt
 from medseg_attn.augmentation import augmentation
 from medseg_attn.config import DataConfig
 from medseg_attn.io.readers import LoadVolumed
+from medseg_attn.segmentation.foreground import MASK_KEY, ForegroundMaskd, NormaliseIntensityd, background_value
 
 __all__ = ["Preprocessing", "preprocessing", "training_augmentation", "nonzero", "CheckLabelValuesd"]
 
@@ -26,37 +27,80 @@ def nonzero(image: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """The resolved preprocessing of a run: fixed at training time and stored in checkpoints."""
+    """The resolved preprocessing of a run: fixed at training time (from the plan) and stored in checkpoints.
+
+    ``intensity``: 'zscore', 'ct' (clip to ``ct_clip``, z-score with ``ct_mean``/``ct_std``; without ``ct_clip``
+    the fixed ``ct_window`` as in checkpoints before planning), 'ct_window' or 'none'. ``foreground``: 'body'
+    (:func:`~medseg_attn.segmentation.foreground.body_mask`, relative threshold), 'ct_body' (HU threshold) or
+    'nonzero' (checkpoints made before the body mask). ``use_mask``: normalise inside the mask and set the
+    background to one value.
+    """
 
     spacing: tuple[float, ...] | None  # target mm per voxel, None = keep each case's own spacing
     orientation: str
-    intensity: str  # 'ct', 'zscore' or 'none'
+    intensity: str
     ct_window: tuple[float, float]
     crop_foreground: bool
     spatial_dims: int
+    foreground: str = "body"
+    use_mask: bool = False
+    ct_clip: tuple[float, float] | None = None  # dataset foreground percentiles 0.5 and 99.5 (HU)
+    ct_mean: float = 0.0
+    ct_std: float = 1.0
 
     def to_dict(self) -> dict:
         return {"spacing": list(self.spacing) if self.spacing else None, "orientation": self.orientation,
                 "intensity": self.intensity, "ct_window": list(self.ct_window),
-                "crop_foreground": self.crop_foreground, "spatial_dims": self.spatial_dims}
+                "crop_foreground": self.crop_foreground, "spatial_dims": self.spatial_dims,
+                "foreground": self.foreground, "use_mask": self.use_mask,
+                "ct_clip": list(self.ct_clip) if self.ct_clip else None, "ct_mean": self.ct_mean, "ct_std": self.ct_std}
 
     @classmethod
     def from_dict(cls, values: dict) -> Preprocessing:
         spacing = values.get("spacing")
+        if "foreground" not in values:  # a checkpoint from before the body mask: its nonzero crop and z-score
+            intensity = values["intensity"]
+            return cls(tuple(spacing) if spacing else None, values["orientation"],
+                       "ct_window" if intensity == "ct" else intensity, tuple(values["ct_window"]),
+                       bool(values["crop_foreground"]), int(values["spatial_dims"]), "nonzero",
+                       intensity == "zscore")
+        clip = values.get("ct_clip")
         return cls(tuple(spacing) if spacing else None, values["orientation"], values["intensity"],
-                   tuple(values["ct_window"]), bool(values["crop_foreground"]), int(values["spatial_dims"]))
+                   tuple(values["ct_window"]), bool(values["crop_foreground"]), int(values["spatial_dims"]),
+                   str(values["foreground"]), bool(values["use_mask"]), tuple(clip) if clip else None,
+                   float(values["ct_mean"]), float(values["ct_std"]))
 
     @classmethod
-    def resolve(cls, data: DataConfig, modality: str | None, spacing: tuple[float, ...] | None) -> Preprocessing:
-        """Pick the intensity preset from the modality when the config says ``auto``."""
-        intensity = data.intensity
-        if intensity == "auto":
-            chosen = data.modality if data.modality != "auto" else modality
-            intensity = {"ct": "ct", "mr": "zscore"}.get(chosen or "", "zscore")
-        dims = len(data.patch_size)
+    def from_plan(cls, data: DataConfig, plan: dict) -> Preprocessing:
+        """The preprocessing a plan (:func:`medseg_attn.segmentation.planning.make_plan`) resolves to."""
+        resolved = plan["resolved"]
+        spacing = resolved["spacing"]
+        dims = len(resolved["patch_size"])
         if spacing is not None and len(spacing) == 1:
-            spacing = tuple(spacing) * dims
-        return cls(spacing, data.orientation[:dims], intensity, tuple(data.ct_window), data.crop_foreground, dims)
+            spacing = list(spacing) * dims
+        statistics = plan.get("ct_statistics") or {}
+        clip = (statistics["p0.5"], statistics["p99.5"]) if resolved["intensity"] == "ct" else None
+        ct = plan["modality"] == "ct" or resolved["intensity"] in ("ct", "ct_window")
+        return cls(tuple(spacing) if spacing else None, data.orientation[:dims], resolved["intensity"],
+                   tuple(data.ct_window), data.crop_foreground, dims, "ct_body" if ct else "body",
+                   bool(resolved["normalisation_mask"]), clip, float(statistics.get("mean", 0.0)),
+                   float(statistics.get("std", 1.0)))
+
+    def background(self) -> float:
+        """The value outside the body after normalisation (and of padding)."""
+        return background_value(self.intensity, self.ct_clip, self.ct_mean, self.ct_std)
+
+
+class ForegroundMask(mt.MapTransform):
+    """Nonzero mask under MASK_KEY (the rule of checkpoints made before the body mask)."""
+
+    def __init__(self) -> None:
+        super().__init__(["image"])
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        data[MASK_KEY] = nonzero(torch.as_tensor(data["image"])).to(torch.uint8)  # (1, *S)
+        return data
 
 
 class CheckLabelValuesd(mt.MapTransform):
@@ -81,6 +125,9 @@ def preprocessing(prep: Preprocessing, keys: Sequence[str] = ("image", "label"),
                   load: bool = True) -> list[mt.Transform]:
     """Deterministic chain from file paths to network-ready arrays (channel first, RAS, target spacing).
 
+    Orientation -> spacing -> body mask -> crop to the mask's bounding box -> intensity normalisation (inside
+    the mask when ``prep.use_mask``, background set to one value) -> the mask dropped.
+
     Args:
         prep: the resolved preprocessing.
         keys: 'image' and optionally 'label'.
@@ -100,36 +147,45 @@ def preprocessing(prep: Preprocessing, keys: Sequence[str] = ("image", "label"),
     if prep.spacing is not None:
         modes = ["bilinear", "nearest"] if has_label else ["bilinear"]
         chain.append(mt.Spacingd(keys, pixdim=prep.spacing, mode=modes))
+    if prep.foreground == "nonzero":
+        chain.append(ForegroundMask())
+    else:
+        chain.append(ForegroundMaskd(ct=prep.foreground == "ct_body"))
     if prep.crop_foreground:
-        chain.append(mt.CropForegroundd(keys, source_key="image", select_fn=nonzero, allow_smaller=True))
-    if prep.intensity == "ct":
-        low, high = prep.ct_window
-        chain.append(mt.ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
-    elif prep.intensity == "zscore":
-        chain.append(mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True))
+        chain.append(mt.CropForegroundd([*keys, MASK_KEY], source_key=MASK_KEY, allow_smaller=True))
+    intensity = "ct_window" if prep.intensity == "ct" and prep.ct_clip is None else prep.intensity
+    chain.append(NormaliseIntensityd(intensity, prep.use_mask, prep.ct_clip, prep.ct_mean, prep.ct_std,
+                                     prep.ct_window))
+    chain.append(mt.DeleteItemsd(MASK_KEY))
     return chain
 
 
-def training_augmentation(data: DataConfig, num_classes: int) -> list[mt.Transform]:
+def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessing | None = None
+                          ) -> list[mt.Transform]:
     """Random patch sampling with foreground oversampling, then MONAI augmentation.
 
     Patches are drawn by :class:`monai.transforms.RandCropByLabelClassesd`: ``1 - foreground_fraction`` of them
     anywhere, the rest centred on a voxel of a foreground class, classes equally often (small organs get
-    seen). Class locations are computed once per case (cached) and subsampled to bound memory.
+    seen). Class locations are computed once per case (cached) and subsampled to bound memory. With ``prep``
+    (masked normalisation) the image is padded with its background value, the intensity augmentation keeps that
+    value outside the body, and MR-style inputs also get random background masking.
     """
+    background = prep.background() if prep is not None and prep.use_mask else None
     keys = ["image", "label"]
     patch = list(data.patch_size)
     foreground = data.foreground_fraction
     ratios = [1.0 - foreground] + [foreground / max(1, num_classes - 1)] * (num_classes - 1)
     chain: list[mt.Transform] = [
-        mt.SpatialPadd(keys, spatial_size=patch),
+        mt.SpatialPadd("image", spatial_size=patch, value=background or 0.0),
+        mt.SpatialPadd("label", spatial_size=patch),
         mt.ClassesToIndicesd("label", num_classes=num_classes, indices_postfix="_indices",
                              max_samples_per_class=20000),
         mt.RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, ratios=ratios,
                                    num_classes=num_classes, num_samples=data.samples_per_case,
                                    indices_key="label_indices", warn=False),
     ]
-    chain += augmentation(data.augmentation, len(patch))
+    masking = prep is not None and prep.foreground == "body"
+    chain += augmentation(data.augmentation, len(patch), background=background, background_masking=masking)
     chain.append(mt.DeleteItemsd("label_indices"))
     chain.append(mt.EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     return chain
