@@ -123,7 +123,9 @@ def _patch_and_batch(shape: np.ndarray, divisor: int, budget: int, dataset_voxel
     """Patch (multiple of ``divisor``, at most the rounded-up median shape) and batch within ``budget`` voxels."""
     patch = np.array([max(divisor, int(math.ceil(s / divisor)) * divisor) for s in shape])
     while 2 * int(np.prod(patch)) > budget:
-        shrinkable = patch > divisor
+        bottleneck = np.ceil(patch / divisor)
+        # a side may shrink while it stays above the divisor and the bottleneck keeps 2 or more voxels
+        shrinkable = (patch > divisor) & (np.prod(bottleneck) / bottleneck * np.ceil((patch - divisor) / divisor) >= 2)
         if not shrinkable.any():
             break
         ratio = np.where(shrinkable, patch / np.maximum(shape, 1), -np.inf)

@@ -12,9 +12,9 @@ def test_plan_prints_and_writes_the_plan(tmp_path):
     dataset = build_demo_dataset(tmp_path / "data", train_cases=2, test_cases=0, seed=2, train_spacing=4.0,
                                  progress=False)
     result = run("-q", "plan", "--data", str(dataset), "--output", str(tmp_path / "plan.json"),
-                 "--set", "data.patch_size=[32,32,32]")
+                 "--set", "data.patch_size=[48,48,64]")
     assert result.returncode == 0, result.stderr
-    assert "patch_size: [32, 32, 32] (from the config; planned" in result.stdout
+    assert "patch_size: [48, 48, 64] (from the config; planned" in result.stdout
     assert "normalisation_mask: True" in result.stdout
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["resolved"]["spacing"] == [4.0, 4.0, 4.0] and plan["source"]["patch_size"] == "config"

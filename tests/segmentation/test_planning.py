@@ -47,7 +47,7 @@ def test_fingerprint_and_plan_of_real_brains(brain):
     json.dumps(plan, allow_nan=False)  # plan.json is plain JSON
 
     overridden = make_plan(fingerprint, load_config(overrides=[
-        f"data.dataset={brain}", "data.patch_size=[16,24,32]", "train.batch_size=3", "data.normalisation_mask=false",
+        f"data.dataset={brain}", "model.channels=[8,16,32,64]", "data.patch_size=[16,24,32]", "train.batch_size=3", "data.normalisation_mask=false",
         "data.spacing=[5,5,5]", "data.intensity=none"]), "cpu")
     assert overridden["resolved"] == {"spacing": [5.0, 5.0, 5.0], "patch_size": [16, 24, 32], "batch_size": 3,
                                       "intensity": "none", "normalisation_mask": False}
