@@ -49,10 +49,42 @@ def _preprocessing(prep: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     if prep.get("spacing"):
         chain.append({"_target_": "Spacingd", "keys": "image", "pixdim": list(prep["spacing"]), "mode": "bilinear"})
-    if prep.get("crop_foreground"):  # foreground = nonzero in any channel, as medseg-attn crops
+    if prep.get("foreground", "nonzero") == "nonzero":  # checkpoints from before the body mask
+        return chain + _nonzero_preprocessing(prep)
+    ct = prep["foreground"] == "ct_body"
+    chain += [{"_target_": "CopyItemsd", "keys": "image", "names": "body"},
+              {"_target_": "Lambdad", "keys": "body", "func": f"$lambda x: torch.as_tensor(@body_mask(x, {ct}))",
+               "track_meta": False}]
+    if prep.get("crop_foreground"):
+        chain.append({"_target_": "CropForegroundd", "keys": ["image", "body"], "source_key": "body",
+                      "allow_smaller": True})
+    intensity = "ct_window" if prep["intensity"] == "ct" and not prep.get("ct_clip") else prep["intensity"]
+    low = {"ct": (prep.get("ct_clip") or [0.0])[0], "ct_window": prep["ct_window"][0]}.get(intensity, 0.0)
+    if prep.get("use_mask"):  # everything outside the body -> the lowest value, which normalises to the background
+        chain += [{"_target_": "ShiftIntensityd", "keys": "image", "offset": -low},
+                  {"_target_": "MaskIntensityd", "keys": "image", "mask_key": "body"},
+                  {"_target_": "ShiftIntensityd", "keys": "image", "offset": low}]
+    if intensity == "ct":  # clip to the dataset percentiles and z-score: one linear map with clipping
+        high, mean, std = prep["ct_clip"][1], prep["ct_mean"], max(prep["ct_std"], 1e-8)
+        chain.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": low, "a_max": high,
+                      "b_min": (low - mean) / std, "b_max": (high - mean) / std, "clip": True})
+    elif intensity == "ct_window":
+        window_low, window_high = prep["ct_window"]
+        chain.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": window_low,
+                      "a_max": window_high, "b_min": 0.0, "b_max": 1.0, "clip": True})
+    elif intensity == "zscore":  # masked: the statistics over the body (the background is 0 already)
+        chain.append({"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": bool(prep.get("use_mask")),
+                      "channel_wise": True})
+    chain.append({"_target_": "DeleteItemsd", "keys": "body"})
+    return chain
+
+
+def _nonzero_preprocessing(prep: dict[str, Any]) -> list[dict[str, Any]]:
+    chain = []
+    if prep.get("crop_foreground"):  # foreground = nonzero in any channel, as those checkpoints crop
         chain.append({"_target_": "CropForegroundd", "keys": "image", "source_key": "image",
                       "select_fn": "$lambda x: (x != 0).any(0, keepdim=True)", "allow_smaller": True})
-    if prep["intensity"] == "ct":
+    if prep["intensity"] in ("ct", "ct_window"):
         low, high = prep["ct_window"]
         chain.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": low, "a_max": high,
                       "b_min": 0.0, "b_max": 1.0, "clip": True})
@@ -61,13 +93,29 @@ def _preprocessing(prep: dict[str, Any]) -> list[dict[str, Any]]:
     return chain
 
 
+# medseg_attn.segmentation.foreground.body_mask as one expression (the bundle runs without medseg-attn): per
+# channel, Gaussian smoothing (1 voxel), threshold (CT: -500 HU; else p2 + 0.1 (p98 - p2)); union; largest
+# component; holes filled in 3D, then slice by slice along the last axis
+BODY_MASK = (
+    "$lambda image, ct: (lambda union: (lambda filled: numpy.stack([ndimage.binary_fill_holes(filled[..., k]) "
+    "for k in range(filled.shape[-1])], -1)[None] if filled.ndim == 3 else filled[None])("
+    "ndimage.binary_fill_holes((lambda labelled: labelled[0] == (numpy.argmax(numpy.bincount("
+    "labelled[0].ravel())[1:]) + 1) if labelled[1] > 1 else union)(ndimage.label(union)))) if union.any() "
+    "else numpy.ones((1, *union.shape), bool))(numpy.any([(lambda smooth: smooth > (-500.0 if ct else "
+    "numpy.percentile(smooth, 2) + 0.1 * (numpy.percentile(smooth, 98) - numpy.percentile(smooth, 2))))("
+    "ndimage.gaussian_filter(channel, 1.0, mode='nearest', truncate=3.0)) for channel in "
+    "numpy.asarray(image, dtype=numpy.float32)], axis=0))"
+)
+
+
 def inference_config(payload: dict[str, Any]) -> dict[str, Any]:
     """configs/inference.json for a checkpoint payload."""
     config = payload["config"]
     inference = config.get("inference", {})
     patch = inference.get("patch_size") or config["data"]["patch_size"]
     return {
-        "imports": ["$import glob", "$import os", "$import numpy"],
+        "imports": ["$import glob", "$import os", "$import numpy", "$from scipy import ndimage"],
+        "body_mask": BODY_MASK,
         "bundle_root": ".",
         "dataset_dir": "/workspace/data",
         "output_dir": "$@bundle_root + '/eval'",
