@@ -25,13 +25,13 @@ def test_config_by_name_from_an_installed_wheel(tmp_path):
     script = ("import medseg_attn, sys; from medseg_attn.config import load_config; "
               "from medseg_attn.config.shipped import resolve_config_path; "
               "print(medseg_attn.__file__); print(resolve_config_path('ct_spleen')); "
-              "print(load_config('ct_spleen').data.patch_size)")
+              "print(load_config('ct_spleen').data.intensity)")
     shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
                            timeout=300)
     assert shown.returncode == 0, shown.stderr
     module, path, patch = shown.stdout.splitlines()
     assert module.startswith(str(tmp_path / "site")) and path.startswith(str(tmp_path / "site")), shown.stdout
-    assert patch == "(96, 96, 64)" or patch == "[96, 96, 64]"
+    assert patch == "ct"  # configs/ct_spleen.yaml sets data.intensity: ct (the default is auto)
     cli = subprocess.run([sys.executable, "-m", "medseg_attn.cli", "config", "show", "mr_hippocampus"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert cli.returncode == 0 and cli.stdout.startswith("# Hippocampus"), cli.stderr
