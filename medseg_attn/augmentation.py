@@ -102,10 +102,12 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
     modes = ("bilinear", "nearest")[: len(keys)]
     radians = math.radians(aug.rotate_degrees)
     rotate = (radians,) * (3 if spatial_dims == 3 else 1)
-    chain: list[mt.Transform] = [
-        mt.RandAffined(keys, prob=aug.affine_probability, rotate_range=rotate, scale_range=(aug.scale,) * spatial_dims,
-                       mode=modes, padding_mode="zeros"),
-    ]
+    shift = background is not None and background != 0.0  # RandAffined pads with zeros: make that the background
+    chain: list[mt.Transform] = [mt.ShiftIntensityd("image", offset=-background)] if shift else []
+    chain.append(mt.RandAffined(keys, prob=aug.affine_probability, rotate_range=rotate,
+                                scale_range=(aug.scale,) * spatial_dims, mode=modes, padding_mode="zeros"))
+    if shift:
+        chain.append(mt.ShiftIntensityd("image", offset=background))
     for axis in aug.flip_axes:
         chain.append(mt.RandFlipd(keys, prob=0.5, spatial_axis=axis))
     if background is not None and background_masking and len(keys) > 1 and aug.background_mask_probability > 0:

@@ -219,7 +219,8 @@ class Predictor:
             return sliding_window_probabilities(
                 forwards, image, self.patch_size, overlap=self.inference.overlap,
                 batch_size=self.inference.sw_batch_size, blend=self.inference.blend, flips=flips,
-                device=self.device, with_maps=attention)  # (K, *S) [, maps]
+                device=self.device, with_maps=attention,
+                pad_value=self.prep.background() if self.prep.use_mask else 0.0)  # (K, *S) [, maps]
         finally:
             for network, mode in zip(self.networks, was_training):
                 network.train(mode)

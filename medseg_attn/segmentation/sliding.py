@@ -48,6 +48,7 @@ def sliding_window_probabilities(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     with_maps: bool = False,
+    pad_value: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Blend softmax probabilities of overlapping windows over a whole image.
 
@@ -55,7 +56,7 @@ def sliding_window_probabilities(
         forward: network, (B, C, *window) -> logits (B, K, *window); or a sequence of them (an ensemble,
             averaged). With ``with_maps`` each returns (logits, {name: (B, c, *window) map}).
         image: (C, *S) on any device (stays there; windows move to ``device``).
-        window: window size per spatial axis; images smaller than it are zero-padded on both sides (as MONAI).
+        window: window size per spatial axis; images smaller than it are padded with ``pad_value`` on both sides.
         overlap: fraction of a window shared with its neighbour, in [0, 1).
         batch_size: windows per forward call.
         blend: 'gaussian' (MONAI's importance map, sigma = window / 8) or 'constant'.
@@ -64,6 +65,7 @@ def sliding_window_probabilities(
         device: where the network runs (default: the image's device).
         dtype: accumulator type; float16 halves the buffer for many-class models.
         with_maps: also blend the maps the forwards return.
+        pad_value: what padding holds: the preprocessing's background value, as training pads its patches.
 
     Returns:
         (K, *S) class probabilities (dtype ``dtype``) on the image's device; with ``with_maps`` also
@@ -79,7 +81,7 @@ def sliding_window_probabilities(
         pad = []
         for s, p, b in zip(reversed(spatial), reversed(padded), reversed(before)):
             pad += [b, p - s - b]
-        image = torch.nn.functional.pad(image, pad)
+        image = torch.nn.functional.pad(image, pad, value=pad_value)
     importance = compute_importance_map(window, mode=blend, sigma_scale=0.125, device=device).to(torch.float32)
     starts = [window_starts(s, w, overlap) for s, w in zip(padded, window)]
     corners = list(itertools.product(*starts))

@@ -57,3 +57,15 @@ def test_classification_call_augments_the_image_alone():
     chain.set_random_state(seed=0)
     assert chain(picture)["image"].shape == (3, 32, 32)
     assert not any(isinstance(t, RandBackgroundMaskd) for t in chain.transforms)
+
+
+def test_rotation_pads_with_the_background_value():
+    image, label = _patch()
+    image = image - 3.0  # a CT-like background value of -3 (the normalised lower clip)
+    rotate = AugmentationConfig(affine_probability=1.0, rotate_degrees=45, intensity_probability=0.0,
+                                inverted_gamma_probability=0.0, bias_field_probability=0.0,
+                                low_resolution_probability=0.0, background_mask_probability=0.0)
+    chain = mt.Compose(augmentation(rotate, 3, background=-3.0))
+    chain.set_random_state(seed=2)
+    out = chain({"image": torch.full_like(image, -3.0), "label": label})["image"]
+    assert torch.allclose(out, torch.full_like(out, -3.0), atol=1e-5)  # corners rotated in hold -3, not 0

@@ -43,3 +43,20 @@ def test_flips_average_and_half_precision():
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), sliding_window_probabilities(network, image, (16, 16, 16)), atol=2e-3,
                                rtol=1e-2)
+
+
+def test_small_images_are_padded_with_the_given_value():
+    import torch as _torch
+
+    from medseg_attn.segmentation.sliding import sliding_window_probabilities as _probabilities
+
+    def forward(x):  # logits from the window's mean: the padding shows in the answer
+        mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True).expand(x.shape[0], 1, *x.shape[2:])
+        return _torch.cat([mean, _torch.zeros_like(mean)], dim=1)
+
+    image = _torch.full((1, 8, 8, 4), -5.0)
+    padded = _probabilities(forward, image, (8, 8, 8), pad_value=-5.0)
+    zeros = _probabilities(forward, image, (8, 8, 8))
+    assert padded.shape == (2, 8, 8, 4)
+    assert _torch.allclose(padded[0], _torch.sigmoid(_torch.tensor(-5.0)).expand(8, 8, 4), atol=1e-5)
+    assert zeros[0].mean() > padded[0].mean() + 0.05  # zero padding would shift the answer
