@@ -215,6 +215,7 @@ def run_stress(predictor: Any, variants: Iterator[tuple[int, Variant]] | list[tu
         logger.info("stress case %s %-16s %s", case, name, "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if on_row is not None:
             on_row(row)
-    write_csv(output / "stress.csv", rows)
-    save_stress_plot(rows, [n for i, n in sorted(predictor.labels.items()) if i > 0], output / "stress.png", title)
+    classes = [name for index, name in sorted(predictor.labels.items()) if index > 0]
+    write_csv(output / "stress.csv", rows, columns=["case", "variant", *classes, "seconds"])
+    save_stress_plot(rows, classes, output / "stress.png", title)
     return rows

@@ -43,3 +43,25 @@ def test_volume_variants_of_the_real_ct(ct_dir):
         # the image and its label still agree after every move: liver HU inside the label
         assert float(np.median(moved[moved_label > 0])) > 0, name
     assert dice_scores(label, label, {0: "background", 1: "liver"}) == {"liver": 1.0}
+
+
+def test_run_stress_writes_the_scores(tmp_path):
+    from medseg_attn.io.tables import read_csv_rows
+    from medseg_attn.segmentation.stress import run_stress
+
+    class Threshold:  # a stand-in model: liver wherever the image is above 0 HU
+        labels = {0: "background", 1: "liver"}
+
+        def predict(self, image, affine=None):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(labels=(image > 0).astype(np.uint8), seconds=0.1)
+
+    label = np.zeros((12, 12, 6), np.uint8)
+    label[3:9, 3:9, 1:5] = 1
+    image = np.where(label > 0, 60.0, -1000.0).astype(np.float32)
+    rows = run_stress(Threshold(), [(0, v) for v in volume_variants(image, label, np.eye(4))], tmp_path, "t")
+    written = read_csv_rows(tmp_path / "stress.csv")
+    assert [r["variant"] for r in written] == [r["variant"] for r in rows] and len(written) == 6
+    assert float(written[0]["liver"]) == 1.0 and set(written[0]) == {"case", "variant", "liver", "seconds"}
+    assert (tmp_path / "stress.png").stat().st_size > 5000
