@@ -25,19 +25,8 @@ from medseg_attn.segmentation.predictor import Predictor
 from medseg_attn.segmentation.transforms import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from oracles import IntensityOracle  # noqa: E402
 from dicom_factory import write_series  # noqa: E402
-
-
-class IntensityOracle(nn.Module):
-    """logits_k = -((x - 100 k) / 25)^2: the class whose intensity the voxel has."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.register_buffer("centres", torch.arange(classes, dtype=torch.float32) * 100)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return -((x - self.centres.view(shape)) / 25.0) ** 2
 
 
 def phantom(shape=(30, 34, 24)) -> np.ndarray:

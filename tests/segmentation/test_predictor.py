@@ -6,11 +6,13 @@ any orientation, spacing or crop mistake in preprocessing or in the way back sho
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from medseg_attn.config import InferenceConfig
 from medseg_attn.segmentation.batch import predict_files
@@ -18,17 +20,8 @@ from medseg_attn.segmentation.predictor import Predictor
 from medseg_attn.segmentation.resample import resample_to_grid
 from medseg_attn.segmentation.transforms import Preprocessing
 
-
-class IntensityOracle(nn.Module):
-    """logits_k = -((x - 100 k) / 25)^2: the class whose intensity the voxel has."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.register_buffer("centres", torch.arange(classes, dtype=torch.float32) * 100)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return -((x - self.centres.view(shape)) / 25.0) ** 2
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from oracles import IntensityOracle  # noqa: E402
 
 
 def _phantom(shape=(60, 72, 50)) -> np.ndarray:

@@ -10,8 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from medseg_attn.config import InferenceConfig
 from medseg_attn.io.tables import read_csv_rows
@@ -22,21 +20,10 @@ from medseg_attn.segmentation.review import ReviewSettings, load_review_settings
 from medseg_attn.segmentation.transforms import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from oracles import IntensityOracle  # noqa: E402
 from browser import open_browser  # noqa: E402
 
 PLANTED = ("bad_empty", "bad_large")
-
-
-class IntensityOracle(nn.Module):
-    """logits_k = -((x - 100 k) / 25)^2: the class whose intensity the voxel has."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.register_buffer("centres", torch.arange(classes, dtype=torch.float32) * 100)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return -((x - self.centres.view(shape)) / 25.0) ** 2
 
 
 def sphere_case(shell: float, core: float | None, shape=(32, 32, 24), shift=(0.0, 0.0, 0.0)) -> np.ndarray:
