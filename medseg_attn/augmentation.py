@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from medseg_attn.config import AugmentationConfig
 
-__all__ = ["RandBackgroundMaskd", "augmentation"]
+__all__ = ["RandBackgroundMaskd", "RandBiasAboveFloord", "augmentation"]
 
 _BACKGROUND_KEY = "_background"
 
@@ -52,6 +52,69 @@ class RandBackgroundMaskd(mt.RandomizableTransform, mt.MapTransform):
         image = data[self.image_key].clone()
         image[:, ~torch.from_numpy(keep)] = self.value
         data[self.image_key] = image
+        return data
+
+
+class RandBiasAboveFloord(mt.RandomizableTransform, mt.MapTransform):
+    """An MR bias field as a scanner makes it, on an already normalised image.
+
+    A coil's bias multiplies the *signal*, which is zero where a raw scan is darkest; on a z-scored image that zero
+    sits below every tissue value, so multiplying the normalised values (as MONAI's ``RandBiasFieldd`` does) darkens
+    dark tissue where it should brighten it. Here, per channel, the image is shifted so the foreground's 0.5th
+    percentile (about the raw zero) is 0, multiplied by a smooth field (MONAI's ``RandBiasField``: Legendre
+    polynomials of ``degree``, coefficients in [0, ``coefficient``]), shifted back and rescaled to the foreground's
+    mean and standard deviation before, as normalising the biased scan would. Voxels marked as background keep
+    their value.
+    """
+
+    def __init__(self, key: str, prob: float = 0.3, coefficient: float = 0.06, degree: int = 3) -> None:
+        mt.MapTransform.__init__(self, [key])
+        mt.RandomizableTransform.__init__(self, prob)
+        self.key = key
+        self.field = mt.RandBiasField(degree=degree, coeff_range=(0.0, coefficient), prob=1.0)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None
+                         ) -> RandBiasAboveFloord:
+        super().set_random_state(seed, state)
+        self.field.set_random_state(seed, state)
+        return self
+
+    def draw_field(self, spatial: Sequence[int]) -> torch.Tensor:
+        """A field (*S): drawn on a grid of at most 16 points per axis and interpolated (the polynomial is smooth,
+        and evaluating it at every voxel of a patch costs more than the rest of the transform)."""
+        coarse = [min(int(n), 16) for n in spatial]
+        field = torch.as_tensor(self.field(torch.ones(1, *coarse)), dtype=torch.float32)  # (1, *coarse)
+        if coarse == [int(n) for n in spatial]:
+            return field[0]
+        mode = "trilinear" if len(spatial) == 3 else "bilinear"
+        return torch.nn.functional.interpolate(field[None], size=tuple(spatial), mode=mode, align_corners=True)[0, 0]
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize(None)
+        if not self._do_transform:
+            return data
+        image = torch.as_tensor(data[self.key])  # (C, *S)
+        background = data.get(_BACKGROUND_KEY)
+        inside = (~background if background is not None else torch.ones(image.shape[1:], dtype=torch.bool)).float()
+        count = float(inside.sum())
+        if count < 2:
+            return data
+        field = self.draw_field(image.shape[1:])  # (*S)
+        every = max(1, int(count) // 20000)  # the floor from a subsample of the foreground
+        out = image.clone()
+        for channel in range(image.shape[0]):
+            values = image[channel].float()
+            mean = (values * inside).sum() / count
+            std = (((values - mean) ** 2 * inside).sum() / (count - 1)).sqrt()
+            sample = values.flatten()[inside.flatten() > 0][::every]
+            floor = sample.kthvalue(max(1, int(0.005 * sample.numel()))).values
+            biased = (values - floor) * field + floor
+            biased_mean = (biased * inside).sum() / count
+            biased_std = (((biased - biased_mean) ** 2 * inside).sum() / (count - 1)).sqrt().clamp_min(1e-6)
+            biased = (biased - biased_mean) / biased_std * std + mean
+            out[channel] = torch.where(inside > 0, biased, values).to(out.dtype)
+        data = dict(data)
+        data[self.key] = out
         return data
 
 
@@ -117,7 +180,7 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
     p = aug.intensity_probability
     sigma = (0.5, 1.0)
     chain += [
-        mt.RandBiasFieldd("image", prob=aug.bias_field_probability, coeff_range=(0.0, aug.bias_field_coefficient)),
+        RandBiasAboveFloord("image", prob=aug.bias_field_probability, coefficient=aug.bias_field_coefficient),
         mt.RandGaussianNoised("image", prob=p, std=aug.noise_std),
         mt.RandGaussianSmoothd("image", prob=p, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma),
         mt.RandScaleIntensityd("image", factors=aug.brightness, prob=p),

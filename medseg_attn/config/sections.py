@@ -36,8 +36,8 @@ class AugmentationConfig:
     contrast: float = 0.25  # RandScaleIntensityFixedMeand: spread about the mean x (1 +- contrast), range kept
     gamma: tuple[float, float] = (0.7, 1.5)  # RandAdjustContrastd gamma range (statistics retained)
     inverted_gamma_probability: float = 0.1  # gamma applied to the inverted image (nnU-Net)
-    bias_field_probability: float = 0.15  # RandBiasFieldd: smooth multiplicative field (MR coil inhomogeneity)
-    bias_field_coefficient: float = 0.1  # its Legendre coefficients (degree 3) drawn in [0, this]
+    bias_field_probability: float = 0.3  # smooth multiplicative field on the signal (MR coil inhomogeneity)
+    bias_field_coefficient: float = 0.06  # its Legendre coefficients (degree 3) in [0, this]: about x2 across a patch
     low_resolution_probability: float = 0.15  # RandSimulateLowResolutiond: down- then up-sampled
     low_resolution_zoom: tuple[float, float] = (0.5, 1.0)  # its zoom range (0.5 = half the resolution)
     background_mask_probability: float = 0.15  # segmentation, non-CT: outside a 1-4 voxel dilated label -> background
@@ -85,6 +85,7 @@ class ModelConfig:
     global_max_tokens: int = 4096
     attention_dropout: float = 0.0
     position: bool = True  # learned within-window position embeddings in the windowed attention blocks
+    attention_pool: tuple[int, ...] = (4, 2)  # token side per skip level, finest first: 2 = 2x2x2-voxel tokens
     norm: str = "instance"
     residual: bool = True  # residual convolution blocks (ResNet-style) or plain conv-norm-act pairs
     deep_supervision: bool = False

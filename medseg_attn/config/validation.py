@@ -83,6 +83,7 @@ RANGES: dict[str, Range] = {
     "model.window_size": AT_LEAST_1,
     "model.global_levels": AT_LEAST_0,
     "model.global_max_tokens": AT_LEAST_1,
+    "model.attention_pool": Range(1, 8),
     "model.attention_dropout": FRACTION,
     "model.head_layers": AT_LEAST_1,
     "model.hidden": AT_LEAST_1,

@@ -52,14 +52,15 @@ class _FirstOutput(nn.Module):
 
 
 def example_input(spatial_dims: int, in_channels: int, divisor: int) -> torch.Tensor:
-    """A trace input (1, C, *S) whose sizes need padding (so the padding is traced), a few windows large.
+    """A trace input (1, C, *S) whose sizes need padding (so the padding is traced): just over one divisor per
+    side, so the padded input is two divisors and the coarsest (global) level stays below ``global_max_tokens``.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels.
         divisor: the network's padding multiple (``network.divisor``).
     """
-    sides = [2 * divisor + 3, 2 * divisor + 5, 2 * divisor + 1][:spatial_dims]
+    sides = [divisor + 3, divisor + 5, divisor + 1][:spatial_dims]
     generator = torch.Generator().manual_seed(0)
     return torch.randn(1, in_channels, *sides, generator=generator)  # (1, C, *S)
 

@@ -23,7 +23,7 @@ def build_network(model: ModelConfig, spatial_dims: int, in_channels: int, out_c
             spatial_dims, in_channels, out_channels, channels=channels, attention=model.attention,
             head_dim=model.head_dim, window_size=model.window_size, global_levels=model.global_levels,
             global_max_tokens=model.global_max_tokens, attention_dropout=model.attention_dropout,
-            position=model.position,
+            position=model.position, attention_pool=tuple(model.attention_pool),
             norm=model.norm, first_stride=model.first_stride, residual=model.residual,
             deep_supervision=model.deep_supervision,
         )
@@ -46,5 +46,5 @@ def build_classifier(model: ClassifyModelConfig, spatial_dims: int, in_channels:
         position=model.position, segmentation_classes=segmentation_classes, first_stride=model.first_stride,
         norm=model.norm, residual=model.residual, head_dim=model.head_dim, window_size=model.window_size,
         global_levels=model.global_levels, global_max_tokens=model.global_max_tokens,
-        attention_dropout=model.attention_dropout,
+        attention_dropout=model.attention_dropout, attention_pool=tuple(model.attention_pool),
     )

@@ -191,7 +191,7 @@ class AttentionClassifier(nn.Module):
         segmentation_classes: when > 0, keep the U-Net decoder and also return segmentation logits with this
             many classes (background included).
         first_stride, norm, residual, head_dim, window_size, global_levels, global_max_tokens,
-            attention_dropout: as in :class:`AttentionSkipUNet`.
+            attention_dropout, attention_pool: as in :class:`AttentionSkipUNet`.
     """
 
     def __init__(
@@ -215,6 +215,7 @@ class AttentionClassifier(nn.Module):
         global_levels: int = 1,
         global_max_tokens: int = 4096,
         attention_dropout: float = 0.0,
+        attention_pool: Sequence[int] = (4, 2),
     ) -> None:
         super().__init__()
         self.multitask = segmentation_classes > 0
@@ -222,7 +223,7 @@ class AttentionClassifier(nn.Module):
             spatial_dims, in_channels, max(segmentation_classes, 1), channels=channels, attention=attention,
             head_dim=head_dim, window_size=window_size, global_levels=global_levels,
             global_max_tokens=global_max_tokens, attention_dropout=attention_dropout, position=position, norm=norm,
-            first_stride=first_stride, residual=residual, decoder=self.multitask,
+            first_stride=first_stride, residual=residual, decoder=self.multitask, attention_pool=attention_pool,
         )
         self.head = ClassificationHead(
             spatial_dims, channels[-1], num_classes, attention=attention, pooling=pooling, layers=layers,

@@ -83,6 +83,9 @@ class SkipAttention(nn.Module):
         global_max_tokens: a global block whose map has more tokens than this tiles it into windows of at most
             this many tokens (keeps memory linear in the number of voxels on big inputs).
         dropout: attention-weight dropout (training only).
+        pool: token side in voxels: 1 = one token per voxel; 2 = one token per 2x2(x2) block (average-pooled
+            queries and keys/values), and the attended update is repeated back onto the block's voxels. A fine
+            level's cost falls by pool**dims while its windows cover pool x more voxels per axis.
     """
 
     def __init__(
@@ -94,9 +97,13 @@ class SkipAttention(nn.Module):
         global_max_tokens: int = 4096,
         dropout: float = 0.0,
         position: bool = True,
+        pool: int = 1,
     ) -> None:
         super().__init__()
+        if pool < 1:
+            raise ValueError(f"attention pool must be >= 1, got {pool}")
         self.spatial_dims = spatial_dims
+        self.pool = pool
         self.window = None if window is None else tuple(window)
         self.global_max_tokens = global_max_tokens
         self.norm_query = nn.LayerNorm(channels)
@@ -125,8 +132,29 @@ class SkipAttention(nn.Module):
         self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False, return_received: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Args: skip, gate: (B, C, *S). Returns the attended skip (B, C, *S), and with ``return_weights`` the
-        weights (B*nW, h, M, M), or with ``return_received`` the attention each skip voxel receives, summed over
-        the (real, unpadded) queries of its window: (B, h, *S) float32, reduced without keeping the weights."""
+        weights (B*nW, h, M, M), or with ``return_received`` the attention each skip token receives, summed over
+        the (real, unpadded) queries of its window: (B, h, *S / pool) float32 (token grid; each token covers a
+        pool^dims block of voxels from the origin), reduced without keeping the weights."""
+        if self.pool == 1:
+            return self._attend(skip, gate, return_weights, return_received)
+        pool = {2: nn.functional.avg_pool2d, 3: nn.functional.avg_pool3d}[self.spatial_dims]
+        coarse_skip = pool(skip, self.pool, ceil_mode=True)  # (B, C, *ceil(S / pool))
+        coarse_gate = pool(gate, self.pool, ceil_mode=True)
+        result = self._attend(coarse_skip, coarse_gate, return_weights, return_received, residual=False)
+        update, extra = result if isinstance(result, tuple) else (result, None)
+        batch, channels, *tokens = update.shape  # each token's update onto its pool^dims voxels (one copy)
+        update = update.reshape(batch, channels, *[v for n in tokens for v in (n, 1)])  # (B, C, T0, 1, T1, 1, ..)
+        update = update.expand(batch, channels, *[v for n in tokens for v in (n, self.pool)])
+        update = update.reshape(batch, channels, *[n * self.pool for n in tokens])  # (B, C, *T * pool)
+        crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in skip.shape[2:])
+        out = skip + update[crop]
+        return (out, extra) if extra is not None else out
+
+    def _attend(
+        self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False, return_received: bool = False,
+        residual: bool = True,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Windowed attention on one token grid; returns skip + update (``residual``) or the update alone."""
         batch, channels, *spatial = skip.shape
         window = self.window_for(spatial)
         skip_padded, pads = pad_to_multiple(skip, window)
@@ -146,13 +174,15 @@ class SkipAttention(nn.Module):
             tokens, received = self.attention(query, key_value, mask=mask, return_received=True,
                                               query_mask=query_mask)  # (B*nW, M, C), (B*nW, h, M)
             received = window_merge(received.transpose(1, 2), window, padded)[crop]  # (B, h, *S)
-            return skip + window_merge(tokens, window, padded)[crop], received
+            update = window_merge(tokens, window, padded)[crop]
+            return (skip + update if residual else update), received
         result = self.attention(query, key_value, mask=mask, return_weights=return_weights)
         tokens, weights = result if return_weights else (result, None)
         out = window_merge(tokens, window, padded)  # (B, C, *padded)
         if any(pads):
             out = out[crop]
-        out = skip + out
+        if residual:
+            out = skip + out
         return (out, weights) if return_weights else out
 
 
@@ -171,6 +201,9 @@ class AttentionSkipUNet(nn.Module):
         global_max_tokens: cap on tokens per global attention window (see :class:`SkipAttention`).
         attention_dropout: dropout on attention weights (training only).
         position: learned within-window position embeddings at the windowed levels.
+        attention_pool: token side per skip level, finest first (missing levels: 1); (4, 2) = the finest level
+            attends over 4x4x4-voxel tokens and the next over 2x2x2 (64x and 8x fewer tokens where attention costs
+            most). () = every level attends voxel by voxel (checkpoints from before this option).
         norm: 'instance' (default), 'batch' or 'group'.
         residual: residual convolution blocks (default) or plain ones.
         first_stride: 1 = the first level works at full resolution (nnU-Net style); 2 = the first level already
@@ -183,8 +216,9 @@ class AttentionSkipUNet(nn.Module):
     The encoder and decoder are also available on their own: ``encode(x)`` returns every level's features
     (what a :class:`~medseg_attn.networks.heads.ClassificationHead` reads), ``decode(features, shape)`` the logits.
 
-    Inputs of any spatial size are accepted: they are zero-padded to a multiple of
-    first_stride * 2**(len(channels)-1) internally and the output is cropped back to the input size.
+    Inputs of any spatial size are accepted: they are zero-padded to a multiple of ``divisor`` internally
+    (first_stride * 2**(len(channels)-1), or more when a pooled attention level's windows need it) and the output
+    is cropped back to the input size.
     """
 
     def __init__(
@@ -200,6 +234,7 @@ class AttentionSkipUNet(nn.Module):
         global_max_tokens: int = 4096,
         attention_dropout: float = 0.0,
         position: bool = True,
+        attention_pool: Sequence[int] = (4, 2),
         norm: str = "instance",
         first_stride: int = 2,
         residual: bool = True,
@@ -220,6 +255,14 @@ class AttentionSkipUNet(nn.Module):
         if first_stride not in (1, 2):
             raise ValueError(f"first_stride must be 1 or 2, got {first_stride}")
         self.divisor = first_stride * 2 ** (levels - 1)
+        self.first_stride = first_stride
+        skip_levels = levels - 1
+        pools = [attention_pool[i] if i < len(attention_pool) and i < skip_levels - global_levels else 1
+                 for i in range(skip_levels)]  # token side per skip level (global levels: 1)
+        for i, pool in enumerate(pools):  # a pooled level's windows must tile its token grid: no padding inside
+            # (the same with attention off or without the decoder: the baseline and an encoder pad as the U-Net)
+            if pool > 1:
+                self.divisor = math.lcm(self.divisor, first_stride * 2**i * pool * window_size)
         conv = _conv(spatial_dims)
         transposed = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
 
@@ -236,7 +279,6 @@ class AttentionSkipUNet(nn.Module):
         self.decoders = nn.ModuleList(
             ConvBlock(spatial_dims, 2 * channels[i], channels[i], 1, norm, residual) for i in range(levels - 1)
         )
-        skip_levels = levels - 1
         self.skip_attention = nn.ModuleList()
         for i in range(skip_levels):
             if not attention:
@@ -247,7 +289,7 @@ class AttentionSkipUNet(nn.Module):
             heads = max(1, channels[i] // head_dim)
             self.skip_attention.append(
                 SkipAttention(spatial_dims, channels[i], heads, window, global_max_tokens, attention_dropout,
-                              position)
+                              position, pools[i])
             )
         if first_stride == 1:
             self.head = conv(channels[0], out_channels, 1)
@@ -275,8 +317,8 @@ class AttentionSkipUNet(nn.Module):
         """Logits and, per attention level, the attention each voxel *receives*, on the input's grid.
 
         At each level the weights are summed over the queries as they are computed (never stored whole), averaged
-        over heads unless ``per_head``, and upsampled by the level's stride (linear interpolation of the token
-        map, token centres on their block centres) to the input grid.
+        over heads unless ``per_head``, and upsampled by the level's token size (stride x attention pool; linear
+        interpolation of the token map, token centres on their block centres) to the input grid.
 
         Args:
             x: (B, in_channels, *S).
@@ -294,12 +336,13 @@ class AttentionSkipUNet(nn.Module):
         features = self.encode(x)
         logits = self.decode(features, x.shape[2:], received=received)
         logits = logits[0] if isinstance(logits, list) else logits
-        size = [-(-s // self.divisor) * self.divisor for s in x.shape[2:]]  # the padded input that was encoded
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in x.shape[2:])
         maps = {}
         for level in sorted(received):
-            values = received[level] if per_head else received[level].mean(1, keepdim=True)  # (B, h or 1, *S_l)
+            values = received[level] if per_head else received[level].mean(1, keepdim=True)  # (B, h or 1, *T_l)
+            token = self.first_stride * 2**level * self.skip_attention[level].pool  # input voxels per token side
+            size = [t * token for t in values.shape[2:]]  # the input extent the tokens cover (>= the padded input)
             maps[f"level{level}"] = nn.functional.interpolate(values, size=size, mode=mode,
                                                               align_corners=False)[crop]  # (B, h or 1, *S)
         return logits, maps

@@ -161,7 +161,7 @@ def _inference_child(key: str, shape: tuple[int, ...], overlap: float, device: s
 
 def benchmark_inference(
     shapes: list[tuple[int, int, int]], overlap: float = 0.5, device: torch.device | None = None,
-    keys: tuple[str, ...] = tuple(PIPELINES),
+    keys: tuple[str, ...] = tuple(PIPELINES), first_shape_only: tuple[str, ...] = (),
 ) -> list[InferenceResult]:
     """Time and peak memory of whole-volume prediction for each pipeline row of :data:`PIPELINES` per shape.
 
@@ -169,7 +169,8 @@ def benchmark_inference(
     this process allocated before, nor hidden by memory the allocator kept from earlier runs. ``peak_memory_mb``
     is that process's peak (Python, torch, the network, the volume and the prediction); ``added_memory_mb`` is
     the part the prediction itself added (peak minus the memory held just before it started). Every row uses
-    the same windows (64^3), overlap, window batch and Gaussian blending.
+    the same windows (64^3), overlap, window batch and Gaussian blending. Rows in ``first_shape_only`` run on
+    the first shape only (a slow network on a large volume would take most of the benchmark's time).
     """
     import multiprocessing
 
@@ -178,9 +179,11 @@ def benchmark_inference(
     flops = {kind: window_gflops(inference_network(kind)) for kind in {PIPELINES[k][2] for k in keys}}
     results = []
     with context.Pool(1, maxtasksperchild=1) as pool:
-        for shape in shapes:
+        for index, shape in enumerate(shapes):
             windows = window_count(tuple(shape), overlap)
             for key in keys:
+                if index and key in first_shape_only:
+                    continue
                 name, _, kind = PIPELINES[key]
                 seconds, peak, before = pool.apply(_inference_child, (key, tuple(shape), overlap, str(device),
                                                                       torch.get_num_threads()))

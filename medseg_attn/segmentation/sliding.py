@@ -41,7 +41,7 @@ def sliding_window_probabilities(
     forward: Callable[[torch.Tensor], Any] | Sequence[Callable[[torch.Tensor], Any]],
     image: torch.Tensor,
     window: Sequence[int],
-    overlap: float = 0.5,
+    overlap: float | Sequence[float] = 0.5,
     batch_size: int = 2,
     blend: str = "gaussian",
     flips: Sequence[tuple[int, ...]] = ((),),
@@ -57,7 +57,7 @@ def sliding_window_probabilities(
             averaged). With ``with_maps`` each returns (logits, {name: (B, c, *window) map}).
         image: (C, *S) on any device (stays there; windows move to ``device``).
         window: window size per spatial axis; images smaller than it are padded with ``pad_value`` on both sides.
-        overlap: fraction of a window shared with its neighbour, in [0, 1).
+        overlap: fraction of a window shared with its neighbour, in [0, 1); one per spatial axis or one for all.
         batch_size: windows per forward call.
         blend: 'gaussian' (MONAI's importance map, sigma = window / 8) or 'constant'.
         flips: spatial-axis tuples to flip for test-time augmentation (axes counted in (B, C, *S), i.e. from 2);
@@ -83,7 +83,8 @@ def sliding_window_probabilities(
             pad += [b, p - s - b]
         image = torch.nn.functional.pad(image, pad, value=pad_value)
     importance = compute_importance_map(window, mode=blend, sigma_scale=0.125, device=device).to(torch.float32)
-    starts = [window_starts(s, w, overlap) for s, w in zip(padded, window)]
+    overlaps = [float(overlap)] * len(window) if isinstance(overlap, (int, float)) else [float(o) for o in overlap]
+    starts = [window_starts(s, w, o) for s, w, o in zip(padded, window, overlaps)]
     corners = list(itertools.product(*starts))
     accumulator: torch.Tensor | None = None
     map_accumulators: dict[str, torch.Tensor] = {}

@@ -17,10 +17,20 @@ from medseg_attn.io.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint", "upgrade_config"]
 
 CHECKPOINT_FORMAT = "medseg-attn-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+def upgrade_config(config: Any) -> Any:
+    """A saved config dict as this version reads it: options added since keep the behaviour the model was
+    trained with (``model.attention_pool`` absent = every level attended voxel by voxel, the weights have the
+    same shapes either way). Returns the dict, changed in place."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and "attention_pool" not in model:
+        model["attention_pool"] = []
+    return config
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
@@ -76,4 +86,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint format version {payload['version']} is newer than this "
                          f"medseg-attn understands ({CHECKPOINT_VERSION}); upgrade medseg-attn")
+    upgrade_config(payload.get("config"))
     return payload

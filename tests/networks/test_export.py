@@ -11,7 +11,7 @@ from medseg_attn.networks.unet import AttentionSkipUNet
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
-# (traced at 2 * divisor + odd sizes; these are neither that size nor all multiples of the divisor 8)
+# (traced at divisor + odd sizes; these are neither that size nor all multiples of the divisor, 16 or 32)
 SIZES = {2: [(37, 29), (64, 48)], 3: [(19, 23, 17), (40, 33, 26)]}
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medseg_attn.networks import AttentionSkipUNet, SkipAttention
 
@@ -49,18 +50,51 @@ def test_deep_supervision_outputs():
     assert net.eval()(torch.randn(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
 
 
-def test_attention_weights_per_level_are_distributions():
+@pytest.mark.parametrize("pool, windows", [((), [64, 8, 1]), ((2, 2), [8, 1, 1]), ((4, 2), [1, 1, 1])])
+def test_attention_weights_per_level_are_distributions(pool, windows):
     torch.manual_seed(0)
-    net = AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32, 64), window_size=4, global_levels=1).eval()
+    net = AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32, 64), window_size=4, global_levels=1,
+                            attention_pool=pool).eval()
     with torch.no_grad():
         weights = net.attention_weights(torch.randn(1, 1, 32, 32, 32))
-    # first_stride 2: skip levels at 16^3 (windows of 4^3), 8^3 (windows of 4^3), 4^3 (global);
-    # heads = channels // head_dim(16), at least 1
-    assert [tuple(w.shape) for w in weights] == [(64, 1, 64, 64), (8, 1, 64, 64), (1, 2, 64, 64)]
+    # first_stride 2: skip levels at 16^3 (windows of 4^3), 8^3 (windows of 4^3), 4^3 (global); pooled levels
+    # attend over pool^3-voxel tokens (16^3 / pool^3 and 8^3 / pool^3 tokens); heads = channels // head_dim(16)
+    assert [tuple(w.shape) for w in weights] == [(windows[0], 1, 64, 64), (windows[1], 1, 64, 64),
+                                                 (windows[2], 2, 64, 64)]
     for w in weights:
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
     with pytest.raises(ValueError, match="attention=False"):
         AttentionSkipUNet(3, 1, 3, attention=False).attention_weights(torch.randn(1, 1, 32, 32, 32))
+
+
+def test_pooled_attention_is_voxel_attention_on_block_averages():
+    """pool=2 equals the pool=1 block run on the 2x2x2 block means, its update repeated onto each block."""
+    torch.manual_seed(0)
+    pooled = SkipAttention(3, 16, 2, window=(4, 4, 4), pool=2)
+    torch.nn.init.normal_(pooled.attention.proj.weight, std=0.2)
+    plain = SkipAttention(3, 16, 2, window=(4, 4, 4))
+    plain.load_state_dict(pooled.state_dict())
+    skip, gate = torch.randn(2, 16, 16, 16, 12), torch.randn(2, 16, 16, 16, 12)
+    coarse_skip, coarse_gate = F.avg_pool3d(skip, 2), F.avg_pool3d(gate, 2)  # (2, 16, 8, 8, 6)
+    update = plain(coarse_skip, coarse_gate) - coarse_skip
+    expected = skip + update.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    torch.testing.assert_close(pooled(skip, gate), expected)
+    assert (pooled(skip, gate) - skip).abs().max() > 1e-2  # the block does change the skip
+    with pytest.raises(ValueError, match="pool"):
+        SkipAttention(3, 16, 2, window=(4, 4, 4), pool=0)
+
+
+def test_pooled_levels_set_the_padding_multiple():
+    assert AttentionSkipUNet(3, 1, 2, attention_pool=()).divisor == 32  # 2 * 2**4: the encoder alone
+    assert AttentionSkipUNet(3, 1, 2).divisor == 32  # default pools fit it: 2*4*4 and 2*2*2*4 divide 32
+    net = AttentionSkipUNet(3, 1, 2, channels=(8, 16, 32), attention_pool=(2, 2))
+    assert net.divisor == 16  # level 0 (stride 2) with 2-voxel tokens in 4-token windows: 2*2*4 (level 1 is global)
+    # an encoder alone (classification backbone) pads as its U-Net does
+    assert AttentionSkipUNet(3, 1, 2, channels=(8, 16, 32), attention_pool=(2, 2), decoder=False).divisor == 16
+    assert AttentionSkipUNet(3, 1, 2, channels=(8, 16, 32), attention=False, attention_pool=(2, 2)).divisor == 16
+    assert AttentionSkipUNet(3, 1, 2, channels=(8, 16, 32), attention_pool=()).divisor == 8
+    x = torch.randn(1, 1, 19, 23, 17)
+    assert net.eval()(x).shape == (1, 2, 19, 23, 17)
 
 
 def test_windows_bound_memory_on_large_maps():

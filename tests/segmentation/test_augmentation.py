@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from monai import transforms as mt
 
-from medseg_attn.augmentation import RandBackgroundMaskd, augmentation
+from medseg_attn.augmentation import _BACKGROUND_KEY, RandBackgroundMaskd, RandBiasAboveFloord, augmentation
 from medseg_attn.config import AugmentationConfig
 from medseg_attn.demo_data import generate_case
 
@@ -69,3 +69,46 @@ def test_rotation_pads_with_the_background_value():
     chain.set_random_state(seed=2)
     out = chain({"image": torch.full_like(image, -3.0), "label": label})["image"]
     assert torch.allclose(out, torch.full_like(out, -3.0), atol=1e-5)  # corners rotated in hold -3, not 0
+
+
+def test_bias_field_acts_on_the_signal_as_normalising_a_biased_scan_would():
+    """zscore(raw * field) == the transform applied to zscore(raw), with the same field: the bias multiplies the
+    raw signal (whose zero is the foreground's darkest value), not the normalised values."""
+    rng = np.random.default_rng(0)
+    raw = torch.from_numpy(rng.uniform(0, 1000, size=(1, 24, 20, 16)).astype(np.float32))
+    raw[0, :4] = 0.0  # the darkest foreground voxels hold the raw zero (well above the 0.5th percentile's count)
+    background = torch.zeros(24, 20, 16, dtype=torch.bool)
+    background[:, :, :3] = True  # outside the body: the normalised background value 0
+    field = torch.from_numpy(np.exp(np.linspace(-0.4, 0.4, 24))[:, None, None].repeat(20, 1).repeat(16, 2)).float()
+
+    def zscore(image: torch.Tensor) -> torch.Tensor:
+        inside = image[0][~background]
+        out = (image - inside.mean()) / inside.std()
+        out[0][background] = 0.0
+        return out
+
+    transform = RandBiasAboveFloord("image", prob=1.0, coefficient=0.06)
+    transform.draw_field = lambda spatial: field  # the field the transform draws, known here
+    out = transform({"image": zscore(raw), _BACKGROUND_KEY: background})["image"]
+    torch.testing.assert_close(out, zscore(raw * field), atol=1e-4, rtol=1e-4)
+    assert (out[0][background] == 0).all()  # the background keeps its value
+    # MONAI's RandBiasFieldd multiplies the normalised values: dark tissue (negative z) gets darker where the
+    # field brightens, the opposite of a coil's bias
+    naive = zscore(raw) * field
+    assert (naive - zscore(raw * field)).abs().max() > 0.3
+
+
+def test_bias_field_draws_a_smooth_field_of_the_configured_strength():
+    image = torch.ones(1, 32, 32, 32)
+    transform = RandBiasAboveFloord("image", prob=1.0, coefficient=0.06).set_random_state(0)
+    ratios = []
+    for _ in range(5):
+        field = transform.draw_field((32, 32, 32))
+        exact = torch.as_tensor(transform.field(image))[0]  # every voxel evaluated (a new draw)
+        assert field.shape == (32, 32, 32) and (field > 0).all()
+        ratios.append(float(field.max() / field.min()))
+        assert (field[1:] - field[:-1]).abs().max() < 0.1 * field.max()  # smooth: interpolated, no steps
+    assert 1.2 < float(np.median(ratios)) < 4.0
+    assert 1.0 < float(exact.max() / exact.min()) < 20.0
+    skipped = RandBiasAboveFloord("image", prob=0.0)({"image": image})
+    assert torch.equal(skipped["image"], image)

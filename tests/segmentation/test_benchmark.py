@@ -32,8 +32,11 @@ def test_networks_and_inference_are_measured_and_reported():
         assert result.forward_seconds > 0 and result.train_step_seconds > 0
         assert 0 < result.forward_fraction_of_matmul < 2
 
-    inference = benchmark_inference([(48, 40, 32)], overlap=0.25)  # each prediction in a fresh process
-    assert [r.name for r in inference] == [name for name, _, _ in PIPELINES.values()]
+    # each prediction in a fresh process; the last row only on the first volume
+    inference = benchmark_inference([(48, 40, 32), (40, 40, 24)], overlap=0.25,
+                                    first_shape_only=("monai_attention_unet",))
+    names = [name for name, _, _ in PIPELINES.values()]
+    assert [r.name for r in inference] == names + names[:-1]
     assert all(r.voxels_per_second > 0 and 0 <= r.added_memory_mb < r.peak_memory_mb for r in inference)
     # the same windows for every row; the plan's FLOPs = windows x one window's FLOPs of that row's network
     assert {r.windows for r in inference} == {1}  # 48 x 40 x 32 fits in one 64^3 window
@@ -42,6 +45,11 @@ def test_networks_and_inference_are_measured_and_reported():
     pipeline = {"data_wait_fraction": 0.04, "steps": 10, "cache": True, "num_workers": 0}
     report = make_report(networks, rate, inference, pipeline, 0.25, torch.device("cpu"), quick=True)
     assert set(report["ratios"]) == set(TARGETS)
+    # each ratio pairs two rows of the same volume: (c) the first, where MONAI's AttentionUnet ran
+    assert report["ratios"]["inference_throughput_vs_monai_attention_unet"] == (
+        inference[0].voxels_per_second / inference[3].voxels_per_second)
+    assert report["ratios"]["inference_throughput_vs_monai_unet"] == (inference[4].voxels_per_second
+                                                                      / inference[6].voxels_per_second)
     expected = ours.train_step_seconds / networks[1].train_step_seconds
     assert abs(report["ratios"]["attention_overhead"] - expected) < 1e-12
     assert report["targets"]["data_wait_fraction"]["met"] is True

@@ -86,12 +86,15 @@ def _dominant_token(position: tuple[int, int, int], window: int = 16):
     return edit
 
 
-def test_map_peaks_on_the_attended_token_after_resampling_to_an_lps_anisotropic_grid(tmp_path):
-    token = (4, 11, 9)  # off-centre, on level 0's 16^3 token grid = the 32^3 window at stride 2
+@pytest.mark.parametrize("pool, token", [(1, (4, 11, 9)), (2, (2, 5, 4))])
+def test_map_peaks_on_the_attended_token_after_resampling_to_an_lps_anisotropic_grid(tmp_path, pool, token):
+    # off-centre, on level 0's token grid: 16^3 voxel tokens of the 32^3 window at stride 2, or 8^3 tokens of
+    # 2x2x2 voxels (attention_pool 2)
+    window = 16 // pool
     checkpoint = write_checkpoint(
-        tmp_path / "dominant.pt", model={"channels": [8, 16], "window_size": 16, "global_levels": 0,
-                                         "first_stride": 2}, spacing=(2.0, 2.0, 2.0), patch=(32, 32, 32),
-        edit=_dominant_token(token))
+        tmp_path / "dominant.pt", model={"channels": [8, 16], "window_size": window, "global_levels": 0,
+                                         "first_stride": 2, "attention_pool": [pool]}, spacing=(2.0, 2.0, 2.0),
+        patch=(32, 32, 32), edit=_dominant_token(token, window))
     # LPS, 1.5 x 1.5 x 4 mm: the network's 2 mm RAS grid differs from it in orientation and voxel size
     shape = (36, 40, 14)
     affine = np.diag([-1.5, -1.5, 4.0, 1.0])
@@ -110,20 +113,21 @@ def test_map_peaks_on_the_attended_token_after_resampling_to_an_lps_anisotropic_
     net_shape = np.array(network_image.shape[1:])
     assert np.all(net_shape <= 32)  # one sliding window, centred: the image sits `before` voxels into it
     before = (32 - net_shape) // 2
-    centre_voxel = 2 * np.array(token) + 0.5 - before  # centre of the token's 2x2x2 block, network voxels
+    size = 2 * pool  # network voxels per token side: stride 2 x pool
+    centre_voxel = size * np.array(token) + (size - 1) / 2 - before  # centre of the token's block, network voxels
     net_affine = np.asarray(network_image.affine, dtype=np.float64)
     expected = (net_affine @ np.append(centre_voxel, 1.0))[:3]
 
     peak = np.unravel_index(np.argmax(values), shape)
     world = (affine @ np.append(peak, 1.0))[:3]
-    tolerance = 2.0 + np.array([1.5, 1.5, 4.0]) / 2  # half a token block (4 mm) + half an input voxel
+    tolerance = pool * 2.0 + np.array([1.5, 1.5, 4.0]) / 2  # half a token block (2 mm x size) + half an input voxel
     assert np.all(np.abs(world - expected) <= tolerance), (world, expected)
     # nothing else is bright: every voxel above half the maximum lies on the token's block
     index = np.stack(np.nonzero(values > 0.5), axis=1)
     points = (affine[:3, :3] @ index.T).T + affine[:3, 3]
-    assert len(index) and np.all(np.abs(points - expected) <= 4.0 + np.array([1.5, 1.5, 4.0]))
+    assert len(index) and np.all(np.abs(points - expected) <= pool * 4.0 + np.array([1.5, 1.5, 4.0]))
     far = np.linalg.norm(((affine[:3, :3] @ np.indices(shape).reshape(3, -1)).T + affine[:3, 3]) - expected, axis=1)
-    assert values.reshape(-1)[far > 12.0].max() < 0.02
+    assert values.reshape(-1)[far > pool * 12.0].max() < 0.02
 
 
 class FixedProbabilities(nn.Module):

@@ -30,6 +30,16 @@ def test_matches_monai(shape, blend):
     torch.testing.assert_close(ours.sum(0), torch.ones(shape[1:]), atol=1e-5, rtol=1e-5)
 
 
+def test_overlap_per_axis_matches_monai():
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 3, 3, padding=1)
+    image = torch.randn(1, 40, 37, 29)
+    ours = sliding_window_probabilities(network, image, (16, 24, 16), overlap=(0.5, 0.25, 0.0), batch_size=2)
+    theirs = sliding_window_inference(image[None], (16, 24, 16), 2, lambda x: network(x).softmax(1),
+                                      overlap=(0.5, 0.25, 0.0), mode="gaussian")[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
 def test_flips_average_and_half_precision():
     torch.manual_seed(1)
     network = torch.nn.Conv3d(1, 3, 3, padding=1)
