@@ -108,6 +108,10 @@ def add_parsers(command) -> None:
     predict.add_argument("--tta", action="store_true", help="average over flips of every axis (slower, smoother)")
     predict.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's)")
     predict.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                         help="arithmetic of the network's forward pass (default: the model's inference.precision, "
+                              "auto = fp16 on CUDA, bf16 on CPUs with AMX bf16 units, fp32 on other CPUs); "
+                              "fp32 for bit-for-bit reproducible results across machines")
     predict.add_argument("--probabilities", action="store_true",
                          help="also write <case>_probabilities.nii.gz (4D: one channel per class)")
     predict.add_argument("--attention-maps", action="store_true",
@@ -213,7 +217,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.volume_index is not None and args.volume_index < 0:
         raise ValueError(f"--volume-index {args.volume_index}: expected 0 or more")
     dist = setup(resolve_device(args.device))  # under torchrun every rank predicts its share, on its own GPU
-    options = {"tta": args.tta or None, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size}
+    options = {"tta": args.tta or None, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size,
+               "precision": args.precision}
     if args.engine == "onnxruntime" or any(str(m).endswith(".onnx") for m in args.model):
         from medseg_attn.segmentation.export import predictor_from_onnx
 

@@ -115,6 +115,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "poly", "constant"),
     "train.amp": ("auto", "on", "off"),
     "inference.blend": ("gaussian", "constant"),
+    "inference.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 # choices that differ by task: section class name -> key -> words (checked before CHOICES)
 CLASS_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {

@@ -257,7 +257,7 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
 
     resolved = resolve_device(device)
     torch.set_grad_enabled(True)
-    repetitions = 3 if quick else 7
+    repetitions = 3 if quick else 11
     networks, rate = benchmark_networks(64, 2, repetitions, resolved)
     variants = benchmark_variants(64, 2, repetitions, resolved, compile=not quick)
     if quick:
@@ -277,12 +277,12 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
 def make_report(networks: list[NetworkResult], rate: float, inference: list[InferenceResult],
                 pipeline: dict[str, Any], overlap: float, device: torch.device, quick: bool) -> dict[str, Any]:
     """The ratios against their targets, with every measurement behind them (``benchmark.json``)."""
-    rows = {key: [r for r in inference if r.name == name] for key, (name, _, _) in PIPELINES.items()}
+    rows = {key: [r for r in inference if r.name == row[0]] for key, row in PIPELINES.items()}
     ours = rows["ours"]
 
-    def versus(key: str, field: str) -> float | None:
+    def versus(key: str, field: str, mine: str = "ours") -> float | None:
         """Ours / theirs on the largest volume both rows were measured on."""
-        pairs = [(a, b) for a in ours for b in rows[key] if a.shape == b.shape]
+        pairs = [(a, b) for a in rows[mine] for b in rows[key] if a.shape == b.shape]
         return getattr(pairs[-1][0], field) / getattr(pairs[-1][1], field) if pairs else None
 
     ratios = {
@@ -309,6 +309,9 @@ def make_report(networks: list[NetworkResult], rate: float, inference: list[Infe
         "inference": [{**asdict(r), "limit_seconds": r.gflops * 1e9 / rate} for r in inference],
         "data_pipeline": pipeline,
         "ratios": ratios, "memory_growth_per_voxel_ratio": growth,
+        # how much of (b) is arithmetic: MONAI's UNet under our autocast vs in fp32 (None when not measured)
+        "arithmetic_gain_monai_unet": versus("monai_unet", "voxels_per_second", "monai_unet_autocast"),
+        "ours_vs_monai_unet_same_arithmetic": versus("monai_unet_autocast", "voxels_per_second"),
         "targets": {k: {"what": w, "target": t, "sense": s, "met": _met(ratios[k], t, s)}
                     for k, (w, t, s) in TARGETS.items()},
     }
@@ -348,9 +351,10 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{r['forward_seconds']:7.3f} {r['train_step_seconds']:7.3f} "
                      f"{100 * r['forward_fraction_of_matmul']:7.1f}% {r['peak_memory_mb']:8.0f}")
     lines += ["", f"whole-volume prediction (64^3 windows, overlap {report['overlap']}, batch 2; limit = the plan's "
-                  f"FLOPs / the matmul rate):"]
+                  f"FLOPs / the fp32 matmul rate):"]
     for r in report["inference"]:
-        lines.append(f"  {r['name']:52s} {str(tuple(r['shape'])):16s} {r['seconds']:7.1f} s (limit "
+        lines.append(f"  {r['name']:62s} {r.get('arithmetic', 'float32'):8s} {str(tuple(r['shape'])):16s} "
+                     f"{r['seconds']:7.1f} s (limit "
                      f"{r['limit_seconds']:5.1f} s, {r['windows']} windows, {r['gflops']:.0f} GFLOP) "
                      f"{r['voxels_per_second'] / 1e6:6.2f} Mvox/s  peak {r['peak_memory_mb']:7.0f} MB "
                      f"(+{r['added_memory_mb']:.0f} MB)")
@@ -370,4 +374,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {target['what']:62s} {shown:>6s}  (target {target['sense']} {target['target']}) {mark}")
     lines.append(f"  memory growth per voxel, large / small volume: {report['memory_growth_per_voxel_ratio']:.2f} "
                  f"(1.0 = linear)")
+    for key, what in (("arithmetic_gain_monai_unet", "MONAI UNet under our autocast / in fp32 (the arithmetic's share)"),
+                      ("ours_vs_monai_unet_same_arithmetic", "ours / MONAI UNet, both under our autocast")):
+        if report.get(key) is not None:
+            lines.append(f"  {what}: {report[key]:.2f}x")
     return "\n".join(lines)

@@ -72,14 +72,24 @@ class InferenceResult:
     added_memory_mb: float  # peak minus what the process held before
     windows: int = 0  # network evaluations of one window
     gflops: float = 0.0  # the plan's forward FLOPs: windows x FLOPs of one window, in GFLOP
+    arithmetic: str = "float32"  # the forward pass's autocast dtype (float32 = none)
 
 
-# key -> (what the row is, pipeline, network); "ours" and "monai" are the two pipelines
+# key -> (what the row is, pipeline, network, arithmetic). "ours" and "monai" are the two pipelines; arithmetic
+# "auto" = what our predictor does by default (inference.precision auto: bf16 autocast on CPUs with AMX, fp16 on
+# CUDA, else fp32), "fp32" = plain fp32, what a MONAI script runs unless its author adds autocast. Rows: (a) ours vs
+# monai_same_network (the same network and arithmetic: the loop alone), (b) ours vs monai_unet (what a user picks,
+# as they run it), monai_unet_autocast (MONAI's UNet given our arithmetic: how much of (b) the arithmetic is),
+# (c) MONAI's AttentionUnet, a different and heavier network.
 PIPELINES = {
-    "ours": ("medseg-attn Predictor + AttentionSkipUNet", "ours", "attention_skip_unet"),
-    "monai_same_network": ("MONAI sliding_window_inference + AttentionSkipUNet", "monai", "attention_skip_unet"),
-    "monai_unet": ("MONAI sliding_window_inference + MONAI UNet", "monai", "monai_unet"),
-    "monai_attention_unet": ("MONAI sliding_window_inference + MONAI AttentionUnet", "monai", "monai_attention_unet"),
+    "ours": ("medseg-attn Predictor + AttentionSkipUNet", "ours", "attention_skip_unet", "auto"),
+    "monai_same_network": ("MONAI sliding_window_inference + AttentionSkipUNet", "monai", "attention_skip_unet",
+                           "auto"),
+    "monai_unet": ("MONAI sliding_window_inference + MONAI UNet", "monai", "monai_unet", "fp32"),
+    "monai_unet_autocast": ("MONAI sliding_window_inference + MONAI UNet, our arithmetic", "monai", "monai_unet",
+                            "auto"),
+    "monai_attention_unet": ("MONAI sliding_window_inference + MONAI AttentionUnet", "monai", "monai_attention_unet",
+                             "fp32"),
 }
 WINDOW = (64, 64, 64)
 WINDOW_BATCH = 2
@@ -120,23 +130,28 @@ def window_gflops(network: torch.nn.Module) -> float:
 def _pipeline(key: str, overlap: float, device: torch.device) -> Callable[[torch.Tensor], Any]:
     from medseg_attn.config import InferenceConfig
     from medseg_attn.segmentation.predictor import Predictor
+    from medseg_attn.segmentation.resample import class_labels
     from medseg_attn.segmentation.transforms import Preprocessing
 
-    _, pipeline, kind = PIPELINES[key]
+    from medseg_attn.training.device import inference_dtype
+
+    _, pipeline, kind, arithmetic = PIPELINES[key]
     network = inference_network(kind).to(device).eval()
     if pipeline == "ours":
         prep = Preprocessing(None, "RAS", "none", (0.0, 1.0), False, 3)
         predictor = Predictor(network, prep, {0: "a", 1: "b", 2: "c"}, WINDOW,
                               InferenceConfig(overlap=overlap, sw_batch_size=WINDOW_BATCH), device)
-        return lambda image: predictor.infer(image).argmax(0)
+        return lambda image: class_labels(predictor.infer(image))  # as predict: max(0).indices, not argmax(0)
 
     from monai.inferers import sliding_window_inference
 
+    dtype = inference_dtype("auto", device) if arithmetic == "auto" else None
+
     def run(image: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = sliding_window_inference(image[None].to(device), WINDOW, WINDOW_BATCH, network,
                                               overlap=overlap, mode="gaussian")
-        return logits[0].argmax(0)
+        return logits[0].argmax(0)  # what a MONAI script writes (AsDiscrete(argmax=True) is the same call)
 
     return run
 
@@ -169,7 +184,8 @@ def benchmark_inference(
     this process allocated before, nor hidden by memory the allocator kept from earlier runs. ``peak_memory_mb``
     is that process's peak (Python, torch, the network, the volume and the prediction); ``added_memory_mb`` is
     the part the prediction itself added (peak minus the memory held just before it started). Every row uses
-    the same windows (64^3), overlap, window batch and Gaussian blending. Rows in ``first_shape_only`` run on
+    the same windows (64^3), overlap, window batch and Gaussian blending; its arithmetic is in :data:`PIPELINES`.
+    Rows in ``first_shape_only`` run on
     the first shape only (a slow network on a large volume would take most of the benchmark's time).
     """
     import multiprocessing
@@ -177,6 +193,9 @@ def benchmark_inference(
     device = device or torch.device("cpu")
     context = multiprocessing.get_context("spawn")
     flops = {kind: window_gflops(inference_network(kind)) for kind in {PIPELINES[k][2] for k in keys}}
+    from medseg_attn.training.device import inference_dtype
+
+    arithmetic = str(inference_dtype("auto", device) or torch.float32).replace("torch.", "")
     results = []
     with context.Pool(1, maxtasksperchild=1) as pool:
         for index, shape in enumerate(shapes):
@@ -184,12 +203,13 @@ def benchmark_inference(
             for key in keys:
                 if index and key in first_shape_only:
                     continue
-                name, _, kind = PIPELINES[key]
+                name, _, kind, _ = PIPELINES[key]
                 seconds, peak, before = pool.apply(_inference_child, (key, tuple(shape), overlap, str(device),
                                                                       torch.get_num_threads()))
                 voxels = float(np.prod(shape))
                 results.append(InferenceResult(name, tuple(shape), seconds, voxels / seconds, peak, peak - before,
-                                               windows, windows * flops[kind]))
+                                               windows, windows * flops[kind],
+                                               arithmetic if PIPELINES[key][3] == "auto" else "float32"))
                 logger.info("%s %s: %.1f s, %.2f Mvoxels/s, peak %.0f MB (+%.0f MB)", name, shape, seconds,
                             voxels / seconds / 1e6, peak, peak - before)
     return results

@@ -44,7 +44,7 @@ from medseg_attn.segmentation.resample import normalise_maximum, resample_predic
 from medseg_attn.segmentation.sliding import sliding_window_probabilities
 from medseg_attn.segmentation.transforms import Preprocessing, preprocessing
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
-from medseg_attn.training.device import resolve_device
+from medseg_attn.training.device import inference_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Predictor:
         self.patch_size = tuple(patch_size)
         self.inference = inference or InferenceConfig()
         self.device = torch.device(device)
+        self.dtype = inference_dtype(self.inference.precision, self.device)  # autocast dtype; None = fp32
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
 
     @classmethod
@@ -226,16 +227,14 @@ class Predictor:
                 network.train(mode)
 
     def _forward(self, x: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
-        autocast = self.device.type == "cuda"
-        with torch.autocast(self.device.type, enabled=autocast):
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = (network or self.network)(torch.as_tensor(x))
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()
 
     def _forward_attention(self, network: nn.Module, x: torch.Tensor, per_head: bool
                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        autocast = self.device.type == "cuda"
-        with torch.autocast(self.device.type, enabled=autocast):
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits, maps = network.forward_with_attention(torch.as_tensor(x), per_head=per_head)
         return logits.float(), maps
 

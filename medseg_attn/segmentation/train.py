@@ -40,6 +40,7 @@ from medseg_attn.segmentation.datasets import check_cases, load_dataset, split_c
 from medseg_attn.segmentation.explain import validation_attention_images
 from medseg_attn.segmentation.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 from medseg_attn.segmentation.predictor import Predictor
+from medseg_attn.segmentation.resample import class_labels
 from medseg_attn.segmentation.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.training.card import training_card
 from medseg_attn.training.device import resolve_device
@@ -238,7 +239,7 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
     for index in range(len(dataset)):
         item = dataset[index]
         probs = predictor.infer(item["image"])  # (K, *S)
-        prediction = probs.argmax(0)
+        prediction = class_labels(probs).long()
         label = torch.as_tensor(item["label"][0]).long().to(prediction.device)
         one_hot = torch.nn.functional.one_hot
         # the functional form: MONAI's DiceMetric would all_gather by itself under torchrun, on ranks in step or not

@@ -35,8 +35,10 @@ def test_networks_and_inference_are_measured_and_reported():
     # each prediction in a fresh process; the last row only on the first volume
     inference = benchmark_inference([(48, 40, 32), (40, 40, 24)], overlap=0.25,
                                     first_shape_only=("monai_attention_unet",))
-    names = [name for name, _, _ in PIPELINES.values()]
+    names = [row[0] for row in PIPELINES.values()]
     assert [r.name for r in inference] == names + names[:-1]
+    assert {r.arithmetic for r in inference if "MONAI UNet" in r.name and "our arithmetic" not in r.name} == {
+        "float32"}  # what a MONAI script runs
     assert all(r.voxels_per_second > 0 and 0 <= r.added_memory_mb < r.peak_memory_mb for r in inference)
     # the same windows for every row; the plan's FLOPs = windows x one window's FLOPs of that row's network
     assert {r.windows for r in inference} == {1}  # 48 x 40 x 32 fits in one 64^3 window
@@ -47,9 +49,10 @@ def test_networks_and_inference_are_measured_and_reported():
     assert set(report["ratios"]) == set(TARGETS)
     # each ratio pairs two rows of the same volume: (c) the first, where MONAI's AttentionUnet ran
     assert report["ratios"]["inference_throughput_vs_monai_attention_unet"] == (
-        inference[0].voxels_per_second / inference[3].voxels_per_second)
-    assert report["ratios"]["inference_throughput_vs_monai_unet"] == (inference[4].voxels_per_second
-                                                                      / inference[6].voxels_per_second)
+        inference[0].voxels_per_second / inference[4].voxels_per_second)
+    assert report["ratios"]["inference_throughput_vs_monai_unet"] == (inference[5].voxels_per_second
+                                                                      / inference[7].voxels_per_second)
+    assert report["arithmetic_gain_monai_unet"] == inference[8].voxels_per_second / inference[7].voxels_per_second
     expected = ours.train_step_seconds / networks[1].train_step_seconds
     assert abs(report["ratios"]["attention_overhead"] - expected) < 1e-12
     assert report["targets"]["data_wait_fraction"]["met"] is True

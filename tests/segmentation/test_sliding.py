@@ -70,3 +70,18 @@ def test_small_images_are_padded_with_the_given_value():
     assert padded.shape == (2, 8, 8, 4)
     assert _torch.allclose(padded[0], _torch.sigmoid(_torch.tensor(-5.0)).expand(8, 8, 4), atol=1e-5)
     assert zeros[0].mean() > padded[0].mean() + 0.05  # zero padding would shift the answer
+
+
+def test_class_labels_equal_argmax_with_ties_and_chunks():
+    from medseg_attn.segmentation.resample import class_labels
+
+    torch.manual_seed(0)
+    p = torch.rand(3, 17, 9, 5)
+    p[1, :4] = p[2, :4] = 2.0  # ties between classes 1 and 2: the lower class wins, as argmax
+    for chunk in (7, 1 << 22):  # chunk boundaries do not change the answer
+        labels = class_labels(p, chunk=chunk)
+        assert labels.dtype == torch.uint8 and labels.shape == (17, 9, 5)
+        assert torch.equal(labels.long(), p.argmax(0))
+    assert (class_labels(p)[:4] == 1).all()
+    many = torch.rand(300, 4, 4)
+    assert class_labels(many).dtype == torch.int32 and torch.equal(class_labels(many).long(), many.argmax(0))
