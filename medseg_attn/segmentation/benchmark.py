@@ -37,7 +37,8 @@ from medseg_attn.segmentation.benchmark_pipeline import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TARGETS", "benchmark_networks", "benchmark_variants", "format_report", "matmul_rate", "run_benchmarks"]
+__all__ = ["TARGETS", "benchmark_attention_levels", "benchmark_networks", "benchmark_variants", "format_report",
+           "matmul_rate", "run_benchmarks"]
 
 # name -> (what is compared, target ratio, "<=" or ">="). Like with like: (a) the same network through both
 # pipelines, (b) our default model + pipeline against what a MONAI user picks (UNet + sliding_window_inference),
@@ -244,6 +245,51 @@ def benchmark_variants(
             for name, values in times.items()]
 
 
+def benchmark_attention_levels(size: int = 64, batch: int = 2, repetitions: int = 5,
+                               device: torch.device | None = None) -> list[dict[str, Any]]:
+    """Forward FLOPs and forward + backward time of each skip level's attention block of the default network.
+
+    The blocks get the (skip, decoder) feature maps a training step gives them on a (batch, 1, size^3) input and
+    are timed alone (median of ``repetitions``, after one warm-up), so the cost of each level shows.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medseg_attn.networks import AttentionSkipUNet
+
+    device = device or torch.device("cpu")
+    torch.manual_seed(0)
+    network = AttentionSkipUNet(3, 1, 3).to(device).train()
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    def keep(level: int) -> Any:
+        def hook(module: nn.Module, args: tuple) -> None:
+            inputs.setdefault(level, (args[0].detach(), args[1].detach()))
+        return hook
+
+    hooks = [block.register_forward_pre_hook(keep(i)) for i, block in enumerate(network.skip_attention)]
+    with torch.no_grad():
+        network(torch.randn(batch, 1, size, size, size, device=device))
+    for hook in hooks:
+        hook.remove()
+    rows = []
+    for level, block in enumerate(network.skip_attention):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            block(*inputs[level])
+        skip, gate = (t.clone().requires_grad_() for t in inputs[level])
+        times = []
+        for repetition in range(repetitions + 1):
+            sync(device)
+            start = time.perf_counter()
+            block(skip, gate).sum().backward()
+            sync(device)
+            if repetition:
+                times.append(time.perf_counter() - start)
+        window = block.window_for([-(-s // block.pool) for s in skip.shape[2:]])
+        rows.append({"level": level, "map": list(skip.shape[1:]), "token_voxels": block.pool, "window": list(window),
+                     "forward_gflops": counter.get_total_flops() / 1e9,
+                     "forward_backward_ms": 1000 * statistics.median(times)})
+    return rows
+
+
 def _ratio(results: list[NetworkResult], top: str, bottom: str, field: str) -> float | None:
     by_name = {r.name: r for r in results}
     if top in by_name and bottom in by_name:
@@ -260,6 +306,7 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
     repetitions = 3 if quick else 11
     networks, rate = benchmark_networks(64, 2, repetitions, resolved)
     variants = benchmark_variants(64, 2, repetitions, resolved, compile=not quick)
+    levels = benchmark_attention_levels(64, 2, repetitions, resolved)
     if quick:
         shapes, overlap = [(128, 128, 64), (256, 256, 128)], 0.25
     else:
@@ -268,6 +315,7 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
     pipeline = benchmark_data_pipeline(output / "data_pipeline", epochs=1 if quick else 3, device=resolved)
     report = make_report(networks, rate, inference, pipeline, overlap, resolved, quick)
     report["variants"] = variants
+    report["attention_levels"] = levels
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(report, indent=2))
     _plot(networks, output / "benchmark.png")
@@ -363,6 +411,12 @@ def format_report(report: dict[str, Any]) -> str:
         for v in report["variants"]:
             lines.append(f"  {v['variant']:18s} {v['train_step_seconds']:7.3f} s  x{v['ratio_to_fp32_eager']:.2f} "
                          f"of fp32 eager  (first step {v['first_step_seconds']:.1f} s)")
+    if report.get("attention_levels"):
+        lines += ["", "attention blocks of AttentionSkipUNet, alone, on the feature maps of a 2 x 64^3 training step:"]
+        for r in report["attention_levels"]:
+            lines.append(f"  level {r['level']}: map {'x'.join(map(str, r['map']))}, tokens of {r['token_voxels']}^3 "
+                         f"voxels, window {'x'.join(map(str, r['window']))} tokens: {r['forward_gflops']:.3f} GFLOP "
+                         f"forward, {r['forward_backward_ms']:.1f} ms forward + backward")
     pipe = report["data_pipeline"]
     lines += ["", f"data pipeline (demo config, cache={pipe['cache']}, workers={pipe['num_workers']}): "
                   f"{100 * pipe['data_wait_fraction']:.1f}% of step time waiting for data over {pipe['steps']} steps"]

@@ -10,6 +10,7 @@ import torch
 from medseg_attn.networks import AttentionSkipUNet
 from medseg_attn.segmentation.benchmark import (
     TARGETS,
+    benchmark_attention_levels,
     benchmark_inference,
     benchmark_networks,
     format_report,
@@ -70,3 +71,25 @@ def test_window_count_matches_monai_sliding_window():
         roi = get_valid_patch_size(shape, (64, 64, 64))
         interval = [int(r * (1 - overlap)) for r in roi]
         assert window_count(shape, overlap) == len(dense_patch_slices(shape, roi, interval))
+
+
+def test_attention_levels_are_measured_per_level():
+    rows = benchmark_attention_levels(size=64, batch=1, repetitions=1)
+    # first_stride 2: skip maps 32^3 (16 ch, 4^3-voxel tokens), 16^3 (32 ch, 2^3), 8^3 (64), 4^3 (128, global)
+    assert [r["map"] for r in rows] == [[16, 32, 32, 32], [32, 16, 16, 16], [64, 8, 8, 8], [128, 4, 4, 4]]
+    assert [r["token_voxels"] for r in rows] == [4, 2, 1, 1]
+    assert [r["window"] for r in rows] == [[4, 4, 4]] * 4
+    assert all(r["forward_gflops"] > 0 and r["forward_backward_ms"] > 0 for r in rows)
+    report = {"attention_levels": rows}
+    text = "\n".join(line for line in format_report_levels(report))
+    assert "level 0: map 16x32x32x32, tokens of 4^3 voxels, window 4x4x4 tokens" in text
+
+
+def format_report_levels(report):
+    """The attention-level lines of format_report (the rest of the report needs a full run)."""
+    from medseg_attn.segmentation import benchmark
+
+    full = {"device": "cpu", "threads": 1, "torch": "x", "matmul_gflops": 1.0, "networks": [], "inference": [],
+            "overlap": 0.5, "data_pipeline": {"cache": True, "num_workers": 0, "data_wait_fraction": 0.0, "steps": 1},
+            "targets": {}, "ratios": {}, "memory_growth_per_voxel_ratio": 1.0, **report}
+    return [line for line in benchmark.format_report(full).splitlines() if "level" in line]
