@@ -40,7 +40,7 @@ def test_onnxruntime_predictor_equals_pytorch_in_process(cases, tmp_path):
 
     model, inputs = cases
     onnx_predictor = predictor_from_onnx(export_segmentation(model, "onnx", tmp_path / "m.onnx"))
-    torch_predictor = Predictor.from_checkpoint(model, device="cpu")
+    torch_predictor = Predictor.from_checkpoint(model, device="cpu", precision="fp32")  # ONNX runs fp32
     assert onnx_predictor.colors == torch_predictor.colors == {0: [0, 0, 0], 1: [31, 119, 180], 2: [255, 127, 14]}
     for name in ("ras", "aniso"):
         expected = torch_predictor.predict(inputs / f"{name}.nii.gz").labels
@@ -58,7 +58,7 @@ def test_onnxruntime_predictions_equal_pytorch(cases, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "exported segmentation model as onnx" in result.stdout and (tmp_path / "m.onnx").is_file()
     assert run("-q", "predict", "--model", str(model), "--input", str(inputs), "--output",
-               str(tmp_path / "torch")).returncode == 0
+               str(tmp_path / "torch"), "--precision", "fp32").returncode == 0  # ONNX runs fp32
     result = run("-q", "predict", "--model", str(tmp_path / "m.onnx"), "--engine", "onnxruntime", "--input",
                  str(inputs), "--output", str(tmp_path / "onnx"), "--output-format", "all")
     assert result.returncode == 0, result.stderr
