@@ -102,16 +102,18 @@ class RandBiasAboveFloord(mt.RandomizableTransform, mt.MapTransform):
         field = self.draw_field(image.shape[1:])  # (*S)
         every = max(1, int(count) // 20000)  # the floor from a subsample of the foreground
         out = image.clone()
+        def mean_sd(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # over the foreground
+            mean = (values * inside).sum() / count
+            return mean, (((values - mean) ** 2 * inside).sum() / (count - 1)).sqrt()
+
         for channel in range(image.shape[0]):
             values = image[channel].float()
-            mean = (values * inside).sum() / count
-            std = (((values - mean) ** 2 * inside).sum() / (count - 1)).sqrt()
+            mean, std = mean_sd(values)
             sample = values.flatten()[inside.flatten() > 0][::every]
             floor = sample.kthvalue(max(1, int(0.005 * sample.numel()))).values
             biased = (values - floor) * field + floor
-            biased_mean = (biased * inside).sum() / count
-            biased_std = (((biased - biased_mean) ** 2 * inside).sum() / (count - 1)).sqrt().clamp_min(1e-6)
-            biased = (biased - biased_mean) / biased_std * std + mean
+            biased_mean, biased_std = mean_sd(biased)
+            biased = (biased - biased_mean) / biased_std.clamp_min(1e-6) * std + mean
             out[channel] = torch.where(inside > 0, biased, values).to(out.dtype)
         data = dict(data)
         data[self.key] = out

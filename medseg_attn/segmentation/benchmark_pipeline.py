@@ -132,7 +132,6 @@ def _pipeline(key: str, overlap: float, device: torch.device) -> Callable[[torch
     from medseg_attn.segmentation.predictor import Predictor
     from medseg_attn.segmentation.resample import class_labels
     from medseg_attn.segmentation.transforms import Preprocessing
-
     from medseg_attn.training.device import inference_dtype
 
     _, pipeline, kind, arithmetic = PIPELINES[key]
@@ -185,17 +184,17 @@ def benchmark_inference(
     is that process's peak (Python, torch, the network, the volume and the prediction); ``added_memory_mb`` is
     the part the prediction itself added (peak minus the memory held just before it started). Every row uses
     the same windows (64^3), overlap, window batch and Gaussian blending; its arithmetic is in :data:`PIPELINES`.
-    Rows in ``first_shape_only`` run on
-    the first shape only (a slow network on a large volume would take most of the benchmark's time).
+    Rows in ``first_shape_only`` run on the first shape only (a slow network on a large volume would take most of
+    the benchmark's time).
     """
     import multiprocessing
+
+    from medseg_attn.training.device import inference_dtype
 
     device = device or torch.device("cpu")
     context = multiprocessing.get_context("spawn")
     flops = {kind: window_gflops(inference_network(kind)) for kind in {PIPELINES[k][2] for k in keys}}
-    from medseg_attn.training.device import inference_dtype
-
-    arithmetic = str(inference_dtype("auto", device) or torch.float32).replace("torch.", "")
+    ours = str(inference_dtype("auto", device) or torch.float32).replace("torch.", "")  # what "auto" rows run
     results = []
     with context.Pool(1, maxtasksperchild=1) as pool:
         for index, shape in enumerate(shapes):
@@ -203,13 +202,13 @@ def benchmark_inference(
             for key in keys:
                 if index and key in first_shape_only:
                     continue
-                name, _, kind, _ = PIPELINES[key]
+                name, _, kind, arithmetic = PIPELINES[key]
                 seconds, peak, before = pool.apply(_inference_child, (key, tuple(shape), overlap, str(device),
                                                                       torch.get_num_threads()))
                 voxels = float(np.prod(shape))
                 results.append(InferenceResult(name, tuple(shape), seconds, voxels / seconds, peak, peak - before,
                                                windows, windows * flops[kind],
-                                               arithmetic if PIPELINES[key][3] == "auto" else "float32"))
+                                               ours if arithmetic == "auto" else "float32"))
                 logger.info("%s %s: %.1f s, %.2f Mvoxels/s, peak %.0f MB (+%.0f MB)", name, shape, seconds,
                             voxels / seconds / 1e6, peak, peak - before)
     return results

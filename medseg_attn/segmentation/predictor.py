@@ -226,15 +226,19 @@ class Predictor:
             for network, mode in zip(self.networks, was_training):
                 network.train(mode)
 
+    def _autocast(self) -> torch.autocast:
+        """The forward pass's arithmetic (``inference.precision``): autocast to ``self.dtype``, or plain fp32."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
     def _forward(self, x: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        with self._autocast():
             out = (network or self.network)(torch.as_tensor(x))
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()
 
     def _forward_attention(self, network: nn.Module, x: torch.Tensor, per_head: bool
                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        with self._autocast():
             logits, maps = network.forward_with_attention(torch.as_tensor(x), per_head=per_head)
         return logits.float(), maps
 
