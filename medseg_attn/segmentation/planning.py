@@ -6,8 +6,10 @@ intensity statistics inside the body and inside the labelled voxels. The plan de
 
 - target spacing: the median spacing; when the coarsest axis is more than 3 times the finest (anisotropic
   data), that axis takes the 10th percentile of its spacings instead (nnU-Net's rule), so thin-slice cases are
-  not thrown away to the median;
-- patch size: the median cropped shape at the target spacing, a multiple of the network's divisor, shrunk
+  not thrown away to the median; then, when the patch the budget allows would cover less than 25 % of the median
+  cropped case, the spacing is coarsened (up to 2x, only along axes the patch does not span, never the coarse
+  axis of anisotropic data) until it covers 25 % (nnU-Net's low-resolution rule: context over detail);
+- patch size: the median cropped shape at the run's spacing, a multiple of the network's divisor, shrunk
   (largest patch/shape ratio first) until ``batch x patch`` voxels fit the voxel budget (CPU 2 x 64^3, CUDA
   2 x 128^3, or ``data.voxel_budget``); batch size: what the budget leaves, at least 2, at most 5 % of the
   dataset's voxels per batch;
@@ -40,12 +42,14 @@ from medseg_attn.segmentation.foreground import body_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANISOTROPY", "MASK_FRACTION", "VOXEL_BUDGET", "dataset_fingerprint", "describe_plan", "make_plan",
+__all__ = ["ANISOTROPY", "COVERAGE", "MASK_FRACTION", "MAX_COARSENING", "VOXEL_BUDGET", "dataset_fingerprint", "describe_plan", "make_plan",
            "save_plan"]
 
 ANISOTROPY = 3.0  # coarsest / finest spacing above which the coarse axis is planned finer than its median
 MASK_FRACTION = 0.8  # the z-score is masked when the body covers less than this share of the median case
 VOXEL_BUDGET = {"cpu": 2 * 64**3, "cuda": 2 * 128**3}  # batch x patch voxels per optimizer step
+COVERAGE = 0.25  # the planned spacing is coarsened until the patch covers this share of the median case ...
+MAX_COARSENING = 2.0  # ... but at most this factor per axis
 SAMPLES_PER_CASE = 10_000  # labelled voxels sampled per case for the CT statistics
 
 
@@ -136,6 +140,44 @@ def _patch_and_batch(shape: np.ndarray, divisor: int, budget: int, dataset_voxel
     return [int(v) for v in patch], batch
 
 
+def _cropped_shapes(cases: list[dict[str, Any]], spacing: list[float] | None) -> np.ndarray:
+    """Each case's body-cropped shape on the grid of ``spacing`` (None: the case's own grid)."""
+    return np.array([np.array(c["cropped_shape"]) * (np.array(c["spacing"]) / np.array(spacing) if spacing else 1.0)
+                     for c in cases])
+
+
+def _coarsen_for_coverage(cases: list[dict[str, Any]], target: list[float], divisor: int, budget: int
+                          ) -> tuple[list[float], str]:
+    """Coarsen ``target`` until the planned patch covers ``COVERAGE`` of the median cropped case (nnU-Net's
+    low-resolution rule; at most ``MAX_COARSENING`` x finer than planned).
+
+    A patch that sees a small part of a large case cannot tell apart organs that differ by where they are (spleen
+    from liver): on a CPU budget, context is worth more than the finest voxels. Only axes the patch does not span
+    yet grow, 3 % per step; of an anisotropic spacing, like nnU-Net, only the finer axes (those more than 2x finer
+    than the coarsest).
+    """
+    spacing = np.array(target, dtype=float)
+    for _ in range(200):
+        shape = np.median(_cropped_shapes(cases, list(spacing)), axis=0)
+        patch, _ = _patch_and_batch(shape, divisor, budget, float(np.prod(shape)))
+        coverage = float(np.prod(np.minimum(patch, shape)) / max(np.prod(shape), 1.0))
+        if coverage >= COVERAGE:
+            break
+        # axes the patch does not span yet and that may still grow; of those, the finer ones of an anisotropic
+        # spacing first
+        open_axes = (np.array(patch) < shape) & (spacing < MAX_COARSENING * np.array(target) - 1e-9)
+        finer = spacing.max() / spacing > 2  # anisotropic: the coarse axis does not grow at all
+        grow = open_axes & finer if finer.any() else open_axes
+        if not grow.any():
+            break
+        spacing = np.minimum(spacing * np.where(grow, 1.03, 1.0), MAX_COARSENING * np.array(target))
+    if np.allclose(spacing, target):
+        return target, ""
+    return ([round(float(v), 4) for v in spacing],
+            f"; coarsened from {target} so that the patch covers {coverage:.0%} of the median case "
+            f"(target {COVERAGE:.0%}, at most {MAX_COARSENING:g}x)")
+
+
 def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") -> dict[str, Any]:
     """The plan for ``fingerprint``: every value planned, then replaced by the config's where it sets one.
 
@@ -145,17 +187,11 @@ def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") 
     data, train = config.data, config.train
     cases = fingerprint["cases"]
     spacings = np.array([c["spacing"] for c in cases], dtype=float)
-    target, spacing_rule = _target_spacing(spacings)
-    cropped = np.array([np.array(c["cropped_shape"]) * np.array(c["spacing"]) / np.array(target) for c in cases])
-    median_shape = np.median(cropped, axis=0)
     divisor = config.model.first_stride * 2 ** (len(config.model.channels) - 1)
     budget = int(data.voxel_budget or VOXEL_BUDGET["cuda" if str(device).startswith("cuda") else "cpu"])
-    dataset_voxels = float(np.sum(np.prod(cropped, axis=1)))
-    patch, batch = _patch_and_batch(median_shape, divisor, budget, dataset_voxels)
-    ct = fingerprint["modality"] == "ct"
-    body = float(np.median([c["body_fraction"] for c in cases]))
-    planned = {"spacing": target, "patch_size": patch, "batch_size": batch,
-               "intensity": "ct" if ct else "zscore", "normalisation_mask": bool(ct or body < MASK_FRACTION)}
+    target, spacing_rule = _target_spacing(spacings)
+    target, coverage_rule = _coarsen_for_coverage(cases, target, divisor, budget)
+    spacing_rule += coverage_rule
 
     def pick(key: str, value: Any, planned_value: Any) -> tuple[Any, str]:
         return (planned_value, "plan") if value == "auto" else (value, "config")
@@ -166,6 +202,14 @@ def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") 
         resolved["spacing"] = [float(v) for v in resolved["spacing"]]
         if len(resolved["spacing"]) == 1:
             resolved["spacing"] *= len(target)
+    cropped = _cropped_shapes(cases, resolved["spacing"])  # the patch is planned on the grid the run uses
+    median_shape = np.median(cropped, axis=0)
+    dataset_voxels = float(np.sum(np.prod(cropped, axis=1)))
+    patch, batch = _patch_and_batch(median_shape, divisor, budget, dataset_voxels)
+    ct = fingerprint["modality"] == "ct"
+    body = float(np.median([c["body_fraction"] for c in cases]))
+    planned = {"spacing": target, "patch_size": patch, "batch_size": batch,
+               "intensity": "ct" if ct else "zscore", "normalisation_mask": bool(ct or body < MASK_FRACTION)}
     resolved["patch_size"], source["patch_size"] = pick("patch_size", data.patch_size, patch)
     resolved["patch_size"] = [int(v) for v in resolved["patch_size"]]
     resolved["batch_size"], source["batch_size"] = pick("batch_size", train.batch_size, batch)
@@ -180,7 +224,7 @@ def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") 
         "dataset": data.dataset, "modality": fingerprint["modality"], "cases": len(cases), "device": str(device),
         "rules": {"spacing": spacing_rule, "network_divisor": divisor, "voxel_budget": budget,
                   "median_body_fraction": round(body, 4), "mask_when_body_below": MASK_FRACTION,
-                  "median_cropped_shape_at_target": [round(float(v), 1) for v in median_shape]},
+                  "median_cropped_shape": [round(float(v), 1) for v in median_shape]},
         "planned": planned, "resolved": resolved, "source": source,
         "ct_statistics": statistics if resolved["intensity"] == "ct" else None,
         "fingerprint": fingerprint,
@@ -195,8 +239,8 @@ def describe_plan(plan: dict[str, Any]) -> str:
         note = "" if origin == "plan" else f" (from the config; planned {plan['planned'][key]})"
         lines.append(f"  {key}: {value}{note}")
     rules = plan["rules"]
-    lines.append(f"  spacing rule: {rules['spacing']}; median cropped shape at target "
-                 f"{rules['median_cropped_shape_at_target']}; voxel budget {rules['voxel_budget']}")
+    lines.append(f"  spacing rule: {rules['spacing']}; median cropped shape at the run's spacing "
+                 f"{rules['median_cropped_shape']}; voxel budget {rules['voxel_budget']}")
     lines.append(f"  median body fraction {rules['median_body_fraction']} (mask used below "
                  f"{rules['mask_when_body_below']})")
     if plan.get("ct_statistics"):

@@ -119,3 +119,20 @@ def test_dropout_only_in_training():
 def test_heads_must_divide_dim():
     with pytest.raises(ValueError, match="not divisible"):
         MultiHeadAttention(10, 3)
+
+
+@pytest.mark.parametrize("shape, pool", [((2, 3, 8, 12, 4), 4), ((1, 2, 6, 4), 2)])
+def test_block_mean_and_block_update_match_pooling_and_repetition(shape, pool):
+    from medseg_attn.networks.attention import add_block_update, block_mean
+
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    update = torch.randn(*shape[:2], *[s // pool for s in shape[2:]], dtype=torch.float64, requires_grad=True)
+    avg_pool = torch.nn.functional.avg_pool3d if len(shape) == 5 else torch.nn.functional.avg_pool2d
+    torch.testing.assert_close(block_mean(x, pool), avg_pool(x, pool))
+    repeated = update
+    for axis in range(2, update.dim()):
+        repeated = repeated.repeat_interleave(pool, axis)
+    torch.testing.assert_close(add_block_update(x, update, pool), x + repeated)
+    # the hand-written backward passes agree with finite differences
+    assert torch.autograd.gradcheck(lambda a: block_mean(a, pool), (x,))
+    assert torch.autograd.gradcheck(lambda a, b: add_block_update(a, b, pool), (x, update))

@@ -61,6 +61,36 @@ def test_anisotropic_spacing_takes_the_finer_percentile_on_the_coarse_axis():
     assert _target_spacing(np.array([[1.0, 1.0, 2.0]] * 3))[0] == [1.0, 1.0, 2.0]
 
 
+def _case(shape, spacing, cropped):
+    return {"case": "c", "shape": shape, "spacing": spacing, "body_fraction": 0.4, "cropped_shape": cropped,
+            "crop_fraction": 0.0}
+
+
+def test_spacing_is_coarsened_until_the_patch_covers_a_quarter_of_the_case():
+    config = load_config(overrides=["data.dataset=x"])
+    statistics = {"mean": 0.0, "std": 1.0, "p0.5": -1.0, "p99.5": 1.0}
+    # one abdominal CT series, 20 slices of 2 mm: only the in-plane axes grow, the slab is already spanned
+    series = {"modality": "ct", "cases": [_case([512, 512, 20], [0.9766, 0.9766, 2.0], [502, 261, 20])],
+              "label_intensity": statistics}
+    plan = make_plan(series, config, "cpu")
+    spacing, patch = plan["resolved"]["spacing"], plan["resolved"]["patch_size"]
+    assert 1.8 < spacing[0] == spacing[1] <= 2 * 0.9766 and spacing[2] == 2.0
+    shape = np.array([502, 261, 20]) * np.array([0.9766, 0.9766, 2.0]) / np.array(spacing)
+    assert np.prod(np.minimum(patch, shape)) / np.prod(shape) >= 0.24
+    assert "coarsened" in plan["rules"]["spacing"]
+    # anisotropic 0.8 x 0.8 x 5 mm: the 5 mm axis never grows, the in-plane axes stop at 2x
+    thick = {"modality": "ct", "cases": [_case([512, 512, 90], [0.8, 0.8, 5.0], [450, 330, 90])],
+             "label_intensity": statistics}
+    assert make_plan(thick, config, "cpu")["resolved"]["spacing"] == [1.6, 1.6, 5.0]
+    # a case the patch already covers keeps its median spacing (and a GPU budget coarsens less)
+    small = {"modality": "mr", "cases": [_case([36, 50, 35], [1.0, 1.0, 1.0], [36, 50, 35])]}
+    assert make_plan(small, config, "cpu")["resolved"]["spacing"] == [1.0, 1.0, 1.0]
+    assert make_plan(thick, config, "cuda")["resolved"]["spacing"][0] < 1.6
+    # a spacing set in the config is kept, and the patch is planned on its grid
+    fixed = make_plan(series, load_config(overrides=["data.dataset=x", "data.spacing=[0.9766,0.9766,2.0]"]), "cpu")
+    assert fixed["resolved"]["spacing"] == [0.9766, 0.9766, 2.0] and fixed["source"]["spacing"] == "config"
+
+
 def test_few_cases_train_on_every_case():
     cases = [{"case": f"c{i}"} for i in range(3)]
     for count in (1, 2):
