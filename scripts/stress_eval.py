@@ -69,7 +69,8 @@ def _read_pair(image_path: str, label_path: str | None, label_map: str | None):
     if not np.allclose(affine, np.asarray(data["label"].affine), atol=1e-3) or image.shape != label.shape:
         from monai import transforms as mt
 
-        ras = mt.Orientationd(["image", "label"], axcodes="RAS")(data)  # same grid stored with an axis flipped
+        # the label may be stored with an axis flipped (LAS): both to RAS
+        ras = mt.Orientationd(["image", "label"], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(data)
         image = np.asarray(ras["image"][0], dtype=np.float32)
         label = np.asarray(ras["label"][0]).astype(np.int64)
         affine = np.asarray(ras["image"].affine, dtype=np.float64)

@@ -31,6 +31,16 @@ def test_overrides_parse_yaml_values():
     assert config.train.minutes == 2.5
 
 
+def test_unquoted_on_and_off_are_words_not_booleans(tmp_path):
+    # YAML 1.1 reads `amp: on` as True; keys whose words are on / off take it as meant
+    (tmp_path / "c.yaml").write_text("train:\n  amp: on\ndata:\n  prefetch: off\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert config.train.amp == "on" and config.data.prefetch == "off"
+    assert load_config(overrides=["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="must be a string"):
+        load_config(overrides=["data.intensity=true"])  # no on / off there: still an error
+
+
 def test_unknown_key_suggests_the_closest(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lrr: 0.1\n")

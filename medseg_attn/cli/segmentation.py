@@ -20,8 +20,9 @@ EXAMPLES = {
   medseg-attn plan --data Task09_Spleen --output plan.json --device cuda
   medseg-attn plan --config configs/ct_spleen.yaml --data Task09_Spleen --set data.patch_size=auto
 
-prints the plan (target spacing, patch and batch size within the voxel budget, normalisation, mask use; each
-value from the plan or from the config) and writes it as JSON with the dataset fingerprint; train does the same at
+prints the plan (target spacing, coarsened up to 2x when the budget's patch would cover less than 25 % of the
+median case; patch and batch size within the voxel budget, normalisation, mask use; each value from the plan or
+from the config) and writes it as JSON with the dataset fingerprint; train does the same at
 its start (RUN/plan.json). See docs/preprocessing.md""",
     "train": """examples:
   medseg-attn train --data Task09_Spleen/dataset.json --output runs/spleen --minutes 30

@@ -115,9 +115,11 @@ def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] |
             raise ConfigError(f"{where} must be a number, got {shown(value)}")
         return float(value)
     if annotation.startswith("str"):
+        choices = choices or CHOICES.get(where)
+        if isinstance(value, bool) and choices and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads an unquoted on / off (and yes / no) as a boolean
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {shown(value)}")
-        choices = choices or CHOICES.get(where)
         if choices and value not in choices:
             hint = difflib.get_close_matches(value, choices, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""

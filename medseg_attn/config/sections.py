@@ -68,6 +68,8 @@ class DataConfig:
     max_validation_cases: int = 8  # cap on validation cases (sliding-window validation is costly on CPU)
     cache: bool = True  # cache preprocessed cases in memory (MONAI CacheDataset)
     num_workers: int = 0  # DataLoader workers for augmentation
+    prefetch: str = "auto"  # num_workers 0: prepare the next batch in a thread while the network trains; auto = on
+    # with CUDA (the CPU is idle while the GPU computes), off on CPU (the thread competes with the training step)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 

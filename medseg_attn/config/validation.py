@@ -109,6 +109,7 @@ RANGES: dict[str, Range] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.modality": ("auto", "ct", "mr"),
     "data.intensity": ("auto", "ct", "ct_window", "zscore", "none"),
+    "data.prefetch": ("auto", "on", "off"),
     "model.architecture": ("attention_skip_unet", "monai_unet", "monai_attention_unet"),
     "model.norm": ("instance", "batch", "group"),
     "train.optimizer": ("adamw", "sgd"),

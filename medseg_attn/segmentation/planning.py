@@ -163,8 +163,7 @@ def _coarsen_for_coverage(cases: list[dict[str, Any]], target: list[float], divi
         coverage = float(np.prod(np.minimum(patch, shape)) / max(np.prod(shape), 1.0))
         if coverage >= COVERAGE:
             break
-        # axes the patch does not span yet and that may still grow; of those, the finer ones of an anisotropic
-        # spacing first
+        # axes the patch does not span yet and that may still grow; of an anisotropic spacing only the finer ones
         open_axes = (np.array(patch) < shape) & (spacing < MAX_COARSENING * np.array(target) - 1e-9)
         finer = spacing.max() / spacing > 2  # anisotropic: the coarse axis does not grow at all
         grow = open_axes & finer if finer.any() else open_axes

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
 from monai.transforms import Compose
 
 from medseg_attn.io.files import atomic_write_text
@@ -82,13 +82,22 @@ def rank_seed(seed: int, rank: int) -> int:
 
 def seeded_loader(dataset: Dataset, transform: Compose, seed: int, rank: int, batch_size: int, num_workers: int,
                   sampler_factory: Callable[[torch.Generator], torch.utils.data.Sampler] | None = None,
-                  collate_fn: Callable | None = None) -> DataLoader:
+                  collate_fn: Callable | None = None, prefetch: bool = False) -> DataLoader:
     """A loader for one epoch: the random transforms and the order (or ``sampler_factory(generator)``'s
-    sampler) drawn from ``seed`` and the rank, so a resumed run draws exactly what the uninterrupted one did."""
+    sampler) drawn from ``seed`` and the rank, so a resumed run draws exactly what the uninterrupted one did.
+
+    With ``prefetch`` and no worker processes, MONAI's ``ThreadDataLoader`` prepares the next batch in a
+    background thread while the network trains on this one (the same batches in the same order: one thread draws
+    them in sequence)."""
     seed = rank_seed(seed, rank)
     transform.set_random_state(seed=seed)
     generator = torch.Generator().manual_seed(seed)
     sampler = sampler_factory(generator) if sampler_factory is not None else None
     extra = {"collate_fn": collate_fn} if collate_fn is not None else {}
-    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                      num_workers=num_workers, generator=generator, drop_last=False, **extra)
+    if prefetch and num_workers == 0:
+        extra["buffer_size"] = 1
+        loader_class: type[DataLoader] = ThreadDataLoader
+    else:
+        loader_class = DataLoader
+    return loader_class(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=num_workers, generator=generator, drop_last=False, **extra)
