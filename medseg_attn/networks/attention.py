@@ -258,7 +258,10 @@ def padding_key_mask(
 
 
 def _avg_pool(x: torch.Tensor, pool: int) -> torch.Tensor:
-    return {4: F.avg_pool2d, 5: F.avg_pool3d}[x.dim()](x, pool, ceil_mode=True)
+    average = {4: F.avg_pool2d, 5: F.avg_pool3d}[x.dim()]
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):  # no reduced-precision CPU kernel
+        return average(x.float(), pool, ceil_mode=True).to(x.dtype)
+    return average(x, pool, ceil_mode=True)
 
 
 def _repeat_blocks(tokens: torch.Tensor, pool: int) -> torch.Tensor:

@@ -136,3 +136,16 @@ def test_block_mean_and_block_update_match_pooling_and_repetition(shape, pool):
     # the hand-written backward passes agree with finite differences
     assert torch.autograd.gradcheck(lambda a: block_mean(a, pool), (x,))
     assert torch.autograd.gradcheck(lambda a, b: add_block_update(a, b, pool), (x, update))
+
+
+def test_pooled_network_trains_under_cpu_bf16_autocast():
+    # train.amp: on runs the step under bf16 autocast: the pooled levels' backward meets bf16 gradients
+    from medseg_attn.networks import AttentionSkipUNet
+
+    torch.manual_seed(0)
+    network = AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32, 64)).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = network(torch.randn(1, 1, 32, 32, 32))
+    logits.float().square().mean().backward()
+    grads = [p.grad for p in network.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
