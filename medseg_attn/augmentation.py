@@ -143,9 +143,8 @@ class _RestoreBackgroundd(mt.MapTransform):
     def __call__(self, data: dict) -> dict:
         data = dict(data)
         background = data.pop(_BACKGROUND_KEY)
-        image = data["image"].clone()
-        image[:, background] = self.value
-        data["image"] = image
+        image = data["image"]
+        data["image"] = torch.where(background, torch.tensor(self.value, dtype=image.dtype), image)  # (C, *S)
         return data
 
 
