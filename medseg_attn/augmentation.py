@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from medseg_attn.config import AugmentationConfig
 
-__all__ = ["RandBackgroundMaskd", "RandBiasAboveFloord", "augmentation"]
+__all__ = ["RandBackgroundMaskd", "RandBiasAboveFloord", "RandGaussianNoiseFastd", "augmentation"]
 
 _BACKGROUND_KEY = "_background"
 
@@ -120,6 +120,36 @@ class RandBiasAboveFloord(mt.RandomizableTransform, mt.MapTransform):
         return data
 
 
+class RandGaussianNoiseFastd(mt.RandomizableTransform, mt.MapTransform):
+    """MONAI's ``RandGaussianNoised`` (sigma drawn in [0, ``std``]) with the noise drawn by torch in float32.
+
+    MONAI draws it with NumPy in float64 (about 5 ms for a 64^3 patch on one core, 4x torch's time). The draw
+    stays reproducible: a seed for torch's generator comes from the transform's own random state.
+    """
+
+    def __init__(self, key: str, prob: float = 0.1, std: float = 0.1) -> None:
+        mt.MapTransform.__init__(self, [key])
+        mt.RandomizableTransform.__init__(self, prob)
+        self.key, self.std = key, std
+        self._sigma, self._seed = 0.0, 0
+
+    def randomize(self, data: dict | None = None) -> None:
+        super().randomize(None)
+        self._sigma = float(self.R.uniform(0, self.std))
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data: dict) -> dict:
+        self.randomize()
+        if not self._do_transform:
+            return data
+        image = torch.as_tensor(data[self.key])  # (C, *S)
+        generator = torch.Generator().manual_seed(self._seed)
+        noise = torch.randn(image.shape, generator=generator, dtype=torch.float32) * self._sigma
+        data = dict(data)
+        data[self.key] = image + noise.to(image.dtype)
+        return data
+
+
 class _MarkBackgroundd(mt.MapTransform):
     """Remember which voxels hold the background value (before the intensity transforms)."""
 
@@ -149,7 +179,8 @@ class _RestoreBackgroundd(mt.MapTransform):
 
 
 def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str] = ("image", "label"),
-                 background: float | None = None, background_masking: bool = False) -> list[mt.Transform]:
+                 background: float | None = None, background_masking: bool = False,
+                 patch_size: Sequence[int] | None = None) -> list[mt.Transform]:
     """Spatial and intensity augmentation of image(/label) patches (MONAI's Rand* dictionary transforms).
 
     Args:
@@ -159,6 +190,7 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
         background: the value the preprocessing gives everything outside the body; intensity transforms keep
             it there, and padding uses it. None: no defined background.
         background_masking: add :class:`RandBackgroundMaskd` (needs ``background`` and a label key).
+        patch_size: the (fixed) size of every input; lets ``RandAffined`` reuse its coordinate grid.
     """
     if not aug.enabled:
         return []
@@ -167,9 +199,14 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
     radians = math.radians(aug.rotate_degrees)
     rotate = (radians,) * (3 if spatial_dims == 3 else 1)
     shift = background is not None and background != 0.0  # RandAffined pads with zeros: make that the background
-    chain: list[mt.Transform] = [mt.ShiftIntensityd("image", offset=-background)] if shift else []
+    # drop the metadata: MONAI's transforms then work on MetaTensors with empty metadata, whose per-operation
+    # handling costs far less (nothing downstream reads the metadata of an augmented patch)
+    chain: list[mt.Transform] = [mt.EnsureTyped(keys, track_meta=False)]
+    if shift:
+        chain.append(mt.ShiftIntensityd("image", offset=-background))
     chain.append(mt.RandAffined(keys, prob=aug.affine_probability, rotate_range=rotate,
-                                scale_range=(aug.scale,) * spatial_dims, mode=modes, padding_mode="zeros"))
+                                scale_range=(aug.scale,) * spatial_dims, mode=modes, padding_mode="zeros",
+                                spatial_size=tuple(patch_size) if patch_size else None, cache_grid=bool(patch_size)))
     if shift:
         chain.append(mt.ShiftIntensityd("image", offset=background))
     for axis in aug.flip_axes:
@@ -182,7 +219,7 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
     sigma = (0.5, 1.0)
     chain += [
         RandBiasAboveFloord("image", prob=aug.bias_field_probability, coefficient=aug.bias_field_coefficient),
-        mt.RandGaussianNoised("image", prob=p, std=aug.noise_std),
+        RandGaussianNoiseFastd("image", prob=p, std=aug.noise_std),
         mt.RandGaussianSmoothd("image", prob=p, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma),
         mt.RandScaleIntensityd("image", factors=aug.brightness, prob=p),
         mt.RandShiftIntensityd("image", offsets=0.1, prob=p),

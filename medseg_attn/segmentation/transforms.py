@@ -180,12 +180,14 @@ def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessin
         mt.SpatialPadd("label", spatial_size=patch),
         mt.ClassesToIndicesd("label", num_classes=num_classes, indices_postfix="_indices",
                              max_samples_per_class=20000),
+        mt.EnsureTyped(keys, track_meta=False),  # cached as plain tensors: cropping a MetaTensor costs 2x
         mt.RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, ratios=ratios,
                                    num_classes=num_classes, num_samples=data.samples_per_case,
                                    indices_key="label_indices", warn=False),
     ]
     masking = prep is not None and prep.foreground == "body"
-    chain += augmentation(data.augmentation, len(patch), background=background, background_masking=masking)
+    chain += augmentation(data.augmentation, len(patch), background=background, background_masking=masking,
+                          patch_size=patch)
     chain.append(mt.DeleteItemsd("label_indices"))
     chain.append(mt.EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     return chain

@@ -7,7 +7,13 @@ import numpy as np
 import torch
 from monai import transforms as mt
 
-from medseg_attn.augmentation import _BACKGROUND_KEY, RandBackgroundMaskd, RandBiasAboveFloord, augmentation
+from medseg_attn.augmentation import (
+    _BACKGROUND_KEY,
+    RandBackgroundMaskd,
+    RandBiasAboveFloord,
+    RandGaussianNoiseFastd,
+    augmentation,
+)
 from medseg_attn.config import AugmentationConfig
 from medseg_attn.demo_data import generate_case
 
@@ -112,3 +118,30 @@ def test_bias_field_draws_a_smooth_field_of_the_configured_strength():
     assert 1.0 < float(exact.max() / exact.min()) < 20.0
     skipped = RandBiasAboveFloord("image", prob=0.0)({"image": image})
     assert torch.equal(skipped["image"], image)
+
+
+def test_fast_noise_is_reproducible_zero_mean_and_within_the_configured_strength():
+    image = torch.zeros(1, 32, 32, 32)
+    draws = []
+    for _ in range(2):
+        noise = RandGaussianNoiseFastd("image", prob=1.0, std=0.2)
+        noise.set_random_state(seed=3)
+        draws.append(noise({"image": image})["image"])
+    assert torch.equal(draws[0], draws[1])  # the same seed, the same noise
+    sigma = float(draws[0].std())
+    assert 0.0 < sigma <= 0.2 * 1.05 and abs(float(draws[0].mean())) < 0.05 * sigma + 1e-3
+    never = RandGaussianNoiseFastd("image", prob=0.0, std=0.2)
+    assert torch.equal(never({"image": image})["image"], image)
+
+
+def test_rotation_with_a_cached_grid_keeps_the_patch_size_and_label_values():
+    from monai.data import MetaTensor
+
+    image, label = _patch()
+    chain = mt.Compose(augmentation(AugmentationConfig(affine_probability=1.0), 3, background=0.0,
+                                    patch_size=(48, 48, 48)))
+    chain.set_random_state(seed=2)
+    out = chain({"image": MetaTensor(image), "label": MetaTensor(label)})
+    assert out["image"].shape == (1, 48, 48, 48) and out["label"].shape == (1, 48, 48, 48)
+    assert not torch.equal(out["label"], label)  # it did rotate
+    assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0, 2.0}  # nearest-neighbour labels
