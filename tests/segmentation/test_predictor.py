@@ -163,3 +163,27 @@ def test_multichannel_case_from_channel_files(tmp_path):
                        in_channels=2)
     with pytest.raises(ValueError, match="1 channel\\(s\\), the model expects 2"):
         single.predict(inputs / "case_0000.nii.gz")
+
+
+def test_bf16_prediction_casts_the_weights_once_per_image_with_the_same_result():
+    import contextlib
+
+    from torch.profiler import profile
+
+    from medseg_attn.networks import AttentionSkipUNet
+
+    torch.manual_seed(0)
+    network = AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32, 64)).eval()
+    prep = Preprocessing(None, "RAS", "none", (0.0, 1.0), False, 3)
+    predictor = Predictor(network, prep, {0: "a", 1: "b", 2: "c"}, (32, 32, 32),
+                          InferenceConfig(precision="bf16", overlap=0.5, sw_batch_size=1))
+    image = torch.randn(1, 64, 48, 32)  # 3 x 2 x 1 windows
+    casts, outputs = {}, {}
+    for kept in (True, False):
+        if not kept:
+            predictor._weight_casts_kept = contextlib.nullcontext
+        with profile() as trace:
+            outputs[kept] = predictor.infer(image)
+        casts[kept] = sum(e.count for e in trace.key_averages() if e.key == "aten::_to_copy")
+    assert torch.equal(outputs[True], outputs[False])
+    assert casts[True] < casts[False]
