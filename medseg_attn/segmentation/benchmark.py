@@ -26,6 +26,7 @@ from torch import nn
 
 from medseg_attn.segmentation.benchmark_pipeline import (
     PIPELINES,
+    WINDOW_BATCH,
     InferenceResult,
     benchmark_data_pipeline,
     benchmark_inference,
@@ -399,8 +400,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{r['name']:36s} {r['parameters'] / 1e6:7.2f}M {r['forward_gflops']:7.1f} "
                      f"{r['forward_seconds']:7.3f} {r['train_step_seconds']:7.3f} "
                      f"{100 * r['forward_fraction_of_matmul']:7.1f}% {r['peak_memory_mb']:8.0f}")
-    lines += ["", f"whole-volume prediction (64^3 windows, overlap {report['overlap']}, batch 2; limit = the plan's "
-                  f"FLOPs / the fp32 matmul rate):"]
+    lines += ["", f"whole-volume prediction (64^3 windows, overlap {report['overlap']}, {WINDOW_BATCH} windows per "
+                  f"pass; limit = the plan's FLOPs / the fp32 matmul rate):"]
     for r in report["inference"]:
         lines.append(f"  {r['name']:62s} {r.get('arithmetic', 'float32'):8s} {str(tuple(r['shape'])):16s} "
                      f"{r['seconds']:7.1f} s (limit "

@@ -92,7 +92,7 @@ PIPELINES = {
                              "fp32"),
 }
 WINDOW = (64, 64, 64)
-WINDOW_BATCH = 2
+WINDOW_BATCH = 4
 
 
 def inference_network(kind: str) -> torch.nn.Module:
