@@ -125,7 +125,8 @@ class InferenceConfig:
     blend: str = "gaussian"  # gaussian or constant
     tta: bool = False  # average over flips of every spatial axis
     patch_size: tuple[int, ...] | None = None  # null = data.patch_size
-    precision: str = "auto"  # auto (fp16 on CUDA, bf16 on CPUs measured >= 1.3x faster in bf16, else fp32), fp32, bf16, fp16
+    # auto (fp16 on CUDA, bf16 on CPUs measured >= 1.3x faster in bf16, else fp32), fp32, bf16, fp16
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ConvBlock", "UpsampleHead", "conv_class", "norm_layer"]
+__all__ = ["ConvBlock", "UpsampleHead", "conv_class", "conv_function", "norm_layer"]
 
 
 def conv_class(spatial_dims: int) -> type[nn.Module]:
     return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+
+
+def conv_function(spatial_dims: int):
+    """``conv2d`` or ``conv3d`` of ``torch.nn.functional``."""
+    return {2: nn.functional.conv2d, 3: nn.functional.conv3d}[spatial_dims]
 
 
 def norm_layer(spatial_dims: int, kind: str, channels: int) -> nn.Module:
@@ -61,7 +66,7 @@ class UpsampleHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C_in, *S) -> (B, C_out, *2S)."""
         dims = self.spatial_dims
-        conv = nn.functional.conv3d if dims == 3 else nn.functional.conv2d
+        conv = conv_function(dims)
         bias = self.bias.repeat_interleave(2**dims) if self.bias is not None else None
         phases = conv(nn.functional.pad(x, (0, 1) * dims), self.phase_kernel(), bias)  # (B, C_out * 2^D, *S)
         batch, spatial = x.shape[0], phases.shape[2:]

@@ -26,7 +26,7 @@ from medseg_attn.networks.attention import (
     window_merge,
     window_partition,
 )
-from medseg_attn.networks.blocks import ConvBlock, UpsampleHead, conv_class
+from medseg_attn.networks.blocks import ConvBlock, UpsampleHead, conv_class, conv_function
 
 __all__ = ["AttentionSkipUNet", "SkipAttention", "ConvBlock", "UpsampleHead"]
 
@@ -399,8 +399,8 @@ class AttentionSkipUNet(nn.Module):
         mean = weight.mean(dim=tuple(range(2, weight.dim()))).t()  # (C_level, C_coarse)
         if pool > 2:
             coarse = block_mean(coarse, pool // 2)  # (B, C_coarse, *S_coarse / (pool / 2))
-        conv = nn.functional.conv3d if self.spatial_dims == 3 else nn.functional.conv2d
-        return conv(coarse, mean.reshape(*mean.shape, *(1,) * self.spatial_dims))  # (B, C_level, *S_level / pool)
+        kernel = mean.reshape(*mean.shape, *(1,) * self.spatial_dims)  # a 1x1(x1) convolution
+        return conv_function(self.spatial_dims)(coarse, kernel)  # (B, C_level, *S_level / pool)
 
     def _run(self, x: torch.Tensor, collect: dict[int, torch.Tensor] | None) -> torch.Tensor | list[torch.Tensor]:
         return self.decode(self.encode(x), x.shape[2:], collect)

@@ -39,8 +39,9 @@ def cpu_bf16_speedup() -> float:
     feature flags cannot tell these apart; timing can.
     """
     try:
-        conv = torch.nn.Conv3d(16, 16, 3, padding=1, bias=False)
-        x = torch.randn(2, 16, 24, 24, 24)
+        with torch.random.fork_rng(devices=[]):  # the probe's random weights leave the seeded stream untouched
+            conv = torch.nn.Conv3d(16, 16, 3, padding=1, bias=False)
+            x = torch.randn(2, 16, 24, 24, 24)
         best = {False: float("inf"), True: float("inf")}
         with torch.no_grad():
             for repetition in range(6):

@@ -55,3 +55,14 @@ def test_optimizers_are_fused():
         before = network.weight.detach().clone()
         optimizer.step()
         assert not torch.equal(before, network.weight)
+
+
+def test_the_bf16_probe_leaves_the_seeded_random_stream_alone():
+    from medseg_attn.training.device import cpu_bf16_speedup
+
+    cpu_bf16_speedup.cache_clear()
+    torch.manual_seed(5)
+    cpu_bf16_speedup()
+    after_probe = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_probe, torch.rand(3))
