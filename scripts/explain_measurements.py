@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medseg_attn.segmentation.predictor import Predictor
+from medseg_attn.segmentation.inference.predictor import Predictor
 
 
 def regions(labels: np.ndarray) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from medseg_attn.classification.predictor import Classifier
 from medseg_attn.plots import save_map_overlay_png, save_picture_attention_png
-from medseg_attn.segmentation.predictor import Predictor
+from medseg_attn.segmentation.inference.predictor import Predictor
 
 
 def small(path: Path) -> None:

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("monai", "nibabel"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from medseg_attn.segmentation.predictor import Predictor
-    from medseg_attn.segmentation.stress import BRAIN_VARIANTS, brain_variants, run_stress, volume_variants
+    from medseg_attn.segmentation.inference.predictor import Predictor
+    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, brain_variants, run_stress, volume_variants
 
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     if args.image:

@@ -15,7 +15,7 @@ import torch
 
 from medseg_attn.config import Config
 from medseg_attn.networks.factory import build_network
-from medseg_attn.segmentation.transforms import Preprocessing
+from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.training.checkpoint import save_checkpoint
 
 LABELS = {0: "background", 1: "shell", 2: "core"}

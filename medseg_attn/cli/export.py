@@ -49,7 +49,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
         written = export_classifier(args.model, args.format, args.output)
     else:
-        from medseg_attn.segmentation.export import export_segmentation
+        from medseg_attn.segmentation.export.models import export_segmentation
 
         written = export_segmentation(args.model, args.format, args.output)
     print(f"exported {task} model as {args.format} -> {written}")

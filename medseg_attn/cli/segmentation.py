@@ -1,4 +1,4 @@
-"""``medseg-attn plan|train|predict|inspect|evaluate|demo|benchmark``: the segmentation commands.
+"""``medseg-attn plan|train|predict|inspect|evaluate|demo``: the segmentation commands.
 
 ``add_parsers(commands)`` adds them to the top-level sub-parsers; ``RUNNERS`` maps each to its function. Library
 errors propagate to :func:`medseg_attn.cli.app.main`, which turns them into one line and an exit code.
@@ -55,11 +55,6 @@ exit codes: 0 every case done (or skipped as existing), 1 some case failed (see 
     "demo": """examples:
   medseg-attn demo --output demo_out            # about 7 minutes on a 2-core CPU
   medseg-attn demo --output demo_out --minutes 2 --baseline""",
-    "benchmark": """examples:
-  medseg-attn benchmark --quick                  # a few minutes on 2 CPU cores
-  medseg-attn benchmark --output bench/          # the full run (512x512x300 volume), see docs/benchmarks.md
-
-prints each ratio with its target; writes OUTPUT/benchmark.json and OUTPUT/benchmark.png""",
 }
 
 
@@ -168,11 +163,6 @@ def add_parsers(command) -> None:
     demo.add_argument("--stress-cases", type=int, default=1,
                       help="unseen deformations for the stress test (13 acquisition variants each; 0 = none; "
                            "default 1)")
-    benchmark = command("benchmark", "time our networks and predictor against MONAI's in one run; print ratios")
-    benchmark.add_argument("--quick", action="store_true", help="small volumes, fewer repetitions (a few minutes)")
-    benchmark.add_argument("--output", type=Path, default=Path("benchmark_out"),
-                           help="folder for benchmark.json and benchmark.png (default benchmark_out)")
-    benchmark.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -188,8 +178,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from medseg_attn.config import load_config
-    from medseg_attn.segmentation.datasets import load_dataset
-    from medseg_attn.segmentation.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
+    from medseg_attn.segmentation.data.datasets import load_dataset
+    from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 
     overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
     config = load_config(args.config, overrides)
@@ -209,10 +199,10 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     for item in args.input:  # an oversized file named on the command line: one line before the model loads
         check_file_size(Path(item).expanduser())
-    from medseg_attn.segmentation.batch import check_output_dir, collect_cases, predict_files, write_reports
-    from medseg_attn.segmentation.predictor import Predictor
-    from medseg_attn.segmentation.qc_report import Review
-    from medseg_attn.segmentation.review import load_review_settings
+    from medseg_attn.segmentation.inference.batch import check_output_dir, collect_cases, predict_files, write_reports
+    from medseg_attn.segmentation.inference.predictor import Predictor
+    from medseg_attn.segmentation.qc.qc_report import Review
+    from medseg_attn.segmentation.qc.review import load_review_settings
     from medseg_attn.training.device import resolve_device
     from medseg_attn.training.distributed import setup, shard
 
@@ -222,7 +212,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     options = {"tta": args.tta or None, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size,
                "precision": args.precision}
     if args.engine == "onnxruntime" or any(str(m).endswith(".onnx") for m in args.model):
-        from medseg_attn.segmentation.export import predictor_from_onnx
+        from medseg_attn.segmentation.export.models import predictor_from_onnx
 
         if len(args.model) != 1 or not str(args.model[0]).endswith(".onnx"):
             raise ValueError(f"--engine onnxruntime: give one .onnx file as --model (medseg-attn export --format "
@@ -276,7 +266,7 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
     path = Path(spec)
     if path.exists():
         if path.is_dir() and (path / "dataset.json").exists() or path.suffix == ".json":
-            from medseg_attn.segmentation.datasets import load_dataset
+            from medseg_attn.segmentation.data.datasets import load_dataset
 
             return load_dataset(path).labels
         from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
@@ -295,7 +285,7 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from medseg_attn.segmentation.evaluate import evaluate_folders
+    from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
 
     summary = evaluate_folders(args.pred, args.label, args.output, labels=_labels_from(args.labels),
                                tolerance_mm=args.tolerance, include_background=args.include_background,
@@ -317,12 +307,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_benchmark(args: argparse.Namespace) -> int:
-    from medseg_attn.segmentation.benchmark import format_report, run_benchmarks
-
-    print(format_report(run_benchmarks(args.output, quick=args.quick, device=args.device)))
-    return 0
-
 
 RUNNERS = {"plan": _run_plan, "train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
-           "inspect": _run_inspect, "benchmark": _run_benchmark}
+           "inspect": _run_inspect}

@@ -6,7 +6,7 @@
 2. train the attention-skip U-Net within the budget (and, with ``baseline``, the same U-Net without attention);
 3. predict the held-out 1 mm cases (probabilities resampled to 1 mm before the argmax);
 4. evaluate Dice, HD95 and surface Dice, draw an overlay, and write ``summary.md``;
-5. stress test (:mod:`medseg_attn.segmentation.stress`): new unseen deformations under acquisition variants
+5. stress test (:mod:`medseg_attn.segmentation.evaluation.stress`): new unseen deformations under acquisition variants
    (zero background, skull-stripped, bias, gamma, noise, low resolution, rigid moves, an oblique LPS grid),
    Dice per variant in ``stress/stress.csv`` and ``stress/stress.png``, summarised in ``summary.md``.
 """
@@ -28,9 +28,9 @@ from medseg_attn.config import Config, apply_overrides, from_dict
 from medseg_attn.demo_data import LABELS, build_demo_dataset
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.plots import save_overlay_png
-from medseg_attn.segmentation.batch import predict_files
-from medseg_attn.segmentation.evaluate import evaluate_folders
-from medseg_attn.segmentation.predictor import Predictor
+from medseg_attn.segmentation.inference.batch import predict_files
+from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
+from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.train import train
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def _stress(output: Path, variant: dict[str, Any], cases: int) -> list[dict[str,
     """The stress test of the first model on ``cases`` new unseen deformations (nothing when 0)."""
     if cases <= 0:
         return []
-    from medseg_attn.segmentation.stress import BRAIN_VARIANTS, brain_variants, run_stress
+    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, brain_variants, run_stress
 
     logger.info("stress test: %d unseen case(s) x %d variants", cases, len(BRAIN_VARIANTS))
     predictor = Predictor.from_checkpoint(output / f"run{'' if variant['name'] == 'attention' else variant['name']}")

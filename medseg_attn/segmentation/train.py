@@ -36,12 +36,12 @@ from medseg_attn.config import Config, save_config
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
-from medseg_attn.segmentation.datasets import check_cases, load_dataset, split_cases
-from medseg_attn.segmentation.explain import validation_attention_images
-from medseg_attn.segmentation.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
-from medseg_attn.segmentation.predictor import Predictor
-from medseg_attn.segmentation.resample import class_labels
-from medseg_attn.segmentation.transforms import Preprocessing, preprocessing, training_augmentation
+from medseg_attn.segmentation.data.datasets import check_cases, load_dataset, split_cases
+from medseg_attn.segmentation.inference.explain import validation_attention_images
+from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.inference.resample import class_labels
+from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.training.card import training_card
 from medseg_attn.training.device import resolve_device
 from medseg_attn.training.distributed import Distributed, partition, setup, shard

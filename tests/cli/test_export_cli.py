@@ -35,8 +35,8 @@ def cases(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_onnxruntime_predictor_equals_pytorch_in_process(cases, tmp_path):
     """The fast check: the same Predictor pipeline on the ONNX file (onnxruntime) and on the checkpoint."""
-    from medseg_attn.segmentation.export import export_segmentation, predictor_from_onnx
-    from medseg_attn.segmentation.predictor import Predictor
+    from medseg_attn.segmentation.export.models import export_segmentation, predictor_from_onnx
+    from medseg_attn.segmentation.inference.predictor import Predictor
 
     model, inputs = cases
     onnx_predictor = predictor_from_onnx(export_segmentation(model, "onnx", tmp_path / "m.onnx"))

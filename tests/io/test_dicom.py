@@ -225,8 +225,8 @@ def test_dataset_entry_pointing_to_a_dicom_folder(ct_dir, tmp_path):
 
     from monai import transforms as mt
 
-    from medseg_attn.segmentation.datasets import check_cases, load_dataset, median_spacing
-    from medseg_attn.segmentation.transforms import Preprocessing, preprocessing
+    from medseg_attn.segmentation.data.datasets import check_cases, load_dataset, median_spacing
+    from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 
     spec = {"labels": {str(k): f"class_{k}" for k in range(118)}, "modality": {"0": "CT"},
             "training": [{"image": str(ct_dir / "dicom"), "label": str(ct_dir / "example_seg_dicom.nii.gz")}]}
@@ -246,7 +246,7 @@ def test_dataset_entry_pointing_to_a_dicom_folder(ct_dir, tmp_path):
 
 
 def test_nnunet_folder_of_nrrd_files(tmp_path):
-    from medseg_attn.segmentation.datasets import check_cases, load_dataset
+    from medseg_attn.segmentation.data.datasets import check_cases, load_dataset
 
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()

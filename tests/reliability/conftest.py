@@ -10,7 +10,7 @@ import pytest
 
 from medseg_attn.config import ClassifyConfig, load_config
 from medseg_attn.networks.factory import build_classifier, build_network
-from medseg_attn.segmentation.transforms import Preprocessing
+from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.training.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli_helpers, dicom_factory

@@ -115,6 +115,6 @@ def test_compiled_training_saves_the_plain_network(brain_dataset, tmp_path):
     assert result.steps == 6
     payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert not any("_orig_mod" in key for key in payload["model"])
-    from medseg_attn.segmentation.predictor import Predictor
+    from medseg_attn.segmentation.inference.predictor import Predictor
 
     Predictor.from_checkpoint(tmp_path / "run")  # loads into the plain network

@@ -1,0 +1,126 @@
+"""``medseg-attn export`` for segmentation models, and prediction with an exported ONNX file.
+
+* :func:`export_segmentation`: a run folder or checkpoint -> TorchScript (``.ts``), ONNX (``.onnx``) or a MONAI
+  bundle (a folder, see :mod:`medseg_attn.segmentation.export.bundle`); every export carries the model card, labels,
+  colours, preprocessing and config (see :mod:`medseg_attn.networks.export`).
+* :func:`predictor_from_onnx`: a :class:`~medseg_attn.segmentation.inference.predictor.Predictor` whose network is the
+  ONNX file run by onnxruntime: the same preprocessing, sliding window, resampling and writers as PyTorch.
+
+See ``docs/export.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from medseg_attn.config import from_dict
+from medseg_attn.networks.export import (
+    OnnxNetwork,
+    example_input,
+    export_onnx,
+    export_torchscript,
+    read_metadata,
+)
+from medseg_attn.networks.factory import build_network
+from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.data.transforms import Preprocessing
+from medseg_attn.training.card import export_metadata
+from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EXPORT_FORMATS", "export_segmentation", "load_segmentation", "output_file", "predictor_from_onnx"]
+
+EXPORT_FORMATS = ("torchscript", "onnx", "bundle")
+SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx"}
+
+
+def load_segmentation(model: str | Path) -> tuple[Any, dict[str, Any], Path]:
+    """The network (eval, CPU, fp32), the checkpoint payload and its path for a run folder or checkpoint.
+
+    Raises:
+        ValueError: not a segmentation checkpoint, or one that does not fit this version.
+    """
+    path = find_checkpoint(model)
+    payload = load_checkpoint(path)
+    if payload.get("task", "segmentation") != "segmentation":
+        raise ValueError(f"{path}: is a {payload['task']} model, not a segmentation model")
+    try:
+        config = from_dict(payload["config"])
+        prep = Preprocessing.from_dict(payload["preprocessing"])
+        network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), len(payload["labels"]))
+        network.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
+    return network.eval(), payload, path
+
+
+def output_file(output: str | Path, fmt: str) -> Path:
+    """``output`` with the format's suffix (``.ts`` / ``.onnx``) added when it has none."""
+    output = Path(output)
+    return output if output.suffix else output.with_suffix(SUFFIXES[fmt])
+
+
+def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path:
+    """Export a segmentation run folder or checkpoint.
+
+    Args:
+        model: run folder or ``.pt`` checkpoint.
+        fmt: 'torchscript', 'onnx' or 'bundle'.
+        output: the file to write (suffix added when missing), or the bundle folder.
+
+    Returns:
+        The written file or folder.
+
+    Raises:
+        ValueError: unknown format, not a segmentation model, or an export the checker rejects.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    network, payload, path = load_segmentation(model)
+    if fmt == "bundle":
+        from medseg_attn.segmentation.export.bundle import write_bundle
+
+        return write_bundle(network, payload, path, Path(output))
+    if not hasattr(network, "divisor"):
+        raise ValueError(f"{path}: export supports the attention_skip_unet architecture, not "
+                         f"{type(network).__name__}")
+    example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
+                            network.divisor)
+    metadata = export_metadata(payload, str(path))
+    target = output_file(output, fmt)
+    writer = export_torchscript if fmt == "torchscript" else export_onnx
+    writer(network, example, target, metadata)
+    logger.info("exported %s as %s: %s", path, fmt, target)
+    return target
+
+
+def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) -> Predictor:
+    """A predictor running an ONNX file exported by :func:`export_segmentation` with onnxruntime (CPU).
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: onnxruntime intra-op threads (0 = its default).
+        inference: overrides of the saved inference config (``tta``, ``overlap``, ``sw_batch_size``).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a medseg-attn segmentation export.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX file not found")
+    metadata = read_metadata(path)
+    if metadata.get("task", "segmentation") != "segmentation":
+        raise ValueError(f"{path}: is a {metadata['task']} model; use `medseg-attn classify predict` for it")
+    config = from_dict(metadata["config"])
+    if inference:
+        config = config.replace(inference={k: v for k, v in inference.items() if v is not None})
+    prep = Preprocessing.from_dict(metadata["preprocessing"])
+    labels = {int(k): v for k, v in metadata["labels"].items()}
+    patch = config.inference.patch_size or config.data.patch_size
+    predictor = Predictor(OnnxNetwork(path, threads), prep, labels, patch, config.inference, "cpu",
+                          int(metadata["in_channels"]), [str(path)])
+    predictor.colors.update({int(k): list(v) for k, v in (metadata.get("colors") or {}).items()})
+    return predictor

@@ -1,0 +1,1 @@
+"""Quality control of a batch: review flags and their severity, the offline report.html."""

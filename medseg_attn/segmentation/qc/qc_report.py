@@ -1,0 +1,282 @@
+"""The batch QC report: statistics per case, review flags and one self-contained ``OUT/report.html``.
+
+:class:`Review` is what a batch needs: :meth:`Review.case` measures a predicted case (statistics, checks against
+the model's plan, a thumbnail in ``OUT/qc/``), :meth:`Review.skipped` measures a case whose outputs exist from an
+earlier run (from the files), and :meth:`Review.write` writes ``statistics.csv`` (with ``statistics``) and the
+report: a table of the cases, worst first (sortable by any column with plain inline JavaScript: no network, no
+server), each case's flags, key statistics, thumbnail and links to its files, the uncertainty overlay where it was
+computed, and the batch's volume distributions (``OUT/qc/volumes.png``). See ``docs/statistics.md``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from medseg_attn.io.files import atomic_write_text
+from medseg_attn.segmentation.qc.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
+from medseg_attn.segmentation.evaluation.structure_statistics import (case_statistics, read_case_statistics, write_case_statistics,
+                                                 write_statistics_csv)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Review", "render_report"]
+
+MAX_VOLUME_COLUMNS = 8  # more structures: the table shows the total foreground volume instead
+
+
+class Review:
+    """Statistics, flags and the QC report of one batch.
+
+    Args:
+        names: class index -> structure name (the model's labels).
+        plan_spacing, patch_size, intensity: the model's preprocessing (see :func:`plan_flags`).
+        settings: how flags are raised.
+        statistics: also write ``<case>_statistics.json`` per case and ``statistics.csv`` for the batch.
+    """
+
+    def __init__(self, names: dict[int, str], plan_spacing: tuple[float, ...] | None, patch_size: tuple[int, ...],
+                 intensity: str, settings: ReviewSettings | None = None, statistics: bool = False) -> None:
+        self.names = {int(k): v for k, v in names.items() if int(k) != 0}
+        self.plan_spacing, self.patch_size, self.intensity = plan_spacing, tuple(patch_size), intensity
+        self.settings = settings or ReviewSettings()
+        self.statistics = statistics
+        self.unit = "hu" if intensity == "ct" else None
+
+    @classmethod
+    def for_predictor(cls, predictor: Any, settings: ReviewSettings | None = None, statistics: bool = False
+                      ) -> Review:
+        """The review of a :class:`~medseg_attn.segmentation.inference.predictor.Predictor`'s batch."""
+        prep = predictor.prep
+        return cls(predictor.labels, prep.spacing, predictor.patch_size, prep.intensity, settings, statistics)
+
+    def measure(self, name: str, labels: np.ndarray, affine: np.ndarray, image: np.ndarray | None,
+                uncertainty: np.ndarray | None, source: Path, output_dir: Path) -> dict[str, Any]:
+        """Statistics, plan checks and thumbnail of one case; returns what the batch record keeps."""
+        from medseg_attn.plots import save_thumbnail_png
+
+        record = case_statistics(labels, affine, self.names, image, uncertainty, self.unit, name, source)
+        if self.statistics:
+            write_case_statistics(record, output_dir / f"{name}_statistics.json")
+        thumbnail = output_dir / "qc" / f"{name}.png"
+        picture = image if image is not None else (labels > 0).astype(np.float32)
+        save_thumbnail_png(thumbnail, picture, labels, affine, classes=max(self.names, default=1) + 1)
+        return {"statistics": record, "plan_flags": plan_flags(record, self.plan_spacing, self.patch_size,
+                                                               self.intensity, self.settings)}
+
+    def case(self, result: Any, name: str, source: Path, output_dir: Path) -> dict[str, Any]:
+        """Measure a :class:`~medseg_attn.segmentation.inference.predictor.Prediction` (its ``image``: original values)."""
+        return self.measure(name, result.labels, result.affine, result.image, result.uncertainty, source, output_dir)
+
+    def skipped(self, name: str, files: list[Path], series_uid: str | None, output_dir: Path,
+                resample_uneven: bool = False, volume_index: int | None = None) -> dict[str, Any]:
+        """Measure a case whose outputs exist (an earlier run): its statistics file, or its label map and input.
+
+        A case that cannot be measured (no NIfTI output, unreadable input) is logged and left without numbers.
+        """
+        saved, thumbnail = output_dir / f"{name}_statistics.json", output_dir / "qc" / f"{name}.png"
+        if saved.exists() and thumbnail.exists():
+            try:
+                record = read_case_statistics(saved)
+                return {"statistics": record, "plan_flags": plan_flags(record, self.plan_spacing, self.patch_size,
+                                                                       self.intensity, self.settings)}
+            except ValueError as error:
+                logger.warning("%s; measuring the case again", error)
+        try:
+            labels, affine, image, uncertainty = _read_outputs(name, files, series_uid, output_dir, resample_uneven,
+                                                               volume_index)
+        except (ValueError, OSError) as error:
+            logger.warning("%s: no statistics for the existing outputs (%s)", name, error)
+            return {"statistics": None, "plan_flags": []}
+        return self.measure(name, labels, affine, image, uncertainty, files[0], output_dir)
+
+    def write(self, records: list[dict[str, Any]], output_dir: Path) -> list[dict[str, Any]]:
+        """``statistics.csv`` (with ``statistics``), ``qc/volumes.png`` and ``report.html``; returns the cases
+        worst first (each with ``flags`` and ``score``)."""
+        from medseg_attn.plots import save_distributions_png
+
+        cases = [{"case": r["case"], "input": r["input"], "output": r.get("output", ""), "status": r["status"],
+                  "error": r.get("error", ""), **(r.get("review") or {"statistics": None, "plan_flags": []})}
+                 for r in records]
+        ranked = flag_cases(cases, self.settings)
+        measured = [c["statistics"] for c in cases if c.get("statistics")]
+        if self.statistics:
+            write_statistics_csv(measured, output_dir / "statistics.csv", self.unit)
+        volumes: dict[str, list[tuple[str, float, bool]]] = {name: [] for name in self.names.values()}
+        for case in ranked:
+            for row in (case["statistics"] or {}).get("structures", []):
+                if row["voxels"]:
+                    flagged = any(f["detail"].startswith(f"{row['structure']}:") for f in case["flags"])
+                    volumes.setdefault(row["structure"], []).append((case["case"], row["volume_ml"], flagged))
+        (output_dir / "qc").mkdir(parents=True, exist_ok=True)
+        save_distributions_png(output_dir / "qc" / "volumes.png", volumes, "ml",
+                               f"Volume per structure over {len(measured)} case(s); red: flagged")
+        atomic_write_text(output_dir / "report.html", render_report(ranked, self, output_dir))
+        flagged = sum(1 for c in ranked if c["flags"])
+        logger.info("QC report: %d of %d case(s) flagged -> %s", flagged, len(ranked), output_dir / "report.html")
+        return ranked
+
+
+def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_dir: Path, resample_uneven: bool,
+                  volume_index: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The label map (and uncertainty map) written for a case, and its input image, on the input's grid."""
+    import nibabel as nib
+
+    from medseg_attn.io.readers import LoadVolumed
+    from medseg_attn.io.volumes import grid_mapping, on_grid
+
+    label_path = output_dir / f"{name}.nii.gz"
+    if not label_path.exists():
+        raise FileNotFoundError(f"{label_path}: not found (statistics need the NIfTI output)")
+    loaded = LoadVolumed("image", series_uid=series_uid, resample_uneven=resample_uneven).load(
+        files if len(files) > 1 else files[0])
+    channel = volume_index if volume_index is not None and loaded.shape[0] > 1 else 0
+    image = np.asarray(loaded[channel], dtype=np.float32)
+    affine = np.asarray(loaded.affine, dtype=np.float64)
+    if image.ndim == 2:
+        full = np.eye(4)
+        full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, -1]
+        affine = full
+    maps = []
+    for path in (label_path, output_dir / f"{name}_uncertainty.nii.gz"):
+        if not path.exists():
+            maps.append(None)
+            continue
+        stored = nib.load(str(path))
+        data = np.asanyarray(stored.dataobj)
+        data = data.reshape(data.shape[:image.ndim]) if data.ndim > image.ndim else data
+        mapping = grid_mapping(data.shape, stored.affine, image.shape, affine) if data.ndim == 3 else None
+        if mapping is None and data.shape != image.shape:
+            raise ValueError(f"{path}: not on the grid of {files[0]}")
+        maps.append(np.asarray(on_grid(data, mapping) if mapping else data))
+    labels = np.rint(maps[0]).astype(np.int32)
+    return labels, affine, image, maps[1]
+
+
+def _cell(text: Any, value: Any = None, css: str = "") -> str:
+    data = "" if value is None else f' data-value="{html.escape(str(value))}"'
+    cls = f' class="{css}"' if css else ""
+    return f"<td{cls}{data}>{html.escape(str(text))}</td>"
+
+
+def _files(case: dict[str, Any], output_dir: Path) -> list[tuple[str, str]]:
+    """(label, relative link) of every file of the case that exists, the input last."""
+    links = []
+    for target in [t for t in str(case.get("output") or "").split(";") if t]:
+        path = Path(target)
+        if path.exists():
+            links.append((path.name, path.name if path.parent.resolve() == output_dir.resolve() else path.as_uri()))
+    saved = output_dir / f"{case['case']}_statistics.json"
+    if saved.exists():
+        links.append((saved.name, saved.name))
+    source = Path(case["input"])
+    if source.exists():
+        links.append(("input", source.resolve().as_uri()))
+    return links
+
+
+def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path) -> str:
+    """The HTML text of ``report.html`` for cases ranked worst first (see :meth:`Review.write`)."""
+    names = list(review.names.values())
+    per_structure = len(names) <= MAX_VOLUME_COLUMNS
+    header = ['<th data-first="asc">rank</th>', '<th class="text" data-first="asc">case</th>',
+              '<th data-first="desc">score</th>', '<th class="text" data-first="asc">flags</th>']
+    header += [f'<th data-first="desc" data-flag="{kind}">{kind}</th>' for kind in FLAG_KINDS]
+    header += ([f'<th data-first="desc">{html.escape(n)} (ml)</th>' for n in names] if per_structure
+               else ['<th data-first="desc">foreground (ml)</th>'])
+    header += ['<th data-first="desc">uncertainty</th>', '<th class="text">thumbnail</th>']
+    rows, details = [], []
+    for rank, case in enumerate(ranked, start=1):
+        anchor = f"case-{rank}"
+        stats = case.get("statistics") or {}
+        by_name = {r["structure"]: r for r in stats.get("structures", [])}
+        kinds = {kind: sum(f["severity"] for f in case["flags"] if f["kind"] == kind) for kind in FLAG_KINDS}
+        cells = [_cell(rank, rank), f'<td class="text"><a href="#{anchor}">{html.escape(case["case"])}</a></td>',
+                 _cell(f"{case['score']:g}", case["score"]),
+                 f'<td class="flags">{html.escape(", ".join(dict.fromkeys(f["kind"] for f in case["flags"])) or "-")}'
+                 '</td>']
+        cells += [_cell(f"{kinds[k]:.1f}" if kinds[k] else "", round(kinds[k], 3),
+                        ("flag " + k) if kinds[k] else "") for k in FLAG_KINDS]
+        if per_structure:
+            for name in names:
+                volume = (by_name.get(name) or {}).get("volume_ml")
+                cells.append(_cell("" if volume is None else f"{volume:.4g}", volume))
+        else:
+            total = sum(r["volume_ml"] or 0 for r in by_name.values()) if by_name else None
+            cells.append(_cell("" if total is None else f"{total:.4g}", total))
+        uncertainty = stats.get("uncertainty_foreground_mean")
+        cells.append(_cell("" if uncertainty is None else f"{uncertainty:.4f}", uncertainty))
+        thumbnail = output_dir / "qc" / f"{case['case']}.png"
+        image = (f'<a href="#{anchor}"><img class="thumb" src="qc/{html.escape(thumbnail.name)}" alt="'
+                 f'{html.escape(case["case"])}"></a>' if stats and thumbnail.exists() else "")
+        cells.append(f'<td class="text">{image}</td>')
+        css = ' class="failed"' if case["status"] == "failed" else ""
+        rows.append(f'<tr data-rank="{rank}" data-case="{html.escape(case["case"])}"{css}>{"".join(cells)}</tr>')
+        details.append(_detail(case, rank, anchor, review, output_dir))
+    worst = ranked[0] if ranked else None
+    if worst is not None and worst["flags"]:
+        worst_link = (f'<a class="worst" id="open-worst" href="#case-1">Open the worst case: '
+                      f'{html.escape(worst["case"])} (score {worst["score"]:g})</a>')
+    else:
+        worst_link = '<span class="worst none">No case flagged</span>'
+    flagged = sum(1 for c in ranked if c["flags"])
+    failed = sum(1 for c in ranked if c["status"] == "failed")
+    summary = (f"{len(ranked)} case(s); {flagged} flagged for review; {failed} failed. Output folder: "
+               f"{html.escape(str(output_dir.resolve()))}")
+    distributions = ('<img src="qc/volumes.png" alt="volume per structure across the batch">'
+                     if (output_dir / "qc" / "volumes.png").exists() else "<p>no volumes</p>")
+    template = Template(resources.files("medseg_attn.resources").joinpath("qc_report.html").read_text())
+    settings = json.dumps({k: v for k, v in asdict(review.settings).items()}, separators=(", ", ": "))
+    return template.substitute(title="medseg-attn QC report", summary=summary, worst_link=worst_link,
+                               header="".join(header), rows="\n".join(rows), distributions=distributions,
+                               details="\n".join(details), settings=html.escape(settings))
+
+
+def _detail(case: dict[str, Any], rank: int, anchor: str, review: Review, output_dir: Path) -> str:
+    """One case's section: flags with their reasons, pictures, statistics per structure, file links."""
+    parts = [f'<div class="case" id="{anchor}"><h3>{rank}. {html.escape(case["case"])} '
+             f'<span class="muted">score {case["score"]:g}, {html.escape(case["status"])}</span></h3>']
+    if case["flags"]:
+        items = "".join(f"<li><b>{html.escape(f['kind'])}</b> ({f['severity']:.2f}): {html.escape(f['detail'])}</li>"
+                        for f in case["flags"])
+        parts.append(f"<ul>{items}</ul>")
+    thumbnail = output_dir / "qc" / f"{case['case']}.png"
+    if case.get("statistics") and thumbnail.exists():
+        parts.append(f'<img src="qc/{html.escape(thumbnail.name)}" alt="thumbnail of {html.escape(case["case"])}">')
+    overlay = output_dir / f"{case['case']}_overlay.png"
+    if overlay.exists():
+        parts.append(f'<p>Uncertainty / attention overlay:</p><img src="{html.escape(overlay.name)}" '
+                     f'alt="overlay of {html.escape(case["case"])}">')
+    stats = case.get("statistics")
+    if stats:
+        unit = f" ({stats['intensity_unit'].upper()})" if stats.get("intensity_unit") else ""
+        suffix = f"_{stats['intensity_unit']}" if stats.get("intensity_unit") else ""
+        head = ("<tr><th class='text'>structure</th><th>voxels</th><th>volume (ml)</th><th>components</th>"
+                f"<th>largest share</th><th>mean{unit}</th><th>sd{unit}</th><th>uncertainty</th></tr>")
+        body = "".join(
+            "<tr>" + _cell(r["structure"], css="text") + _cell(r["voxels"]) + _cell(f"{r['volume_ml']:.4g}")
+            + _cell(r["components"]) + _cell("" if r["largest_component_share"] is None
+                                             else f"{r['largest_component_share']:.3f}")
+            + _cell(_number(r.get(f"intensity_mean{suffix}"))) + _cell(_number(r.get(f"intensity_sd{suffix}")))
+            + _cell(_number(r.get("uncertainty_mean"))) + "</tr>" for r in stats["structures"])
+        spacing = " x ".join(f"{s:g}" for s in stats["spacing_mm"])
+        parts.append(f"<p class='muted'>grid {' x '.join(map(str, stats['shape']))} voxels, spacing {spacing} mm"
+                     f"</p><table>{head}{body}</table>")
+    elif case["status"] == "failed":
+        parts.append(f"<p>{html.escape(case.get('error') or '')}</p>")
+    links = " | ".join(f'<a href="{html.escape(link)}">{html.escape(label)}</a>'
+                       for label, link in _files(case, output_dir))
+    parts.append(f"<p>files: {links or '-'}</p></div>")
+    return "\n".join(parts)
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}"
