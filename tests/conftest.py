@@ -1,31 +1,18 @@
-"""Shared fixtures: where the real data in ../shared/data lives, and small real volumes cut from it."""
+"""Shared fixtures: the real CT series the repository carries in tests/data (see tests/data/README.md)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """../shared/data beside the checkout, or $MEDSEG_SHARED_DATA."""
-    return Path(os.environ.get("MEDSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+TEST_DATA = REPO_ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = shared_data_dir()
-    if not path.is_dir():
-        pytest.skip(f"real data folder {path} is absent (set MEDSEG_SHARED_DATA)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def ct_dir(shared_data: Path) -> Path:
-    path = shared_data / "totalseg_example_ct"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent")
+def ct_dir() -> Path:
+    """TotalSegmentator's example CT: ``dicom/`` (20-slice series) and ``example_seg_dicom.nii.gz`` (its labels)."""
+    path = TEST_DATA / "totalseg_example_ct"
+    assert (path / "dicom").is_dir() and (path / "example_seg_dicom.nii.gz").is_file(), f"{path} is incomplete"
     return path

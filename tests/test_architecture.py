@@ -111,3 +111,57 @@ def test_exactly_one_main_in_the_package():
              for node in ast.parse(path.read_text()).body
              if isinstance(node, ast.FunctionDef) and node.name == "main"]
     assert mains == ["medseg_attn/cli/app.py"]
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def test_every_module_is_named_in_docs_architecture():
+    """A module added without a line in docs/architecture.md's tree fails here (path relative to the package,
+    e.g. ``segmentation/inference/batch.py``; package __init__ files and resources excepted)."""
+    text = ARCHITECTURE.read_text()
+    modules = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                     if path.name not in ("__init__.py", "__main__.py") and "resources" not in path.parts)
+    missing = [name for name in modules if name not in text]
+    assert not missing, f"modules missing from docs/architecture.md: {missing}"
+
+
+# Where a file's format is decided from its name: only io/suffixes.py may hold suffix literals.
+SUFFIX_TABLE = "io/suffixes.py"
+SUFFIX_LITERALS = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".png", ".jpg", ".jpeg", ".tif",
+                   ".tiff", ".bmp"}
+
+
+def _suffix_tables() -> dict[str, list[str]]:
+    """Modules holding a tuple/list/set/dict of two or more file-suffix literals: a reader-selection table."""
+    found: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            elements = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else \
+                node.keys if isinstance(node, ast.Dict) else []
+            values = [e.value.lower() for e in elements if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+            if len([v for v in values if v in SUFFIX_LITERALS]) >= 2:
+                found.setdefault(str(path.relative_to(PACKAGE)), []).append(", ".join(values))
+    return found
+
+
+def test_one_reader_selection_table():
+    tables = {module: rows for module, rows in _suffix_tables().items() if module != SUFFIX_TABLE}
+    assert SUFFIX_TABLE in _suffix_tables(), "io/suffixes.py no longer holds the suffix table"
+    assert not tables, f"a second table of file suffixes (take them from io/suffixes.py): {tables}"
+
+
+# Core modules that still name a task (issue 25, item 2: one task interface); the list may only shrink.
+NAMES_A_TASK = {"training/card.py"}
+
+
+def test_no_core_module_names_a_task():
+    naming = set()
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path)
+        if _layer(module) != "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in TASKS:
+                naming.add(str(path.relative_to(PACKAGE)))
+    assert naming <= NAMES_A_TASK, f"core modules naming a task: {sorted(naming - NAMES_A_TASK)}"

@@ -37,11 +37,30 @@ def test_partition_and_shard_cover_every_case_in_equal_parts():
     assert sorted(sum(shards, [])) == cases  # validation / prediction: every case exactly once
 
 
-def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def torchrun(*args: str, processes: int = 2, module: str | None = "medseg_attn.cli") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", "-m", "medseg_attn.cli", *args],
+                           f"--nproc_per_node={processes}", *(["-m", module] if module else []), *args],
                           capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_two_ranks_end_a_step_with_the_weights_of_one_process_on_all_the_data(tmp_path):
+    """Oracle: one process on the whole batch. DDP averages the gradients of the two equal halves, so after two
+    SGD steps both ranks hold exactly the single process's weights (ranks that do not synchronise drift apart)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_step import run as one_process
+
+    result = torchrun(str(Path(__file__).parent / "ddp_step.py"), str(tmp_path), module=None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = one_process(tmp_path / "single", Distributed())
+    torch.manual_seed(0)
+    initial = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).state_dict()
+    assert all((expected[key] - initial[key]).abs().max() > 1e-3 for key in initial)  # the steps moved every tensor
+    for rank in (0, 1):
+        weights = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key, value in expected.items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {key}")
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """MONAI transform chains: preprocessing presets, foreground-oversampled patches and augmentation.
 
-``preprocessing`` is deterministic (load -> orientation -> spacing -> intensity preset -> crop to foreground) and
+``preprocessing`` is deterministic (load -> orientation -> spacing -> crop to the body -> intensity preset) and
 is what ``CacheDataset`` caches; ``training_augmentation`` draws patches and augments them every step.
 """
 

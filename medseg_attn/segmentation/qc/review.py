@@ -7,7 +7,7 @@ its severities, so the worst cases come first. The flags:
 * ``empty``: a structure of the model has no voxel in the case (severity 10 per structure);
 * ``volume``: a structure's volume lies outside the batch's robust range, median +- ``volume_mad_k`` x the scaled
   MAD (1.4826 MAD, at least ``min_relative_spread`` x the median), with at least ``min_batch_cases`` non-empty
-  values; or outside its expected range from the settings. Severity: robust z / k (capped at 10);
+  values; or outside its expected range from the settings. Severity: robust z / k (capped at ``CAP`` = 5);
 * ``fragmented``: a structure in more than ``max_components`` connected pieces, or whose largest piece holds less
   than ``min_largest_share`` of its voxels;
 * ``uncertainty``: mean uncertainty inside the predicted foreground above the batch's median + k x scaled MAD

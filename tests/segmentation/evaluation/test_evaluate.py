@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_case, evaluate_folders
 
@@ -265,3 +266,46 @@ def test_real_multi_organ_label_map_against_itself_and_with_an_organ_erased(ct_d
         expected = 0.0 if int(row["class_index"]) == erased else 1.0
         assert float(row["dice"]) == expected, row
         assert (row["hd95"] == "nan") == (expected == 0.0)
+
+
+def test_hd95_is_the_95th_percentile_of_the_surface_distances_not_their_maximum():
+    # By hand: a cube predicted exactly plus one stray voxel 12 voxels beyond its face. The stray voxel is 1 of the
+    # prediction's 297 surface voxels (< 5 %), every other surface distance is 0: HD95 = 0 while HD = 12 voxels.
+    spacing = (0.8, 1.5, 2.5)
+    label = cube((30, 20, 20), (4, 6, 6), 8)
+    pred = label.copy()
+    pred[11 + 12, 9, 9] = True  # the cube's last x index is 11
+    result = evaluate_case(pred.astype(np.uint8), label.astype(np.uint8), spacing, [1])[1]
+    assert result["hd95"] == 0.0
+    from monai.metrics import compute_hausdorff_distance
+
+    hd = compute_hausdorff_distance(torch.from_numpy(pred)[None, None], torch.from_numpy(label)[None, None],
+                                    include_background=True, spacing=list(spacing))
+    assert float(hd) == pytest.approx(12 * 0.8)  # the maximum (HD) is the stray voxel, so HD95 != HD here
+
+
+def test_every_class_matches_monais_metrics_on_the_full_one_hot_arrays():
+    # Oracle: MONAI's HausdorffDistanceMetric(percentile=95), DiceMetric and SurfaceDiceMetric on the whole volume
+    # in one-hot form (no crop to the class's bounding box), on irregular blobs where HD95 != HD.
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
+    from monai.networks.utils import one_hot
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    spacing = (0.7, 1.1, 2.0)
+    label = np.digitize(ndimage.gaussian_filter(rng.normal(size=(40, 36, 24)), 3.0), [-0.05, 0.05]).astype(np.uint8)
+    pred = label.copy()
+    noise = rng.random(label.shape) < 0.004  # scattered wrong voxels: far outliers the 95th percentile ignores
+    pred[noise] = rng.integers(0, 3, int(noise.sum()))
+    pred = np.where(ndimage.binary_dilation(label == 2, iterations=1), 2, pred).astype(np.uint8)
+    ours = evaluate_case(pred, label, spacing, [1, 2], tolerance_mm=1.5)
+    y_pred, y = (one_hot(torch.from_numpy(a.astype(np.int64))[None, None], 3) for a in (pred, label))
+    hd95 = HausdorffDistanceMetric(include_background=False, percentile=95)(y_pred, y, spacing=list(spacing))[0]
+    hd = HausdorffDistanceMetric(include_background=False)(y_pred, y, spacing=list(spacing))[0]
+    dice = DiceMetric(include_background=False)(y_pred, y)[0]
+    surface = SurfaceDiceMetric([1.5, 1.5], include_background=False)(y_pred, y, spacing=list(spacing))[0]
+    for index, k in enumerate((1, 2)):
+        assert float(hd95[index]) < float(hd[index])  # the case tells the percentile from the maximum
+        assert ours[k]["hd95"] == pytest.approx(float(hd95[index]), rel=1e-5)
+        assert ours[k]["dice"] == pytest.approx(float(dice[index]), rel=1e-5)
+        assert ours[k]["surface_dice"] == pytest.approx(float(surface[index]), rel=1e-5)
