@@ -178,7 +178,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from medseg_attn.config import load_config
-    from medseg_attn.segmentation.data.datasets import load_dataset
+    from medseg_attn.segmentation.data.datasets import check_training_data, load_dataset
     from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 
     overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
@@ -186,6 +186,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     if not config.data.dataset:
         raise ValueError("no dataset given: pass --data or set data.dataset")
     dataset = load_dataset(config.data.dataset)
+    check_training_data(dataset, config.data.labels)  # what `train` checks, before any fingerprint
     modality = config.data.modality if config.data.modality != "auto" else dataset.modality
     fingerprint = dataset_fingerprint(dataset.training, modality, progress=not args.quiet)
     plan = make_plan(fingerprint, config, args.device)
@@ -281,6 +282,9 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
             raise ValueError(f"--labels {spec!r}: class {int(key)} is named twice ({labels[int(key)]}, "
                              f"{name.strip()}); give each class once")
         labels[int(key)] = name.strip()
+    from medseg_attn.segmentation.data.datasets import check_class_names
+
+    check_class_names(labels, f"--labels {spec!r}")
     return labels
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io.files import atomic_write_text
+from medseg_attn.io.headers import load_nifti
 from medseg_attn.segmentation.qc.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
 from medseg_attn.segmentation.evaluation.structure_statistics import (case_statistics, read_case_statistics, write_case_statistics,
                                                  write_statistics_csv)
@@ -128,8 +129,6 @@ class Review:
 def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_dir: Path, resample_uneven: bool,
                   volume_index: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The label map (and uncertainty map) written for a case, and its input image, on the input's grid."""
-    import nibabel as nib
-
     from medseg_attn.io.readers import LoadVolumed
     from medseg_attn.io.volumes import grid_mapping, on_grid
 
@@ -150,7 +149,7 @@ def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_d
         if not path.exists():
             maps.append(None)
             continue
-        stored = nib.load(str(path))
+        stored = load_nifti(path, warn=False)
         data = np.asanyarray(stored.dataobj)
         data = data.reshape(data.shape[:image.ndim]) if data.ndim > image.ndim else data
         mapping = grid_mapping(data.shape, stored.affine, image.shape, affine) if data.ndim == 3 else None
