@@ -170,6 +170,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = train_config_from_args(args, "data.dataset")
     result = train(config, args.output, resume=args.resume, progress=not args.quiet)
+    if args.resume and result.epochs_run == 0:
+        print(f"nothing trained: the run already has {result.epochs} epochs and {result.seconds / 60:.1f} min "
+              f"(stopped: {result.stopped}); its checkpoints are unchanged; raise --minutes or --epochs to train on; "
+              f"run: {result.run_dir}")
+        return 0
     best = f"{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else "n/a"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds / 60:.1f} min, stopped: "
           f"{result.stopped}); best validation Dice {best}; run: {result.run_dir}")

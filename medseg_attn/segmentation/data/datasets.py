@@ -21,7 +21,7 @@ from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_
 logger = logging.getLogger(__name__)
 
 __all__ = ["SegmentationDataset", "load_dataset", "split_cases", "check_cases", "check_class_names",
-           "check_training_data", "median_spacing"]
+           "check_resume_data", "check_training_data", "median_spacing"]
 
 _MODALITY_WORDS = {"ct": "ct", "mr": "mr", "mri": "mr", "t1": "mr", "t2": "mr", "flair": "mr", "t1w": "mr",
                    "t2w": "mr", "adc": "mr", "dwi": "mr", "pd": "mr", "t1gd": "mr", "t1c": "mr"}
@@ -201,6 +201,34 @@ def check_training_data(dataset: SegmentationDataset, labels: dict[int, str] | N
     if problems:  # every problem at once, one line each, so a dataset is fixed in one go
         listing = "\n  ".join(problems)
         raise ValueError(f"{len(problems)} problems in the training data:\n  {listing}")
+
+
+def check_resume_data(payload: dict[str, Any], dataset: SegmentationDataset, labels: dict[int, str],
+                      where: str | Path) -> None:
+    """``train --resume``: the run's recorded dataset, classes and dimensionality against the data given now.
+
+    Raises:
+        ValueError: other classes (indices or names) or another dimensionality, one line with both sides.
+    """
+    saved_labels = {int(k): str(v) for k, v in (payload.get("labels") or {}).items()}
+    saved_dims = int((payload.get("preprocessing") or {}).get("spatial_dims") or 0)
+    saved_data = (payload.get("config") or {}).get("data", {}).get("dataset") or "an unrecorded dataset"
+    first = dataset.training[0] if dataset.training else None
+    dims = len(read_geometry(_as_list(first["image"])[0]).shape) if first else saved_dims
+    names = {int(k): str(v) for k, v in labels.items()}
+    if saved_labels and (saved_labels != names or (saved_dims and dims != saved_dims)):
+        def said(classes: dict[int, str], spatial: int) -> str:
+            listed = ", ".join(f"{k}={v}" for k, v in sorted(classes.items()) if k)
+            return f"classes {listed}; {spatial}D"
+
+        raise ValueError(f"{where}: this run was trained on {saved_data} ({said(saved_labels, saved_dims)}); this "
+                         f"data is {dataset.root} ({said(names, dims)}); resume with the run's own data or start a "
+                         f"new --output")
+    here = str(Path(dataset.root).resolve())
+    if saved_data != "an unrecorded dataset" and Path(saved_data).resolve() != Path(here) and \
+            Path(saved_data).resolve().parent != Path(here):
+        logger.warning("%s: resuming a run trained on %s with %s (same classes and dimensionality)", where,
+                       saved_data, here)
 
 
 def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, voxels: bool = True,
