@@ -76,7 +76,7 @@ class _Run:
         self.dataset = load_dataset(config.data.dataset)
         labels = config.data.labels or self.dataset.labels
         if self.payload is not None:  # --resume: the run's own classes and dimensionality, or one line
-            check_resume_data(self.payload, self.dataset, labels, output / "checkpoints" / "last.pt")
+            check_resume_data(self.payload, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
         check_training_data(self.dataset, labels)  # the same check as `plan`
         modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
         self.dist: Distributed = setup(resolve_device(config.train.device))
