@@ -163,7 +163,9 @@ def _read_shape(path: Path) -> tuple[int, ...]:
     if has_suffix(path, NIFTI_SUFFIXES):
         import nibabel as nib
 
-        image = nib.load(str(path))
+        from medseg_attn.io.headers import load_nifti
+
+        image = load_nifti(path)
         if len(image.shape) >= 3:
             shape = [0, 0, 0]
             for axis, (ras_axis, _) in enumerate(nib.orientations.io_orientation(image.affine)):

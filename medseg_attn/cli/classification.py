@@ -96,6 +96,11 @@ def _train(args: argparse.Namespace) -> int:
 
     config = train_config_from_args(args, "data.train", kind=ClassifyConfig)
     result = train_classifier(config, args.output, resume=args.resume, progress=not args.quiet)
+    if args.resume and result.epochs_run == 0:
+        print(f"nothing trained: the run already has {result.epochs} epochs and {result.seconds / 60:.1f} min "
+              f"(stopped: {result.stopped}); its checkpoints are unchanged; raise --minutes or --epochs to train on; "
+              f"run: {result.run_dir}")
+        return 0
     monitor = config.train.monitor.replace("_", " ")
     best = f"{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else "n/a"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds / 60:.1f} min, stopped: "

@@ -73,19 +73,20 @@ def _run_config(args: argparse.Namespace) -> int:
 
 def model_card_lines(path: Path) -> list[str] | None:
     """The model card of a run folder, checkpoint, ``.onnx`` / ``.ts`` export or bundle; None for anything else."""
+    from medseg_attn.io.model_files import sniff_model
     from medseg_attn.training.card import format_card, model_card
 
     path = Path(path)
-    if path.suffix in (".onnx", ".ts") and path.is_file():
+    kind = sniff_model(path)
+    model_suffix = path.suffix.lower() in (".onnx", ".ts", ".pt", ".pth")
+    if kind == "torchscript" or kind == "onnx" and model_suffix:
         from medseg_attn.networks.export import read_metadata
 
         card = dict(read_metadata(path).get("card") or {})
         card["labels"] = {int(k): v for k, v in (card.get("labels") or {}).items()}
         card["colors"] = {int(k): v for k, v in (card.get("colors") or {}).items()}
         return format_card(card, str(path))
-    is_model = path.suffix == ".pt" and path.is_file() or path.is_dir() and (
-        (path / "checkpoints").is_dir() or (path / "models" / "model.pt").is_file())
-    if not is_model:
+    if kind not in ("checkpoint", "run", "bundle") and not (model_suffix and path.is_file()):
         return None
     from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 

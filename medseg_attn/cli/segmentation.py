@@ -170,6 +170,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = train_config_from_args(args, "data.dataset")
     result = train(config, args.output, resume=args.resume, progress=not args.quiet)
+    if args.resume and result.epochs_run == 0:
+        print(f"nothing trained: the run already has {result.epochs} epochs and {result.seconds / 60:.1f} min "
+              f"(stopped: {result.stopped}); its checkpoints are unchanged; raise --minutes or --epochs to train on; "
+              f"run: {result.run_dir}")
+        return 0
     best = f"{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else "n/a"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.seconds / 60:.1f} min, stopped: "
           f"{result.stopped}); best validation Dice {best}; run: {result.run_dir}")
@@ -178,7 +183,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from medseg_attn.config import load_config
-    from medseg_attn.segmentation.data.datasets import load_dataset
+    from medseg_attn.segmentation.data.datasets import check_training_data, load_dataset
     from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 
     overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
@@ -186,6 +191,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     if not config.data.dataset:
         raise ValueError("no dataset given: pass --data or set data.dataset")
     dataset = load_dataset(config.data.dataset)
+    check_training_data(dataset, config.data.labels)  # what `train` checks, before any fingerprint
     modality = config.data.modality if config.data.modality != "auto" else dataset.modality
     fingerprint = dataset_fingerprint(dataset.training, modality, progress=not args.quiet)
     plan = make_plan(fingerprint, config, args.device)
@@ -281,6 +287,9 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
             raise ValueError(f"--labels {spec!r}: class {int(key)} is named twice ({labels[int(key)]}, "
                              f"{name.strip()}); give each class once")
         labels[int(key)] = name.strip()
+    from medseg_attn.segmentation.data.datasets import check_class_names
+
+    check_class_names(labels, f"--labels {spec!r}")
     return labels
 
 

@@ -130,7 +130,7 @@ def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] |
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {shown(values)}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {shown(values)}")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -143,6 +143,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         spec = known[key]
         sub = spec.default_factory if spec.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
+            if value is not None and not isinstance(value, dict):
+                example = next(iter(f.name for f in fields(sub)))
+                raise ConfigError(f"{where} is a section, not a value (got {shown(value)}); set one of its keys, "
+                                  f"e.g. {where}.{example}=...")
             kwargs[key] = _build(sub, value or {}, f"{where}.")
         else:
             kwargs[key] = _convert(value, str(spec.type), where, CLASS_CHOICES.get(cls.__name__, {}).get(key))
@@ -169,6 +173,12 @@ def _check_common(config: Config | ClassifyConfig) -> None:
         raise ConfigError(f"data.ct_window must be [low, high] with low < high, got {list(data.ct_window)}")
     if len(model.channels) < 2:
         raise ConfigError(f"model.channels needs at least 2 levels, got {list(model.channels)}")
+    for width in model.channels:  # attention splits each level's channels into max(1, C // head_dim) heads
+        heads = max(1, width // model.head_dim)
+        if width % heads:
+            raise ConfigError(f"model.head_dim={model.head_dim}: a level of {width} channels would split into {heads} "
+                              f"heads of {width / heads:.3g} channels; choose a head_dim that divides every "
+                              f"model.channels entry {list(model.channels)} (e.g. 8 or 16)")
 
 
 def _check_classify(config: ClassifyConfig) -> None:
@@ -190,7 +200,9 @@ def _check(config: Config) -> None:
         raise ConfigError(f"data.spacing must be 'auto', null or a list of mm, got {data.spacing!r}")
     sides = (2, 3) if planned else (len(data.patch_size),)
     if isinstance(data.spacing, tuple) and len(data.spacing) not in (1, *sides):
-        raise ConfigError(f"data.spacing must be positive mm for each axis, got {list(data.spacing)}")
+        raise ConfigError(f"data.spacing {list(data.spacing)} has {len(data.spacing)} values but data.patch_size "
+                          f"{list(data.patch_size) if not planned else 'auto'} has {' or '.join(map(str, sides))} "
+                          f"sides; give both for the same axes")
     if data.folds == 1 or (data.folds > 1 and not 0 <= data.fold < data.folds):
         raise ConfigError(f"data.folds={data.folds}, data.fold={data.fold}: need folds >= 2 and 0 <= fold < folds")
     if inference.patch_size is not None and not planned and len(inference.patch_size) != len(data.patch_size):

@@ -233,7 +233,9 @@ def _read_picture(path: Path) -> np.ndarray:
 def _read_nifti(path: Path) -> np.ndarray:
     import nibabel as nib
 
-    image = nib.load(str(path))
+    from medseg_attn.io.headers import load_nifti
+
+    image = load_nifti(path)
     if len(image.shape) >= 3:
         image = nib.as_closest_canonical(image)  # RAS axis order, so volumes from different scanners agree
     data = np.asarray(image.get_fdata(dtype=np.float32))

@@ -4,7 +4,8 @@
 MONAI transform after it (``Orientationd``, ``Spacingd``, ``Invertd``) work as with MONAI's own readers: the
 array comes with a voxel-to-world affine in MONAI's convention, RAS millimetres.
 
-* NIfTI-1/NIfTI-2 (``.nii``, ``.nii.gz``) go through nibabel (MONAI's ``NibabelReader``), exactly as before.
+* NIfTI-1/NIfTI-2 (``.nii``, ``.nii.gz``) go through nibabel (MONAI's ``NibabelReader``) under the one header
+  rule of :mod:`medseg_attn.io.headers` (the sform when its code is above 0, as nibabel).
 * NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``) and DICOM go through SimpleITK. ITK describes
   space in LPS (origin, direction, spacing); the RAS affine is ``diag(-1, -1, 1) @ [direction * spacing | origin]``
   (the first two rows flipped). Array axes are ITK's index axes (x = column, y = row, z = slice), so a label map
@@ -29,6 +30,7 @@ from monai.transforms.io.array import switch_endianness
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from medseg_attn.io import dicom
+from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.limits import check_declared_size
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, SITK_SUFFIXES
 
@@ -112,7 +114,8 @@ class VolumeReader(ImageReader):
             if not path.exists():
                 raise FileNotFoundError(f"{path}: file not found")
             if is_nifti(path) and path.is_file():
-                image = self._nibabel.read(str(path))
+                image = load_nifti(path)  # the header rule (sform first), not MONAI's pixdim-led correction
+                self._nibabel.filenames = (str(path),)
                 check_declared_size(path, image.shape, image.header.get_data_dtype().itemsize)  # before decoding
                 try:
                     array, meta = self._nibabel.get_data(image)

@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.limits import check_declared_size
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, VOLUME_SUFFIXES, has_suffix, strip_suffix
 
@@ -75,7 +76,7 @@ def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
     if not has_suffix(path, NIFTI_SUFFIXES) or path.is_dir():
         return _sitk_geometry(path, series_uid)
     try:
-        image = nib.load(str(path))
+        image = load_nifti(path)
     except Exception as error:  # nibabel raises many kinds for broken files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):

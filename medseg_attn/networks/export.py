@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg_attn.io.files import atomic_write
+from medseg_attn.io.files import atomic_write, check_output_location
+from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ONNX_OPSET", "OnnxNetwork", "example_input", "export_onnx", "export_torchscript", "check_onnx",
-           "read_metadata", "METADATA_KEY"]
+__all__ = ["EXPORT_SUFFIXES", "ONNX_OPSET", "OnnxNetwork", "example_input", "export_onnx", "export_target",
+           "export_torchscript", "check_onnx", "read_metadata", "METADATA_KEY"]
 
 ONNX_OPSET = 17
 METADATA_KEY = "medseg_attn"
@@ -116,6 +117,58 @@ def export_onnx(network: nn.Module, example: torch.Tensor, path: str | Path, met
     return path
 
 
+EXPORT_SUFFIXES = {"torchscript": (".ts", ".pt"), "onnx": (".onnx",)}
+
+
+def export_target(model: str | Path, checkpoint: Path, fmt: str, output: str | Path) -> Path:
+    """Where ``medseg-attn export`` writes: the one output rule of export.
+
+    * an existing folder as ``output`` (torchscript / onnx): the file ``<model name>.ts|.onnx`` inside it;
+    * no suffix: the format's (``.ts``, ``.onnx``) added; a suffix that is not the format's (``.ts``/``.pt`` for
+      torchscript, ``.onnx`` for onnx) is refused;
+    * bundle: a folder, so an existing file is refused;
+    * never over the checkpoint being read, into a run's ``checkpoints/`` or a bundle being read, over an existing
+      file of the run folder, and a bundle never is the run folder itself
+      (:func:`medseg_attn.io.files.check_output_location`).
+
+    Raises:
+        ValueError: one line naming ``--output`` and the problem.
+    """
+    given = Path(output).expanduser()
+    checkpoint = Path(checkpoint)
+    source = Path(model).expanduser()
+    run = source if source.is_dir() else (checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None)
+    if fmt == "bundle":
+        if given.exists() and not given.is_dir():
+            raise ValueError(f"{given}: is an existing file; --format bundle writes a folder, give a new or existing "
+                             f"folder as --output")
+        target = given
+    elif given.is_dir():
+        name = run.resolve().name if run is not None else checkpoint.stem
+        target = given / f"{name}{EXPORT_SUFFIXES[fmt][0]}"
+    elif not given.suffix:
+        target = given.with_suffix(EXPORT_SUFFIXES[fmt][0])
+    elif given.suffix.lower() not in EXPORT_SUFFIXES[fmt]:
+        other = next((f for f, suffixes in EXPORT_SUFFIXES.items() if given.suffix.lower() in suffixes), None)
+        what = f"is the suffix of {other} files" if other else "is not an export suffix"
+        raise ValueError(f"{given}: {given.suffix} {what}; --format {fmt} writes "
+                         f"{' or '.join(EXPORT_SUFFIXES[fmt])} files, change --output or --format")
+    else:
+        target = given
+    protected = [checkpoint]
+    if run is not None:
+        protected.append(run / "checkpoints")
+    if source.is_dir() and not (source / "checkpoints").is_dir():  # a bundle or bare folder being read
+        protected.append(source)
+    if fmt == "bundle" and run is not None:
+        protected.append(run)  # a bundle inside the run folder would make it read as a bundle
+    check_output_location(target, protected, folder=fmt == "bundle")
+    if run is not None and fmt != "bundle" and target.exists() and run.resolve() in target.resolve().parents:
+        raise ValueError(f"{target}: is a file of the run folder {run}; refusing to overwrite it, choose another "
+                         f"--output")
+    return target
+
+
 def check_onnx(path: str | Path) -> None:
     """Run ``onnx.checker`` (with full shape inference) on an ONNX file.
 
@@ -131,22 +184,35 @@ def check_onnx(path: str | Path) -> None:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The medseg-attn metadata stored in an exported ``.onnx`` or TorchScript ``.ts`` file.
+    """The medseg-attn metadata stored in an exported ONNX or TorchScript file (told apart by their content, see
+    :func:`medseg_attn.io.model_files.sniff_model`, whatever the suffix).
 
     Raises:
-        ValueError: the file carries no medseg-attn metadata.
+        ValueError: not an export (a checkpoint, a truncated or random file), or one without medseg-attn metadata.
     """
     path = Path(path)
-    if path.suffix == ".onnx":
+    kind = sniff_model(path)
+    if kind == "onnx":
         import onnx
 
-        model = onnx.load(str(path), load_external_data=False)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as error:  # protobuf DecodeError for truncated or random bytes
+            raise ValueError(f"{path}: not a valid ONNX file, truncated or not ONNX ({type(error).__name__}: "
+                             f"{str(error)[:120]})") from None
+        if not model.graph.node:
+            raise ValueError(f"{path}: not a valid ONNX file (no graph); truncated or not ONNX")
         found = {entry.key: entry.value for entry in model.metadata_props}
         if METADATA_KEY not in found:
             raise ValueError(f"{path}: ONNX file without medseg-attn metadata (was it exported by medseg-attn?)")
         return json.loads(found[METADATA_KEY])
+    if kind != "torchscript":
+        raise ValueError(wrong_model_message(path, kind, "an ONNX or TorchScript export"))
     extra = {f"{METADATA_KEY}.json": ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as error:  # a damaged archive
+        raise ValueError(f"{path}: not a loadable TorchScript file ({str(error).splitlines()[0][:120]})") from None
     if not extra[f"{METADATA_KEY}.json"]:
         raise ValueError(f"{path}: TorchScript file without medseg-attn metadata (was it exported by medseg-attn?)")
     return json.loads(extra[f"{METADATA_KEY}.json"])

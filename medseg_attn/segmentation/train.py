@@ -36,7 +36,8 @@ from medseg_attn.config import Config, save_config
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
-from medseg_attn.segmentation.data.datasets import check_cases, load_dataset, split_cases
+from medseg_attn.segmentation.data.datasets import (check_resume_data, check_training_data, load_dataset,
+                                                    split_cases)
 from medseg_attn.segmentation.inference.explain import validation_attention_images
 from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 from medseg_attn.segmentation.inference.predictor import Predictor
@@ -74,12 +75,9 @@ class _Run:
             raise ValueError("no dataset given: set data.dataset in the config or pass --data")
         self.dataset = load_dataset(config.data.dataset)
         labels = config.data.labels or self.dataset.labels
-        problems = check_cases(self.dataset.training, num_classes=len(labels))
-        if len(problems) == 1:
-            raise ValueError(problems[0])
-        if problems:  # every problem at once, one line each, so a dataset is fixed in one go
-            listing = "\n  ".join(problems)
-            raise ValueError(f"{len(problems)} problems in the training data:\n  {listing}")
+        if self.payload is not None:  # --resume: the run's own classes and dimensionality, or one line
+            check_resume_data(self.payload, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
+        check_training_data(self.dataset, labels)  # the same check as `plan`
         modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
         self.dist: Distributed = setup(resolve_device(config.train.device))
         device = resolve_device(config.train.device)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from medseg_attn.io.files import atomic_write
+from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ValueError: unreadable file, or not a medseg-attn checkpoint; the message names the file.
     """
     path = Path(path)
+    kind = sniff_model(path)
+    if kind in ("torchscript", "onnx", "other"):  # never handed to torch.load: one line that says what it is
+        raise ValueError(wrong_model_message(path, kind, "a checkpoint"))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

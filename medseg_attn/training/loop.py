@@ -70,6 +70,7 @@ class TrainResult:
     steps: int
     seconds: float
     stopped: str  # why it stopped: max_epochs, time budget, early stopping
+    epochs_run: int = 0  # epochs trained by this call (0: a resumed run whose budget or epochs were already used)
 
 
 @dataclass
@@ -257,6 +258,7 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         logger.info("resuming %s at epoch %d (step %d, %.0f s used)", output, state["epoch"], state["step"],
                     state["elapsed"])
 
+    start_epoch = state["epoch"]
     if dist.enabled:  # after loading the checkpoint: DDP broadcasts rank 0's weights once, here
         from torch.nn.parallel import DistributedDataParallel
 
@@ -375,10 +377,11 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
             break
         if stopped == "time budget":
             break
-    if task.validate is None and state["epoch"] > 0:
+    if task.validate is None and state["epoch"] > start_epoch:
         save("best")  # nothing to select on: the last weights are the best we have
     writer.close()
     dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
     logger.info("training stopped (%s) after %d epochs, %d steps, %.0f s", stopped, state["epoch"], state["step"],
                 elapsed())
-    return TrainResult(output, state["best"], state["best_epoch"], state["epoch"], state["step"], elapsed(), stopped)
+    return TrainResult(output, state["best"], state["best_epoch"], state["epoch"], state["step"], elapsed(), stopped,
+                       state["epoch"] - start_epoch)

@@ -20,7 +20,8 @@ from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmentationDataset", "load_dataset", "split_cases", "check_cases", "median_spacing"]
+__all__ = ["SegmentationDataset", "load_dataset", "split_cases", "check_cases", "check_class_names",
+           "check_resume_data", "check_training_data", "median_spacing"]
 
 _MODALITY_WORDS = {"ct": "ct", "mr": "mr", "mri": "mr", "t1": "mr", "t2": "mr", "flair": "mr", "t1w": "mr",
                    "t2w": "mr", "adc": "mr", "dwi": "mr", "pd": "mr", "t1gd": "mr", "t1c": "mr"}
@@ -37,6 +38,7 @@ class SegmentationDataset:
     channels: int
     training: list[dict[str, Any]] = field(default_factory=list)
     test: list[dict[str, Any]] = field(default_factory=list)
+    channels_declared: bool = True  # False: no dataset.json said how many modalities (channels) there are
 
 
 def _modality(names: list[str]) -> str | None:
@@ -59,10 +61,27 @@ def _parse_labels(raw: Any, where: Path) -> dict[int, str]:
             raise ValueError(f"{where}: cannot read label entry {key!r}: {value!r} (expected index -> name)")
     if 0 not in labels:
         labels[0] = "background"
+    check_class_names(labels, str(where))
     expected = list(range(len(labels)))
     if sorted(labels) != expected:
         raise ValueError(f"{where}: label indices must be 0..{len(labels) - 1} without gaps, got {sorted(labels)}")
     return dict(sorted(labels.items()))
+
+
+def check_class_names(labels: dict[int, str], where: str) -> None:
+    """Refuse two classes of the same name (case and spaces ignored): statistics, QC columns and exports key on
+    names, so the second would silently take the first's place.
+
+    Raises:
+        ValueError: naming ``where``, the name and both indices.
+    """
+    seen: dict[str, int] = {}
+    for index, name in sorted(labels.items()):
+        key = str(name).strip().lower()
+        if key in seen:
+            raise ValueError(f"{where}: class name {name!r} is used by labels {seen[key]} and {index}; give each "
+                             f"class its own name")
+        seen[key] = index
 
 
 def _resolve(root: Path, entry: str) -> Path:
@@ -92,7 +111,8 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
     if not training:
         training = _scan_nnunet(root, channels, json_path)  # nnU-Net v2 dataset.json has no file lists
     name = str(spec.get("name") or root.name)
-    return SegmentationDataset(root, name, labels, _modality(modality_names), channels, training, test)
+    return SegmentationDataset(root, name, labels, _modality(modality_names), channels, training, test,
+                               channels_declared=bool(modality_names))
 
 
 def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]:
@@ -147,7 +167,7 @@ def load_dataset(path: str | Path) -> SegmentationDataset:
             array, _ = reader.get_data(reader.read(case["label"]))
             values |= set(np.unique(np.asarray(array)).astype(int).tolist())
         labels = {i: ("background" if i == 0 else f"label_{i}") for i in range(int(max(values)) + 1)}
-        dataset = SegmentationDataset(path.resolve(), path.name, labels, None, 1, cases)
+        dataset = SegmentationDataset(path.resolve(), path.name, labels, None, 1, cases, channels_declared=False)
     else:
         raise ValueError(f"{path}: expected dataset.json or a folder with dataset.json or imagesTr/labelsTr")
     missing = [str(c["label"]) for c in dataset.training if not Path(c["label"]).exists()]
@@ -164,13 +184,62 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, voxels: bool = True) -> list[str]:
+def check_training_data(dataset: SegmentationDataset, labels: dict[int, str] | None = None,
+                        voxels: bool = True) -> None:
+    """The one dataset check of ``plan`` and ``train``: class names, then :func:`check_cases` on every training case
+    (shapes, grids, channels vs the declared modalities, label values vs ``labels``).
+
+    Raises:
+        ValueError: one line for one problem, else every problem on its own line.
+    """
+    labels = labels or dataset.labels
+    check_class_names(labels, f"{dataset.root}: labels")
+    problems = check_cases(dataset.training, num_classes=len(labels), voxels=voxels,
+                           channels=dataset.channels if dataset.channels_declared else None)
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:  # every problem at once, one line each, so a dataset is fixed in one go
+        listing = "\n  ".join(problems)
+        raise ValueError(f"{len(problems)} problems in the training data:\n  {listing}")
+
+
+def check_resume_data(payload: dict[str, Any], dataset: SegmentationDataset, labels: dict[int, str],
+                      where: str | Path) -> None:
+    """``train --resume``: the run's recorded dataset, classes and dimensionality against the data given now.
+
+    Raises:
+        ValueError: other classes (indices or names) or another dimensionality, one line with both sides.
+    """
+    saved_labels = {int(k): str(v) for k, v in (payload.get("labels") or {}).items()}
+    saved_dims = int((payload.get("preprocessing") or {}).get("spatial_dims") or 0)
+    saved_data = (payload.get("config") or {}).get("data", {}).get("dataset") or "an unrecorded dataset"
+    first = dataset.training[0] if dataset.training else None
+    dims = len(read_geometry(_as_list(first["image"])[0]).shape) if first else saved_dims
+    names = {int(k): str(v) for k, v in labels.items()}
+    if saved_labels and (saved_labels != names or (saved_dims and dims != saved_dims)):
+        def said(classes: dict[int, str], spatial: int) -> str:
+            listed = ", ".join(f"{k}={v}" for k, v in sorted(classes.items()) if k)
+            return f"classes {listed}; {spatial}D"
+
+        raise ValueError(f"{where}: this run was trained on {saved_data} ({said(saved_labels, saved_dims)}); this "
+                         f"data is {dataset.root} ({said(names, dims)}); resume with the run's own data or start a "
+                         f"new --output")
+    here = str(Path(dataset.root).resolve())
+    if saved_data != "an unrecorded dataset" and Path(saved_data).resolve() != Path(here) and \
+            Path(saved_data).resolve().parent != Path(here):
+        logger.warning("%s: resuming a run trained on %s with %s (same classes and dimensionality)", where,
+                       saved_data, here)
+
+
+def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, voxels: bool = True,
+                channels: int | None = None) -> list[str]:
     """Checks of every case before training; all problems are collected, not only the first.
 
     Headers: readable, 2D/3D, positive finite spacing, non-singular affine, image and label on the same voxel grid
     (the same grid stored with axes flipped or permuted counts as the same: the pipeline reorients both). Images
     may be NIfTI/NRRD/MetaImage files or DICOM series folders. With ``voxels``, the image voxels are read and
-    checked for NaN/Inf, and (with ``num_classes``) the label values for integers in ``0..num_classes-1``.
+    checked for NaN/Inf, and (with ``num_classes``) the label values for integers in ``0..num_classes-1``. With
+    ``channels`` (the modalities dataset.json lists), the image channels (files x 4th-axis volumes) must match.
 
     Returns:
         One line per problem, naming the file; empty when the cases are fine.
@@ -182,18 +251,25 @@ def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, vox
         except (ValueError, FileNotFoundError) as error:
             problems.append(str(error))
             continue
-        for image_path in _as_list(case["image"]):
+        images = _as_list(case["image"])
+        for image_path in images:
             try:
                 image = read_geometry(image_path)
             except (ValueError, FileNotFoundError) as error:
                 problems.append(str(error))
                 continue
+            if channels is not None and image.channels * len(images) != channels:
+                problems.append(f"{image_path}: {image.channels} volume(s) on the 4th axis x {len(images)} file(s) "
+                                f"= {image.channels * len(images)} channel(s), but dataset.json lists {channels} "
+                                f"modality(ies); list each modality or give 3D images")
+                continue
             if len(image.shape) != len(label.shape) or sorted(image.shape) != sorted(label.shape):
                 problems.append(f"{case['label']}: label shape {label.shape} does not match image "
                                 f"{image_path} shape {image.shape}")
             elif grid_mapping(label.shape, label.affine, image.shape, image.affine) is None:
-                problems.append(f"{case['label']}: label affine differs from image {image_path} "
-                                f"(not the same voxel grid)")
+                apart = float(np.linalg.norm(label.affine[:-1, -1] - image.affine[:-1, -1]))
+                problems.append(f"{case['label']}: label affine differs from image {image_path} (not the same voxel "
+                                f"grid; origins {apart:.3g} mm apart)")
             elif voxels:
                 problems += _voxel_problems(image_path)
         if voxels:

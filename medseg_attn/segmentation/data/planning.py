@@ -186,6 +186,12 @@ def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") 
     data, train = config.data, config.train
     cases = fingerprint["cases"]
     spacings = np.array([c["spacing"] for c in cases], dtype=float)
+    dims = spacings.shape[1]
+    for key, value in (("data.patch_size", data.patch_size), ("inference.patch_size", config.inference.patch_size),
+                       ("data.spacing", data.spacing)):
+        if isinstance(value, (list, tuple)) and len(value) not in ((dims, 1) if key == "data.spacing" else (dims,)):
+            raise ValueError(f"{key}={list(value)}: {len(value)} sides, but the data is {dims}-D (e.g. "
+                             f"{cases[0]['case']} has {dims} spatial axes); give {dims} values")
     divisor = config.model.first_stride * 2 ** (len(config.model.channels) - 1)
     budget = int(data.voxel_budget or VOXEL_BUDGET["cuda" if str(device).startswith("cuda") else "cpu"])
     target, spacing_rule = _target_spacing(spacings)

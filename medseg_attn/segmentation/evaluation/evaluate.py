@@ -25,6 +25,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 from scipy import ndimage
 from tqdm import tqdm
 
+from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.files import atomic_write, atomic_write_text, check_output_location
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
@@ -140,7 +141,7 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
 def _open(path: Path) -> tuple[nib.Nifti1Image, tuple[int, ...]]:
     """The NIfTI image (header only) and its spatial shape, a 4th axis of length 1 dropped."""
     try:
-        image = nib.load(str(path))
+        image = load_nifti(path)
     except Exception as error:  # nibabel raises many kinds for broken files
         raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
     shape = tuple(int(s) for s in image.shape)
@@ -241,7 +242,7 @@ def _label_statistics(name: str, pred: np.ndarray, label: np.ndarray, label_path
     """Statistics records of the reference and the prediction (on the reference's grid), rows tagged by source."""
     affine = np.asarray(_open(label_path)[0].affine, dtype=np.float64)
     if label.ndim == 2:  # a single-slice map: its in-plane spacing, voxels of the slice thickness
-        affine = np.diag([*spacing, float(np.prod(nib.load(str(label_path)).header.get_zooms()[:3])
+        affine = np.diag([*spacing, float(np.prod(load_nifti(label_path, warn=False).header.get_zooms()[:3])
                                           / np.prod(spacing)), 1.0])
     records = []
     for source, array in (("reference", label), ("prediction", pred)):

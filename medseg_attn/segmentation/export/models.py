@@ -20,9 +20,11 @@ from medseg_attn.networks.export import (
     OnnxNetwork,
     example_input,
     export_onnx,
+    export_target,
     export_torchscript,
     read_metadata,
 )
+from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.networks.factory import build_network
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.data.transforms import Preprocessing
@@ -31,10 +33,9 @@ from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_FORMATS", "export_segmentation", "load_segmentation", "output_file", "predictor_from_onnx"]
+__all__ = ["EXPORT_FORMATS", "export_segmentation", "load_segmentation", "predictor_from_onnx"]
 
 EXPORT_FORMATS = ("torchscript", "onnx", "bundle")
-SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx"}
 
 
 def load_segmentation(model: str | Path) -> tuple[Any, dict[str, Any], Path]:
@@ -57,19 +58,13 @@ def load_segmentation(model: str | Path) -> tuple[Any, dict[str, Any], Path]:
     return network.eval(), payload, path
 
 
-def output_file(output: str | Path, fmt: str) -> Path:
-    """``output`` with the format's suffix (``.ts`` / ``.onnx``) added when it has none."""
-    output = Path(output)
-    return output if output.suffix else output.with_suffix(SUFFIXES[fmt])
-
-
 def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path:
     """Export a segmentation run folder or checkpoint.
 
     Args:
         model: run folder or ``.pt`` checkpoint.
         fmt: 'torchscript', 'onnx' or 'bundle'.
-        output: the file to write (suffix added when missing), or the bundle folder.
+        output: the file to write (see :func:`~medseg_attn.networks.export.export_target`), or the bundle folder.
 
     Returns:
         The written file or folder.
@@ -80,17 +75,17 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     network, payload, path = load_segmentation(model)
+    target = export_target(model, path, fmt, output)  # the output rule: before any work
     if fmt == "bundle":
         from medseg_attn.segmentation.export.bundle import write_bundle
 
-        return write_bundle(network, payload, path, Path(output))
+        return write_bundle(network, payload, path, target)
     if not hasattr(network, "divisor"):
         raise ValueError(f"{path}: export supports the attention_skip_unet architecture, not "
                          f"{type(network).__name__}")
     example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
                             network.divisor)
     metadata = export_metadata(payload, str(path))
-    target = output_file(output, fmt)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
     writer(network, example, target, metadata)
     logger.info("exported %s as %s: %s", path, fmt, target)
@@ -111,6 +106,9 @@ def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: ONNX file not found")
+    kind = sniff_model(path)
+    if kind != "onnx":
+        raise ValueError(wrong_model_message(path, kind, "an ONNX file"))
     metadata = read_metadata(path)
     if metadata.get("task", "segmentation") != "segmentation":
         raise ValueError(f"{path}: is a {metadata['task']} model; use `medseg-attn classify predict` for it")

@@ -10,6 +10,7 @@ computed, and the batch's volume distributions (``OUT/qc/volumes.png``). See ``d
 
 from __future__ import annotations
 
+import difflib
 import html
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io.files import atomic_write_text
+from medseg_attn.io.headers import load_nifti
 from medseg_attn.segmentation.qc.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
 from medseg_attn.segmentation.evaluation.structure_statistics import (case_statistics, read_case_statistics, write_case_statistics,
                                                  write_statistics_csv)
@@ -48,6 +50,12 @@ class Review:
         self.names = {int(k): v for k, v in names.items() if int(k) != 0}
         self.plan_spacing, self.patch_size, self.intensity = plan_spacing, tuple(patch_size), intensity
         self.settings = settings or ReviewSettings()
+        unknown = [name for name in self.settings.expected_volume_ml if name not in self.names.values()]
+        if unknown:  # a misspelt structure would never be checked: refused, as unknown keys are
+            close = difflib.get_close_matches(unknown[0], list(self.names.values()), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; the model's classes: {', '.join(self.names.values())}"
+            raise ValueError(f"--review-config/--review-set: expected_volume_ml.{unknown[0]}: the model has no class "
+                             f"{unknown[0]!r}{hint}")
         self.statistics = statistics
         self.unit = "hu" if intensity == "ct" else None
 
@@ -122,14 +130,14 @@ class Review:
         atomic_write_text(output_dir / "report.html", render_report(ranked, self, output_dir))
         flagged = sum(1 for c in ranked if c["flags"])
         logger.info("QC report: %d of %d case(s) flagged -> %s", flagged, len(ranked), output_dir / "report.html")
+        for line in checks_not_run(ranked, self.settings):
+            logger.info("QC report: %s", line)
         return ranked
 
 
 def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_dir: Path, resample_uneven: bool,
                   volume_index: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The label map (and uncertainty map) written for a case, and its input image, on the input's grid."""
-    import nibabel as nib
-
     from medseg_attn.io.readers import LoadVolumed
     from medseg_attn.io.volumes import grid_mapping, on_grid
 
@@ -150,7 +158,7 @@ def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_d
         if not path.exists():
             maps.append(None)
             continue
-        stored = nib.load(str(path))
+        stored = load_nifti(path, warn=False)
         data = np.asanyarray(stored.dataobj)
         data = data.reshape(data.shape[:image.ndim]) if data.ndim > image.ndim else data
         mapping = grid_mapping(data.shape, stored.affine, image.shape, affine) if data.ndim == 3 else None
@@ -231,6 +239,8 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
     failed = sum(1 for c in ranked if c["status"] == "failed")
     summary = (f"{len(ranked)} case(s); {flagged} flagged for review; {failed} failed. Output folder: "
                f"{html.escape(str(output_dir.resolve()))}")
+    for line in checks_not_run(ranked, review.settings):
+        summary += f'<br><span class="not-run">{html.escape(line)}</span>'
     distributions = ('<img src="qc/volumes.png" alt="volume per structure across the batch">'
                      if (output_dir / "qc" / "volumes.png").exists() else "<p>no volumes</p>")
     template = Template(resources.files("medseg_attn.resources").joinpath("qc_report.html").read_text())
@@ -238,6 +248,27 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
     return template.substitute(title="medseg-attn QC report", summary=summary, worst_link=worst_link,
                                header="".join(header), rows="\n".join(rows), distributions=distributions,
                                details="\n".join(details), settings=html.escape(settings))
+
+
+def checks_not_run(cases: list[dict[str, Any]], settings: ReviewSettings) -> list[str]:
+    """One line per review check that did not run on this batch, and why (the batch comparisons need
+    ``min_batch_cases`` measured cases, or non-empty values of a structure)."""
+    need = max(settings.min_batch_cases, 2)
+    measured = [case for case in cases if case.get("statistics")]
+    if len(measured) < need:
+        return [f"Not run: the batch comparisons (volume, uncertainty and intensity outliers) need at least {need} "
+                f"measured cases (review setting min_batch_cases), this batch has {len(measured)}; the per-case "
+                f"checks (empty, fragmented, expected_volume_ml, geometry) ran."]
+    lines = []
+    counts: dict[str, int] = {}
+    for case in measured:
+        for row in case["statistics"].get("structures", []):
+            counts[row["structure"]] = counts.get(row["structure"], 0) + bool(row.get("volume_ml"))
+    short = [f"{name} ({count})" for name, count in counts.items() if count < need]
+    if short:
+        lines.append(f"Not run: the volume outlier check of {', '.join(short)}: it needs at least {need} cases where "
+                     f"the structure is present (review setting min_batch_cases).")
+    return lines
 
 
 def _detail(case: dict[str, Any], rank: int, anchor: str, review: Review, output_dir: Path) -> str:

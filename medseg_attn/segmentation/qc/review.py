@@ -64,14 +64,17 @@ def load_review_settings(path: str | Path | None = None, overrides: Sequence[str
         FileNotFoundError: no such file.
         ValueError: unknown key (with the closest known one), or a value of the wrong kind or range.
     """
-    from medseg_attn.config.loading import apply_overrides, read_yaml
+    from medseg_attn.config.loading import apply_overrides
 
     where = str(path) if path is not None else "--review-set"
-    values = read_yaml(path) if path is not None else {}
+    values = _read_review_file(Path(path)) if path is not None else {}
     if set(values) == {"review"}:
         values = values["review"] or {}
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping of review settings, got {type(values).__name__}")
+    for text in overrides:
+        if "=" not in text or not text.split("=", 1)[0].strip():
+            raise ValueError(f"--review-set {text!r}: expected KEY=VALUE, e.g. --review-set volume_mad_k=5")
     values = apply_overrides(values, list(overrides))
     known = {f.name for f in fields(ReviewSettings)}
     settings = ReviewSettings()
@@ -82,6 +85,26 @@ def load_review_settings(path: str | Path | None = None, overrides: Sequence[str
             raise ValueError(f"{where}: unknown review setting {key!r}{hint}")
         settings = replace(settings, **{key: _checked(key, value, where)})
     return settings
+
+
+def _read_review_file(path: Path) -> dict[str, Any]:
+    """The ``--review-config`` YAML: a mapping of review settings; a folder, a list or a scalar is one line."""
+    import yaml
+
+    from medseg_attn.config.bounded_yaml import safe_load_bounded
+
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; --review-config expects a YAML file of review settings")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: --review-config file not found")
+    try:
+        values = safe_load_bounded(path.read_text(errors="replace"), str(path)) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: --review-config is not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: --review-config expects a mapping of review settings (e.g. volume_mad_k: 5), got "
+                         f"a YAML {type(values).__name__}")
+    return values
 
 
 def _checked(key: str, value: Any, where: str) -> Any:
