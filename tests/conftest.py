@@ -29,3 +29,17 @@ def ct_dir(shared_data: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _preprocessing_cache(tmp_path_factory):
+    """Every run of the tests preprocesses into its own cache folder, never the user's ~/.cache/medseg-attn."""
+    from medseg_attn.segmentation.data.cache import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("preprocessing-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
