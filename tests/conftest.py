@@ -16,3 +16,17 @@ def ct_dir() -> Path:
     path = TEST_DATA / "totalseg_example_ct"
     assert (path / "dicom").is_dir() and (path / "example_seg_dicom.nii.gz").is_file(), f"{path} is incomplete"
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _preprocessing_cache(tmp_path_factory):
+    """Every run of the tests preprocesses into its own cache folder, never the user's ~/.cache/medseg-attn."""
+    from medseg_attn.segmentation.data.cache import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("preprocessing-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from medseg_attn.cli.arguments import add_demo_arguments, add_train_arguments, train_config_from_args
+from medseg_attn.cli.preprocess import cache_option, with_cache
 
 __all__ = ["EXAMPLES", "RUNNERS", "add_parsers"]
 
@@ -70,10 +71,12 @@ def add_parsers(command) -> None:
     plan.add_argument("--output", type=Path, default=Path("plan.json"), help="where to write the plan (plan.json)")
     plan.add_argument("--device", default="cpu",
                       help="cpu (default) or cuda: which voxel budget the patch and batch size must fit")
+    cache_option(plan)
     train = command("train", "train a segmentation network on a labelled dataset")
     add_train_arguments(train, config_help="YAML config (see configs/ and docs/configuration.md)",
                         data_help="dataset.json (MSD layout), a folder holding one, or an nnU-Net raw folder "
                                   "(imagesTr/, labelsTr/); sets data.dataset", set_example="train.lr=0.001")
+    cache_option(train)
 
     predict = command("predict", "segment volumes with a trained model; outputs keep each input's exact geometry")
     predict.add_argument("--model", required=True, nargs="+",
@@ -168,7 +171,7 @@ def add_parsers(command) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from medseg_attn.segmentation.train import train
 
-    config = train_config_from_args(args, "data.dataset")
+    config = with_cache(train_config_from_args(args, "data.dataset"), args)
     result = train(config, args.output, resume=args.resume, progress=not args.quiet)
     if args.resume and result.epochs_run == 0:
         print(f"nothing trained: the run already has {result.epochs} epochs and {result.seconds / 60:.1f} min "
@@ -183,17 +186,22 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from medseg_attn.config import load_config
-    from medseg_attn.segmentation.data.datasets import check_training_data, load_dataset
-    from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
+    from medseg_attn.segmentation.data.datasets import check_training_data, declared_channels, load_dataset
+    from medseg_attn.segmentation.data.planning import describe_plan, make_plan, save_plan
+    from medseg_attn.segmentation.data.preprocess import checked_cases, fingerprint_cases
 
     overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
-    config = load_config(args.config, overrides)
+    config = with_cache(load_config(args.config, overrides), args)
     if not config.data.dataset:
         raise ValueError("no dataset given: pass --data or set data.dataset")
     dataset = load_dataset(config.data.dataset)
-    check_training_data(dataset, config.data.labels)  # what `train` checks, before any fingerprint
+    labels = config.data.labels or dataset.labels
+    problems = checked_cases(dataset.training, len(labels), config.data.cache_dir, config.data.preprocess_workers,
+                             progress=not args.quiet, channels=declared_channels(dataset))
+    check_training_data(dataset, labels, problems=problems)  # what `train` checks, before any fingerprint
     modality = config.data.modality if config.data.modality != "auto" else dataset.modality
-    fingerprint = dataset_fingerprint(dataset.training, modality, progress=not args.quiet)
+    fingerprint = fingerprint_cases(dataset.training, modality, config.data.cache_dir, config.data.preprocess_workers,
+                                    progress=not args.quiet)  # parallel, cached per case (see preprocess)
     plan = make_plan(fingerprint, config, args.device)
     print(describe_plan(plan))
     print(f"plan written to {save_plan(plan, args.output)}")

@@ -14,7 +14,7 @@ import yaml
 from medseg_attn.config import sections
 from medseg_attn.config.sections import ConfigError, TrainConfig
 from medseg_attn.config.bounded_yaml import safe_load_bounded
-from medseg_attn.config.validation import CHOICES, CLASS_CHOICES, check_depth, shown, validate
+from medseg_attn.config.validation import BOOL_WORDS, CHOICES, CLASS_CHOICES, check_depth, shown, validate
 
 __all__ = ["ClassifyConfig", "Config", "apply_overrides", "from_dict", "load_config", "parse_override", "read_yaml", "save_config"]
 
@@ -118,6 +118,8 @@ def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] |
         choices = choices or CHOICES.get(where)
         if isinstance(value, bool) and choices and {"on", "off"} <= set(choices):
             value = "on" if value else "off"  # YAML 1.1 reads an unquoted on / off (and yes / no) as a boolean
+        if isinstance(value, bool) and where in BOOL_WORDS:
+            value = BOOL_WORDS[where][0 if value else 1]
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {shown(value)}")
         if choices and value not in choices:

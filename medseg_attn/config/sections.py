@@ -66,7 +66,10 @@ class DataConfig:
     folds: int = 0  # k-fold cross-validation when > 1 ...
     fold: int = 0  # ... and this fold is the validation set
     max_validation_cases: int = 8  # cap on validation cases (sliding-window validation is costly on CPU)
-    cache: bool = True  # cache preprocessed cases in memory (MONAI CacheDataset)
+    cache: str = "disk"  # disk: preprocess once into cache_dir, patches read by memory map (bounded RAM); memory:
+    # every preprocessed case in RAM (MONAI CacheDataset; true means memory); none: re-read every visit (false)
+    cache_dir: str | None = None  # the disk cache; null = $MEDSEG_ATTN_CACHE or ~/.cache/medseg-attn (shareable)
+    preprocess_workers: int = 0  # worker processes that fingerprint and preprocess; 0 = every core
     num_workers: int = 0  # DataLoader workers for augmentation
     prefetch: str = "auto"  # num_workers 0: prepare the next batch in a thread while the network trains; auto = on
     # with CUDA (the CPU is idle while the GPU computes), off on CPU (the thread competes with the training step)

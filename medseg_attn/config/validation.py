@@ -18,7 +18,7 @@ from typing import Any
 
 from medseg_attn.config.sections import ConfigError
 
-__all__ = ["CHOICES", "CLASS_CHOICES", "OPTIONS", "RANGES", "Range", "check_depth", "shown", "validate"]
+__all__ = ["BOOL_WORDS", "CHOICES", "CLASS_CHOICES", "OPTIONS", "RANGES", "Range", "check_depth", "shown", "validate"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ RANGES: dict[str, Range] = {
     "data.fold": AT_LEAST_0,
     "data.max_validation_cases": AT_LEAST_1,
     "data.num_workers": Range(0, 256),
+    "data.preprocess_workers": Range(0, 1024),
     "data.augmentation.rotate_degrees": Range(0, 180),
     "data.augmentation.scale": FRACTION,
     "data.augmentation.affine_probability": PROBABILITY,
@@ -110,6 +111,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.modality": ("auto", "ct", "mr"),
     "data.intensity": ("auto", "ct", "ct_window", "zscore", "none"),
     "data.prefetch": ("auto", "on", "off"),
+    "data.cache": ("disk", "memory", "none"),
     "model.architecture": ("attention_skip_unet", "monai_unet", "monai_attention_unet"),
     "model.norm": ("instance", "batch", "group"),
     "train.optimizer": ("adamw", "sgd"),
@@ -118,6 +120,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "inference.blend": ("gaussian", "constant"),
     "inference.precision": ("auto", "fp32", "bf16", "fp16"),
 }
+# string keys that also take a boolean (the key's earlier form): key -> (word for true, word for false)
+BOOL_WORDS: dict[str, tuple[str, str]] = {"data.cache": ("memory", "none")}
 # choices that differ by task: section class name -> key -> words (checked before CHOICES)
 CLASS_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "ClassifyDataConfig": {"intensity": ("zscore", "scale", "minmax", "ct", "none"),

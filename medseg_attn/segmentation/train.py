@@ -36,10 +36,12 @@ from medseg_attn.config import Config, save_config
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
-from medseg_attn.segmentation.data.datasets import (check_resume_data, check_training_data, load_dataset,
-                                                    split_cases)
+from medseg_attn.segmentation.data.cached import disk_datasets
+from medseg_attn.segmentation.data.datasets import (check_resume_data, check_training_data, declared_channels,
+                                                    load_dataset, split_cases)
+from medseg_attn.segmentation.data.preprocess import checked_cases, fingerprint_cases, preprocess_cases
 from medseg_attn.segmentation.inference.explain import validation_attention_images
-from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.data.planning import describe_plan, make_plan, save_plan
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
@@ -77,14 +79,17 @@ class _Run:
         labels = config.data.labels or self.dataset.labels
         if self.payload is not None:  # --resume: the run's own classes and dimensionality, or one line
             check_resume_data(self.payload, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
-        check_training_data(self.dataset, labels)  # the same check as `plan`
-        modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
         self.dist: Distributed = setup(resolve_device(config.train.device))
+        problems = checked_cases(self.dataset.training, len(labels), config.data.cache_dir,
+                                 config.data.preprocess_workers, progress and self.dist.is_main, self.dist,
+                                 channels=declared_channels(self.dataset))
+        check_training_data(self.dataset, labels, problems=problems)  # the same check as `plan`
+        modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
         device = resolve_device(config.train.device)
         config = config.replace(data={"labels": labels, "modality": modality or "auto",
                                       "dataset": str(Path(config.data.dataset).expanduser().resolve())})
         self.plan = _plan(config, self.dataset.training, modality, device, output, resume,
-                          progress and self.dist.is_main, self.dist.is_main)
+                          progress and self.dist.is_main, self.dist)
         resolved = self.plan["resolved"]
         self.config = config.replace(data={"spacing": resolved["spacing"], "patch_size": resolved["patch_size"],
                                            "intensity": resolved["intensity"],
@@ -124,10 +129,16 @@ class _Run:
 def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     num_classes = len(run.labels)
     pre = preprocessing(run.prep, ("image", "label"), num_classes=num_classes)
+    progress = run.progress and run.dist.is_main
+    if run.config.data.cache == "disk":  # every case preprocessed once into the cache, then read by memory map
+        entries = preprocess_cases(run.dataset.training, run.prep, run.config.data, num_classes,
+                                   progress=progress, dist=run.dist)
+        return disk_datasets(run.train_cases, run.val_cases, entries, run.config.data, num_classes, run.prep,
+                             run.has_validation)
     train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes, run.prep))
     val_transform = mt.Compose(pre)
     train_ds, val_ds = build_datasets(run.train_cases, run.val_cases, train_transform, val_transform,
-                                      run.config.data.cache, run.progress and run.dist.is_main, run.has_validation)
+                                      run.config.data.cache == "memory", progress, run.has_validation)
     return train_ds, val_ds, train_transform
 
 
@@ -198,14 +209,15 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
 
 
 def _plan(config: Config, cases: list[dict], modality: str | None, device: torch.device, output: Path, resume: bool,
-          progress: bool, is_main: bool) -> dict[str, Any]:
+          progress: bool, dist: Distributed) -> dict[str, Any]:
     """The run's plan: RUN/plan.json when resuming (the run keeps its plan), else fingerprint + plan, written."""
     path = output / "plan.json"
     if resume and path.exists():
         return json.loads(path.read_text())
-    fingerprint = dataset_fingerprint(cases, modality, progress)
+    fingerprint = fingerprint_cases(cases, modality, config.data.cache_dir, config.data.preprocess_workers, progress,
+                                    dist)  # cached per case: a second run reads it
     plan = make_plan(fingerprint, config, device.type)
-    if is_main:
+    if dist.is_main:
         logger.info("%s", describe_plan(plan))
         output.mkdir(parents=True, exist_ok=True)
         save_plan(plan, path)

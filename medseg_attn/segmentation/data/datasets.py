@@ -21,7 +21,7 @@ from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_
 logger = logging.getLogger(__name__)
 
 __all__ = ["SegmentationDataset", "load_dataset", "split_cases", "check_cases", "check_class_names",
-           "check_resume_data", "check_training_data", "median_spacing"]
+           "check_resume_data", "check_training_data", "declared_channels", "median_spacing"]
 
 _MODALITY_WORDS = {"ct": "ct", "mr": "mr", "mri": "mr", "t1": "mr", "t2": "mr", "flair": "mr", "t1w": "mr",
                    "t2w": "mr", "adc": "mr", "dwi": "mr", "pd": "mr", "t1gd": "mr", "t1c": "mr"}
@@ -184,18 +184,28 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def declared_channels(dataset: SegmentationDataset) -> int | None:
+    """The image channels dataset.json declares (its modalities), or None where nothing declared them."""
+    return dataset.channels if dataset.channels_declared else None
+
+
 def check_training_data(dataset: SegmentationDataset, labels: dict[int, str] | None = None,
-                        voxels: bool = True) -> None:
-    """The one dataset check of ``plan`` and ``train``: class names, then :func:`check_cases` on every training case
-    (shapes, grids, channels vs the declared modalities, label values vs ``labels``).
+                        voxels: bool = True, problems: list[str] | None = None) -> None:
+    """The one dataset check of ``plan``, ``preprocess`` and ``train``: class names, then :func:`check_cases` on
+    every training case (shapes, grids, channels vs the declared modalities, label values vs ``labels``).
+
+    Args:
+        problems: what :func:`check_cases` already found (e.g. in worker processes, remembered per case by
+            :func:`~medseg_attn.segmentation.data.preprocess.checked_cases`); None runs it here.
 
     Raises:
         ValueError: one line for one problem, else every problem on its own line.
     """
     labels = labels or dataset.labels
     check_class_names(labels, f"{dataset.root}: labels")
-    problems = check_cases(dataset.training, num_classes=len(labels), voxels=voxels,
-                           channels=dataset.channels if dataset.channels_declared else None)
+    if problems is None:
+        problems = check_cases(dataset.training, num_classes=len(labels), voxels=voxels,
+                               channels=declared_channels(dataset))
     if len(problems) == 1:
         raise ValueError(problems[0])
     if problems:  # every problem at once, one line each, so a dataset is fixed in one go

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from medseg_attn.segmentation.data.foreground import body_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANISOTROPY", "COVERAGE", "MASK_FRACTION", "MAX_COARSENING", "VOXEL_BUDGET", "dataset_fingerprint", "describe_plan", "make_plan",
-           "save_plan"]
+__all__ = ["ANISOTROPY", "COVERAGE", "MASK_FRACTION", "MAX_COARSENING", "VOXEL_BUDGET", "case_rng", "dataset_fingerprint", "describe_plan", "make_plan",
+           "pooled_fingerprint", "save_plan"]
 
 ANISOTROPY = 3.0  # coarsest / finest spacing above which the coarse axis is planned finer than its median
 MASK_FRACTION = 0.8  # the z-score is masked when the body covers less than this share of the median case
@@ -100,12 +101,22 @@ def dataset_fingerprint(cases: list[dict[str, Any]], modality: str | None, progr
 
     if not cases:
         raise ValueError("no cases to fingerprint")
-    rng = np.random.default_rng(0)
     records, samples = [], []
     for case in tqdm(cases, desc="fingerprint", unit="case", disable=not progress):
-        record, sample = _case_fingerprint(case, modality == "ct", rng)
+        record, sample = _case_fingerprint(case, modality == "ct", case_rng(case))
         records.append(record)
         samples.append(sample)
+    return pooled_fingerprint(records, samples, modality)
+
+
+def case_rng(case: dict[str, Any]) -> np.random.Generator:
+    """A case's own sampling stream: the same whichever process fingerprints it, in whatever order."""
+    return np.random.default_rng(zlib.crc32(str(case["case"]).encode()))
+
+
+def pooled_fingerprint(records: list[dict[str, Any]], samples: list[np.ndarray], modality: str | None
+                       ) -> dict[str, Any]:
+    """The dataset fingerprint from each case's record and labelled-intensity sample."""
     pooled = np.concatenate(samples) if samples else np.zeros(0)
     return {"modality": modality or "unknown", "cases": records, "label_intensity": _stats(pooled)}
 

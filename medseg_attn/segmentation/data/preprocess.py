@@ -1,0 +1,243 @@
+"""Preprocess once: case checks, fingerprint and preprocessing in worker processes, into the disk cache of
+:mod:`medseg_attn.segmentation.data.cache`.
+
+Every step is per case and cached per case, so a second run (or another run on the same data, or another
+DDP rank) reads the results instead of recomputing them, and an interrupted run resumes where it stopped:
+
+- :func:`checked_cases`: the header and voxel checks of
+  :func:`~medseg_attn.segmentation.data.datasets.check_cases`, one entry per case;
+- :func:`fingerprint_cases`: :func:`~medseg_attn.segmentation.data.planning.dataset_fingerprint`'s per-case
+  records (each case samples with its own seed, so the result does not depend on the order or the process);
+- :func:`preprocess_cases`: the deterministic preprocessing of training (orientation, spacing, body crop,
+  normalisation) written as ``.npy`` files, plus the class locations the foreground sampling needs.
+
+Work runs in ``data.preprocess_workers`` processes (0: every core, divided by the processes torchrun starts on
+the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg_attn.segmentation.data.cache import cache_root, ensure_entry, entry_key, entry_path
+from medseg_attn.training.distributed import Distributed, shard
+
+__all__ = ["checked_cases", "fingerprint_cases", "preprocess_cases", "workers_for"]
+
+MAX_SAMPLES_PER_CLASS = 20000  # class locations kept per case and class (as the in-memory path)
+
+
+def workers_for(requested: int, jobs: int) -> int:
+    """Worker processes for ``jobs`` cases: ``requested``, or every core this process may use divided by the
+    processes torchrun runs on this machine (``LOCAL_WORLD_SIZE``); never more than the jobs."""
+    if requested <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        requested = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return max(1, min(requested, jobs))
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a clean server process that has imported this module (and torch) once: a plain
+    fork of a process whose OpenMP threads have run can deadlock in the child; spawn re-imports torch per worker."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "medseg_attn.segmentation.data.transforms"])
+    return context
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the workers share the cores: one thread each
+
+
+def run_parallel(function: Callable[[Any], Any], jobs: list[Any], workers: int, desc: str, progress: bool
+                 ) -> list[Any]:
+    """``function(job)`` for every job (in ``workers`` processes when more than one); results in job order."""
+    from tqdm.auto import tqdm
+
+    results: list[Any] = [None] * len(jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress or not jobs) as bar:
+        if workers <= 1:
+            for index, job in enumerate(jobs):
+                results[index] = function(job)
+                bar.update()
+            return results
+        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_one_thread)
+        try:
+            futures = {pool.submit(function, job): index for index, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    return results
+
+
+def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], job: Callable[[tuple], Any],
+            extra: tuple, depends: dict[str, Any], workers: int, desc: str, progress: bool,
+            dist: Distributed | None, counts: dict[str, int] | None = None) -> list[Path]:
+    """Each case's entry under ``folder``, building the missing ones with ``job((case, entry, *extra))``.
+
+    Under DDP every rank builds its share of the missing entries, then all wait for each other."""
+    entries = [entry_path(folder, case["case"], entry_key(case, keys, **depends)) for case in cases]
+    mine = list(zip(cases, entries))
+    if dist is not None and dist.enabled:
+        mine = shard(mine, dist)  # the same cases on every rank: every entry has one rank that builds it
+    missing = [(case, entry, *extra) for case, entry in mine if not entry.is_dir()]
+    built = run_parallel(job, missing, workers_for(workers, len(missing)), desc, progress)
+    if counts is not None:
+        counts["built"] = sum(bool(b) for b in built)  # by this process (another may have built the rest)
+    if dist is not None and dist.enabled:
+        dist.barrier()
+    return entries
+
+
+def _check_job(job: tuple) -> bool:
+    case, entry, num_classes, channels = job
+
+    def build(tmp: Path) -> None:
+        from medseg_attn.segmentation.data.datasets import check_cases
+
+        problems = check_cases([case], num_classes=num_classes, channels=channels)
+        (tmp / "problems.json").write_text(json.dumps(problems))
+
+    return ensure_entry(entry, build)
+
+
+def checked_cases(cases: list[dict[str, Any]], num_classes: int, cache_dir: str | None = None, workers: int = 0,
+                  progress: bool = False, dist: Distributed | None = None, channels: int | None = None) -> list[str]:
+    """The problems :func:`~medseg_attn.segmentation.data.datasets.check_cases` finds, one case per worker,
+    remembered per case (an unchanged case is not read again). ``channels``: the image channels dataset.json
+    declares (None: not checked)."""
+    entries = _cached(cache_root(cache_dir) / "checks", cases, ("image", "label"), _check_job, (num_classes, channels),
+                      {"kind": "check", "num_classes": num_classes, "channels": channels}, workers, "check", progress,
+                      dist)
+    return [line for entry in entries for line in json.loads((entry / "problems.json").read_text())]
+
+
+def _fingerprint_job(job: tuple) -> bool:
+    case, entry, ct = job
+
+    def build(tmp: Path) -> None:
+        from medseg_attn.segmentation.data.planning import _case_fingerprint, case_rng
+
+        record, sample = _case_fingerprint(case, ct, case_rng(case))
+        (tmp / "record.json").write_text(json.dumps(record))
+        np.save(tmp / "sample.npy", np.asarray(sample, dtype=np.float32))
+
+    return ensure_entry(entry, build)
+
+
+def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_dir: str | None = None,
+                      workers: int = 0, progress: bool = False, dist: Distributed | None = None) -> dict[str, Any]:
+    """:func:`~medseg_attn.segmentation.data.planning.dataset_fingerprint`, in parallel and cached per case."""
+    from medseg_attn.segmentation.data.planning import pooled_fingerprint
+
+    if not cases:
+        raise ValueError("no cases to fingerprint")
+    ct = modality == "ct"
+    entries = _cached(cache_root(cache_dir) / "fingerprint", cases, ("image", "label"), _fingerprint_job, (ct,),
+                      {"kind": "fingerprint", "ct": ct}, workers, "fingerprint", progress, dist)
+    records = []
+    for case, entry in zip(cases, entries):
+        records.append({**json.loads((entry / "record.json").read_text()), "case": case["case"]})
+    samples = [np.load(entry / "sample.npy") for entry in entries]
+    return pooled_fingerprint(records, samples, modality)
+
+
+def _preprocess_job(job: tuple) -> bool:
+    case, entry, prep, data, num_classes = job
+
+    def build(tmp: Path) -> None:
+        import torch
+        from monai import transforms as mt
+
+        from medseg_attn.segmentation.data.transforms import preprocessing
+
+        item = mt.Compose(preprocessing(prep, ("image", "label"), num_classes=num_classes))(
+            {"image": case["image"], "label": case["label"]})
+        image = np.ascontiguousarray(np.asarray(torch.as_tensor(item["image"]), dtype=np.float32))
+        label = np.asarray(torch.as_tensor(item["label"]))
+        np.save(tmp / "image.npy", image)
+        np.save(tmp / "label.npy", label.astype(np.uint8 if num_classes <= 256 else np.int16))
+        # the class locations exactly as the in-memory path finds them: on the label padded to the patch
+        padded = mt.SpatialPadd("label", spatial_size=list(data.patch_size))({"label": item["label"]})
+        indices = mt.ClassesToIndicesd("label", num_classes=num_classes, indices_postfix="_indices",
+                                       max_samples_per_class=MAX_SAMPLES_PER_CLASS)(padded)["label_indices"]
+        np.savez(tmp / "indices.npz", *[np.asarray(torch.as_tensor(i), dtype=np.int64) for i in indices])
+        meta = {"case": case["case"], "image": [str(p) for p in np.atleast_1d(case["image"])],
+                "label": str(case["label"]), "shape": list(image.shape), "label_dtype": str(item["label"].dtype),
+                "preprocessing": prep.to_dict(), "patch_size": list(data.patch_size), "num_classes": num_classes}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    return ensure_entry(entry, build)
+
+
+def preprocess_cases(cases: list[dict[str, Any]], prep: Any, data: Any, num_classes: int,
+                     progress: bool = False, dist: Distributed | None = None,
+                     counts: dict[str, int] | None = None) -> dict[str, Path]:
+    """Each case's cache entry (built where missing): case name -> entry folder.
+
+    Args:
+        cases: ``{"image", "label", "case"}`` dicts.
+        prep: the run's :class:`~medseg_attn.segmentation.data.transforms.Preprocessing`.
+        data: the run's resolved ``DataConfig`` (its ``patch_size``, ``cache_dir`` and ``preprocess_workers``).
+        num_classes: classes of the label maps (checked).
+        counts: filled with ``{"built": entries this process built}``.
+    """
+    unique = list({case["case"]: case for case in cases}.values())  # DDP partitions repeat cases
+    depends = {"kind": "case", "preprocessing": prep.to_dict(), "num_classes": num_classes,
+               "patch_size": list(data.patch_size), "max_samples_per_class": MAX_SAMPLES_PER_CLASS}
+    entries = _cached(cache_root(data.cache_dir) / "cases", unique, ("image", "label"), _preprocess_job,
+                      (prep, data, num_classes), depends, data.preprocess_workers, "preprocess", progress, dist, counts)
+    return {case["case"]: entry for case, entry in zip(unique, entries)}
+
+
+def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """What ``medseg-attn preprocess`` does: check, fingerprint, plan and preprocess every training case of
+    ``config.data.dataset`` into the cache, as ``train`` would with the same config and device.
+
+    Returns:
+        ``{"cases", "built", "cache", "plan", "seconds"}``: cases in the dataset, entries this call built (the
+        others were reused), the cache folder, the plan.
+    """
+    import time
+
+    from medseg_attn.segmentation.data.datasets import check_training_data, declared_channels, load_dataset
+    from medseg_attn.segmentation.data.planning import make_plan
+    from medseg_attn.segmentation.data.transforms import Preprocessing
+
+    start = time.perf_counter()
+    if not config.data.dataset:
+        raise ValueError("no dataset given: pass --data or set data.dataset")
+    dataset = load_dataset(config.data.dataset)
+    data = config.data
+    labels = data.labels or dataset.labels
+    problems = checked_cases(dataset.training, len(labels), data.cache_dir, data.preprocess_workers, progress,
+                             channels=declared_channels(dataset))
+    check_training_data(dataset, labels, problems=problems)  # the same check as `plan` and `train`
+    modality = data.modality if data.modality != "auto" else dataset.modality
+    fingerprint = fingerprint_cases(dataset.training, modality, data.cache_dir, data.preprocess_workers, progress)
+    config = config.replace(data={"dataset": str(Path(data.dataset).expanduser().resolve())})
+    plan = make_plan(fingerprint, config, device)
+    resolved = plan["resolved"]
+    data = config.replace(data={"spacing": resolved["spacing"], "patch_size": resolved["patch_size"],
+                                "intensity": resolved["intensity"],
+                                "normalisation_mask": bool(resolved["normalisation_mask"])}).data
+    prep = Preprocessing.from_plan(data, plan)
+    counts: dict[str, int] = {}
+    entries = preprocess_cases(dataset.training, prep, data, len(labels), progress=progress, counts=counts)
+    return {"cases": len(entries), "built": counts["built"], "cache": cache_root(data.cache_dir), "plan": plan,
+            "seconds": time.perf_counter() - start}
