@@ -36,7 +36,8 @@ def run(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.C
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    environ, here = dict(os.environ), Path.cwd()
+    environ, here, argv = dict(os.environ), Path.cwd(), sys.argv
+    sys.argv = ["medseg-attn", *args]  # what a run records as its command (model card, provenance)
     root.handlers = []  # so main's logging.basicConfig writes to the captured stderr at the level it chooses
     try:
         if cwd is not None:
@@ -54,6 +55,7 @@ def run(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.C
             handler.close()
         root.handlers, root.level = handlers, level
         os.chdir(here)
+        sys.argv = argv
         os.environ.clear()
         os.environ.update(environ)
     return subprocess.CompletedProcess(["medseg-attn", *args], code, out.getvalue(), err.getvalue())

@@ -51,7 +51,6 @@ def test_onnxruntime_predictor_equals_pytorch_in_process(cases, tmp_path):
             assert 2 * both / ((expected == label).sum() + (found == label).sum()) >= 0.999
 
 
-@pytest.mark.slow  # four CLI processes: 30-60 s on 2 shared cores
 def test_onnxruntime_predictions_equal_pytorch(cases, tmp_path):
     model, inputs = cases
     result = run("-q", "export", "--model", str(model), "--format", "onnx", "--output", str(tmp_path / "m"))
@@ -74,7 +73,6 @@ def test_onnxruntime_predictions_equal_pytorch(cases, tmp_path):
     assert (tmp_path / "onnx" / "labels.itksnap.txt").is_file() and (tmp_path / "onnx" / "labels.ctbl").is_file()
 
 
-@pytest.mark.slow  # five CLI processes
 def test_export_errors_are_one_line(cases, tmp_path):
     model, inputs = cases
     assert_one_line_error(run("predict", "--model", str(model), "--engine", "onnxruntime", "--input", str(inputs),

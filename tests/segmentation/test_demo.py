@@ -170,3 +170,23 @@ def test_output_dir_that_is_a_file(tmp_path: Path) -> None:
     target.write_text("not a folder")
     with pytest.raises(ValueError, match="not a folder"):
         build(target)
+
+
+def test_demo_command_runs_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
+    """``medseg-attn demo`` (run_demo) through main(argv): data, a few seconds of training, prediction and evaluation at 1 mm, the report; a tiny network so it takes seconds, not minutes."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cli_helpers import run
+
+    result = run("-q", "demo", "--output", str(tmp_path / "demo"), "--minutes", "0.05",
+                 "--train-cases", "2", "--test-cases", "1", "--stress-cases", "0",
+                 "--set", "model.channels=[8,16,32]", "--set", "data.patch_size=[32,32,32]",
+                 "--set", "train.steps_per_epoch=2", "--set", "train.val_interval=1")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary) == {"attention"}
+    for variant in summary.values():
+        assert {"grey_matter", "white_matter"} <= set(variant["classes"])
+    report = (tmp_path / "demo" / "summary.md").read_text()
+    assert "grey matter Dice" in report and (tmp_path / "demo" / "overlay.png").stat().st_size > 1000

@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cli_helpers import run  # noqa: E402
 
 pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.slow  # a real (CLI) training run first: about 70 s on 2 CPU cores, then ~60 s of tests
 
 
 def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
