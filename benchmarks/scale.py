@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED_CT = Path(os.environ.get("MEDSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_CT = Path(os.environ.get("MEDSEG_SHARED_DATA", "/work/shared/data")
                  ) / "totalseg_example_ct"
 
 
@@ -89,7 +89,8 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 CHILD = """
 import json, resource, sys, time
 start = float(sys.argv[1])
-import medseg_attn.segmentation.train as training
+import medseg_attn.segmentation.train
+training = sys.modules["medseg_attn.segmentation.train"]
 first = {}
 fit = training.fit
 def timed_fit(task, *args, **kwargs):
