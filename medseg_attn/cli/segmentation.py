@@ -299,10 +299,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     from medseg_attn.io.files import check_output_location
     from medseg_attn.segmentation.demo import run_demo
 
+    from medseg_attn.io.manifest import recorded_run
+
     check_output_location(args.output, [], folder=True)
-    report = run_demo(args.output, minutes=args.minutes, attention=args.attention == "on", baseline=args.baseline,
-                      train_cases=args.train_cases, test_cases=args.test_cases, seed=args.seed,
-                      overrides=args.overrides, progress=not args.quiet, stress_cases=args.stress_cases)
+    with recorded_run(args.output, "demo"):  # run.json; each sub-folder (run, predictions ...) has its own
+        report = run_demo(args.output, minutes=args.minutes, attention=args.attention == "on",
+                          baseline=args.baseline, train_cases=args.train_cases, test_cases=args.test_cases,
+                          seed=args.seed, overrides=args.overrides, progress=not args.quiet,
+                          stress_cases=args.stress_cases)
     print(report.read_text())
     return 0
 
