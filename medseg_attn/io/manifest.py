@@ -139,7 +139,7 @@ class RunManifest:
                               "best_metric": payload.get("best_metric"), "labels": payload.get("labels"),
                               "versions": card.get("versions")}
             record["plan_sha256"] = json_sha256(payload["plan"]) if payload.get("plan") else None
-            record["temperature"] = payload.get("calibration", {}).get("temperature")
+            record["temperature"] = (payload.get("calibration") or {}).get("temperature")
             record["training_fingerprint"] = bool(payload.get("training_fingerprint"))
         self.data["model"] = record
 
