@@ -5,7 +5,8 @@ batch, and the plan's working grid is not what the model was trained on (it may 
 run stores ``payload["training_fingerprint"]``: for every training case, measured on the ORIGINAL image (read as
 stored, reoriented to RAS) and its reference label map:
 
-* ``spacing``: the voxel spacing (mm, RAS axis order);
+* ``spacing``: the voxel spacing (mm, RAS axis order); a case is flagged when 1.5x coarser than the coarsest
+  or 4x finer than the finest;
 * ``intensity``: percentiles 1 / 50 / 99 inside the body mask (HU for CT models; for other models divided by the
   99th percentile, as MR intensities have no unit);
 * ``profile``: along each RAS axis, the body's cross-section area and mean intensity (/ p99) in 16 bins over
@@ -35,7 +36,8 @@ __all__ = ["TOLERANCES", "case_features", "fingerprint_flags", "training_fingerp
 
 FINGERPRINT_VERSION = 1
 TOLERANCES = {
-    "spacing_factor": 1.5,  # a spacing up to 1.5x finer than the finest / coarser than the coarsest trained
+    "spacing_factor": 1.5,  # a spacing up to 1.5x coarser than the coarsest trained (detail the model never saw lost)
+    "fine_factor": 4.0,  # ... and up to 4x finer than the finest (finer inputs are resampled down: harmless)
     "intensity_margin": 0.25,  # x the training's typical p1..p99 range beyond the training's range of a percentile
     "flip_margin": 0.005,  # mean |profile - mean| minus mean |profile - reversed mean| above this: flipped axis
     "min_asymmetry": 0.03,  # axes whose mean profile differs less from its reversal are not judged
@@ -152,9 +154,10 @@ def fingerprint_flags(case: dict[str, Any], fingerprint: dict[str, Any], toleran
 
     low, high = fingerprint["spacing"]["min"], fingerprint["spacing"]["max"]
     if len(case["spacing"]) == len(low):
-        ratios = [max(lo / s, s / hi, 1.0) for s, lo, hi in zip(case["spacing"], low, high)]
-        if max(ratios) > tol["spacing_factor"]:
-            flag("geometry", max(ratios) / tol["spacing_factor"],
+        ratios = [max(lo / s / tol["fine_factor"], s / hi / tol["spacing_factor"], 0.0)
+                  for s, lo, hi in zip(case["spacing"], low, high)]
+        if max(ratios) > 1.0:
+            flag("geometry", max(ratios),
                  f"spacing {_listing(case['spacing'])} mm (RAS) outside the training's "
                  f"{_listing(low)} .. {_listing(high)} mm")
     for axis, score, asymmetry in flip_scores(case["profile"], fingerprint["profile"]):
