@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if rank > 0:  # the other ranks do the same work silently; errors still reach stderr
         args.quiet = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    from medseg_attn.io.manifest import set_command_line
+
+    set_command_line(sys.argv[1:] if argv is None else argv)  # what every run.json records
     runners = {**segmentation.RUNNERS, **export.RUNNERS, **preprocess.RUNNERS, "classify": classification.run}
     try:
         return runners[args.command](args)

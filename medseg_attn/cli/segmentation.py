@@ -87,8 +87,9 @@ def add_parsers(command) -> None:
                          help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
                               "folders of these (a folder's sub-folders are DICOM series)")
     predict.add_argument("--output", type=Path, required=True,
-                         help="folder for <case>.nii.gz label maps, report.csv, failures.csv and report.html (the "
-                              "QC report: cases ranked for review)")
+                         help="folder for <case>.nii.gz label maps, report.csv, failures.csv, report.html (the "
+                              "QC report: cases ranked for review) and run.json (versions, model and input "
+                              "checksums, arithmetic, command line, outcome; see docs/trust.md)")
     predict.add_argument("--output-format", default="nifti", metavar="FORMATS",
                          help="nifti (default; with labels.itksnap.txt and labels.ctbl label tables), dicom-seg "
                               "(<case>.seg.dcm for DICOM series inputs, NIfTI for other inputs), seg-nrrd "
@@ -109,8 +110,9 @@ def add_parsers(command) -> None:
     predict.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
     predict.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                          help="arithmetic of the network's forward pass (default: the model's inference.precision, "
-                              "auto = fp16 on CUDA, bf16 on CPUs where a short probe measures bf16 convolutions "
-                              ">= 1.3x faster than fp32 (e.g. Intel AMX, AMD Zen 4), fp32 on other CPUs); "
+                              "auto = fp16 on CUDA; on a CPU the same in every run on a machine: bf16 with AMX, fp32 "
+                              "without bf16 instructions, else a probe run once per machine and cached in "
+                              "~/.cache/medseg-attn (bf16 when >= 1.3x faster); OUT/run.json records it); "
                               "fp32 for bit-for-bit reproducible results across machines")
     predict.add_argument("--probabilities", action="store_true",
                          help="also write <case>_probabilities.nii.gz (4D: one channel per class)")
@@ -316,10 +318,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     from medseg_attn.io.files import check_output_location
     from medseg_attn.segmentation.demo import run_demo
 
+    from medseg_attn.io.manifest import recorded_run
+
     check_output_location(args.output, [], folder=True)
-    report = run_demo(args.output, minutes=args.minutes, attention=args.attention == "on", baseline=args.baseline,
-                      train_cases=args.train_cases, test_cases=args.test_cases, seed=args.seed,
-                      overrides=args.overrides, progress=not args.quiet, stress_cases=args.stress_cases)
+    with recorded_run(args.output, "demo"):  # run.json; each sub-folder (run, predictions ...) has its own
+        report = run_demo(args.output, minutes=args.minutes, attention=args.attention == "on",
+                          baseline=args.baseline, train_cases=args.train_cases, test_cases=args.test_cases,
+                          seed=args.seed, overrides=args.overrides, progress=not args.quiet,
+                          stress_cases=args.stress_cases)
     print(report.read_text())
     return 0
 

@@ -33,6 +33,7 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import compute_dice
 
 from medseg_attn.config import Config, save_config
+from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
@@ -41,11 +42,14 @@ from medseg_attn.segmentation.data.datasets import (check_resume_data, check_tra
                                                     load_dataset, split_cases)
 from medseg_attn.segmentation.data.preprocess import checked_cases, fingerprint_cases, preprocess_cases
 from medseg_attn.segmentation.inference.explain import validation_attention_images
-from medseg_attn.segmentation.data.planning import describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.qc.fingerprint import training_fingerprint
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.training.card import training_card
+from medseg_attn.training.checkpoint import load_checkpoint
 from medseg_attn.training.device import resolve_device
 from medseg_attn.training.distributed import Distributed, partition, setup, shard
 from medseg_attn.training.loop import (
@@ -203,9 +207,23 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
                      cfg.data.dataset), f"{cfg.data.dataset}: colors"),
                  "card": training_card({"dataset": cfg.data.dataset, "training_cases": len(run.train_cases),
                                         "validation_cases": len(run.val_cases), "modality": cfg.data.modality,
-                                        "spacing": run.prep.spacing and list(run.prep.spacing)})},
+                                        "spacing": run.prep.spacing and list(run.prep.spacing)}),
+                 # the training set's ranges, which the QC flags of predictions compare with (docs/trust.md)
+                 "training_fingerprint": training_fingerprint(run.dataset.training, run.labels,
+                                                              run.prep.intensity == "ct", progress)
+                 if run.dist.is_main else None},
     )
-    return fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
+    with recorded_run(output if run.dist.is_main else None, "train") as manifest:  # RUN/run.json
+        manifest.add_input(cfg.data.dataset, name="dataset", checksum=Path(cfg.data.dataset).is_file())
+        result = fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
+        if run.dist.is_main:  # temperature scaling on the validation cases, stored in best.pt
+            best = run.checkpoints / "best.pt"
+            manifest.update(calibration=calibrate_run(predictor, val_ds, best, output, tcfg.seed),
+                            result={"epochs": result.epochs, "best_metric": result.best_metric,
+                                    "stopped": result.stopped})
+            if best.exists():
+                manifest.add_model([best], device=str(run.device), payload=load_checkpoint(best))
+    return result
 
 
 def _plan(config: Config, cases: list[dict], modality: str | None, device: torch.device, output: Path, resume: bool,

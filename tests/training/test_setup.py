@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from monai import transforms as mt
 from monai.data import Dataset, ThreadDataLoader
@@ -25,16 +27,51 @@ def test_prefetch_thread_draws_the_same_batches_as_the_plain_loader():
     assert not torch.equal(torch.cat(plain), torch.cat(_batches(False, seed=4)))  # the seed matters
 
 
-def test_auto_precision_on_cpu_follows_the_measured_bf16_speed(monkeypatch):
+def _fresh_decision(monkeypatch, tmp_path, flags, speedup):
+    from medseg_attn.training import device as device_module
+
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return speedup
+
+    monkeypatch.setenv("MEDSEG_ATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(device_module, "_cpuinfo", lambda: ("Test CPU 9000", set(flags)))
+    monkeypatch.setattr(device_module, "cpu_bf16_speedup", probe)
+    device_module._cpu_decision.cache_clear()
+    dtype = device_module.inference_dtype("auto", torch.device("cpu"))
+    device_module._cpu_decision.cache_clear()
+    return dtype, calls
+
+
+def test_auto_precision_on_cpu_comes_from_flags_or_a_probe_cached_per_machine(monkeypatch, tmp_path):
     from medseg_attn.training import device as device_module
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(device_module, "cpu_bf16_speedup", lambda: 1.9)  # e.g. AMX or AMD Zen 4
-    assert device_module.inference_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(device_module, "cpu_bf16_speedup", lambda: 0.85)  # bf16 instructions without fast units
-    assert device_module.inference_dtype("auto", cpu) is None
+    # no bf16 instructions: fp32 without any timing; AMX: bf16 without any timing
+    assert _fresh_decision(monkeypatch, tmp_path / "a", {"avx2", "fma"}, 1.9) == (None, [])
+    assert _fresh_decision(monkeypatch, tmp_path / "b", {"avx512_bf16", "amx_bf16"}, 0.5) == (torch.bfloat16, [])
+    # AVX-512 bf16 without AMX (Zen 4 fast, some Xeons slow): probed once (3 rounds), then read from the cache
+    dtype, calls = _fresh_decision(monkeypatch, tmp_path / "c", {"avx512_bf16"}, 1.9)
+    assert dtype == torch.bfloat16 and len(calls) == 3
+    cached = json.loads((tmp_path / "c" / "precision.json").read_text())
+    assert [entry["bf16_speedup"] for entry in cached.values()] == [1.9]
+    # a later process on a busy machine would measure 0.85: the cached answer stands, no new timing
+    dtype, calls = _fresh_decision(monkeypatch, tmp_path / "c", {"avx512_bf16"}, 0.85)
+    assert dtype == torch.bfloat16 and calls == []
+    dtype, calls = _fresh_decision(monkeypatch, tmp_path / "d", {"avx512_bf16"}, 0.85)
+    assert dtype is None and len(calls) == 3  # a slow-bf16 machine stays fp32
     assert device_module.inference_dtype("fp32", cpu) is None
     assert device_module.inference_dtype("bf16", cpu) == torch.bfloat16
+    assert device_module.precision_name(torch.bfloat16) == "bf16" and device_module.precision_name(None) == "fp32"
+
+
+def test_an_unwritable_cache_means_fp32_not_a_per_process_timing(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    dtype, calls = _fresh_decision(monkeypatch, blocker, {"avx512_bf16"}, 1.9)
+    assert dtype is None
 
 
 def test_the_bf16_probe_measures_something():

@@ -26,6 +26,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from medseg_attn.io.headers import load_nifti
+from medseg_attn.io.manifest import RunManifest
 from medseg_attn.io.files import atomic_write, atomic_write_text, check_output_location
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
@@ -306,6 +307,7 @@ def evaluate_folders(
     _check_tolerance(tolerance_mm)
     label_files, pred_files = _nifti_files(label_dir, "label"), _nifti_files(pred_dir, "prediction")
     check_output_location(output_dir, [pred_dir, label_dir], folder=True)
+    manifest = RunManifest(output_dir, "evaluate")
     if not label_files:
         raise ValueError(f"{label_dir}: no NIfTI label files (.nii or .nii.gz) found")
     missing = [path.name for name, path in label_files.items() if name not in pred_files]
@@ -343,5 +345,10 @@ def evaluate_folders(
         write_statistics_csv(measured, output_dir / "statistics.csv", unit=None, extra=("source",))
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     _plot(rows, names, output_dir / "dice_boxplot.png", len(cases))
+    for name, pred_path, label_path in cases:
+        manifest.add_input(pred_path, name=f"{name} (prediction)", geometry=True)
+        manifest.add_input(label_path, name=f"{name} (reference)", geometry=True)
+    manifest.update(tolerance_mm=tolerance_mm, results={"mean_dice": summary.get("mean_dice")})
+    manifest.finish("ok")
     logger.info("mean Dice %s over %d cases; results in %s", summary["mean_dice"], len(cases), output_dir)
     return summary

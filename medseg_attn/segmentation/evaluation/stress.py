@@ -203,8 +203,13 @@ def run_stress(predictor: Any, variants: Iterator[tuple[int, Variant]] | list[tu
     from medseg_attn.io.tables import write_csv
     from medseg_attn.plots import save_stress_plot
 
+    from medseg_attn.io.manifest import RunManifest
+
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    manifest = RunManifest(output, "stress")
+    if hasattr(predictor, "provenance"):
+        manifest.add_model(**predictor.provenance())
     rows = []
     for case, (name, image, label, affine) in variants:
         prediction = predictor.predict(image, affine=affine)
@@ -218,4 +223,6 @@ def run_stress(predictor: Any, variants: Iterator[tuple[int, Variant]] | list[tu
     classes = [name for index, name in sorted(predictor.labels.items()) if index > 0]
     write_csv(output / "stress.csv", rows, columns=["case", "variant", *classes, "seconds"])
     save_stress_plot(rows, classes, output / "stress.png", title)
+    manifest.update(variants=sorted({row["variant"] for row in rows}), cases=sorted({row["case"] for row in rows}))
+    manifest.finish("ok")
     return rows

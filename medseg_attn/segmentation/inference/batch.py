@@ -38,6 +38,7 @@ import numpy as np
 from medseg_attn.io import dicom
 from medseg_attn.io.files import check_output_location, not_regular, remove_stale_temporaries
 from medseg_attn.io.lock import OutputLock
+from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
@@ -383,7 +384,11 @@ def predict_files(
     if "nifti" in formats or "dicom-seg" in formats:  # ITK-SNAP / Slicer label tables beside the NIfTI maps
         write_label_tables(output_dir, predictor.labels, predictor.colors)
     records: list[dict[str, Any]] = []
-    with OutputLock(output_dir) if lock else nullcontext():  # a second run into this folder waits for this one
+    with OutputLock(output_dir) if lock else nullcontext(), recorded_run(output_dir, "predict") as manifest:
+        manifest.add_model(**predictor.provenance())  # run.json: model, arithmetic, inputs, outcome
+        for case in cases:
+            manifest.add_input(case.files[0], name=case.name, error=case.error, series_uid=case.series_uid,
+                               geometry=True)
         try:
             for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
                 records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
@@ -391,6 +396,9 @@ def predict_files(
         finally:
             if reports:
                 write_reports(records, output_dir, review)
+            manifest.update(cases={r["case"]: r["status"] for r in records}, output_format=output_format)
+            failed = sum(r["status"] == "failed" for r in records)
+            manifest.outcome = f"{failed} of {len(records)} case(s) failed" if failed else None
     return records
 
 

@@ -45,7 +45,8 @@ from medseg_attn.segmentation.inference.resample import normalise_maximum, resam
 from medseg_attn.segmentation.inference.sliding import sliding_window_probabilities
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
-from medseg_attn.training.device import inference_dtype, resolve_device
+from medseg_attn.training.calibration import apply_temperature
+from medseg_attn.training.device import inference_dtype, precision_name, precision_reason, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class Predictor:
         self.device = torch.device(device)
         self.dtype = inference_dtype(self.inference.precision, self.device)  # autocast dtype; None = fp32
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
+        self.temperature = 1.0  # > 1 softens the probabilities (fitted at the end of training: calibration)
+        self.model_info: dict[str, Any] = {}  # the first checkpoint's card, plan, calibration ... (run manifests)
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto", **inference: Any
@@ -133,6 +136,7 @@ class Predictor:
         resolved = resolve_device(device)
         networks, sources = [], []
         first: dict[str, Any] = {}
+        temperatures: list[float] = []
         for item in models:
             path = find_checkpoint(item)
             payload = load_checkpoint(path)
@@ -148,7 +152,10 @@ class Predictor:
                 raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
             found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
             if not first:
-                first = {"path": path, "config": config, "colors": payload.get("colors"), **found}
+                first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
+                         "info": {k: payload.get(k) for k in ("card", "plan", "epoch", "best_metric", "labels",
+                                                               "calibration", "training_fingerprint")}}
+            temperatures.append(float((payload.get("calibration") or {}).get("temperature", 1.0)))
             for key, value in found.items():
                 if value != first[key]:
                     raise ValueError(f"{path}: ensemble member differs from {first['path']} in its {key} "
@@ -164,7 +171,16 @@ class Predictor:
         predictor = cls(networks, first["preprocessing"], first["classes"], patch, config.inference, resolved,
                         first["input channels"], sources)
         predictor.colors.update({int(k): list(v) for k, v in (first["colors"] or {}).items()})
+        predictor.model_info = first["info"]
+        predictor.temperature = float(np.mean(temperatures))  # an ensemble: the members' mean, on the average
         return predictor
+
+    def provenance(self) -> dict[str, Any]:
+        """What a run manifest records of this predictor (:meth:`medseg_attn.io.manifest.RunManifest.add_model`)."""
+        return {"paths": [s for s in self.sources if Path(s).is_file()], "device": str(self.device),
+                "precision": precision_name(self.dtype),
+                "precision_reason": precision_reason(self.inference.precision, self.device),
+                "payload": self.model_info or None}
 
     def attention_levels(self) -> list[str]:
         """The attention levels every network has ('level0' finest, ...), for ``attention_maps=True``.
@@ -219,11 +235,14 @@ class Predictor:
             forwards = [lambda x, n=n: self._forward(x, n) for n in self.networks]
         try:
             with self._weight_casts_kept():
-                return sliding_window_probabilities(
+                out = sliding_window_probabilities(
                     forwards, image, self.patch_size, overlap=self.inference.overlap,
                     batch_size=self.inference.sw_batch_size, blend=self.inference.blend, flips=flips,
                     device=self.device, with_maps=attention,
                     pad_value=self.prep.background() if self.prep.use_mask else 0.0)  # (K, *S) [, maps]
+            if self.temperature != 1.0:  # calibrated: softmax(log p / T), in place; the argmax is unchanged
+                apply_temperature(out[0] if attention else out, self.temperature)
+            return out
         finally:
             for network, mode in zip(self.networks, was_training):
                 network.train(mode)

@@ -24,6 +24,7 @@ import numpy as np
 
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.headers import load_nifti
+from medseg_attn.segmentation.qc.fingerprint import case_features, fingerprint_flags
 from medseg_attn.segmentation.qc.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
 from medseg_attn.segmentation.evaluation.structure_statistics import (case_statistics, read_case_statistics, write_case_statistics,
                                                  write_statistics_csv)
@@ -46,7 +47,9 @@ class Review:
     """
 
     def __init__(self, names: dict[int, str], plan_spacing: tuple[float, ...] | None, patch_size: tuple[int, ...],
-                 intensity: str, settings: ReviewSettings | None = None, statistics: bool = False) -> None:
+                 intensity: str, settings: ReviewSettings | None = None, statistics: bool = False,
+                 fingerprint: dict[str, Any] | None = None) -> None:
+        self.fingerprint = fingerprint or None  # the training set's ranges (qc.fingerprint); None: batch-relative
         self.names = {int(k): v for k, v in names.items() if int(k) != 0}
         self.plan_spacing, self.patch_size, self.intensity = plan_spacing, tuple(patch_size), intensity
         self.settings = settings or ReviewSettings()
@@ -64,7 +67,8 @@ class Review:
                       ) -> Review:
         """The review of a :class:`~medseg_attn.segmentation.inference.predictor.Predictor`'s batch."""
         prep = predictor.prep
-        return cls(predictor.labels, prep.spacing, predictor.patch_size, prep.intensity, settings, statistics)
+        return cls(predictor.labels, prep.spacing, predictor.patch_size, prep.intensity, settings, statistics,
+                   getattr(predictor, "model_info", {}).get("training_fingerprint"))
 
     def measure(self, name: str, labels: np.ndarray, affine: np.ndarray, image: np.ndarray | None,
                 uncertainty: np.ndarray | None, source: Path, output_dir: Path) -> dict[str, Any]:
@@ -77,8 +81,12 @@ class Review:
         thumbnail = output_dir / "qc" / f"{name}.png"
         picture = image if image is not None else (labels > 0).astype(np.float32)
         save_thumbnail_png(thumbnail, picture, labels, affine, classes=max(self.names, default=1) + 1)
-        return {"statistics": record, "plan_flags": plan_flags(record, self.plan_spacing, self.patch_size,
-                                                               self.intensity, self.settings)}
+        flags = plan_flags(record, self.plan_spacing, self.patch_size, self.intensity, self.settings)
+        if self.fingerprint and image is not None:  # spacing, orientation, intensity, volume, fragments vs training
+            features = case_features(image, affine, self.fingerprint.get("ct", False), record["structures"])
+            flags = [f for f in flags if not f["detail"].startswith("spacing ")]
+            flags += fingerprint_flags(features, self.fingerprint)
+        return {"statistics": record, "plan_flags": flags}
 
     def case(self, result: Any, name: str, source: Path, output_dir: Path) -> dict[str, Any]:
         """Measure a :class:`~medseg_attn.segmentation.inference.predictor.Prediction` (its ``image``: original values)."""
@@ -91,7 +99,7 @@ class Review:
         A case that cannot be measured (no NIfTI output, unreadable input) is logged and left without numbers.
         """
         saved, thumbnail = output_dir / f"{name}_statistics.json", output_dir / "qc" / f"{name}.png"
-        if saved.exists() and thumbnail.exists():
+        if saved.exists() and thumbnail.exists() and not self.fingerprint:  # fingerprint flags need the image
             try:
                 record = read_case_statistics(saved)
                 return {"statistics": record, "plan_flags": plan_flags(record, self.plan_spacing, self.patch_size,
@@ -114,7 +122,7 @@ class Review:
         cases = [{"case": r["case"], "input": r["input"], "output": r.get("output", ""), "status": r["status"],
                   "error": r.get("error", ""), **(r.get("review") or {"statistics": None, "plan_flags": []})}
                  for r in records]
-        ranked = flag_cases(cases, self.settings)
+        ranked = flag_cases(cases, self.settings, fingerprinted=bool(self.fingerprint))
         measured = [c["statistics"] for c in cases if c.get("statistics")]
         if self.statistics:
             write_statistics_csv(measured, output_dir / "statistics.csv", self.unit)

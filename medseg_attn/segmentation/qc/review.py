@@ -195,8 +195,13 @@ def _outliers(cases: list[dict[str, Any]], value, k: float, kind: str, label: st
                                             f"{median:.4g} +- {k:g} x {spread:.3g}"})
 
 
-def flag_cases(cases: list[dict[str, Any]], settings: ReviewSettings) -> list[dict[str, Any]]:
+def flag_cases(cases: list[dict[str, Any]], settings: ReviewSettings, fingerprinted: bool = False
+               ) -> list[dict[str, Any]]:
     """Add ``flags`` (list of {kind, severity, detail}) and ``score`` to each case; return them worst first.
+
+    With ``fingerprinted`` (the model keeps its training set's fingerprint, whose flags came in ``plan_flags``,
+    see :mod:`medseg_attn.segmentation.qc.fingerprint`) the batch-relative volume and intensity checks and the
+    fixed fragmentation limits are left out.
 
     Args:
         cases: one dict per case: {"case", "status", "error", "statistics" (the case's record or None),
@@ -227,20 +232,22 @@ def flag_cases(cases: list[dict[str, Any]], settings: ReviewSettings) -> list[di
                                       "detail": f"{name}: {volume:.4g} ml outside the expected "
                                                 f"{bounds[0]:g} .. {bounds[1]:g} ml"})
             share = found["largest_component_share"] or 1.0
-            if found["components"] > settings.max_components or share < settings.min_largest_share:
+            if not fingerprinted and (found["components"] > settings.max_components
+                                      or share < settings.min_largest_share):
                 severity = max(found["components"] / max(settings.max_components, 1),
                                (1 - share) / max(1 - settings.min_largest_share, 1e-6))
                 case["flags"].append({"kind": "fragmented", "severity": min(CAP, max(1.0, severity)),
                                       "detail": f"{name}: {found['components']} components, largest "
                                                 f"{100 * share:.0f} %"})
-        _outliers(measured, lambda case: (row(case) or {}).get("volume_ml") or None, settings.volume_mad_k,
-                  "volume", f"{name}: volume (ml)", settings)
+        if not fingerprinted:
+            _outliers(measured, lambda case: (row(case) or {}).get("volume_ml") or None, settings.volume_mad_k,
+                      "volume", f"{name}: volume (ml)", settings)
     _outliers(measured, lambda case: case["statistics"].get("uncertainty_foreground_mean"),
               settings.uncertainty_mad_k, "uncertainty", "foreground uncertainty", settings, high_only=True,
               floor=settings.uncertainty_min_spread)
     ranges = [case["statistics"]["image_p99.5"] - case["statistics"]["image_p0.5"] for case in measured
               if case["statistics"].get("image_p99.5") is not None]
-    for key in ("image_p50", "image_p99.5"):  # spread floor: a share of the typical image range, not of the value
+    for key in () if fingerprinted else ("image_p50", "image_p99.5"):  # spread floor: a share of the image range
         _outliers(measured, lambda case, key=key: case["statistics"].get(key), settings.intensity_mad_k,
                   "intensity", f"image {key[6:]} percentile", settings, scale=float(np.median(ranges or [0])))
     for case in cases:

@@ -1,0 +1,170 @@
+"""``run.json``: how an output folder was made, written into every folder a command fills (see ``docs/trust.md``).
+
+A manifest records the tool and package versions, the machine (CPU model, threads, device), the command line, the
+start and end time and the outcome, plus what the command adds: the model (checkpoint SHA-256, card summary, plan
+checksum, the resolved arithmetic and why), and each input (SHA-256 of the file, or of a DICOM folder's files,
+shape and spacing). It is written atomically when the command ends, also when it fails or is interrupted, so a
+folder with outputs and no ``run.json`` was made by a run that was killed.
+
+    with recorded_run(output, "predict") as manifest:
+        manifest.add_model(paths, precision="fp32", precision_reason="...", device="cpu")
+        manifest.add_input(path, shape=(...), spacing=(...))
+        ...                                   # run.json: outcome 'ok' (or the error's first line)
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from medseg_attn.io.files import atomic_write_text
+
+__all__ = ["MANIFEST_NAME", "RunManifest", "file_sha256", "json_sha256", "path_sha256", "recorded_run",
+           "set_command_line"]
+
+MANIFEST_NAME = "run.json"
+_COMMAND_LINE: list[str] | None = None  # set by the CLI (its argv also when called in-process)
+
+
+def set_command_line(argv: Sequence[str]) -> None:
+    """The arguments the manifests of this process record (default: ``sys.argv[1:]``)."""
+    global _COMMAND_LINE
+    _COMMAND_LINE = [str(a) for a in argv]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def path_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder (a DICOM series): each file's relative name and bytes, in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(item.relative_to(path)).encode() + b"\0" + bytes.fromhex(file_sha256(item)))
+    return digest.hexdigest()
+
+
+def json_sha256(value: Any) -> str:
+    """SHA-256 of a JSON-ready value in canonical form (sorted keys, no spaces): the same plan, the same sum."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+class RunManifest:
+    """The record of one command's run into ``folder`` (written by :meth:`finish`)."""
+
+    def __init__(self, folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> None:
+        from medseg_attn.training.card import package_versions
+        from medseg_attn.training.device import cpu_model
+
+        import torch
+
+        self.folder = Path(folder) if folder is not None else None  # None: record nothing (other DDP ranks)
+        self.outcome: str | None = None
+        self.data: dict[str, Any] = {
+            "tool": "medseg-attn", "command": command,
+            "command_line": " ".join(["medseg-attn", *(argv if argv is not None else _COMMAND_LINE
+                                                        if _COMMAND_LINE is not None else sys.argv[1:])]),
+            "working_directory": os.getcwd(), "started": _now(), "finished": None, "outcome": None,
+            "versions": package_versions(),
+            "machine": {"host": platform.node(), "system": platform.platform(), "cpu": cpu_model(),
+                        "torch_threads": torch.get_num_threads(),
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+            "inputs": [],
+        }
+
+    def update(self, **fields: Any) -> None:
+        """Add or replace top-level entries (e.g. ``options``, ``results``)."""
+        self.data.update(fields)
+
+    def add_input(self, path: str | Path, *, name: str | None = None, shape: Sequence[int] | None = None,
+                  spacing: Sequence[float] | None = None, error: str | None = None, series_uid: str | None = None,
+                  geometry: bool = False, checksum: bool = True) -> None:
+        """One input: its checksum (None where it cannot be read), and its shape and spacing when known (with
+        ``geometry``: read from the header of an image file or DICOM folder)."""
+        from medseg_attn.io.volumes import read_geometry
+
+        path = Path(path)
+        try:
+            digest = path_sha256(path) if checksum and path.exists() else None
+        except OSError:
+            digest = None
+        if geometry and shape is None and not error:
+            try:
+                found = read_geometry(path, series_uid)
+                shape, spacing = found.shape, found.spacing
+            except (ValueError, OSError):  # the case fails later with its own message
+                pass
+        self.data["inputs"].append({
+            "name": name or path.name, "path": str(path.resolve()) if path.exists() else str(path),
+            "sha256": digest, "shape": list(shape) if shape is not None else None,
+            "spacing_mm": [round(float(s), 6) for s in spacing] if spacing is not None else None,
+            **({"error": error} if error else {})})
+
+    def add_model(self, paths: Sequence[str | Path], *, device: str, precision: str | None = None,
+                  precision_reason: str | None = None, payload: dict[str, Any] | None = None) -> None:
+        """The model(s): checkpoint checksums, the first one's card summary and plan checksum, and the arithmetic.
+
+        Args:
+            paths: the checkpoint (or export) files.
+            device: where the network ran.
+            precision: the resolved arithmetic ('fp32', 'bf16', 'fp16'); precision_reason: why.
+            payload: the first checkpoint's contents (its card, plan, temperature), when loaded.
+        """
+        models = [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in paths if Path(p).is_file()]
+        record: dict[str, Any] = {"models": models, "device": device, "precision": precision,
+                                  "precision_reason": precision_reason}
+        if payload is not None:
+            card = payload.get("card") or {}
+            record["card"] = {"created": card.get("created"), "data": card.get("data"), "epoch": payload.get("epoch"),
+                              "best_metric": payload.get("best_metric"), "labels": payload.get("labels"),
+                              "versions": card.get("versions")}
+            record["plan_sha256"] = json_sha256(payload["plan"]) if payload.get("plan") else None
+            record["temperature"] = (payload.get("calibration") or {}).get("temperature")
+            record["training_fingerprint"] = bool(payload.get("training_fingerprint"))
+        self.data["model"] = record
+
+    def finish(self, outcome: str) -> Path | None:
+        """Write ``folder/run.json`` with the outcome and end time (nothing when the folder was never made)."""
+        self.outcome = self.outcome or outcome
+        self.data["outcome"] = self.outcome
+        self.data["finished"] = _now()
+        if self.folder is None or not self.folder.is_dir():
+            return None
+        return atomic_write_text(self.folder / MANIFEST_NAME, json.dumps(self.data, indent=1, default=str) + "\n")
+
+
+@contextmanager
+def recorded_run(folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> Iterator[RunManifest]:
+    """A :class:`RunManifest` written when the block ends: outcome 'ok' (or one the block set in
+    ``manifest.outcome``), 'interrupted', or 'failed: <first line of the error>'."""
+    manifest = RunManifest(folder, command, argv)
+    try:
+        yield manifest
+    except KeyboardInterrupt:
+        manifest.finish("interrupted")
+        raise
+    except BaseException as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        manifest.finish(f"failed: {first[:300]}")
+        raise
+    manifest.finish("ok")
