@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from medseg_attn.cli import classification, export, segmentation
+from medseg_attn.cli import classification, cv, export, segmentation
 
 logger = logging.getLogger("medseg_attn.cli")
 
@@ -30,11 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        epilog = segmentation.EXAMPLES.get(name) or export.EXAMPLES.get(name)
+        epilog = segmentation.EXAMPLES.get(name) or export.EXAMPLES.get(name) or cv.EXAMPLES.get(name)
         return commands.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
     segmentation.add_parsers(command)
+    cv.add_parsers(command)
     export.add_parsers(command)
     classification.add_parser(commands)
     return parser
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank > 0:  # the other ranks do the same work silently; errors still reach stderr
         args.quiet = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-    runners = {**segmentation.RUNNERS, **export.RUNNERS, "classify": classification.run}
+    runners = {**segmentation.RUNNERS, **cv.RUNNERS, **export.RUNNERS, "classify": classification.run}
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:
