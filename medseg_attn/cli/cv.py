@@ -63,7 +63,7 @@ def run_cv_train(args: argparse.Namespace, config) -> int:
         print(f"fold {fold}: {status}")
     summary = args.output / "cv" / "summary.json"
     if summary.is_file():
-        print(json.loads(summary.read_text())["line"] + f" -> {args.output / 'cv'}")
+        _print_summary(json.loads(summary.read_text()), args.output)
     print(f"cross-validation run: {args.output}")
     return 0
 
@@ -72,10 +72,17 @@ def _run_cv(args: argparse.Namespace) -> int:
     from medseg_attn.segmentation.evaluation.cross_validation import cross_validate
 
     summary = cross_validate(args.run, device=args.device, progress=not args.quiet, tolerance_mm=args.tolerance)
-    print(summary["line"])
-    kept = [entry["name"] for entry in summary["postprocessing"]["classes"].values() if entry["largest_component"]]
-    print(f"postprocessing (largest component): {', '.join(kept) if kept else 'none'} -> {args.run / 'postprocessing.json'}")
+    _print_summary(summary, args.run)
     return 0
+
+
+def _print_summary(summary: dict, run: Path) -> None:
+    print(f"{summary['line']} -> {run / 'cv'}")
+    choices = [f"{entry['name']} {'kept' if entry['largest_component'] else 'not applied'} "
+               f"({entry['dice_before']:.4f} -> {entry['dice_after']:.4f})"
+               for entry in summary["postprocessing"]["classes"].values()]
+    print(f"postprocessing, largest component (out-of-fold Dice without -> with): {'; '.join(choices)} "
+          f"-> {run / 'postprocessing.json'}")
 
 
 RUNNERS = {"cv": _run_cv}
