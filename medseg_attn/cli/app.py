@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-from medseg_attn.cli import classification, export, preprocess, segmentation
+from medseg_attn.cli import classification, cv, export, preprocess, segmentation
 
 logger = logging.getLogger("medseg_attn.cli")
 
@@ -30,11 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        epilog = segmentation.EXAMPLES.get(name) or export.EXAMPLES.get(name) or preprocess.EXAMPLES.get(name)
+        epilog = (segmentation.EXAMPLES.get(name) or export.EXAMPLES.get(name) or preprocess.EXAMPLES.get(name)
+                  or cv.EXAMPLES.get(name))
         return commands.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
     segmentation.add_parsers(command)
+    cv.add_parsers(command)
     export.add_parsers(command)
     preprocess.add_parsers(command)
     classification.add_parser(commands)
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     from medseg_attn.io.manifest import set_command_line
 
     set_command_line(sys.argv[1:] if argv is None else argv)  # what every run.json records
-    runners = {**segmentation.RUNNERS, **export.RUNNERS, **preprocess.RUNNERS, "classify": classification.run}
+    runners = {**segmentation.RUNNERS, **cv.RUNNERS, **export.RUNNERS, **preprocess.RUNNERS,
+               "classify": classification.run}
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:

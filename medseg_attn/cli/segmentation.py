@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from medseg_attn.cli.arguments import add_demo_arguments, add_train_arguments, train_config_from_args
+from medseg_attn.cli.cv import add_train_cv_arguments, is_cv_request, run_cv_train
 from medseg_attn.cli.preprocess import cache_option, with_cache
 
 __all__ = ["EXAMPLES", "RUNNERS", "add_parsers"]
@@ -31,6 +32,9 @@ its start (RUN/plan.json). See docs/preprocessing.md""",
   medseg-attn train --config configs/ct_spleen.yaml --output runs/spleen --set model.attention=false
   medseg-attn train --output runs/spleen --resume --minutes 60
   torchrun --nproc_per_node=4 -m medseg_attn.cli train --config configs/ct_spleen.yaml --output runs/spleen
+  medseg-attn train --data Task09_Spleen --folds 5 --output runs/spleen_cv --minutes 10   # 5-fold CV, 10 min/fold
+  medseg-attn train --data Task09_Spleen --folds 5 --fold 2 --output runs/spleen_cv   # one fold (one per job)
+  medseg-attn train --data NewTask --init-from runs/spleen --output runs/new --minutes 10  # fine-tune
 
 under torchrun (DDP, see docs/scaling.md) train.batch_size is per process and rank 0 writes the run folder""",
     "predict": """examples:
@@ -77,12 +81,16 @@ def add_parsers(command) -> None:
                         data_help="dataset.json (MSD layout), a folder holding one, or an nnU-Net raw folder "
                                   "(imagesTr/, labelsTr/); sets data.dataset", set_example="train.lr=0.001")
     cache_option(train)
+    add_train_cv_arguments(train)
 
     predict = command("predict", "segment volumes with a trained model; outputs keep each input's exact geometry")
     predict.add_argument("--model", required=True, nargs="+",
-                         help="run folder (uses checkpoints/best.pt), a .pt checkpoint, a MONAI bundle medseg-attn "
+                         help="run folder (uses checkpoints/best.pt), a cross-validation run folder (its folds as an "
+                              "ensemble, with its postprocessing), a .pt checkpoint, a MONAI bundle medseg-attn "
                               "exported, or an exported .onnx (with --engine onnxruntime); several: an ensemble "
                               "(class probabilities averaged; models trained with the same classes and preprocessing)")
+    predict.add_argument("--folds", type=int, nargs="+", metavar="K",
+                         help="with a cross-validation run as --model: ensemble only these folds (default all)")
     predict.add_argument("--input", nargs="+", required=True,
                          help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
                               "folders of these (a folder's sub-folders are DICOM series)")
@@ -174,6 +182,12 @@ def _run_train(args: argparse.Namespace) -> int:
     from medseg_attn.segmentation.train import train
 
     config = with_cache(train_config_from_args(args, "data.dataset"), args)
+    if args.init_from:
+        config = config.replace(train={"init_from": str(args.init_from)})
+    if is_cv_request(args):
+        return run_cv_train(args, config)
+    if args.fold is not None:
+        raise ValueError("--fold K: give --folds N too (the number of folds of the cross-validation)")
     result = train(config, args.output, resume=args.resume, progress=not args.quiet)
     if args.resume and result.epochs_run == 0:
         print(f"nothing trained: the run already has {result.epochs} epochs and {result.seconds / 60:.1f} min "
@@ -236,7 +250,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         predictor = predictor_from_onnx(args.model[0], **options)
     else:
         predictor = Predictor.from_checkpoint(args.model, device=str(dist.device(resolve_device(args.device))),
-                                              **options)
+                                              folds=args.folds, **options)
     if args.attention_maps or args.attention_heads:
         predictor.attention_levels()  # a model without attention: one-line error before any case
     review = Review.for_predictor(predictor, load_review_settings(args.review_config, args.review_set),

@@ -117,6 +117,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward (slow first steps; needs a C++ compiler on CPU)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     log_images: bool = True  # TensorBoard overlays of a validation case
+    init_from: str | None = None  # fine-tune: start from this run folder's / checkpoint's weights (segmentation)
 
 
 @dataclass(frozen=True)

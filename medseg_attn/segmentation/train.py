@@ -41,6 +41,9 @@ from medseg_attn.segmentation.data.cached import disk_datasets
 from medseg_attn.segmentation.data.datasets import (check_resume_data, check_training_data, declared_channels,
                                                     load_dataset, split_cases)
 from medseg_attn.segmentation.data.preprocess import checked_cases, fingerprint_cases, preprocess_cases
+from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
+from medseg_attn.segmentation.finetune import load_initial_weights
+from medseg_attn.segmentation.losses import IgnoreDiceCELoss
 from medseg_attn.segmentation.inference.explain import validation_attention_images
 from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 from medseg_attn.segmentation.evaluation.calibration import calibrate_run
@@ -99,7 +102,8 @@ class _Run:
                                            "intensity": resolved["intensity"],
                                            "normalisation_mask": bool(resolved["normalisation_mask"])},
                                      train={"batch_size": resolved["batch_size"]})
-        self.labels = dict(sorted(labels.items()))
+        self.labels = without_ignore(labels)  # the classes the network predicts
+        self.ignore = ignore_index(labels)  # sparse labels: this value marks unannotated voxels
         self.prep = Preprocessing.from_plan(self.config.data, self.plan)
         self.device = self.dist.device(device)
         self.train_cases, self.val_cases = self._split(resume)
@@ -132,11 +136,12 @@ class _Run:
 
 def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     num_classes = len(run.labels)
-    pre = preprocessing(run.prep, ("image", "label"), num_classes=num_classes)
+    label_values = num_classes + (run.ignore is not None)  # sparse labels: the ignore value is the highest
+    pre = preprocessing(run.prep, ("image", "label"), num_classes=label_values)
     progress = run.progress and run.dist.is_main
     if run.config.data.cache == "disk":  # every case preprocessed once into the cache, then read by memory map
         entries = preprocess_cases(run.dataset.training, run.prep, run.config.data, num_classes,
-                                   progress=progress, dist=run.dist)
+                                   progress=progress, dist=run.dist, label_values=label_values)
         return disk_datasets(run.train_cases, run.val_cases, entries, run.config.data, num_classes, run.prep,
                              run.has_validation)
     train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes, run.prep))
@@ -170,8 +175,12 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     in_channels = _first_channels(train_ds)
     seed_everything(tcfg.seed)  # same initial weights for the same seed
     network = build_network(cfg.model, run.prep.spatial_dims, in_channels, len(run.labels)).to(run.device)
+    if tcfg.init_from and run.payload is None:  # fine-tuning (a resumed run has its own weights)
+        load_initial_weights(network, tcfg.init_from, run.labels, in_channels)
     optimizer = build_optimizer(network, tcfg)
     loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    if run.ignore is not None:
+        loss_fn = IgnoreDiceCELoss(run.ignore, len(run.labels))
     if cfg.model.deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn, weight_mode="exp")
     predictor = Predictor(network, run.prep, run.labels, cfg.data.patch_size, cfg.inference, run.device)
@@ -187,7 +196,8 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         return loss_fn(model(image), label)
 
     def validate() -> Validation:
-        scores, overlay, attention = _validate(predictor, val_ds, run.labels, tcfg.log_images, run.dist)
+        scores, overlay, attention = _validate(predictor, val_ds, run.labels, tcfg.log_images, run.dist,
+                                               run.ignore)
         images = {"val/overlay": overlay} if overlay is not None else {}
         images.update({f"val/attention_{level}": picture for level, picture in attention.items()})
         mean = float(np.nanmean(list(scores.values())))
@@ -255,7 +265,7 @@ def _first_channels(dataset: Dataset) -> int:
 
 @torch.no_grad()
 def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], image: bool,
-              dist: Distributed | None = None):
+              dist: Distributed | None = None, ignore: int | None = None):
     """Mean Dice per foreground class over the validation cases (sliding window on the network grid).
 
     Under DDP each rank scores its share of the cases and the per-case scores of all ranks are gathered, so every
@@ -270,6 +280,9 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
         probs = predictor.infer(item["image"])  # (K, *S)
         prediction = class_labels(probs).long()
         label = torch.as_tensor(item["label"][0]).long().to(prediction.device)
+        if ignore is not None:  # unannotated voxels count nowhere
+            prediction = torch.where(label == ignore, 0, prediction)
+            label = torch.where(label == ignore, 0, label)
         one_hot = torch.nn.functional.one_hot
         # the functional form: MONAI's DiceMetric would all_gather by itself under torchrun, on ranks in step or not
         scores.append(compute_dice(one_hot(prediction, num_classes).movedim(-1, 0)[None],

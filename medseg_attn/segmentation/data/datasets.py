@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io.suffixes import VOLUME_SUFFIXES
+from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_geometry
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
         paths = [_resolve(root, p) for p in images]
         training.append({"image": paths if len(paths) > 1 else paths[0], "label": _resolve(root, item["label"]),
                          "case": case_name(paths[0], strip_channel=len(paths) > 1)})
+        if item.get("patient") is not None:  # cases of one patient stay in one fold (data/folds.py)
+            training[-1]["patient"] = str(item["patient"])
     test = []
     for item in spec.get("test", []):
         image = item["image"] if isinstance(item, dict) else item
@@ -110,6 +113,12 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
         test.append({"image": paths if len(paths) > 1 else paths[0], "case": case_name(paths[0])})
     if not training:
         training = _scan_nnunet(root, channels, json_path)  # nnU-Net v2 dataset.json has no file lists
+    patients = spec.get("patients") or {}  # {case: patient}, for layouts without file lists
+    if not isinstance(patients, dict):
+        raise ValueError(f"{json_path}: 'patients' must map case names to patient names")
+    for case in training:
+        if case["case"] in patients:
+            case["patient"] = str(patients[case["case"]])
     name = str(spec.get("name") or root.name)
     return SegmentationDataset(root, name, labels, _modality(modality_names), channels, training, test,
                                channels_declared=bool(modality_names))
@@ -331,13 +340,14 @@ def median_spacing(cases: list[dict[str, Any]]) -> tuple[float, ...]:
 def split_cases(
     cases: list[dict[str, Any]], validation_fraction: float, folds: int, fold: int, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Deterministic train/validation split (shuffled by ``seed``), or fold ``fold`` of ``folds``-fold CV."""
+    """Deterministic train/validation split (shuffled by ``seed``), or fold ``fold`` of ``folds``-fold CV
+    (cases of one patient in one fold: :func:`medseg_attn.segmentation.data.folds.assign_folds`)."""
     order = sorted(cases, key=lambda c: c["case"])
     random.Random(seed).shuffle(order)
     if folds > 1:
-        if len(order) < folds:
-            raise ValueError(f"{folds}-fold cross-validation needs at least {folds} cases, got {len(order)}")
-        validation = order[fold::folds]
+        if not 0 <= fold < folds:
+            raise ValueError(f"data.fold {fold}: expected 0..{folds - 1} for {folds}-fold cross-validation")
+        validation = assign_folds(cases, folds, seed)[fold]
     else:
         count = int(round(len(order) * validation_fraction))
         if validation_fraction > 0 and len(order) > 2:  # with 1-2 cases every case trains (no validation)

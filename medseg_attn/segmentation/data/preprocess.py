@@ -158,7 +158,7 @@ def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_d
 
 
 def _preprocess_job(job: tuple) -> bool:
-    case, entry, prep, data, num_classes = job
+    case, entry, prep, data, num_classes, label_values = job
 
     def build(tmp: Path) -> None:
         import torch
@@ -166,12 +166,12 @@ def _preprocess_job(job: tuple) -> bool:
 
         from medseg_attn.segmentation.data.transforms import preprocessing
 
-        item = mt.Compose(preprocessing(prep, ("image", "label"), num_classes=num_classes))(
+        item = mt.Compose(preprocessing(prep, ("image", "label"), num_classes=label_values))(
             {"image": case["image"], "label": case["label"]})
         image = np.ascontiguousarray(np.asarray(torch.as_tensor(item["image"]), dtype=np.float32))
         label = np.asarray(torch.as_tensor(item["label"]))
         np.save(tmp / "image.npy", image)
-        np.save(tmp / "label.npy", label.astype(np.uint8 if num_classes <= 256 else np.int16))
+        np.save(tmp / "label.npy", label.astype(np.uint8 if label_values <= 256 else np.int16))
         # the class locations exactly as the in-memory path finds them: on the label padded to the patch
         padded = mt.SpatialPadd("label", spatial_size=list(data.patch_size))({"label": item["label"]})
         indices = mt.ClassesToIndicesd("label", num_classes=num_classes, indices_postfix="_indices",
@@ -187,21 +187,26 @@ def _preprocess_job(job: tuple) -> bool:
 
 def preprocess_cases(cases: list[dict[str, Any]], prep: Any, data: Any, num_classes: int,
                      progress: bool = False, dist: Distributed | None = None,
-                     counts: dict[str, int] | None = None) -> dict[str, Path]:
+                     counts: dict[str, int] | None = None, label_values: int | None = None) -> dict[str, Path]:
     """Each case's cache entry (built where missing): case name -> entry folder.
 
     Args:
         cases: ``{"image", "label", "case"}`` dicts.
         prep: the run's :class:`~medseg_attn.segmentation.data.transforms.Preprocessing`.
         data: the run's resolved ``DataConfig`` (its ``patch_size``, ``cache_dir`` and ``preprocess_workers``).
-        num_classes: classes of the label maps (checked).
+        num_classes: classes the network predicts (their voxel locations are cached for patch sampling).
+        label_values: label values allowed in the maps (checked; default ``num_classes``; one more with sparse
+            labels, whose ignore value is the highest and is never sampled).
         counts: filled with ``{"built": entries this process built}``.
     """
     unique = list({case["case"]: case for case in cases}.values())  # DDP partitions repeat cases
+    label_values = label_values or num_classes
     depends = {"kind": "case", "preprocessing": prep.to_dict(), "num_classes": num_classes,
+               **({"label_values": label_values} if label_values != num_classes else {}),
                "patch_size": list(data.patch_size), "max_samples_per_class": MAX_SAMPLES_PER_CLASS}
     entries = _cached(cache_root(data.cache_dir) / "cases", unique, ("image", "label"), _preprocess_job,
-                      (prep, data, num_classes), depends, data.preprocess_workers, "preprocess", progress, dist, counts)
+                      (prep, data, num_classes, label_values), depends, data.preprocess_workers, "preprocess",
+                      progress, dist, counts)
     return {case["case"]: entry for case, entry in zip(unique, entries)}
 
 
@@ -238,6 +243,10 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
                                 "normalisation_mask": bool(resolved["normalisation_mask"])}).data
     prep = Preprocessing.from_plan(data, plan)
     counts: dict[str, int] = {}
-    entries = preprocess_cases(dataset.training, prep, data, len(labels), progress=progress, counts=counts)
+    from medseg_attn.segmentation.data.sparse import without_ignore
+
+    classes = len(without_ignore(labels))  # the network's classes (sparse labels' ignore value left out)
+    entries = preprocess_cases(dataset.training, prep, data, classes, progress=progress, counts=counts,
+                               label_values=len(labels))
     return {"cases": len(entries), "built": counts["built"], "cache": cache_root(data.cache_dir), "plan": plan,
             "seconds": time.perf_counter() - start}

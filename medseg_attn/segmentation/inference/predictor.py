@@ -41,6 +41,8 @@ from medseg_attn.io.readers import LoadVolumed, is_nifti
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import case_name, read_geometry
 from medseg_attn.networks.factory import build_network
+from medseg_attn.segmentation.inference.cvrun import (apply_postprocessing, cv_members, is_cv_run,
+                                                      read_postprocessing)
 from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
 from medseg_attn.segmentation.inference.sliding import sliding_window_probabilities
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
@@ -118,12 +120,14 @@ class Predictor:
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
         self.temperature = 1.0  # > 1 softens the probabilities (fitted at the end of training: calibration)
         self.model_info: dict[str, Any] = {}  # the first checkpoint's card, plan, calibration ... (run manifests)
+        self.postprocessing: dict[int, bool] = {}  # class -> keep its largest component (a CV run's choice)
 
     @classmethod
-    def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto", **inference: Any
-                        ) -> Predictor:
+    def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto",
+                        folds: Sequence[int] | None = None, **inference: Any) -> Predictor:
         """Load a run folder or checkpoint (several: an ensemble); ``inference`` overrides keys of the saved
-        inference config (the first model's).
+        inference config (the first model's). A cross-validation run folder is the ensemble of its folds (or of
+        ``folds``), with the postprocessing its CV chose (:mod:`medseg_attn.segmentation.inference.cvrun`).
 
         Raises:
             FileNotFoundError: no checkpoint at a path.
@@ -133,6 +137,11 @@ class Predictor:
         models = [model] if isinstance(model, (str, Path)) else list(model)
         if not models:
             raise ValueError("no model given")
+        runs = [item for item in models if is_cv_run(item)]
+        if folds is not None and not runs:
+            raise ValueError(f"--folds {' '.join(map(str, folds))}: choose folds of a cross-validation run folder "
+                             f"(one with cv.json), got {' '.join(map(str, models))}")
+        models = [member for item in models for member in (cv_members(item, folds) if is_cv_run(item) else [item])]
         resolved = resolve_device(device)
         networks, sources = [], []
         first: dict[str, Any] = {}
@@ -173,6 +182,7 @@ class Predictor:
         predictor.colors.update({int(k): list(v) for k, v in (first["colors"] or {}).items()})
         predictor.model_info = first["info"]
         predictor.temperature = float(np.mean(temperatures))  # an ensemble: the members' mean, on the average
+        predictor.postprocessing = read_postprocessing(runs[0]) if len(runs) == 1 else {}
         return predictor
 
     def provenance(self) -> dict[str, Any]:
@@ -424,7 +434,8 @@ class Predictor:
         explained = keep_image or attention is not None or result.uncertainty is not None
         reference = files[0] if files and is_nifti(files[0]) and files[0].is_file() else None
         name = case_name(files[0], strip_channel=len(files) > 1) if files else "array"
-        return Prediction(name, result.labels, original_affine, result.probabilities, time.perf_counter() - start,
+        labels = apply_postprocessing(result.labels, self.postprocessing)
+        return Prediction(name, labels, original_affine, result.probabilities, time.perf_counter() - start,
                           reference=reference, attention=attention, uncertainty=result.uncertainty,
                           image=np.asarray(loaded[0], dtype=np.float32) if explained else None)
 

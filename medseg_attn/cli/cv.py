@@ -1,0 +1,88 @@
+"""``medseg-attn train --folds N`` (cross-validation in one run folder) and ``medseg-attn cv RUN``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["EXAMPLES", "RUNNERS", "add_parsers", "is_cv_request", "run_cv_train"]
+
+EXAMPLES = {
+    "cv": """examples:
+  medseg-attn cv runs/brain_cv                 # after medseg-attn train --data D --folds 5 --output runs/brain_cv
+  medseg-attn predict --model runs/brain_cv --input imagesTs/ --output out/          # the 5 folds as an ensemble
+  medseg-attn predict --model runs/brain_cv --folds 0 2 --input imagesTs/ --output out/
+
+writes RUN/cv/ (out-of-fold predictions, evaluation/metrics.csv, cv_metrics.csv, cv_dice.png, summary.json) and
+RUN/postprocessing.json (largest connected component per class, where it raised the out-of-fold Dice); see
+docs/cross-validation.md""",
+}
+
+
+def add_parsers(command) -> None:
+    cv = command("cv", "evaluate a cross-validation run out of fold: every case predicted by the fold that did not "
+                       "see it; per-fold and pooled Dice / HD95 / surface Dice; chooses the postprocessing")
+    cv.add_argument("run", type=Path, help="a CV run folder (medseg-attn train --folds N)")
+    cv.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    cv.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+
+
+def add_train_cv_arguments(train: argparse.ArgumentParser) -> None:
+    """``--folds --fold --init-from`` of ``medseg-attn train``."""
+    train.add_argument("--folds", type=int, metavar="N",
+                       help="k-fold cross-validation in one run folder: trains every fold into OUTPUT/fold_<k> (cases "
+                            "of one patient never cross folds), then runs `medseg-attn cv OUTPUT`; --resume continues "
+                            "an interrupted CV (see docs/cross-validation.md)")
+    train.add_argument("--fold", type=int, metavar="K",
+                       help="with --folds: train only fold K (e.g. one fold per job); the CV evaluation runs once "
+                            "every fold has finished")
+    train.add_argument("--init-from", metavar="RUN|CHECKPOINT",
+                       help="fine-tune: start from a trained run's (or checkpoint's) weights; the output layer is "
+                            "re-initialised for classes it does not know (matched by name); sets train.init_from")
+
+
+def is_cv_request(args: argparse.Namespace) -> bool:
+    from medseg_attn.segmentation.inference.cvrun import is_cv_run
+
+    return args.folds is not None or (args.resume and is_cv_run(args.output))
+
+
+def run_cv_train(args: argparse.Namespace, config) -> int:
+    import json
+
+    from medseg_attn.segmentation.crossval import train_cv
+
+    folds = args.folds
+    if folds is None:
+        folds = int(json.loads((args.output / "cv.json").read_text())["folds"])
+    results = train_cv(config, args.output, folds, fold=args.fold, resume=args.resume, progress=not args.quiet)
+    for fold, result in results.items():
+        status = "finished before" if result is None else (
+            f"{result.epochs} epochs, stopped: {result.stopped}, best validation Dice "
+            f"{result.best_metric:.4f}" if result.best_metric is not None else f"{result.epochs} epochs")
+        print(f"fold {fold}: {status}")
+    summary = args.output / "cv" / "summary.json"
+    if summary.is_file():
+        _print_summary(json.loads(summary.read_text()), args.output)
+    print(f"cross-validation run: {args.output}")
+    return 0
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from medseg_attn.segmentation.evaluation.cross_validation import cross_validate
+
+    summary = cross_validate(args.run, device=args.device, progress=not args.quiet, tolerance_mm=args.tolerance)
+    _print_summary(summary, args.run)
+    return 0
+
+
+def _print_summary(summary: dict, run: Path) -> None:
+    print(f"{summary['line']} -> {run / 'cv'}")
+    choices = [f"{entry['name']} {'kept' if entry['largest_component'] else 'not applied'} "
+               f"({entry['dice_before']:.4f} -> {entry['dice_after']:.4f})"
+               for entry in summary["postprocessing"]["classes"].values()]
+    print(f"postprocessing, largest component (out-of-fold Dice without -> with): {'; '.join(choices)} "
+          f"-> {run / 'postprocessing.json'}")
+
+
+RUNNERS = {"cv": _run_cv}

@@ -1,0 +1,165 @@
+"""``medseg-attn cv RUN``: every case predicted by the fold that did not see it, scored per fold and pooled.
+
+Writes into ``RUN/cv/``: ``predictions/`` (out-of-fold label maps), ``references/`` (the reference label maps,
+ignore voxels set to background and blanked in the prediction too, so they count nowhere), ``evaluation/``
+(:func:`medseg_attn.segmentation.evaluation.evaluate.evaluate_folders`: per case and class Dice, HD95, surface
+Dice, box plot), ``cv_metrics.csv`` (per fold and pooled means per class), ``cv_dice.png`` and ``summary.json``
+with the summary line (per class: mean ± sd over folds of the fold means). Then it chooses the postprocessing
+(:func:`choose_postprocessing`) and writes ``RUN/postprocessing.json``, which ``predict --model RUN`` applies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medseg_attn.io.files import atomic_write, atomic_write_text
+from medseg_attn.io.nifti import write_nifti
+from medseg_attn.io.tables import write_csv
+from medseg_attn.io.volumes import grid_mapping, on_grid
+from medseg_attn.segmentation.data.datasets import load_dataset
+from medseg_attn.segmentation.data.sparse import ignore_index
+from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
+from medseg_attn.segmentation.inference.cvrun import fold_dir, is_cv_run, keep_largest_component
+from medseg_attn.segmentation.inference.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["choose_postprocessing", "cross_validate"]
+
+
+def cross_validate(run: str | Path, device: str = "auto", progress: bool = True, tolerance_mm: float = 1.0
+                   ) -> dict[str, Any]:
+    """Out-of-fold prediction and evaluation of a CV run; returns (and writes) ``RUN/cv/summary.json``.
+
+    Raises:
+        ValueError: not a CV run, a fold without a checkpoint, or a recorded case missing from the dataset.
+    """
+    run = Path(run)
+    if not is_cv_run(run):
+        raise ValueError(f"{run}: not a cross-validation run folder (no cv.json); train one with "
+                         f"medseg-attn train --data D --folds 5 --output {run}")
+    record = json.loads((run / "cv.json").read_text())
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    dataset = load_dataset(record["dataset"])
+    by_name = {case["case"]: case for case in dataset.training}
+    ignore = ignore_index(dataset.labels)
+    out = run / "cv"
+    predictions, references = out / "predictions", out / "references"
+    fold_of: dict[str, int] = {}
+    labels: dict[int, str] = {}
+    for split in splits:
+        fold = int(split["fold"])
+        predictor = Predictor.from_checkpoint(fold_dir(run, fold), device=device)
+        labels = predictor.labels
+        for name in split["validation"]:
+            if name not in by_name:
+                raise ValueError(f"{run / 'splits.json'}: case {name} is no longer in {record['dataset']}")
+            fold_of[name] = fold
+            prediction = predictor.predict(by_name[name]["image"])
+            reference_path = Path(by_name[name]["label"])
+            if not reference_path.name.lower().endswith((".nii", ".nii.gz")):
+                raise ValueError(f"{reference_path}: medseg-attn cv reads NIfTI reference labels only")
+            reference = nib.load(str(reference_path))
+            ref = np.asarray(reference.dataobj).astype(np.int16)
+            pred = prediction.labels.astype(np.uint8)
+            if pred.shape != ref.shape or not np.allclose(prediction.affine, reference.affine, atol=1e-3):
+                mapping = grid_mapping(pred.shape, prediction.affine, ref.shape, reference.affine)
+                if mapping is None:
+                    raise ValueError(f"{reference_path}: not on the voxel grid of its image {by_name[name]['image']}")
+                pred = np.ascontiguousarray(on_grid(pred, mapping))  # the prediction on the reference's grid
+            if ignore is not None:  # unannotated voxels count nowhere
+                mask = ref == ignore
+                pred[mask], ref[mask] = 0, 0
+            write_nifti(pred, predictions / f"{name}.nii.gz", reference=reference_path)
+            write_nifti(ref, references / f"{name}.nii.gz", reference=reference_path)
+    pooled = evaluate_folders(predictions, references, out / "evaluation", labels=labels, tolerance_mm=tolerance_mm,
+                              progress=progress)
+    summary = _summarise(out, fold_of, len(splits), pooled)
+    summary["postprocessing"] = choose_postprocessing(run, labels)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    logger.info("%s", summary["line"])
+    return summary
+
+
+def _summarise(out: Path, fold_of: dict[str, int], folds: int, pooled: dict[str, Any]) -> dict[str, Any]:
+    with (out / "evaluation" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    names = list(dict.fromkeys(row["class_name"] for row in rows))
+    table, fold_means = [], {name: [] for name in names}
+    for group in [*range(folds), "pooled"]:
+        for name in names:
+            chosen = [r for r in rows if r["class_name"] == name and (group == "pooled" or fold_of[r["case"]] == group)]
+            values = {key: [float(r[key]) for r in chosen if r[key] not in ("", "nan", "None")]
+                      for key in ("dice", "hd95", "surface_dice")}
+            means = {key: round(float(np.mean(v)), 4) if v else None for key, v in values.items()}
+            table.append({"fold": group, "class": name, "cases": len(chosen), **means})
+            if group != "pooled" and means["dice"] is not None:
+                fold_means[name].append(means["dice"])
+    write_csv(out / "cv_metrics.csv", table, ["fold", "class", "cases", "dice", "hd95", "surface_dice"])
+    _plot(table, names, folds, out / "cv_dice.png")
+    parts = [f"{name} {np.mean(v):.4f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"
+             for name, v in fold_means.items() if v]
+    line = f"{folds}-fold CV Dice (mean ± sd over folds): " + "; ".join(parts) + f"; pooled mean {pooled['mean_dice']}"
+    return {"folds": folds, "cases": len(fold_of), "line": line, "per_fold": table,
+            "dice_by_fold": {name: v for name, v in fold_means.items()}}
+
+
+def _plot(table: list[dict], names: list[str], folds: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.2 + 1.6 * len(names), 3.5))
+    width = 0.8 / (folds + 1)
+    for offset, group in enumerate([*range(folds), "pooled"]):
+        values = [next((r["dice"] or 0.0) for r in table if r["fold"] == group and r["class"] == name) for name in names]
+        axis.bar(np.arange(len(names)) + offset * width, values, width, label=f"fold {group}" if group != "pooled"
+                 else "pooled", color="black" if group == "pooled" else None)
+    axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("mean Dice")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    total = int(pred.sum()) + int(ref.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
+
+
+def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, Any]:
+    """Per class, keep only the largest connected component where that raises the mean out-of-fold Dice of the
+    class (nnU-Net's rule); writes ``RUN/postprocessing.json`` and returns it."""
+    run = Path(run)
+    out = run / "cv"
+    classes = [index for index in sorted(labels) if index > 0]
+    before = {index: [] for index in classes}
+    after = {index: [] for index in classes}
+    for path in sorted((out / "references").glob("*.nii.gz")):
+        ref = np.asarray(nib.load(str(path)).dataobj)
+        pred = np.asarray(nib.load(str(out / "predictions" / path.name)).dataobj)
+        for index in classes:
+            before[index].append(_dice(pred == index, ref == index))
+            after[index].append(_dice(keep_largest_component(pred, index) == index, ref == index))
+    choice = {}
+    for index in classes:
+        mean_before, mean_after = float(np.mean(before[index])), float(np.mean(after[index]))
+        choice[str(index)] = {"name": labels[index], "largest_component": mean_after > mean_before + 1e-6,
+                              "dice_before": round(mean_before, 5), "dice_after": round(mean_after, 5)}
+    record = {"rule": "keep the largest connected component of a class where it raises its mean out-of-fold Dice",
+              "cases": len(next(iter(before.values()), [])), "classes": choice}
+    atomic_write_text(run / "postprocessing.json", json.dumps(record, indent=2) + "\n")
+    for entry in choice.values():
+        logger.info("postprocessing %s: largest component %s (out-of-fold Dice %.4f -> %.4f)", entry["name"],
+                    "kept" if entry["largest_component"] else "not applied", entry["dice_before"], entry["dice_after"])
+    return record

@@ -1,0 +1,77 @@
+"""Fine-tuning (``train --init-from RUN|CHECKPOINT``): a new run starts from a trained network's weights.
+
+Encoder, skip attention and decoder weights are copied as they are; the output layers (``head`` and the deep
+supervision heads) keep the rows of the classes both label sets name alike (background always) and a fresh
+initialisation for the others. The new run plans its own spacing, patch and intensity normalisation from its own
+data (the source's plan is not reused). The checkpoint is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_initial_weights"]
+
+OUTPUT_LAYERS = ("head.", "deep_heads.")
+
+
+def _class_axis(network: nn.Module, key: str) -> int:
+    """The axis of an output-layer tensor that runs over classes (transposed convolutions: axis 1 of weight)."""
+    module = network.get_submodule(key.rsplit(".", 1)[0])
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd) or type(module).__name__ == "UpsampleHead"
+    return 1 if transposed and key.endswith("weight") else 0
+
+
+def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[int, str], in_channels: int) -> dict:
+    """Copy the weights of the model at ``source`` into ``network`` (trained for ``labels``); returns what was done.
+
+    Raises:
+        FileNotFoundError: nothing at ``source``.
+        ValueError: another architecture, other channels or input channels than the network's (one line naming the
+            checkpoint and the first mismatching weight).
+    """
+    path = find_checkpoint(source)
+    payload = load_checkpoint(path)
+    if payload.get("task", "segmentation") != "segmentation":
+        raise ValueError(f"{path}: --init-from needs a segmentation model, this is a {payload['task']} model")
+    if int(payload.get("in_channels", in_channels)) != in_channels:
+        raise ValueError(f"{path}: trained on {payload['in_channels']} input channel(s), the new data has "
+                         f"{in_channels}")
+    old_labels = {int(k): str(v) for k, v in payload["labels"].items()}
+    old_index = {name.lower(): index for index, name in old_labels.items()}
+    kept = {index: old_index[name.lower()] for index, name in labels.items() if name.lower() in old_index}
+    kept[0] = 0  # background is background
+    state, old = network.state_dict(), payload["model"]
+    copied, renewed = 0, []
+    for key, value in state.items():
+        if key not in old:
+            raise ValueError(f"{path}: has no weight {key}: another architecture than model.* of this run "
+                             f"(fine-tuning needs the same model section)")
+        if key.startswith(OUTPUT_LAYERS) and old[key].ndim >= 1:
+            axis = _class_axis(network, key)
+            if old[key].shape[axis] == len(old_labels) and value.shape[axis] == len(labels):
+                fresh = value.clone()
+                for new, previous in kept.items():
+                    fresh.select(axis, new).copy_(old[key].select(axis, previous))
+                state[key] = fresh
+                renewed.append(key)
+                continue
+        if old[key].shape != value.shape:
+            raise ValueError(f"{path}: weight {key} has shape {tuple(old[key].shape)}, this run's network "
+                             f"{tuple(value.shape)}: fine-tuning needs the same model section")
+        state[key] = old[key].to(value.dtype)
+        copied += 1
+    network.load_state_dict(state)
+    new_classes = sorted(name for index, name in labels.items() if index not in kept)
+    logger.info("initialised from %s: %d weights copied, output layer: %d classes kept by name, new: %s", path,
+                copied, len(kept), ", ".join(new_classes) or "none")
+    return {"source": str(path), "kept_classes": {labels[i]: old_labels[j] for i, j in kept.items()},
+            "new_classes": new_classes}

@@ -1,0 +1,154 @@
+"""Cross-validation as one run: fold splits, resume, fold ensembles, postprocessing chosen out of fold."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg_attn.cli import main
+from medseg_attn.segmentation.crossval import fold_splits, train_cv
+from medseg_attn.segmentation.data.datasets import load_dataset, split_cases
+from medseg_attn.segmentation.data.folds import assign_folds
+from medseg_attn.segmentation.evaluation.cross_validation import choose_postprocessing
+from medseg_attn.segmentation.inference.cvrun import apply_postprocessing, read_postprocessing
+from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.train import train
+from medseg_attn.training.checkpoint import load_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from blob_dataset import tiny_config, write_blob_dataset  # noqa: E402
+
+
+def test_folds_hold_every_case_once_and_keep_patients_together(tmp_path):
+    cases = [{"case": f"c{i:02d}", "patient": f"p{i // 3}"} for i in range(14)]  # 5 patients, 3 + 3 + 3 + 3 + 2
+    folds = assign_folds(cases, 3, seed=1)
+    names = [c["case"] for fold in folds for c in fold]
+    assert sorted(names) == sorted(c["case"] for c in cases)  # every case in exactly one fold
+    for fold in folds:
+        assert fold
+    fold_of_patient = {}
+    for k, fold in enumerate(folds):
+        for case in fold:
+            assert fold_of_patient.setdefault(case["patient"], k) == k  # a patient never crosses folds
+    with pytest.raises(ValueError, match="needs at least 6 cases, got 5 patients"):
+        assign_folds(cases, 6, seed=1)
+    # without patients: the fold split training uses (data.folds / data.fold) is unchanged: round robin
+    plain = [{"case": f"c{i}"} for i in range(7)]
+    for k in range(3):
+        train_part, validation = split_cases(plain, 0.2, 3, k, seed=4)
+        assert [c["case"] for c in validation] == [c["case"] for c in assign_folds(plain, 3, 4)[k]]
+        assert not {c["case"] for c in train_part} & {c["case"] for c in validation}
+    recorded = fold_splits(plain, 3, 4)
+    assert sorted(n for s in recorded for n in s["validation"]) == sorted(c["case"] for c in plain)
+
+
+def test_patients_are_read_from_dataset_json(tmp_path):
+    dataset = write_blob_dataset(tmp_path / "d", cases=4, patients=["a", "a", "b", "c"], size=18)
+    cases = load_dataset(dataset).training
+    assert [c["patient"] for c in cases] == ["a", "a", "b", "c"]
+    for k in range(3):
+        _, validation = split_cases(cases, 0.2, 3, k, seed=0)
+        assert {c["case"] for c in validation} in ({"case_0", "case_1"}, {"case_2"}, {"case_3"})
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    """A 3-fold CV of 6 tiny cases: fold 0 trained alone, fold 1 interrupted after 1 epoch, then resumed."""
+    root = tmp_path_factory.mktemp("cv")
+    dataset = write_blob_dataset(root / "data")
+    run = root / "run"
+    first = train_cv(tiny_config(dataset, "train.max_epochs=1"), run, 3, fold=0, progress=False)
+    assert set(first) == {0} and (run / "fold_0" / "finished.json").is_file()
+    assert not (run / "cv").exists()  # the evaluation waits for every fold
+    # fold 1 stops after one epoch without finishing (as if interrupted): a last.pt, no finished.json
+    train(tiny_config(dataset, "train.max_epochs=1", "data.folds=3", "data.fold=1"), run / "fold_1", progress=False)
+    results = train_cv(tiny_config(dataset, "train.max_epochs=2"), run, 3, resume=True, progress=False)
+    return dataset, run, results
+
+
+def test_cv_trains_every_fold_resumes_and_evaluates_out_of_fold(cv_run):
+    dataset, run, results = cv_run
+    assert results[0] is None  # finished before: skipped
+    assert results[1].epochs == 2 and results[2].epochs == 2
+    assert load_checkpoint(run / "fold_0" / "checkpoints" / "last.pt")["epoch"] == 1  # not retrained
+    with (run / "fold_1" / "history.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]  # resumed, not restarted
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    for split in splits:  # each fold trained on exactly the recorded split
+        own = json.loads((run / f"fold_{split['fold']}" / "split.json").read_text())
+        assert sorted(own["validation"]) == split["validation"] and sorted(own["train"]) == split["train"]
+    table = list(csv.DictReader((run / "cv" / "cv_metrics.csv").open()))
+    assert {row["fold"] for row in table} == {"0", "1", "2", "pooled"}
+    pooled = [row for row in table if row["fold"] == "pooled"]
+    assert [int(row["cases"]) for row in pooled] == [6, 6] and {row["class"] for row in pooled} == {"ball", "box"}
+    summary = json.loads((run / "cv" / "summary.json").read_text())
+    assert "3-fold CV Dice" in summary["line"] and "±" in summary["line"]
+    assert (run / "cv" / "cv_dice.png").stat().st_size > 1000
+    assert len(list((run / "cv" / "predictions").glob("*.nii.gz"))) == 6
+    record = json.loads((run / "postprocessing.json").read_text())
+    assert set(record["classes"]) == {"1", "2"}
+    # a second CV into the same folder is refused without --resume
+    with pytest.raises(ValueError, match="already holds a cross-validation run"):
+        train_cv(tiny_config(dataset, "train.max_epochs=1"), run, 3, progress=False)
+
+
+def test_the_cv_run_is_an_ensemble_of_its_folds(cv_run, tmp_path):
+    dataset, run, _ = cv_run
+    image = load_dataset(dataset).training[0]["image"]
+    ensemble = Predictor.from_checkpoint(run, device="cpu", precision="fp32")
+    assert len(ensemble.networks) == 3
+    ensemble.postprocessing = {}
+    mean = np.mean([Predictor.from_checkpoint(run / f"fold_{k}", device="cpu", precision="fp32")
+                    .predict(image, probabilities=True).probabilities for k in range(3)], axis=0)
+    together = ensemble.predict(image, probabilities=True).probabilities
+    np.testing.assert_allclose(together, mean, atol=1e-5)
+    chosen = Predictor.from_checkpoint(run, device="cpu", folds=[0, 2])
+    assert chosen.sources == [str(run / f"fold_{k}" / "checkpoints" / "best.pt") for k in (0, 2)]
+    (run / "postprocessing.json").write_text(json.dumps({"classes": {"1": {"largest_component": True},
+                                                                     "2": {"largest_component": False}}}))
+    assert Predictor.from_checkpoint(run, device="cpu").postprocessing == {1: True, 2: False}
+    assert main(["-q", "predict", "--model", str(run), "--folds", "1", "--input", str(image), "--output",
+                 str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "case_0.nii.gz").is_file()
+    assert main(["-q", "predict", "--model", str(run), "--folds", "3", "--input", str(image), "--output",
+                 str(tmp_path / "bad")]) == 2
+    with pytest.raises(ValueError, match="cross-validation run folder"):
+        Predictor.from_checkpoint(run / "fold_0", folds=[0])
+
+
+def test_postprocessing_is_chosen_only_where_it_helped(tmp_path):
+    run = tmp_path / "run"
+    for folder in ("predictions", "references"):
+        (run / "cv" / folder).mkdir(parents=True)
+    affine = np.eye(4)
+    for i in range(3):
+        ref = np.zeros((20, 20, 20), np.uint8)
+        ref[2:8, 2:8, 2:8] = 1  # one ball-like object
+        ref[12:15, 2:5, 2:5] = 2  # class 2 has two true pieces
+        ref[12:15, 12:15, 12:15] = 2
+        pred = ref.copy()
+        pred[16:18, 16:18, 1:3] = 1  # a false speck of class 1: removing it helps
+        nib.save(nib.Nifti1Image(ref, affine), run / "cv" / "references" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(pred, affine), run / "cv" / "predictions" / f"c{i}.nii.gz")
+    record = choose_postprocessing(run, {0: "background", 1: "ball", 2: "parts"})
+    assert record["classes"]["1"]["largest_component"] is True
+    assert record["classes"]["1"]["dice_after"] > record["classes"]["1"]["dice_before"]
+    assert record["classes"]["2"]["largest_component"] is False  # it would drop a true piece
+    assert read_postprocessing(run) == {1: True, 2: False}
+    cleaned = apply_postprocessing(pred, read_postprocessing(run))  # what Predictor.predict applies
+    assert not cleaned[16:18, 16:18, 1:3].any() and (cleaned == 2).sum() == (ref == 2).sum()
+
+
+def test_cli_cv_command_and_errors(cv_run, tmp_path, capsys):
+    _, run, _ = cv_run
+    assert main(["-q", "cv", str(run)]) == 0
+    assert "3-fold CV Dice" in capsys.readouterr().out
+    assert main(["-q", "cv", str(tmp_path)]) == 2
+    assert "not a cross-validation run folder" in capsys.readouterr().err
