@@ -34,7 +34,9 @@ def add_parsers(command) -> None:
                         help="torchscript (.ts) and onnx (.onnx): the network with dynamic batch and spatial sizes; "
                              "bundle: a MONAI bundle folder (segmentation models)")
     export.add_argument("--output", type=Path, required=True,
-                        help="the file to write (.ts / .onnx added when it has no suffix), or the bundle folder")
+                        help="the file to write (.ts / .onnx added when it has no suffix; the other format's suffix is "
+                             "refused), an existing folder to write <run name>.ts|.onnx inside, or the bundle "
+                             "folder; never the checkpoint being exported or a file of its run folder")
     config = command("config", "list the shipped configs, or show one with its comments")
     config.add_argument("action", choices=["list", "show"], help="list: names and descriptions; show: print one")
     config.add_argument("name", nargs="?", help="the config to show, e.g. ct_spleen")

@@ -228,7 +228,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         result = fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
         if run.dist.is_main:  # temperature scaling on the validation cases, stored in best.pt
             best = run.checkpoints / "best.pt"
-            manifest.update(calibration=calibrate_run(predictor, val_ds, best, output, tcfg.seed),
+            manifest.update(calibration=calibrate_run(predictor, val_ds, best, output, tcfg.seed, run.ignore),
                             result={"epochs": result.epochs, "best_metric": result.best_metric,
                                     "stopped": result.stopped})
             if best.exists():

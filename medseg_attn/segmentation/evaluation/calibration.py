@@ -27,12 +27,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["calibrate_run", "sample_voxels"]
 
 
-def sample_voxels(predictor: Any, dataset: Any, max_voxels: int = 400_000, seed: int = 0
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) uncalibrated probabilities and (N,) reference classes of voxels drawn from every case."""
+def sample_voxels(predictor: Any, dataset: Any, max_voxels: int = 400_000, seed: int = 0,
+                  ignore: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) uncalibrated probabilities and (N,) reference classes of voxels drawn from every case (never a voxel
+    labelled ``ignore``: sparse labels)."""
     generator = torch.Generator().manual_seed(seed)
     per_case = max(1, max_voxels // max(1, len(dataset)))
-    kept_temperature, predictor.temperature = predictor.temperature, 1.0
+    kept_temperatures, predictor.temperatures = predictor.temperatures, [1.0] * len(predictor.temperatures)
     probabilities, targets = [], []
     try:
         for index in range(len(dataset)):
@@ -41,16 +42,19 @@ def sample_voxels(predictor: Any, dataset: Any, max_voxels: int = 400_000, seed:
             p = predictor.infer(item["image"]).cpu()  # (K, *S)
             p = p.reshape(p.shape[0], -1).T
             label = torch.as_tensor(item["label"][0]).reshape(-1).long().cpu()
-            chosen = torch.randperm(label.numel(), generator=generator)[:per_case]
+            chosen = torch.randperm(label.numel(), generator=generator)
+            if ignore is not None:  # unannotated voxels have no reference class
+                chosen = chosen[label[chosen] != ignore]
+            chosen = chosen[:per_case]
             probabilities.append(p[chosen].float())
             targets.append(label[chosen])
     finally:
-        predictor.temperature = kept_temperature
+        predictor.temperatures = kept_temperatures
     return torch.cat(probabilities), torch.cat(targets)
 
 
-def calibrate_run(predictor: Any, dataset: Any, checkpoint: Path, output: Path, seed: int = 0
-                  ) -> dict[str, Any] | None:
+def calibrate_run(predictor: Any, dataset: Any, checkpoint: Path, output: Path, seed: int = 0,
+                  ignore: int | None = None) -> dict[str, Any] | None:
     """Fit the temperature of ``checkpoint``'s network on ``dataset`` and store it (see the module docstring).
 
     Returns:
@@ -60,7 +64,9 @@ def calibrate_run(predictor: Any, dataset: Any, checkpoint: Path, output: Path, 
         return None
     payload = load_checkpoint(checkpoint)
     predictor.network.load_state_dict(payload["model"])  # the best epoch's weights
-    probabilities, targets = sample_voxels(predictor, dataset, seed=seed)
+    probabilities, targets = sample_voxels(predictor, dataset, seed=seed, ignore=ignore)
+    if not len(targets):
+        return None
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed + 1))
     fit_half, test_half = order[: len(order) // 2], order[len(order) // 2:]
     temperature_half = fit_temperature(probabilities[fit_half], targets[fit_half])

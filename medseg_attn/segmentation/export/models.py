@@ -121,4 +121,7 @@ def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) ->
     predictor = Predictor(OnnxNetwork(path, threads), prep, labels, patch, config.inference, "cpu",
                           int(metadata["in_channels"]), [str(path)])
     predictor.colors.update({int(k): list(v) for k, v in (metadata.get("colors") or {}).items()})
+    predictor.temperatures = [float((metadata.get("calibration") or {}).get("temperature", 1.0))]  # as PyTorch
+    predictor.model_info = {k: metadata.get(k) for k in ("card", "plan", "epoch", "best_metric", "labels",
+                                                         "calibration", "training_fingerprint")}
     return predictor

@@ -44,7 +44,7 @@ from medseg_attn.networks.factory import build_network
 from medseg_attn.segmentation.inference.cvrun import (apply_postprocessing, cv_members, is_cv_run,
                                                       read_postprocessing)
 from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
-from medseg_attn.segmentation.inference.sliding import sliding_window_probabilities
+from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.calibration import apply_temperature
@@ -118,7 +118,7 @@ class Predictor:
         self.device = torch.device(device)
         self.dtype = inference_dtype(self.inference.precision, self.device)  # autocast dtype; None = fp32
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
-        self.temperature = 1.0  # > 1 softens the probabilities (fitted at the end of training: calibration)
+        self.temperatures = [1.0] * len(self.networks)  # per network; > 1 softens (fitted after training)
         self.model_info: dict[str, Any] = {}  # the first checkpoint's card, plan, calibration ... (run manifests)
         self.postprocessing: dict[int, bool] = {}  # class -> keep its largest component (a CV run's choice)
 
@@ -181,7 +181,7 @@ class Predictor:
                         first["input channels"], sources)
         predictor.colors.update({int(k): list(v) for k, v in (first["colors"] or {}).items()})
         predictor.model_info = first["info"]
-        predictor.temperature = float(np.mean(temperatures))  # an ensemble: the members' mean, on the average
+        predictor.temperatures = temperatures  # each member calibrated as it was fitted, then averaged
         predictor.postprocessing = read_postprocessing(runs[0]) if len(runs) == 1 else {}
         return predictor
 
@@ -237,21 +237,24 @@ class Predictor:
         was_training = [network.training for network in self.networks]
         for network in self.networks:
             network.eval()
-        if attention:
-            forwards = [lambda x, n=n: self._forward_attention(n, x, per_head) for n in self.networks]
-        elif len(self.networks) == 1:
-            forwards = [self._forward]
-        else:
-            forwards = [lambda x, n=n: self._forward(x, n) for n in self.networks]
+        forwards = [(lambda x, n=n: self._forward_attention(n, x, per_head)) if attention else
+                    (lambda x, n=n: self._forward(x, n)) for n in self.networks]
+
+        def blended(members: list, temperature: float) -> Any:  # (K, *S) [, maps], calibrated: softmax(log p / T)
+            out = sliding_window_probabilities(
+                members, image, self.patch_size, overlap=self.inference.overlap,
+                batch_size=self.inference.sw_batch_size, blend=self.inference.blend, flips=flips,
+                device=self.device, with_maps=attention,
+                pad_value=self.prep.background() if self.prep.use_mask else 0.0)
+            apply_temperature(out[0] if attention else out, temperature)  # in place; this blend's argmax unchanged
+            return out
+
         try:
             with self._weight_casts_kept():
-                out = sliding_window_probabilities(
-                    forwards, image, self.patch_size, overlap=self.inference.overlap,
-                    batch_size=self.inference.sw_batch_size, blend=self.inference.blend, flips=flips,
-                    device=self.device, with_maps=attention,
-                    pad_value=self.prep.background() if self.prep.use_mask else 0.0)  # (K, *S) [, maps]
-            if self.temperature != 1.0:  # calibrated: softmax(log p / T), in place; the argmax is unchanged
-                apply_temperature(out[0] if attention else out, self.temperature)
+                if len(set(self.temperatures)) == 1:  # one network, or members with one temperature
+                    out = blended(forwards, self.temperatures[0])
+                else:  # members calibrated apart: each blended with its own temperature, then the mean
+                    out = mean_of_blends((blended([f], t) for f, t in zip(forwards, self.temperatures)), attention)
             return out
         finally:
             for network, mode in zip(self.networks, was_training):

@@ -16,13 +16,13 @@ averaged and blended with the same Gaussian weights into one small accumulator p
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from monai.data.utils import compute_importance_map
 
-__all__ = ["window_starts", "sliding_window_probabilities"]
+__all__ = ["window_starts", "sliding_window_probabilities", "mean_of_blends"]
 
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
@@ -127,3 +127,26 @@ def sliding_window_probabilities(
         accumulator = accumulator[crop]
         map_accumulators = {name: m[crop] for name, m in map_accumulators.items()}
     return (accumulator, map_accumulators) if with_maps else accumulator
+
+
+def mean_of_blends(parts: Iterable[Any], with_maps: bool = False) -> Any:
+    """The mean of several :func:`sliding_window_probabilities` results (probabilities, and maps with
+    ``with_maps``), summed in place as they come (one extra volume in memory, whatever their number): an ensemble
+    whose members are blended apart, e.g. each calibrated with its own temperature."""
+    total, count = None, 0
+    for part in parts:
+        count += 1
+        if total is None:
+            total = part
+        elif with_maps:
+            total[0].add_(part[0])
+            for name, values in part[1].items():
+                total[1][name].add_(values)
+        else:
+            total.add_(part)
+    if with_maps:
+        total[0].div_(count)
+        for values in total[1].values():
+            values.div_(count)
+        return total
+    return total.div_(count)
