@@ -97,7 +97,8 @@ def add_parsers(command) -> None:
     predict.add_argument("--output", type=Path, required=True,
                          help="folder for <case>.nii.gz label maps, report.csv, failures.csv, report.html (the "
                               "QC report: cases ranked for review) and run.json (versions, model and input "
-                              "checksums, arithmetic, command line, outcome; see docs/trust.md)")
+                              "checksums, arithmetic, command line, outcome; see docs/trust.md); never an input folder or "
+                              "the model's own folder (RUN/predictions is fine)")
     predict.add_argument("--output-format", default="nifti", metavar="FORMATS",
                          help="nifti (default; with labels.itksnap.txt and labels.ctbl label tables), dicom-seg "
                               "(<case>.seg.dcm for DICOM series inputs, NIfTI for other inputs), seg-nrrd "
@@ -225,10 +226,12 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from medseg_attn.io.files import check_output_beside_models
     from medseg_attn.io.limits import check_file_size
 
     for item in args.input:  # an oversized file named on the command line: one line before the model loads
         check_file_size(Path(item).expanduser())
+    check_output_beside_models(args.output, args.model)  # never into the run, bundle or checkpoint folder read
     from medseg_attn.segmentation.inference.batch import check_output_dir, collect_cases, predict_files, write_reports
     from medseg_attn.segmentation.inference.predictor import Predictor
     from medseg_attn.segmentation.qc.qc_report import Review

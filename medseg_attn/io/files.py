@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "check_output_location", "not_regular", "process_alive",
-           "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_text", "check_output_beside_models", "check_output_location", "not_regular",
+           "process_alive", "remove_stale_temporaries"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
 
@@ -145,3 +145,28 @@ def check_output_location(output: str | Path, inputs: Iterable[str | Path], *, f
                              f"{option}")
         elif folder and source.parent == resolved:
             raise ValueError(f"{given}: is the folder of input {path}; choose another {option}")
+
+
+MODEL_PARTS = ("checkpoints", "models", "configs")  # folders of a run / MONAI bundle that hold the model itself
+
+
+def check_output_beside_models(output: str | Path, models: Iterable[str | Path], option: str = "--output") -> None:
+    """Refuse an output folder that would write into a model being read: the model's folder itself (a run, a
+    cross-validation run or a bundle: its ``run.json``, reports and config live there), the folder of a model file,
+    or a folder inside a model folder's ``checkpoints/``, ``models/``, ``configs/`` or ``fold_<k>/``. A new
+    sub-folder of a run (``RUN/predictions``) is fine.
+
+    Raises:
+        ValueError: one line naming the output and the model.
+    """
+    given = Path(output).expanduser()
+    resolved = given.resolve()
+    for model in models:
+        path = Path(model).expanduser()
+        if not path.exists():
+            continue
+        folder = path.resolve() if path.is_dir() else path.resolve().parent
+        inside = resolved.relative_to(folder).parts if resolved.is_relative_to(folder) else None
+        if inside is not None and (not inside or inside[0] in MODEL_PARTS or inside[0].startswith("fold_")):
+            raise ValueError(f"{given}: would write into the model {path} being read; choose another {option} "
+                             f"(a new folder, e.g. {folder / 'predictions'})")

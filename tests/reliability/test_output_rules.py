@@ -101,3 +101,29 @@ def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, segmentation_mode
     result = run("-q", *args, "--output", str(existing))
     assert_one_line_error(result, str(existing), "is an existing file")
     assert existing.read_text() == "keep me"
+
+
+def test_predict_never_writes_into_the_model_it_reads(segmentation_model, tmp_path):
+    """predict --output may not be the run folder (its run.json, config, reports), its checkpoints/ or fold_<k>/,
+    or the folder of a checkpoint file; a new sub-folder of the run is fine."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(segmentation_model, run_dir / "checkpoints" / "best.pt")
+    (run_dir / "run.json").write_text('{"command": "train"}')
+    image = tmp_path / "in" / "case.nii.gz"
+    image.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32),
+                             np.diag([3.0, 3.0, 3.0, 1.0])), image)
+    before = digest(run_dir)
+    for model, output in ((run_dir, run_dir), (run_dir, run_dir / "checkpoints"), (run_dir, run_dir / "fold_0"),
+                          (run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints")):
+        result = run("-q", "predict", "--model", str(model), "--input", str(image), "--output", str(output))
+        assert_one_line_error(result, str(output), "would write into the model")
+        assert digest(run_dir) == before
+    result = run("-q", "predict", "--model", str(run_dir), "--input", str(image), "--output",
+                 str(run_dir / "predictions"))
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "predictions" / "case.nii.gz").is_file() and (run_dir / "run.json").read_text() == \
+        '{"command": "train"}'
