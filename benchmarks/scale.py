@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED_CT = Path(os.environ.get("MEDSEG_SHARED_DATA", "/work/shared/data")
-                 ) / "totalseg_example_ct"
+# the CT series shipped with the tests (a copy of the shared TotalSegmentator example)
+SHARED_CT = Path(__file__).resolve().parents[1] / "tests" / "data" / "totalseg_example_ct"
 
 
 def build_dataset(root: Path, cases: int, size: int, slices: int) -> Path:

@@ -40,7 +40,8 @@ from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curv
 from medseg_attn.segmentation.data.cached import disk_datasets
 from medseg_attn.segmentation.data.datasets import (check_resume_data, check_training_data, declared_channels,
                                                     load_dataset, split_cases)
-from medseg_attn.segmentation.data.preprocess import checked_cases, fingerprint_cases, preprocess_cases
+from medseg_attn.segmentation.data.preprocess import (checked_cases, fingerprint_cases, preprocess_cases,
+                                                      training_fingerprint)
 from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
 from medseg_attn.segmentation.finetune import load_initial_weights
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss
@@ -48,7 +49,6 @@ from medseg_attn.segmentation.inference.explain import validation_attention_imag
 from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
 from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.qc.fingerprint import training_fingerprint
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.training.card import training_card
@@ -206,6 +206,10 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
                           scalars=scalars, images=images,
                           text=f"validation Dice {mean:.4f}")
 
+    # the training set's ranges for the QC flags: each case read once, in workers, kept in the cache (CACHE/qc/)
+    fingerprint = training_fingerprint(run.dataset.training, run.labels, run.prep.intensity == "ct",
+                                       progress and run.dist.is_main, cfg.data.cache_dir, cfg.data.preprocess_workers,
+                                       run.dist)
     task = TrainTask(
         network=network, optimizer=optimizer, loss=loss, loader=loader,
         steps_per_epoch=tcfg.steps_per_epoch or max(1, math.ceil(len(train_ds) / _loader_batch(cfg))),
@@ -219,9 +223,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
                                         "validation_cases": len(run.val_cases), "modality": cfg.data.modality,
                                         "spacing": run.prep.spacing and list(run.prep.spacing)}),
                  # the training set's ranges, which the QC flags of predictions compare with (docs/trust.md)
-                 "training_fingerprint": training_fingerprint(run.dataset.training, run.labels,
-                                                              run.prep.intensity == "ct", progress)
-                 if run.dist.is_main else None},
+                 "training_fingerprint": fingerprint if run.dist.is_main else None},
     )
     with recorded_run(output if run.dist.is_main else None, "train") as manifest:  # RUN/run.json
         manifest.add_input(cfg.data.dataset, name="dataset", checksum=Path(cfg.data.dataset).is_file())

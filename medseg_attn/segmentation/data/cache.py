@@ -9,6 +9,7 @@ Layout (``CACHE`` is ``data.cache_dir``, ``--cache``, ``$MEDSEG_ATTN_CACHE`` or 
     CACHE/cases/<case>-<key>/label.npy           its label map (1, *S), uint8 (int16 beyond 255 classes)
     CACHE/cases/<case>-<key>/indices.npz         per class, the voxel locations patches are centred on
     CACHE/cases/<case>-<key>/meta.json           what the entry was made from
+    CACHE/qc/<case>-<key>/features.json          its QC features on the original grid (the training fingerprint)
 
 An entry's key hashes everything its content depends on: :data:`CACHE_VERSION` (bumped whenever the
 preprocessing code changes what it writes), the input files' identity (resolved path, size, modification time;

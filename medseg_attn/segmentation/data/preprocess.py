@@ -9,7 +9,9 @@ DDP rank) reads the results instead of recomputing them, and an interrupted run 
 - :func:`fingerprint_cases`: :func:`~medseg_attn.segmentation.data.planning.dataset_fingerprint`'s per-case
   records (each case samples with its own seed, so the result does not depend on the order or the process);
 - :func:`preprocess_cases`: the deterministic preprocessing of training (orientation, spacing, body crop,
-  normalisation) written as ``.npy`` files, plus the class locations the foreground sampling needs.
+  normalisation) written as ``.npy`` files, plus the class locations the foreground sampling needs;
+- :func:`cached_case_features` / :func:`training_fingerprint`: each training case's QC features on its original
+  grid (:mod:`medseg_attn.segmentation.qc.fingerprint`), summarised into the fingerprint a checkpoint keeps.
 
 Work runs in ``data.preprocess_workers`` processes (0: every core, divided by the processes torchrun starts on
 the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case.
@@ -30,7 +32,8 @@ import numpy as np
 from medseg_attn.segmentation.data.cache import cache_root, ensure_entry, entry_key, entry_path
 from medseg_attn.training.distributed import Distributed, shard
 
-__all__ = ["checked_cases", "fingerprint_cases", "preprocess_cases", "workers_for"]
+__all__ = ["cached_case_features", "checked_cases", "fingerprint_cases", "preprocess_cases", "training_fingerprint",
+           "workers_for"]
 
 MAX_SAMPLES_PER_CLASS = 20000  # class locations kept per case and class (as the in-memory path)
 
@@ -125,6 +128,42 @@ def checked_cases(cases: list[dict[str, Any]], num_classes: int, cache_dir: str 
                       {"kind": "check", "num_classes": num_classes, "channels": channels}, workers, "check", progress,
                       dist)
     return [line for entry in entries for line in json.loads((entry / "problems.json").read_text())]
+
+
+def _features_job(job: tuple) -> bool:
+    case, entry, labels, ct = job
+
+    def build(tmp: Path) -> None:
+        from medseg_attn.segmentation.qc.fingerprint import training_case_features
+
+        (tmp / "features.json").write_text(json.dumps(training_case_features(case, labels, ct)))
+
+    return ensure_entry(entry, build)
+
+
+def cached_case_features(cases: list[dict[str, Any]], labels: dict[int, str], ct: bool, cache_dir: str | None = None,
+                         workers: int = 0, progress: bool = False, dist: Distributed | None = None
+                         ) -> list[dict[str, Any]]:
+    """Each case's QC features (:func:`~medseg_attn.segmentation.qc.fingerprint.training_case_features`), one case
+    per worker, remembered per case in ``CACHE/qc/`` (an unchanged case is not read again)."""
+    from medseg_attn.segmentation.qc.fingerprint import FINGERPRINT_VERSION
+
+    labels = {int(k): str(v) for k, v in labels.items()}
+    depends = {"kind": "qc", "labels": {str(k): v for k, v in sorted(labels.items())}, "ct": bool(ct),
+               "version": FINGERPRINT_VERSION}
+    entries = _cached(cache_root(cache_dir) / "qc", cases, ("image", "label"), _features_job, (labels, bool(ct)),
+                      depends, workers, "QC fingerprint", progress, dist)
+    return [json.loads((entry / "features.json").read_text()) for entry in entries]
+
+
+def training_fingerprint(cases: list[dict[str, Any]], labels: dict[int, str], ct: bool, progress: bool = False,
+                         cache_dir: str | None = None, workers: int = 0, dist: Distributed | None = None
+                         ) -> dict[str, Any]:
+    """The training set's QC fingerprint (:func:`medseg_attn.segmentation.qc.fingerprint.summarise` of every case's
+    cached features). Under DDP every rank computes its share: call it on every rank."""
+    from medseg_attn.segmentation.qc.fingerprint import summarise
+
+    return summarise(cached_case_features(cases, labels, ct, cache_dir, workers, progress, dist), ct)
 
 
 def _fingerprint_job(job: tuple) -> bool:
@@ -248,5 +287,7 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
     classes = len(without_ignore(labels))  # the network's classes (sparse labels' ignore value left out)
     entries = preprocess_cases(dataset.training, prep, data, classes, progress=progress, counts=counts,
                                label_values=len(labels))
+    cached_case_features(dataset.training, without_ignore(labels), prep.intensity == "ct", data.cache_dir,
+                         data.preprocess_workers, progress)  # the QC fingerprint train stores in the checkpoint
     return {"cases": len(entries), "built": counts["built"], "cache": cache_root(data.cache_dir), "plan": plan,
             "seconds": time.perf_counter() - start}

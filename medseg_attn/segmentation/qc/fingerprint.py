@@ -32,9 +32,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TOLERANCES", "case_features", "fingerprint_flags", "training_fingerprint"]
+__all__ = ["TOLERANCES", "case_features", "fingerprint_flags", "summarise", "training_case_features"]
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: images above MAX_VOXELS measured on every k-th voxel
 TOLERANCES = {
     "spacing_factor": 1.5,  # a spacing up to 1.5x coarser than the coarsest trained (detail the model never saw lost)
     "fine_factor": 4.0,  # ... and up to 4x finer than the finest (finer inputs are resampled down: harmless)
@@ -49,6 +49,7 @@ TOLERANCES = {
 PERCENTILES = (1.0, 50.0, 99.0)
 BINS = 16
 CAP = 5.0
+MAX_VOXELS = 1 << 22  # features of larger images are measured on every k-th voxel (same k for training and QC)
 
 
 def _ras(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +80,8 @@ def case_features(image: np.ndarray, affine: np.ndarray, ct: bool, rows: Sequenc
     from medseg_attn.segmentation.data.foreground import body_mask
 
     ras, spacing = _ras(np.asarray(image, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    step = max(1, int(np.ceil((ras.size / MAX_VOXELS) ** (1 / ras.ndim))))  # 512^2 x 200: every 4th voxel
+    ras = np.ascontiguousarray(ras[(slice(None, None, step),) * ras.ndim])  # percentiles and profiles barely move
     mask = body_mask(ras[None], ct=ct)
     inside = ras[mask]
     values = np.percentile(inside, PERCENTILES) if inside.size else np.zeros(len(PERCENTILES))
@@ -103,28 +106,24 @@ def case_features(image: np.ndarray, affine: np.ndarray, ct: bool, rows: Sequenc
             "profile": profile, "structures": structures}
 
 
-def training_fingerprint(cases: Sequence[dict[str, Any]], labels: dict[int, str], ct: bool,
-                         progress: bool = False) -> dict[str, Any]:
-    """Read every training case (``{"image", "label", "case"}``) once and keep the ranges of its features."""
-    from tqdm.auto import tqdm
-
+def training_case_features(case: dict[str, Any], labels: dict[int, str], ct: bool) -> dict[str, Any]:
+    """Read one training case (``{"image", "label", "case"}``) and return its :func:`case_features`."""
     from medseg_attn.io.readers import LoadVolumed
     from medseg_attn.segmentation.evaluation.structure_statistics import structure_rows
     from medseg_attn.segmentation.inference.resample import spatial_affine
 
     names = {int(k): v for k, v in labels.items() if int(k) != 0}
-    features = []
-    for case in tqdm(cases, desc="training fingerprint", unit="case", disable=not progress):
-        data = LoadVolumed(["image", "label"])({"image": case["image"], "label": case["label"]})
-        image, label = np.asarray(data["image"])[0], np.asarray(data["label"])[0]
-        affine = spatial_affine(data["image"].affine, image.ndim)
-        rows = structure_rows(np.rint(label).astype(np.int32), affine, names, case=str(case["case"]))
-        features.append(case_features(image, affine, ct, rows))
-    return summarise(features, ct)
+    data = LoadVolumed(["image", "label"])({"image": case["image"], "label": case["label"]})
+    image, label = np.asarray(data["image"])[0], np.asarray(data["label"])[0]
+    affine = spatial_affine(data["image"].affine, image.ndim)
+    rows = structure_rows(np.rint(label).astype(np.int32), affine, names, case=str(case["case"]))
+    return case_features(image, affine, ct, rows)
 
 
 def summarise(features: Sequence[dict[str, Any]], ct: bool) -> dict[str, Any]:
-    """The stored fingerprint: min and max of each feature over the training cases."""
+    """The stored fingerprint: min and max of each feature over the training cases (their
+    :func:`training_case_features`, which training computes once per case in workers and keeps in the cache:
+    :func:`medseg_attn.segmentation.data.preprocess.training_fingerprint`)."""
     def span(values: list[Any]) -> dict[str, list[float]]:
         array = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
         return {"min": [round(float(v), 4) for v in array.min(0)], "max": [round(float(v), 4) for v in array.max(0)]}

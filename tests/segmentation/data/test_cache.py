@@ -230,3 +230,28 @@ def test_memory_does_not_grow_with_the_number_of_cases(tmp_path):
     memory_growth = peaks["memory", 12] - peaks["memory", 3]
     assert memory_growth > 25, peaks  # 9 more cases of 2 x 2.5 MB (image, label) in RAM: the test can fail
     assert disk_growth < 10, peaks  # the loader's working set, whatever the number of cases
+
+
+def test_qc_fingerprint_features_are_computed_once_per_case(tmp_path):
+    """The training fingerprint's per-case features go into CACHE/qc/ and a second call reads them (same entries,
+    untouched), giving the same fingerprint; a changed case gets a new entry, the others are kept."""
+    from medseg_attn.segmentation.data.datasets import load_dataset
+    from medseg_attn.segmentation.data.preprocess import training_fingerprint
+
+    dataset = load_dataset(make_dataset(tmp_path / "data", 3))
+    labels = dataset.labels
+    first = training_fingerprint(dataset.training, labels, ct=False, cache_dir=str(tmp_path / "cache"), workers=1)
+    def listed() -> list[Path]:  # the entries (not their .lock files)
+        return sorted(e for e in (tmp_path / "cache" / "qc").iterdir() if not e.name.startswith("."))
+
+    entries = listed()
+    assert len(entries) == 3 and all((e / "features.json").is_file() for e in entries)
+    stamps = {e.name: (e / "features.json").stat().st_mtime_ns for e in entries}
+    second = training_fingerprint(dataset.training, labels, ct=False, cache_dir=str(tmp_path / "cache"), workers=1)
+    assert second == first and first["cases"] == 3
+    assert {e.name: (e / "features.json").stat().st_mtime_ns for e in listed()} == stamps
+    time.sleep(0.01)
+    write_case(tmp_path / "data", "case000", seed=99)  # rewritten: a new entry for it alone
+    training_fingerprint(dataset.training, labels, ct=False, cache_dir=str(tmp_path / "cache"), workers=1)
+    after = [e.name for e in listed()]
+    assert len(after) == 4 and set(stamps) < set(after)
