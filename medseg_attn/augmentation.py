@@ -123,7 +123,7 @@ class RandBiasAboveFloord(mt.RandomizableTransform, mt.MapTransform):
 class RandGaussianNoiseFastd(mt.RandomizableTransform, mt.MapTransform):
     """MONAI's ``RandGaussianNoised`` (sigma drawn in [0, ``std``]) with the noise drawn by torch in float32.
 
-    MONAI draws it with NumPy in float64 (about 5 ms for a 64^3 patch on one core, 4x torch's time). The draw
+    MONAI draws it with NumPy in float64, several times torch's time (docs/benchmarks.md). The draw
     stays reproducible: a seed for torch's generator comes from the transform's own random state.
     """
 

@@ -278,7 +278,7 @@ def generate_case(seed: int, spacing: float, deform: bool = True, appearance: bo
     t1, gm, wm = sampled[0], sampled[1].clamp(0, 1), sampled[2].clamp(0, 1)  # (X, Y, Z) each
     del grid, sampled
 
-    # label = argmax(background, gm, wm), first class on ties; comparisons are ~10x faster than a strided argmax
+    # label = argmax(background, gm, wm), first class on ties; comparisons beat a strided argmax (docs/benchmarks.md)
     background = (1.0 - gm - wm).clamp_min(0.0)
     is_grey = gm > background
     is_white = wm > torch.maximum(background, gm)

@@ -214,9 +214,9 @@ def save_map_overlay_png(
     if image.ndim == 2:  # one slice: drawn as the axial view of a one-slice volume
         image, prediction = image[..., None], prediction[..., None]
         maps = {name: m[..., None] for name, m in maps.items()}
-        full = np.eye(4)
-        full[:2, :2], full[:2, 3] = np.asarray(affine)[:2, :2], np.asarray(affine)[:2, 2]
-        affine = full
+        from medseg_attn.io.volumes import affine_4x4
+
+        affine = affine_4x4(affine, 2)
     image, spacing = to_ras(image, affine)
     prediction, _ = to_ras(prediction, affine)
     centre = foreground_centre(prediction)
@@ -248,9 +248,9 @@ def save_thumbnail_png(path: str | Path, image: np.ndarray, labels: np.ndarray, 
 
     if image.ndim == 2:
         image, labels = image[..., None], labels[..., None]
-        full = np.eye(4)
-        full[:2, :2], full[:2, 3] = np.asarray(affine)[:2, :2], np.asarray(affine)[:2, 2]
-        affine = full
+        from medseg_attn.io.volumes import affine_4x4
+
+        affine = affine_4x4(affine, 2)
     image, spacing = to_ras(image, affine)
     labels, _ = to_ras(labels, affine)
     centre = foreground_centre(labels)

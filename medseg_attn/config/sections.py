@@ -125,7 +125,7 @@ class InferenceConfig:
     """Sliding-window prediction."""
 
     overlap: float = 0.5
-    sw_batch_size: int = 4  # windows per forward pass: 4 runs 28 % faster per window than 2 under CPU bf16
+    sw_batch_size: int = 4  # windows per forward pass (why 4: docs/benchmarks.md, "Timings behind design choices")
     blend: str = "gaussian"  # gaussian or constant
     tta: bool = False  # average over flips of every spatial axis
     patch_size: tuple[int, ...] | None = None  # null = data.patch_size

@@ -14,7 +14,7 @@ import numpy as np
 
 from medseg_attn.io import dicom
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix
-from medseg_attn.io.volumes import is_image_file, read_geometry
+from medseg_attn.io.volumes import affine_4x4, is_image_file, read_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ def _axcodes(affine: np.ndarray) -> str:
     import nibabel as nib
 
     dims = affine.shape[0] - 1
-    full = np.eye(4)
-    full[:dims, :dims], full[:dims, 3] = affine[:dims, :dims], affine[:dims, dims]
-    return "".join(code or "?" for code in nib.aff2axcodes(full)[:dims])
+    return "".join(code or "?" for code in nib.aff2axcodes(affine_4x4(affine))[:dims])
 
 
 def _format(path: Path) -> str:

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg_attn.io.files import atomic_write
+from medseg_attn.io.volumes import affine_4x4
 
 __all__ = ["UNIT_SLOPE", "write_nifti"]
 
@@ -27,15 +28,6 @@ def _spatial_shape(image: nib.Nifti1Image) -> tuple[int, ...]:
     if len(shape) == 4 and shape[3] == 1:  # a 4th axis of length 1 is a 3D volume
         return shape[:3]
     return shape[:3] if len(shape) >= 3 else shape
-
-
-def _full_affine(affine: np.ndarray) -> np.ndarray:
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape == (4, 4):
-        return affine
-    full = np.eye(4)  # a 2D grid's 3x3 affine
-    full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
-    return full
 
 
 def write_nifti(array: np.ndarray, path: str | Path, *, affine: np.ndarray | None = None,
@@ -75,7 +67,7 @@ def write_nifti(array: np.ndarray, path: str | Path, *, affine: np.ndarray | Non
         image.header.set_qform(ref.get_qform(), code=int(ref.header["qform_code"]))
         image.header.set_sform(ref.get_sform(), code=int(ref.header["sform_code"]))
     elif affine is not None:
-        full = _full_affine(affine)
+        full = affine_4x4(affine)
         image = nib.Nifti1Image(data, full)
         image.header.set_qform(full, code=1)
         image.header.set_sform(full, code=1)

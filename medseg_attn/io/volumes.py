@@ -24,12 +24,29 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Geometry",
+    "affine_4x4",
     "case_name",
     "grid_mapping",
     "is_image_file",
     "on_grid",
     "read_geometry",
 ]
+
+def affine_4x4(affine: np.ndarray, dims: int | None = None) -> np.ndarray:
+    """A voxel-to-world affine as 4x4 (what nibabel's orientation tools and NIfTI headers want).
+
+    A 4x4 affine is returned as it is (as float64) unless ``dims`` < 3 asks for only its first ``dims`` axes. Otherwise
+    the first ``dims`` axes (default: all of a (d+1, d+1) affine, e.g. a 2D grid's 3x3) keep their rows and
+    columns and their translation (the last column); the other axes get the identity.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    dims = affine.shape[0] - 1 if dims is None else dims
+    if affine.shape == (4, 4) and dims == 3:
+        return affine
+    full = np.eye(4)
+    full[:dims, :dims], full[:dims, 3] = affine[:dims, :dims], affine[:dims, -1]
+    return full
+
 
 def is_image_file(path: Path) -> bool:
     """True for a visible file with a volume suffix (:data:`~medseg_attn.io.suffixes.VOLUME_SUFFIXES`)."""

@@ -267,8 +267,8 @@ def _avg_pool(x: torch.Tensor, pool: int) -> torch.Tensor:
 def _repeat_blocks(tokens: torch.Tensor, pool: int) -> torch.Tensor:
     """(B, C, *T) -> (B, C, *T * pool): every token repeated over its pool^dims block.
 
-    One axis at a time, last first: each step is a low-rank copy, 4x faster on CPU than one copy out of a single
-    (B, C, T0, pool, T1, pool, ..) broadcast view.
+    One axis at a time, last first: each step is a low-rank copy, faster on CPU than one copy out of a single
+    (B, C, T0, pool, T1, pool, ..) broadcast view (timing: docs/benchmarks.md, "Timings behind design choices").
     """
     x = tokens
     for axis in reversed(range(2, tokens.dim())):
@@ -294,7 +294,7 @@ class _BlockMean(torch.autograd.Function):
 
 class _AddBlockUpdate(torch.autograd.Function):
     """``skip + update`` repeated over pool^dims blocks; backward reduces the update's gradient with a block sum
-    by avg_pool (4x faster on CPU than autograd's strided sum over the expanded axes)."""
+    by avg_pool (faster on CPU than autograd's strided sum over the expanded axes; timing: docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, skip: torch.Tensor, update: torch.Tensor, pool: int) -> torch.Tensor:  # type: ignore[override]

@@ -34,8 +34,8 @@ class UpsampleHead(nn.Module):
     and ``i + 1`` through kernel taps that depend only on r. So one stride-1 convolution with 2-tap kernels gives
     all 2^D phases as channels (the kernel gathered from the transposed weight, zero where a phase has no tap),
     and interleaving them (pixel shuffle) gives the same output. PyTorch runs a transposed convolution with output
-    padding on a slow CPU path: this is 3x faster there (20 -> 7 ms for 2 x 16 x 32^3 -> 3 x 64^3 on 2 cores) and
-    equal within float rounding. Parameters and their names are those of the transposed convolution, so
+    padding on a slow CPU path: this is faster there (timing: docs/benchmarks.md, "Timings behind design
+    choices") and equal within float rounding. Parameters and their names are those of the transposed convolution, so
     checkpoints load either way.
     """
 

@@ -51,8 +51,8 @@ def cpu_bf16_speedup() -> float:
     about 0.1 s; ``auto`` never uses it directly but through the per-machine cache, see the module docstring: a 16 -> 16 channel 3x3x3 convolution of 2 x 24^3 voxels, fp32 and bf16
     interleaved, the fastest of 5 each).
 
-    CPUs with bf16 dot-product instructions differ widely: Intel AMX and AMD Zen 4 run U-Net convolutions 1.6-2.3 x
-    faster in bf16, while an Intel Xeon with AVX-512 bf16 but no AMX ran them slower than fp32. Asking the CPU's
+    CPUs with bf16 dot-product instructions differ widely: some run U-Net convolutions much faster in bf16, others
+    slower than fp32 (measurements: docs/benchmarks.md, "Timings behind design choices"). Asking the CPU's
     feature flags cannot tell these apart; timing can.
     """
     try:

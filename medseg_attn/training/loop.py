@@ -143,8 +143,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def build_optimizer(network: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum, as configured; PyTorch's fused implementation (one kernel for all
-    parameters: an AdamW step of the default network takes 3.6 ms instead of 18.5 ms on 2 CPU cores, the same
-    update)."""
+    parameters: the same update, several times faster on CPU; timing: docs/benchmarks.md, "Timings behind design
+    choices")."""
     if train.optimizer == "sgd":
         return torch.optim.SGD(network.parameters(), lr=train.lr, momentum=train.momentum, nesterov=True,
                                weight_decay=train.weight_decay, fused=True)

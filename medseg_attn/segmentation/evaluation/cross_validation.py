@@ -26,7 +26,7 @@ from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix
 from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
-from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
+from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders, mask_dice
 from medseg_attn.segmentation.inference.cvrun import fold_dir, is_cv_run, keep_largest_component
 from medseg_attn.segmentation.inference.predictor import Predictor
 
@@ -133,11 +133,6 @@ def _plot(table: list[dict], names: list[str], folds: int, path: Path) -> None:
     plt.close(figure)
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    total = int(pred.sum()) + int(ref.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
-
-
 def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, Any]:
     """Per class, keep only the largest connected component where that raises the mean out-of-fold Dice of the
     class (nnU-Net's rule); writes ``RUN/postprocessing.json`` and returns it."""
@@ -150,8 +145,8 @@ def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, 
         ref = np.asarray(nib.load(str(path)).dataobj)
         pred = np.asarray(nib.load(str(out / "predictions" / path.name)).dataobj)
         for index in classes:
-            before[index].append(_dice(pred == index, ref == index))
-            after[index].append(_dice(keep_largest_component(pred, index) == index, ref == index))
+            before[index].append(mask_dice(pred == index, ref == index))
+            after[index].append(mask_dice(keep_largest_component(pred, index) == index, ref == index))
     choice = {}
     for index in classes:
         mean_before, mean_after = float(np.mean(before[index])), float(np.mean(after[index]))

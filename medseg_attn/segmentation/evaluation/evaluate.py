@@ -35,7 +35,7 @@ from medseg_attn.segmentation.evaluation.structure_statistics import case_statis
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "NAN_POLICY", "evaluate_case", "evaluate_folders"]
+__all__ = ["METRICS", "NAN_POLICY", "evaluate_case", "evaluate_folders", "mask_dice"]
 
 METRICS = ("dice", "hd95", "surface_dice")
 CSV_COLUMNS = ("case", "class_index", "class_name", *METRICS, "pred_voxels", "label_voxels")
@@ -56,6 +56,13 @@ def _present_boxes(array: np.ndarray, source: object) -> dict[int, tuple[slice, 
 def _check_tolerance(tolerance_mm: float) -> None:
     if not (math.isfinite(tolerance_mm) and tolerance_mm > 0):
         raise ValueError(f"surface Dice tolerance {tolerance_mm} mm must be a positive number")
+
+
+def mask_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks in exact integer counts, with :func:`evaluate_case`'s convention: both empty -> 1,
+    exactly one empty -> 0. (The case metrics themselves come from MONAI, the independent reference.)"""
+    total = int(pred.sum()) + int(ref.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
 
 
 def _class_metrics(pred: np.ndarray, label: np.ndarray, spacing: list[float], tolerance_mm: float) -> dict:

@@ -62,11 +62,11 @@ def _world_extent(box: tuple[slice, ...], affine: np.ndarray) -> list[float]:
 
 
 def _full_affine(affine: np.ndarray, dims: int) -> np.ndarray:
+    from medseg_attn.io.volumes import affine_4x4  # (nibabel only when needed)
+
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape == (dims + 1, dims + 1) and dims == 2:
-        full = np.eye(4)
-        full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
-        return full
+        return affine_4x4(affine)
     if affine.shape != (4, 4):
         raise ValueError(f"affine of shape {affine.shape}: expected (4, 4) (or (3, 3) for 2D)")
     return affine

@@ -39,7 +39,7 @@ from medseg_attn.io.dicom import is_dicom_file
 from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed, is_nifti
 from medseg_attn.io.segments import resolve_colors
-from medseg_attn.io.volumes import case_name, read_geometry
+from medseg_attn.io.volumes import affine_4x4, case_name, read_geometry
 from medseg_attn.networks.factory import build_network
 from medseg_attn.segmentation.inference.cvrun import (apply_postprocessing, cv_members, is_cv_run,
                                                       read_postprocessing)
@@ -373,10 +373,7 @@ class Predictor:
             given = np.asarray(affine, dtype=np.float64)
             if given.shape not in ((dims + 1, dims + 1), (4, 4)):
                 raise ValueError(f"array: affine of shape {given.shape}; expected ({dims + 1}, {dims + 1}) or (4, 4)")
-            if given.shape == (4, 4):
-                full = given
-            else:
-                full[:dims, :dims], full[:dims, 3] = given[:dims, :dims], given[:dims, dims]
+            full = affine_4x4(given)
         if not np.all(np.isfinite(full)) or abs(np.linalg.det(full[:3, :3])) < 1e-12:
             raise ValueError("array: the affine must be finite and invertible")
         bad = int((~torch.isfinite(data)).sum())

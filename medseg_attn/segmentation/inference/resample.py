@@ -152,7 +152,7 @@ def class_labels(probabilities: torch.Tensor, chunk: int = 1 << 22) -> torch.Ten
     ties go to the lower class, as argmax.
 
     ``max(0).indices`` rather than ``argmax(0)``: on a CPU, PyTorch 2.13's argmax over the leading axis of a
-    contiguous tensor takes a slow path (1.6 s for 3 x 256 x 256 x 128, against 0.07 s here; the same indices).
+    contiguous tensor takes a slow path (same indices; timing: docs/benchmarks.md, "Timings behind design choices").
     Taken ``chunk`` voxels at a time, so the only full-size result is the small label map."""
     channels, *spatial = probabilities.shape
     flat = probabilities.reshape(channels, -1)

@@ -56,9 +56,10 @@ def _ras(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """The image in RAS axis order (flips and transposes only) and its spacing in that order."""
     import nibabel as nib
 
+    from medseg_attn.io.volumes import affine_4x4
+
     dims = image.ndim
-    full = np.eye(4)
-    full[:dims, :dims], full[:dims, 3] = affine[:dims, :dims], affine[:dims, -1]
+    full = affine_4x4(affine, dims)
     ornt = nib.orientations.io_orientation(full)[:dims]
     spacing = np.sqrt((full[:3, :3] ** 2).sum(0))[:dims]
     order = ornt[:, 0].astype(int)  # output axis of each input axis

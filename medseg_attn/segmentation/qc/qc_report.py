@@ -24,6 +24,7 @@ import numpy as np
 
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.headers import load_nifti
+from medseg_attn.io.volumes import affine_4x4
 from medseg_attn.segmentation.qc.fingerprint import case_features, fingerprint_flags
 from medseg_attn.segmentation.qc.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
 from medseg_attn.segmentation.evaluation.structure_statistics import (case_statistics, read_case_statistics, write_case_statistics,
@@ -158,9 +159,7 @@ def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_d
     image = np.asarray(loaded[channel], dtype=np.float32)
     affine = np.asarray(loaded.affine, dtype=np.float64)
     if image.ndim == 2:
-        full = np.eye(4)
-        full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, -1]
-        affine = full
+        affine = affine_4x4(affine, 2)
     maps = []
     for path in (label_path, output_dir / f"{name}_uncertainty.nii.gz"):
         if not path.exists():

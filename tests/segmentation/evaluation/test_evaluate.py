@@ -309,3 +309,15 @@ def test_every_class_matches_monais_metrics_on_the_full_one_hot_arrays():
         assert ours[k]["hd95"] == pytest.approx(float(hd95[index]), rel=1e-5)
         assert ours[k]["dice"] == pytest.approx(float(dice[index]), rel=1e-5)
         assert ours[k]["surface_dice"] == pytest.approx(float(surface[index]), rel=1e-5)
+
+
+def test_mask_dice_follows_the_case_metrics_convention():
+    from medseg_attn.segmentation.evaluation.evaluate import mask_dice
+
+    rng = np.random.default_rng(3)
+    pred, label = rng.random((6, 7, 5)) < 0.3, rng.random((6, 7, 5)) < 0.4
+    assert mask_dice(pred, label) == pytest.approx(hand_dice(pred, label))
+    assert mask_dice(pred, label) == pytest.approx(evaluate_case(pred.astype(int), label.astype(int), [1, 1, 1], [1])[1]["dice"],
+                                                   abs=1e-6)
+    empty = np.zeros_like(pred)
+    assert mask_dice(empty, empty) == 1.0 and mask_dice(pred, empty) == 0.0
