@@ -15,7 +15,7 @@ from medseg_attn.io.files import atomic_write  # noqa: E402
 from medseg_attn.io.segments import label_palette  # noqa: E402
 
 __all__ = ["label_colors", "overlay_rgb", "heat_rgb", "save_overlay_png", "save_map_overlay_png",
-           "save_picture_attention_png", "save_stress_plot", "save_training_curves", "foreground_centre", "to_ras", "save_thumbnail_png",
+           "save_picture_attention_png", "save_stress_plot", "save_risk_coverage_plot", "save_training_curves", "foreground_centre", "to_ras", "save_thumbnail_png",
            "save_distributions_png"]
 
 HEAT = "inferno"  # perceptually uniform, dark at 0: a low value does not hide the anatomy
@@ -370,6 +370,24 @@ def save_stress_plot(rows: list[dict], classes: Sequence[str], path: str | Path,
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8, loc="lower left")
     axis.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_risk_coverage_plot(curves: Sequence[tuple[str, Sequence[float], Sequence[float], float]], optimal: float,
+                            path: str | Path, title: str = "failure detection") -> Path:
+    """Risk-coverage curves, one per signal ``(name, coverage, selective risk, AURC)``; the oracle's AURC noted."""
+    fig, axis = plt.subplots(figsize=(6.0, 4.2))
+    for name, coverage, risk, area in curves:
+        axis.plot(coverage, risk, marker=".", markersize=3, linewidth=1.2, label=f"{name} (AURC {area:.3f})")
+    axis.set_xlabel("coverage (cases accepted, least suspicious first)")
+    axis.set_ylabel("selective risk (mean 1 - Dice)")
+    axis.set_xlim(0.0, 1.0)
+    axis.set_ylim(bottom=0.0)
+    axis.set_title(f"{title} (optimal AURC {optimal:.3f})", fontsize=10)
+    if curves:
+        axis.legend(fontsize=8, loc="upper left")
+    axis.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 

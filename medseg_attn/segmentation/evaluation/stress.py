@@ -15,6 +15,18 @@ is changed:
 - ``oblique_lps``: the volume resampled onto a 1.2 mm grid rotated 20 degrees and stored LPS;
 - ``demo_appearance``: the demo's own random bias / gamma / scale / noise (the held-out distribution).
 
+Failure modes (:data:`FAILURE_VARIANTS`, not in the default set, so the demo's run and quoted numbers are as
+before: ask for them by name, ``brain_variants(j, BRAIN_VARIANTS + FAILURE_VARIANTS)``), each from as-is:
+
+- ``flipped_header``: the data flipped superior-inferior (axis 2), the affine left as it was (a wrong orientation
+  header: the brain stored upside down), scored against the original label on the stored grid;
+- ``heavy_noise``: Rician noise 15 % of the brain mean;
+- ``ghosting``: motion-like ghosts, the image plus two copies shifted by +-1/4 of the field of view along the
+  phase-encode axis (axis 1, A-P, wrapped around) at 25 % intensity each;
+- ``truncated_fov``: the superior third of the volume (axis 2) cropped away, image and label alike (affine kept:
+  voxel 0 is where it was);
+- ``very_low_resolution``: resampled to 1 x 1 x 6 mm (thick slices), scored on that grid.
+
 Any labelled volume (CT, :func:`volume_variants`): ``as_is``, ``moved`` (rotated 10 degrees, shifted 6 mm),
 ``resampled`` (1.2 x 1.2 x 2.5 mm, RAS), ``noised`` (Gaussian, 25 HU), ``hu_offset`` (+40 HU) and ``combined``
 (moved, resampled and noised). Every variant is scored on its own grid against its own resampled label.
@@ -33,10 +45,11 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BRAIN_VARIANTS", "brain_variants", "dice_scores", "run_stress", "volume_variants"]
+__all__ = ["BRAIN_VARIANTS", "FAILURE_VARIANTS", "brain_variants", "dice_scores", "run_stress", "volume_variants"]
 
 BRAIN_VARIANTS = ("as_is", "zero_background", "skull_stripped", "no_bias", "strong_bias", "gamma_0.6", "gamma_1.6",
                   "no_noise", "noise_5pct", "low_resolution", "rigid_move", "oblique_lps", "demo_appearance")
+FAILURE_VARIANTS = ("flipped_header", "heavy_noise", "ghosting", "truncated_fov", "very_low_resolution")
 STRESS_SEED = 50_000  # held-out stress case j uses seed 50_000 + j (training uses 0.., the demo's test 10_000..)
 Variant = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # name, image (*S), label (*S), affine 4x4
 
@@ -121,11 +134,14 @@ def brain_variants(index: int, names: tuple[str, ...] = BRAIN_VARIANTS) -> Itera
             yield name, _appearance(clean, label, rng(), gamma=float(name.split("_")[1])), label, affine
         elif name in ("no_noise", "noise_5pct"):
             yield name, _appearance(clean, label, rng(), noise=0.0 if name == "no_noise" else 0.05), label, affine
-        elif name == "low_resolution":
-            target = affine @ np.diag([1.0, 1.0, 3.0, 1.0])
-            shape = (clean.shape[0], clean.shape[1], clean.shape[2] // 3)
-            blurred = ndimage.gaussian_filter(as_is, sigma=(0, 0, 1.2))  # a thick slice averages its 3 mm
+        elif name in ("low_resolution", "very_low_resolution"):
+            thickness = 3 if name == "low_resolution" else 6
+            target = affine @ np.diag([1.0, 1.0, float(thickness), 1.0])
+            shape = (clean.shape[0], clean.shape[1], clean.shape[2] // thickness)
+            blurred = ndimage.gaussian_filter(as_is, sigma=(0, 0, 0.4 * thickness))  # a thick slice averages it
             yield (name, *resample_to(blurred, label, affine, target, shape), target)
+        elif name in FAILURE_VARIANTS:
+            yield (name, *_failure_mode(name, as_is, label, clean, rng()), affine)
         elif name == "rigid_move":
             motion = _motion(centre, (8.0, -6.0, 7.0), (4.0, -6.0, 3.0))
             yield (name, *resample_to(as_is, label, affine, affine, clean.shape, motion), affine)
@@ -136,7 +152,25 @@ def brain_variants(index: int, names: tuple[str, ...] = BRAIN_VARIANTS) -> Itera
             case = generate_case(seed, 1.0)
             yield name, case.image.astype(np.float32), case.label, case.affine
         else:
-            raise ValueError(f"unknown brain stress variant {name!r}; expected one of {', '.join(BRAIN_VARIANTS)}")
+            raise ValueError(f"unknown brain stress variant {name!r}; expected one of "
+                             f"{', '.join(BRAIN_VARIANTS + FAILURE_VARIANTS)}")
+
+
+def _failure_mode(name: str, as_is: np.ndarray, label: np.ndarray, clean: np.ndarray, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Image and label (*S) of a failure mode on the stored grid (``very_low_resolution`` is resampled above)."""
+    if name == "flipped_header":  # the data upside down, the header not: the label keeps the true anatomy
+        return np.ascontiguousarray(as_is[:, :, ::-1]), label
+    if name == "heavy_noise":
+        return _appearance(clean, label, rng, noise=0.15), label
+    if name == "ghosting":  # (X, Y, Z): ghosts along Y, the phase-encode axis, wrapped around the field of view
+        shift = as_is.shape[1] // 4
+        ghosts = 0.25 * (np.roll(as_is, shift, axis=1) + np.roll(as_is, -shift, axis=1))
+        return (as_is + ghosts).astype(np.float32), label
+    if name == "truncated_fov":  # the superior third never acquired: image and label end at 2/3 of Z
+        keep = as_is.shape[2] - as_is.shape[2] // 3
+        return np.ascontiguousarray(as_is[:, :, :keep]), np.ascontiguousarray(label[:, :, :keep])
+    raise ValueError(f"unknown failure mode {name!r}; expected one of {', '.join(FAILURE_VARIANTS)}")
 
 
 def _oblique_lps_grid(affine: np.ndarray, shape: tuple[int, ...], centre: np.ndarray

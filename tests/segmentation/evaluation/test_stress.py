@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medseg_attn.segmentation.evaluation.stress import brain_variants, dice_scores, volume_variants
+from medseg_attn.segmentation.evaluation.stress import (
+    BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants, dice_scores, volume_variants)
 
 
 def test_brain_variants():
@@ -25,6 +26,39 @@ def test_brain_variants():
     # the label follows the anatomy onto the new grid: the same brain volume within a few percent
     volume = (label > 0).sum() * 1.0
     assert abs((variants["oblique_lps"][1] > 0).sum() * 1.2**3 / volume - 1) < 0.05
+
+
+def test_failure_mode_variants():
+    assert not set(FAILURE_VARIANTS) & set(BRAIN_VARIANTS) and len(BRAIN_VARIANTS) == 13  # the default set unchanged
+    variants = {name: (image, label, affine) for name, image, label, affine in brain_variants(
+        1, ("as_is", "no_noise") + FAILURE_VARIANTS)}
+    as_is, label, affine = variants["as_is"]
+    brain_mean = float(variants["no_noise"][0][label > 0].mean())
+    flipped, flipped_label, flipped_affine = variants["flipped_header"]
+    assert np.array_equal(flipped, as_is[:, :, ::-1]) and flipped_label is label and np.array_equal(flipped_affine, affine)
+    assert dice_scores(label[:, :, ::-1], label, {1: "grey_matter", 2: "white_matter"})["white_matter"] < 0.8
+    noisy, noisy_label, noisy_affine = variants["heavy_noise"]
+    background = ~ndimage.binary_dilation(variants["no_noise"][0] > 0, iterations=3)
+    # Rician noise in the background: mean sigma * sqrt(pi / 2) with sigma = 15 % of the brain mean
+    assert 0.12 < float(noisy[background].mean()) / brain_mean / np.sqrt(np.pi / 2) < 0.18
+    assert float(as_is[background].mean()) / brain_mean < 0.05 and np.array_equal(noisy_affine, affine)
+    ghosted = variants["ghosting"][0]
+    shift = as_is.shape[1] // 4
+    assert np.allclose(ghosted, as_is + 0.25 * (np.roll(as_is, shift, 1) + np.roll(as_is, -shift, 1)), atol=1e-3)
+    assert ghosted.shape == as_is.shape and float(ghosted[background].mean()) > 2 * float(as_is[background].mean())
+    cut, cut_label, cut_affine = variants["truncated_fov"]
+    keep = as_is.shape[2] - as_is.shape[2] // 3
+    assert cut.shape == cut_label.shape == (*as_is.shape[:2], keep) and np.array_equal(cut_affine, affine)
+    assert np.array_equal(cut, as_is[:, :, :keep]) and np.array_equal(cut_label, label[:, :, :keep])
+    assert (label[:, :, keep:] > 0).sum() > 0.1 * (label > 0).sum()  # real anatomy was cut away
+    low, low_label, low_affine = variants["very_low_resolution"]
+    assert np.allclose(np.diag(low_affine)[:3], [1.0, 1.0, 6.0]) and np.allclose(low_affine[:3, 3], affine[:3, 3])
+    assert low.shape == low_label.shape == (*as_is.shape[:2], as_is.shape[2] // 6)
+    # the label follows onto the 6 mm grid: its brain volume within a few percent
+    assert abs((low_label > 0).sum() * 6.0 / (label > 0).sum() - 1) < 0.05
+    for name in FAILURE_VARIANTS:  # deterministic from the seed
+        again = next(brain_variants(1, (name,)))[1]
+        assert np.array_equal(again, variants[name][0]), name
 
 
 def test_volume_variants_of_the_real_ct(ct_dir):
