@@ -37,7 +37,9 @@ CHILD = """
 import json, resource, sys
 from medseg_attn.cli import main
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+print(json.dumps({"code": code, "peak_rss_mb": peak,
                   "child_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 

@@ -103,7 +103,9 @@ def timed_fit(task, *args, **kwargs):
 training.fit = timed_fit
 from medseg_attn.cli import main
 code = main(sys.argv[2:])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's own peak. ru_maxrss is not: Linux carries the parent's peak across fork + exec, so a
+# child of a benchmark that built large arrays would report the parent's peak as its own.
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker process
 print(json.dumps({"code": code, "first_step_s": first.get("t", time.time()) - start, "peak_rss_mb": peak,
                   "worker_peak_rss_mb": children}))

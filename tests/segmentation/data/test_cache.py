@@ -197,7 +197,9 @@ from medseg_attn.config import load_config
 from medseg_attn.segmentation.train import train
 config = load_config(overrides=sys.argv[3:])
 train(config, sys.argv[2], progress=False)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM is this process's own peak (ru_maxrss would carry pytest's peak across fork + exec)
+print(json.dumps({"peak_rss_mb": next(int(l.split()[1]) for l in open("/proc/self/status")
+                                      if l.startswith("VmHWM")) / 1024}))
 """
 
 
