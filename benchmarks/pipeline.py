@@ -163,8 +163,8 @@ def _inference_child(key: str, shape: tuple[int, ...], overlap: float, device: s
     image = torch.randn(1, *shape)
     run(torch.randn(1, *(min(s, 64) for s in shape)))  # warm up on one window
     gc.collect()
+    peak_rss_reset()  # then what the process holds: the peak, reset to the RSS of that moment, is never below it
     before = current_rss_mb() if resolved.type == "cpu" else 0.0
-    peak_rss_reset()
     start = time.perf_counter()
     labels = run(image)
     sync(resolved)
