@@ -51,6 +51,11 @@ def find_checkpoint(model: str | Path, prefer: str = "best") -> Path:
     if path.is_file():
         return path
     if path.is_dir():
+        if (path / "cv.json").is_file():  # a cross-validation run: its folds are the models
+            folds = sorted(p.name for p in path.glob("fold_*") if p.is_dir())
+            raise FileNotFoundError(f"{path}: is a cross-validation run ({', '.join(folds) or 'no folds yet'}); "
+                                    f"predict takes it whole (the fold ensemble); here give one fold, e.g. "
+                                    f"{path / (folds[0] if folds else 'fold_0')}")
         if (path / "configs" / "metadata.json").is_file() and (path / "models" / "model.pt").is_file():
             return path / "models" / "model.pt"
         for folder in (path / "checkpoints", path):

@@ -152,3 +152,16 @@ def test_cli_cv_command_and_errors(cv_run, tmp_path, capsys):
     assert "3-fold CV Dice" in capsys.readouterr().out
     assert main(["-q", "cv", str(tmp_path)]) == 2
     assert "not a cross-validation run folder" in capsys.readouterr().err
+
+
+def test_export_and_inspect_of_a_cv_run_name_a_fold(cv_run, tmp_path, capsys):
+    """A CV run is one model for predict; export and inspect take one of its folds, and say so in one line."""
+    _, run, _ = cv_run
+    assert main(["-q", "export", "--model", str(run), "--format", "torchscript", "--output",
+                 str(tmp_path / "m.ts")]) == 2
+    err = capsys.readouterr().err
+    assert "is a cross-validation run (fold_0, fold_1, fold_2)" in err and str(run / "fold_0") in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m.ts").exists()
+    assert main(["-q", "export", "--model", str(run / "fold_0"), "--format", "torchscript", "--output",
+                 str(tmp_path / "m.ts")]) == 0
+    assert (tmp_path / "m.ts").is_file()
