@@ -7,6 +7,14 @@ from pathlib import Path
 from typing import Any
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser, *, config_help: str, set_example: str) -> None:
+    """``--data --config --set`` of a command that reads a dataset without training it (plan, preprocess)."""
+    parser.add_argument("--data", help="dataset.json, a folder holding one, or an nnU-Net raw folder; sets data.dataset")
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, e.g. --set {set_example} (repeatable)")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, *, config_help: str, data_help: str,
                         set_example: str) -> None:
     """``--config --data --output --minutes --epochs --set --resume --device`` of a training command."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medseg_attn.cli.arguments import add_dataset_arguments
+
 __all__ = ["EXAMPLES", "RUNNERS", "add_parsers", "cache_option"]
 
 EXAMPLES = {
@@ -31,10 +33,8 @@ def cache_option(parser: argparse.ArgumentParser) -> None:
 def add_parsers(command) -> None:
     parser = command("preprocess", "check, fingerprint and preprocess a dataset once into the disk cache "
                                    "(parallel, resumable)")
-    parser.add_argument("--data", help="dataset.json, a folder holding one, or an nnU-Net raw folder; sets data.dataset")
-    parser.add_argument("--config", type=Path, help="YAML config (the plan, hence the cache entries, follow it)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set data.spacing=[1.5,1.5,3] (repeatable)")
+    add_dataset_arguments(parser, config_help="YAML config (the plan, hence the cache entries, follow it)",
+                          set_example="data.spacing=[1.5,1.5,3]")
     cache_option(parser)
     parser.add_argument("--workers", type=int, metavar="N",
                         help="worker processes (sets data.preprocess_workers; default every core)")

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from medseg_attn.cli.arguments import add_demo_arguments, add_train_arguments, train_config_from_args
+from medseg_attn.cli.arguments import (add_dataset_arguments, add_demo_arguments, add_train_arguments,
+                                       train_config_from_args)
 from medseg_attn.cli.cv import add_train_cv_arguments, is_cv_request, run_cv_train
 from medseg_attn.cli.preprocess import cache_option, with_cache
 
@@ -68,10 +69,8 @@ def add_parsers(command) -> None:
     """Add the segmentation commands through ``command(name, help) -> ArgumentParser`` (see cli.main)."""
     plan = command("plan", "fingerprint a dataset and print the plan training would use (spacing, patch, "
                            "normalisation)")
-    plan.add_argument("--data", help="dataset.json, a folder holding one, or an nnU-Net raw folder; sets data.dataset")
-    plan.add_argument("--config", type=Path, help="YAML config whose values override the plan's")
-    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key, e.g. --set data.patch_size=[96,96,64] (repeatable)")
+    add_dataset_arguments(plan, config_help="YAML config whose values override the plan's",
+                          set_example="data.patch_size=[96,96,64]")
     plan.add_argument("--output", type=Path, default=Path("plan.json"), help="where to write the plan (plan.json)")
     plan.add_argument("--device", default="cpu",
                       help="cpu (default) or cuda: which voxel budget the patch and batch size must fit")
