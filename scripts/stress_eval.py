@@ -6,8 +6,15 @@ Any labelled volume (e.g. CT: moved / resampled / noised / HU-offset copies):
     python scripts/stress_eval.py --model runs/ct --output stress_ct/ --image ct_dicom/ --label seg.nii.gz \\
         --label-map 1=1,5=2,6=3
 
+Failure detection (docs/trust.md): add the failure modes and record each case's signals (QC score, uncertainty,
+member disagreement), judged as detectors of failed cases (AUROC, AURC):
+    python scripts/stress_eval.py --model demo_out/run --output stress/ --cases 6 --failure-modes --signals
+    python scripts/stress_eval.py --model demo_out/run --output stress_b/ --cases 6 --first-case 6 \
+        --failure-modes --signals --foreign ct_dicom/        # a second set of seeds, and a CT into the MR model
+
 Writes OUTPUT/stress.csv (one row per case and variant) and OUTPUT/stress.png; prints the mean per variant and
-its difference from as-is. See docs/preprocessing.md.
+its difference from as-is. With --signals also OUTPUT/failure_detection.csv and .png and OUTPUT/qc/ thumbnails.
+See docs/preprocessing.md and docs/trust.md.
 """
 
 from __future__ import annotations
@@ -24,7 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="run folder or checkpoint")
     parser.add_argument("--output", required=True, help="folder for stress.csv and stress.png")
     parser.add_argument("--cases", type=int, default=3, help="brain: held-out deformations (default 3)")
+    parser.add_argument("--first-case", type=int, default=0,
+                        help="brain: index of the first held-out deformation (another set of seeds; default 0)")
     parser.add_argument("--variants", nargs="*", help="brain: only these variants")
+    parser.add_argument("--failure-modes", action="store_true",
+                        help="brain: also the failure modes (flipped header, heavy noise, ghosting, truncated field "
+                             "of view, 6 mm slices, CT into the MR model)")
+    parser.add_argument("--signals", action="store_true",
+                        help="record the QC score, uncertainty and member disagreement of every case and judge them "
+                             "as failure detectors (failure_detection.csv/.png)")
+    parser.add_argument("--foreign", nargs="*", default=[],
+                        help="images of another modality or body part (no label: any structure predicted there "
+                             "scores Dice 0), one extra case each")
     parser.add_argument("--image", help="a labelled volume (file or DICOM folder) instead of the brain cases")
     parser.add_argument("--label", help="its label map")
     parser.add_argument("--label-map", help="source=model label values, e.g. 1=1,5=2,6=3 (others -> 0)")
@@ -35,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from medseg_attn.segmentation.inference.predictor import Predictor
-    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, brain_variants, run_stress, volume_variants
+    from medseg_attn.segmentation.evaluation.stress import (BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants,
+                                                            run_stress, volume_variants)
 
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     if args.image:
@@ -43,10 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         variants = [(0, variant) for variant in volume_variants(image, label, affine)]
         title = f"stress test: {args.image}"
     else:
-        names = tuple(args.variants or BRAIN_VARIANTS)
-        variants = [(case, variant) for case in range(args.cases) for variant in brain_variants(case, names)]
+        names = tuple(args.variants or BRAIN_VARIANTS + (FAILURE_VARIANTS if args.failure_modes else ()))
+        cases = range(args.first_case, args.first_case + args.cases)
+        variants = [(case, variant) for case in cases for variant in brain_variants(case, names)]
         title = f"stress test: {args.cases} held-out brain deformations at 1 mm"
-    rows = run_stress(predictor, variants, args.output, title)
+    variants += [(f"foreign{k}", foreign) for k, path in enumerate(args.foreign)
+                 for foreign in [_foreign(path)]]
+    rows = run_stress(predictor, variants, args.output, title, signals=args.signals)
     classes = [n for i, n in sorted(predictor.labels.items()) if i > 0]
     base = {c: np.nanmean([r[c] for r in rows if r["variant"] == "as_is"]) for c in classes}
     print(f"{'variant':18s}" + "".join(f"{c:>22s}" for c in classes))
@@ -54,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         means = {c: np.nanmean([r[c] for r in rows if r["variant"] == variant]) for c in classes}
         print(f"{variant:18s}" + "".join(f"{means[c]:>12.3f} ({means[c] - base[c]:+.3f})" for c in classes))
     return 0
+
+
+def _foreign(path: str):
+    """A case of another modality or body part: its image, an empty label, its affine."""
+    from medseg_attn.io.readers import LoadVolumed
+
+    image = LoadVolumed("image")({"image": path})["image"]
+    array = np.asarray(image[0], dtype=np.float32)
+    return "foreign", array, np.zeros(array.shape, np.uint8), np.asarray(image.affine, dtype=np.float64)
 
 
 def _read_pair(image_path: str, label_path: str | None, label_map: str | None):

@@ -25,7 +25,9 @@ before: ask for them by name, ``brain_variants(j, BRAIN_VARIANTS + FAILURE_VARIA
   phase-encode axis (axis 1, A-P, wrapped around) at 25 % intensity each;
 - ``truncated_fov``: the superior third of the volume (axis 2) cropped away, image and label alike (affine kept:
   voxel 0 is where it was);
-- ``very_low_resolution``: resampled to 1 x 1 x 6 mm (thick slices), scored on that grid.
+- ``very_low_resolution``: resampled to 1 x 1 x 6 mm (thick slices), scored on that grid;
+- ``ct_into_mr``: the same head as a CT would show it (Hounsfield units: air -1000, grey matter 40, white matter
+  28, CSF 8, everything else of the head 700 as skull and scalp together, noise 6 HU): a CT given to an MR model.
 
 Any labelled volume (CT, :func:`volume_variants`): ``as_is``, ``moved`` (rotated 10 degrees, shifted 6 mm),
 ``resampled`` (1.2 x 1.2 x 2.5 mm, RAS), ``noised`` (Gaussian, 25 HU), ``hu_offset`` (+40 HU) and ``combined``
@@ -45,11 +47,12 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BRAIN_VARIANTS", "FAILURE_VARIANTS", "brain_variants", "dice_scores", "run_stress", "volume_variants"]
+__all__ = ["BRAIN_VARIANTS", "FAILURE_VARIANTS", "SIGNAL_COLUMNS", "brain_variants", "case_signals", "dice_scores",
+           "failure_records", "run_stress", "volume_variants"]
 
 BRAIN_VARIANTS = ("as_is", "zero_background", "skull_stripped", "no_bias", "strong_bias", "gamma_0.6", "gamma_1.6",
                   "no_noise", "noise_5pct", "low_resolution", "rigid_move", "oblique_lps", "demo_appearance")
-FAILURE_VARIANTS = ("flipped_header", "heavy_noise", "ghosting", "truncated_fov", "very_low_resolution")
+FAILURE_VARIANTS = ("flipped_header", "heavy_noise", "ghosting", "truncated_fov", "very_low_resolution", "ct_into_mr")
 STRESS_SEED = 50_000  # held-out stress case j uses seed 50_000 + j (training uses 0.., the demo's test 10_000..)
 Variant = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # name, image (*S), label (*S), affine 4x4
 
@@ -167,6 +170,14 @@ def _failure_mode(name: str, as_is: np.ndarray, label: np.ndarray, clean: np.nda
         shift = as_is.shape[1] // 4
         ghosts = 0.25 * (np.roll(as_is, shift, axis=1) + np.roll(as_is, -shift, axis=1))
         return (as_is + ghosts).astype(np.float32), label
+    if name == "ct_into_mr":  # Hounsfield units from the anatomy: skull/scalp bright, brain grey, air -1000
+        head = ndimage.binary_fill_holes(ndimage.binary_closing(clean > 0.05 * float(clean.max()), iterations=3))
+        brain = ndimage.binary_dilation(label > 0, iterations=2)
+        hu = np.full(clean.shape, -1000.0, np.float32)
+        hu[head] = 700.0
+        hu[brain] = 8.0
+        hu[label == 1], hu[label == 2] = 40.0, 28.0
+        return (hu + 6.0 * rng.standard_normal(hu.shape)).astype(np.float32), label
     if name == "truncated_fov":  # the superior third never acquired: image and label end at 2/3 of Z
         keep = as_is.shape[2] - as_is.shape[2] // 3
         return np.ascontiguousarray(as_is[:, :, :keep]), np.ascontiguousarray(label[:, :, :keep])
@@ -221,7 +232,7 @@ def dice_scores(prediction: np.ndarray, reference: np.ndarray, labels: dict[int,
 
 def run_stress(predictor: Any, variants: Iterator[tuple[int, Variant]] | list[tuple[int, Variant]],
                output: str | Path, title: str = "stress test",
-               on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+               on_row: Callable[[dict[str, Any]], None] | None = None, signals: bool = False) -> list[dict[str, Any]]:
     """Predict every variant, score it, write ``OUTPUT/stress.csv`` and ``OUTPUT/stress.png``.
 
     Args:
@@ -230,33 +241,104 @@ def run_stress(predictor: Any, variants: Iterator[tuple[int, Variant]] | list[tu
         output: folder for the CSV and the picture.
         title: the picture's title.
         on_row: called with each row as it is scored (progress).
+        signals: also record each case's failure signals (:func:`case_signals`: the QC report's score and flags,
+            mean uncertainty, member agreement) and judge them as failure detectors
+            (``OUTPUT/failure_detection.csv`` and ``.png``, see
+            :mod:`medseg_attn.segmentation.evaluation.failure_detection`); thumbnails go to ``OUTPUT/qc/``.
 
     Returns:
-        One row per case and variant: case, variant, Dice per class, seconds.
+        One row per case and variant: case, variant, Dice per class, seconds (and the signals).
     """
+    from medseg_attn.io.manifest import RunManifest
     from medseg_attn.io.tables import write_csv
     from medseg_attn.plots import save_stress_plot
-
-    from medseg_attn.io.manifest import RunManifest
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     manifest = RunManifest(output, "stress")
     if hasattr(predictor, "provenance"):
         manifest.add_model(**predictor.provenance())
-    rows = []
+    classes = [name for index, name in sorted(predictor.labels.items()) if index > 0]
+    review = _review(predictor) if signals else None
+    rows, reviewed = [], []
     for case, (name, image, label, affine) in variants:
-        prediction = predictor.predict(image, affine=affine)
+        if review is None:
+            prediction = predictor.predict(image, affine=affine)
+        else:
+            prediction = predictor.predict(image, affine=affine, uncertainty=True, keep_image=True)
         scores = dice_scores(prediction.labels, label, predictor.labels)
         row = {"case": case, "variant": name, **{k: round(v, 4) for k, v in scores.items()},
                "seconds": round(prediction.seconds, 1)}
+        if review is not None:
+            measured = review.measure(f"case{case}_{name}", prediction.labels, prediction.affine, prediction.image,
+                                      prediction.uncertainty, Path(f"case{case}_{name}"), output)
+            reviewed.append({"case": f"case{case}_{name}", "input": "", "status": "ok", **measured})
+            row.update(case_signals(predictor, prediction, image, affine))
         rows.append(row)
         logger.info("stress case %s %-16s %s", case, name, "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if on_row is not None:
             on_row(row)
-    classes = [name for index, name in sorted(predictor.labels.items()) if index > 0]
-    write_csv(output / "stress.csv", rows, columns=["case", "variant", *classes, "seconds"])
+    columns = ["case", "variant", *classes, "seconds"]
+    if review is not None:
+        _add_qc_scores(rows, reviewed, review)
+        columns += [*SIGNAL_COLUMNS, "qc_flags"]
+        _write_detection(rows, classes, output, title)
+    write_csv(output / "stress.csv", rows, columns=columns)
     save_stress_plot(rows, classes, output / "stress.png", title)
     manifest.update(variants=sorted({row["variant"] for row in rows}), cases=sorted({row["case"] for row in rows}))
     manifest.finish("ok")
     return rows
+
+
+SIGNAL_COLUMNS = ("qc_score", "uncertainty_mean", "uncertainty_foreground", "disagreement")
+
+
+def _review(predictor: Any) -> Any:
+    from medseg_attn.segmentation.qc.qc_report import Review
+
+    return Review.for_predictor(predictor)
+
+
+def case_signals(predictor: Any, prediction: Any, image: np.ndarray, affine: np.ndarray) -> dict[str, float]:
+    """Mean uncertainty (whole volume, predicted foreground) and disagreement (1 - member agreement) of one case."""
+    from medseg_attn.segmentation.inference.agreement import member_agreement
+
+    whole, inside = prediction.uncertainty_means()
+    agreement = member_agreement(predictor, image, affine)
+    return {"uncertainty_mean": round(whole, 5), "uncertainty_foreground": round(inside, 5),
+            "disagreement": round(1.0 - agreement, 5)}
+
+
+def _add_qc_scores(rows: list[dict[str, Any]], reviewed: list[dict[str, Any]], review: Any) -> None:
+    """The QC report's score and flag kinds per row, as one batch of every case and variant would get them."""
+    from medseg_attn.segmentation.qc.review import flag_cases
+
+    ranked = {c["case"]: c for c in flag_cases(reviewed, review.settings, fingerprinted=bool(review.fingerprint))}
+    for row in rows:
+        found = ranked[f"case{row['case']}_{row['variant']}"]
+        row["qc_score"] = found["score"]
+        row["qc_flags"] = " ".join(sorted({flag["kind"] for flag in found["flags"]}))
+
+
+def failure_records(rows: list[dict[str, Any]], classes: list[str]) -> list[Any]:
+    """One :class:`~medseg_attn.segmentation.evaluation.failure_detection.CaseRecord` per row (Dice: class mean)."""
+    from medseg_attn.segmentation.evaluation.failure_detection import CaseRecord
+
+    records = []
+    for row in rows:
+        values = [row[c] for c in classes if not math.isnan(row[c])]
+        dice = float(np.mean(values)) if values else math.nan
+        records.append(CaseRecord(str(row["case"]), row["variant"], dice,
+                                  {s: float(row[s]) for s in SIGNAL_COLUMNS if s in row}))
+    return records
+
+
+def _write_detection(rows: list[dict[str, Any]], classes: list[str], output: Path, title: str) -> None:
+    from medseg_attn.segmentation.evaluation.failure_detection import evaluate_signals, write_failure_detection
+
+    detection = evaluate_signals(failure_records(rows, classes))
+    write_failure_detection(detection, output, f"{title}: failure detection")
+    for row in detection:
+        logger.info("failure detection %-24s %-22s AUROC %.3f AURC %.3f (oracle %.3f) n=%d failed=%d %s",
+                    row.signal, row.target, row.auroc, row.aurc, row.optimal_aurc, row.n_cases, row.n_failed,
+                    row.note)

@@ -56,6 +56,11 @@ def test_failure_mode_variants():
     assert low.shape == low_label.shape == (*as_is.shape[:2], as_is.shape[2] // 6)
     # the label follows onto the 6 mm grid: its brain volume within a few percent
     assert abs((low_label > 0).sum() * 6.0 / (label > 0).sum() - 1) < 0.05
+    ct, ct_label, ct_affine = variants["ct_into_mr"]
+    assert ct_label is label and np.array_equal(ct_affine, affine) and ct.shape == as_is.shape
+    # Hounsfield units of the same head: white matter ~28 HU, grey ~40, air ~-1000, a bright skull ring
+    assert abs(float(np.median(ct[label == 2])) - 28) < 3 and abs(float(np.median(ct[label == 1])) - 40) < 3
+    assert float(np.median(ct[background])) < -900 and (ct > 500).sum() > 0.1 * (label > 0).sum()
     for name in FAILURE_VARIANTS:  # deterministic from the seed
         again = next(brain_variants(1, (name,)))[1]
         assert np.array_equal(again, variants[name][0]), name

@@ -1,0 +1,64 @@
+"""Member agreement: how much a model's own test-time variations agree on one case (a failure signal).
+
+Each *member* is one (network, flip) pair predicting alone: every network of the ensemble, without a flip and
+with each spatial axis mirrored (the TTA flips one at a time; 4 members per network in 3D, 3 in 2D). The members'
+label maps (on the network grid) are compared two by two; the agreement is the mean over pairs of the mean Dice
+over the foreground classes either member predicted (a pair where both are empty counts 1). Pairwise Dice
+between ensemble or TTA members is among the strongest failure detectors for segmentation (Zenk et al., MedIA
+2025); ``docs/trust.md`` gives what it found here. It costs one forward pass per member.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg_attn.segmentation.inference.sliding import sliding_window_probabilities
+
+__all__ = ["member_labels", "pairwise_dice", "member_agreement"]
+
+
+def member_labels(predictor: Any, image: torch.Tensor) -> list[np.ndarray]:
+    """Each member's label map (*S) for a preprocessed image (C, *S) on the network grid."""
+    spatial = image.ndim - 1
+    flips: list[tuple[int, ...]] = [(), *((axis,) for axis in range(2, spatial + 2))]  # (B, C, *S): axes 2..
+    members = []
+    with torch.no_grad(), predictor._weight_casts_kept():
+        for network in predictor.networks:
+            network.eval()
+            for flip in flips:
+                probs = sliding_window_probabilities(
+                    [lambda x, n=network: predictor._forward(x, n)], image, predictor.patch_size,
+                    overlap=predictor.inference.overlap, batch_size=predictor.inference.sw_batch_size,
+                    blend=predictor.inference.blend, flips=[flip], device=predictor.device,
+                    pad_value=predictor.prep.background() if predictor.prep.use_mask else 0.0)  # (K, *S)
+                members.append(probs.argmax(0).numpy().astype(np.uint8))
+    return members
+
+
+def pairwise_dice(labels: Sequence[np.ndarray], classes: Sequence[int]) -> float:
+    """Mean over member pairs of the mean Dice over ``classes`` present in either member (both empty: 1)."""
+    if len(labels) < 2:
+        raise ValueError(f"pairwise Dice needs at least 2 members, got {len(labels)}")
+    pairs = []
+    for a, b in itertools.combinations(labels, 2):
+        scores = []
+        for k in classes:
+            in_a, in_b = a == k, b == k
+            total = int(in_a.sum()) + int(in_b.sum())
+            if total:
+                scores.append(2.0 * int((in_a & in_b).sum()) / total)
+        pairs.append(float(np.mean(scores)) if scores else 1.0)
+    return float(np.mean(pairs))
+
+
+def member_agreement(predictor: Any, image: np.ndarray | torch.Tensor, affine: np.ndarray | None = None) -> float:
+    """The agreement (0..1, 1 = every member gives the same labels) of one in-memory case (*S) or (C, *S)."""
+    loaded = predictor.load_array(image, affine)
+    network_image = predictor._pre({"image": loaded})["image"]  # (C, *S_network)
+    classes = [k for k in predictor.labels if int(k) > 0]
+    return pairwise_dice(member_labels(predictor, torch.as_tensor(network_image)), classes)
