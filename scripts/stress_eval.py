@@ -20,8 +20,10 @@ See docs/preprocessing.md and docs/trust.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="a labelled volume (file or DICOM folder) instead of the brain cases")
     parser.add_argument("--label", help="its label map")
     parser.add_argument("--label-map", help="source=model label values, e.g. 1=1,5=2,6=3 (others -> 0)")
+    parser.add_argument("--choose-on", metavar="FOLDER",
+                        help="with --signals: choose the review severity (each signal alone, or the QC score plus a "
+                             "flag on another signal) on an earlier run's FOLDER/stress.csv (other seeds) and report "
+                             "it on this run: OUTPUT/severity_choice.json")
+    parser.add_argument("--rescore", action="store_true",
+                        help="predict nothing: read OUTPUT/stress.csv of an earlier --signals run (with --choose-on)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -54,28 +62,70 @@ def main(argv: list[str] | None = None) -> int:
 
     from medseg_attn.segmentation.inference.predictor import Predictor
     from medseg_attn.segmentation.evaluation.stress import (BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants,
-                                                            run_stress, volume_variants)
+                                                            read_stress_csv, run_stress, volume_variants)
 
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     if args.image:
         image, label, affine = _read_pair(args.image, args.label, args.label_map)
-        variants = [(0, variant) for variant in volume_variants(image, label, affine)]
+        variants = ((0, variant) for variant in volume_variants(image, label, affine))
         title = f"stress test: {args.image}"
     else:
         names = tuple(args.variants or BRAIN_VARIANTS + (FAILURE_VARIANTS if args.failure_modes else ()))
         cases = range(args.first_case, args.first_case + args.cases)
-        variants = [(case, variant) for case in cases for variant in brain_variants(case, names)]
+        variants = ((case, variant) for case in cases for variant in brain_variants(case, names))  # one at a time
         title = f"stress test: {args.cases} held-out brain deformations at 1 mm"
-    variants += [(f"foreign{k}", foreign) for k, path in enumerate(args.foreign)
-                 for foreign in [_foreign(path)]]
-    rows = run_stress(predictor, variants, args.output, title, signals=args.signals)
+    foreign = ((f"foreign{k}", _foreign(path)) for k, path in enumerate(args.foreign))
+    variants = itertools.chain(variants, foreign)
+    if args.rescore:  # an earlier run's rows: no prediction
+        rows = read_stress_csv(Path(args.output) / "stress.csv")
+    else:
+        rows = run_stress(predictor, variants, args.output, title, signals=args.signals)
     classes = [n for i, n in sorted(predictor.labels.items()) if i > 0]
+    if args.choose_on:
+        _report_choice(args.choose_on, rows, classes, args.output)
     base = {c: np.nanmean([r[c] for r in rows if r["variant"] == "as_is"]) for c in classes}
     print(f"{'variant':18s}" + "".join(f"{c:>22s}" for c in classes))
     for variant in dict.fromkeys(r["variant"] for r in rows):
         means = {c: np.nanmean([r[c] for r in rows if r["variant"] == variant]) for c in classes}
         print(f"{variant:18s}" + "".join(f"{means[c]:>12.3f} ({means[c] - base[c]:+.3f})" for c in classes))
     return 0
+
+
+def _report_choice(folder: str, rows: list, classes: list, output: str) -> None:
+    """Choose the severity on FOLDER's cases, judge it on these: severity_choice.json and a printed summary."""
+    import json
+
+    from medseg_attn.io.files import atomic_write_text
+    from medseg_attn.segmentation.evaluation.failure_detection import (TARGETS, choose_severity, evaluate_signals,
+                                                                       false_alarm_rate, with_severity)
+    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, failure_records, read_stress_csv
+
+    chosen_on = failure_records(read_stress_csv(Path(folder) / "stress.csv"), classes)
+    severity, candidates = choose_severity(chosen_on)
+    here = with_severity(failure_records(rows, classes), severity)
+    reported = evaluate_signals(here, ["chosen"], TARGETS)
+    in_distribution = list(BRAIN_VARIANTS)
+    alarms = {"chosen_on": false_alarm_rate(chosen_on, severity, in_distribution),
+              "reported_on": false_alarm_rate(here, severity, in_distribution)}
+    summary = {"chosen": severity.name, "base": severity.base, "extra": severity.extra,
+               "threshold": None if severity.extra is None else severity.threshold, "chosen_on": str(folder),
+               "candidates_on_chosen_set": [{"severity": r.signal, "auroc": r.auroc, "aurc": r.aurc}
+                                            for r in candidates],
+               "reported": [r.as_dict() for r in reported],
+               "false_alarms_on_good_cases": {k: {"flagged": f, "cases": n} for k, (f, n) in alarms.items()}}
+    atomic_write_text(Path(output) / "severity_choice.json", json.dumps(summary, indent=2, default=str) + "\n")
+    if severity.base == "qc_score" and severity.extra == "uncertainty_foreground":  # the QC report can apply it
+        atomic_write_text(Path(output) / "review.yaml", "# chosen by scripts/stress_eval.py --choose-on "
+                          f"{folder}\nreview:\n  max_foreground_uncertainty: {severity.threshold:.4f}\n")
+        print(f"  the QC report applies it: predict --uncertainty --review-config {Path(output) / 'review.yaml'}")
+    elif severity.extra is not None:
+        print(f"  the QC report cannot compute {severity.extra}; its score is the QC score alone")
+    print(f"severity chosen on {folder}: {severity.name}")
+    for row in reported:
+        print(f"  on this run, {row.target}: AUROC {row.auroc:.3f}  AURC {row.aurc:.4f} (oracle {row.optimal_aurc:.4f})"
+              f"  n={row.n_cases} failed={row.n_failed}")
+    for key, (flagged, total) in alarms.items():
+        print(f"  good in-distribution cases flagged ({key.replace('_', ' ')}): {flagged} of {total}")
 
 
 def _foreign(path: str):

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import rankdata
 
-__all__ = ["CaseRecord", "DetectionRow", "FAILED_DICE", "DROP", "TARGETS", "auroc", "aurc", "risk_coverage",
-           "evaluate_signals", "write_failure_detection"]
+__all__ = ["CaseRecord", "DetectionRow", "FAILED_DICE", "DROP", "Severity", "TARGETS", "auroc", "aurc",
+           "candidate_severities", "choose_severity", "evaluate_signals", "false_alarm_rate", "good_cases",
+           "risk_coverage", "with_severity", "write_failure_detection"]
 
 FAILED_DICE = 0.80  # "failed": Dice below this
 DROP = 0.05  # "degraded": Dice at least this much below the same case's as_is Dice
@@ -156,3 +157,68 @@ def write_failure_detection(rows: Sequence[DetectionRow], output: str | Path, ti
     oracle = next((row.optimal_aurc for row in rows if row.target == TARGETS[0] and row.coverage), math.nan)
     picture = save_risk_coverage_plot(curves, oracle, output / "failure_detection.png", title)
     return table, picture
+
+
+@dataclass(frozen=True)
+class Severity:
+    """A review severity built from the signals: ``base`` plus, where ``extra`` exceeds ``threshold``, a flag of
+    severity ``extra / threshold`` (>= 1 when raised, as the QC report's flags); ``extra`` None: ``base`` alone."""
+
+    base: str
+    extra: str | None = None
+    threshold: float = math.inf
+
+    @property
+    def name(self) -> str:
+        return self.base if self.extra is None else f"{self.base} + {self.extra} > {self.threshold:.4g}"
+
+    def score(self, signals: Mapping[str, float]) -> float:
+        value = float(signals.get(self.base, math.nan))
+        if self.extra is not None:
+            extra = float(signals.get(self.extra, math.nan))
+            value += extra / self.threshold if extra > self.threshold else 0.0
+        return value
+
+
+def good_cases(records: Sequence[CaseRecord]) -> list[CaseRecord]:
+    """Cases that did not fail on either target: Dice >= 0.80 and less than 0.05 below their ``as_is`` Dice."""
+    reference = {r.case: r.dice for r in records if r.variant == "as_is"}
+    return [r for r in records if r.dice >= FAILED_DICE and reference.get(r.case, r.dice) - r.dice < DROP - 1e-12]
+
+
+def candidate_severities(records: Sequence[CaseRecord], base: str = "qc_score") -> list[Severity]:
+    """Every signal alone, and ``base`` plus a flag on each other signal above its highest value on a good case
+    of ``records`` (so the flag raises no alarm on a good case of the cases it was chosen on)."""
+    names = sorted({s for r in records for s in r.signals})
+    candidates = [Severity(name) for name in names]
+    good = good_cases(records)
+    for extra in names:
+        values = [r.signals[extra] for r in good if not math.isnan(r.signals.get(extra, math.nan))]
+        if extra != base and base in names and values and max(values) > 0:
+            candidates.append(Severity(base, extra, max(values)))
+    return candidates
+
+
+def with_severity(records: Sequence[CaseRecord], severity: Severity, name: str = "chosen") -> list[CaseRecord]:
+    """The records with the severity's score added as signal ``name``."""
+    return [CaseRecord(r.case, r.variant, r.dice, {**r.signals, name: severity.score(r.signals)}) for r in records]
+
+
+def choose_severity(records: Sequence[CaseRecord], target: str = TARGETS[0]) -> tuple[Severity, list[DetectionRow]]:
+    """The candidate with the highest AUROC on ``records`` for ``target`` (ties: lower AURC, then fewer signals);
+    returns it and every candidate's row (signal = the candidate's name)."""
+    rows = []
+    for candidate in candidate_severities(records):
+        row = evaluate_signals(with_severity(records, candidate), ["chosen"], [target])[0]
+        rows.append((candidate, replace(row, signal=candidate.name)))
+    usable = [(c, r) for c, r in rows if not math.isnan(r.auroc)]
+    if not usable:
+        raise ValueError(f"no signal can be judged on these {len(records)} cases for {target} (none or all failed)")
+    best = min(usable, key=lambda item: (-item[1].auroc, item[1].aurc, item[0].extra is not None))
+    return best[0], [r for _, r in rows]
+
+
+def false_alarm_rate(records: Sequence[CaseRecord], severity: Severity, variants: Sequence[str]) -> tuple[int, int]:
+    """(flagged, total) among the good cases of ``variants``: flagged = the severity above 0."""
+    good = [r for r in good_cases(records) if r.variant in variants]
+    return sum(1 for r in good if severity.score(r.signals) > 0), len(good)

@@ -48,7 +48,7 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 __all__ = ["BRAIN_VARIANTS", "FAILURE_VARIANTS", "SIGNAL_COLUMNS", "brain_variants", "case_signals", "dice_scores",
-           "failure_records", "run_stress", "volume_variants"]
+           "failure_records", "read_stress_csv", "run_stress", "volume_variants"]
 
 BRAIN_VARIANTS = ("as_is", "zero_background", "skull_stripped", "no_bias", "strong_bias", "gamma_0.6", "gamma_1.6",
                   "no_noise", "noise_5pct", "low_resolution", "rigid_move", "oblique_lps", "demo_appearance")
@@ -285,7 +285,7 @@ def run_stress(predictor: Any, variants: Iterator[tuple[int, Variant]] | list[tu
         _write_detection(rows, classes, output, title)
     write_csv(output / "stress.csv", rows, columns=columns)
     save_stress_plot(rows, classes, output / "stress.png", title)
-    manifest.update(variants=sorted({row["variant"] for row in rows}), cases=sorted({row["case"] for row in rows}))
+    manifest.update(variants=sorted({row["variant"] for row in rows}), cases=sorted({str(row["case"]) for row in rows}))
     manifest.finish("ok")
     return rows
 
@@ -342,3 +342,19 @@ def _write_detection(rows: list[dict[str, Any]], classes: list[str], output: Pat
         logger.info("failure detection %-24s %-22s AUROC %.3f AURC %.3f (oracle %.3f) n=%d failed=%d %s",
                     row.signal, row.target, row.auroc, row.aurc, row.optimal_aurc, row.n_cases, row.n_failed,
                     row.note)
+
+
+def read_stress_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``stress.csv`` with numbers as floats (empty cells NaN), ``case``/``variant``/``qc_flags`` text."""
+    from medseg_attn.io.tables import read_csv_rows
+
+    rows = []
+    for raw in read_csv_rows(path):
+        row: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in ("case", "variant", "qc_flags"):
+                row[key] = value
+            else:
+                row[key] = float(value) if value not in ("", None) else math.nan
+        rows.append(row)
+    return rows

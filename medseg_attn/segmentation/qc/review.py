@@ -11,7 +11,9 @@ its severities, so the worst cases come first. The flags:
 * ``fragmented``: a structure in more than ``max_components`` connected pieces, or whose largest piece holds less
   than ``min_largest_share`` of its voxels;
 * ``uncertainty``: mean uncertainty inside the predicted foreground above the batch's median + k x scaled MAD
-  (the spread at least ``uncertainty_min_spread``, uncertainty being in [0, 1]);
+  (the spread at least ``uncertainty_min_spread``, uncertainty being in [0, 1]); and, when
+  ``max_foreground_uncertainty`` is set (> 0, e.g. the limit ``scripts/stress_eval.py --choose-on`` found for a
+  model, see ``docs/trust.md``), above that absolute limit, whatever the batch (severity value / limit);
 * ``geometry``: voxel spacing more than ``spacing_factor`` times off the model's planned spacing, or a field of
   view smaller than ``min_patch_fraction`` of a sliding-window patch along an axis;
 * ``intensity``: for CT models, an image range (0.5 .. 99.5 percentile) narrower than ``ct_min_range_hu`` (values
@@ -54,6 +56,7 @@ class ReviewSettings:
     spacing_factor: float = 2.0
     min_patch_fraction: float = 0.5
     ct_min_range_hu: float = 500.0
+    max_foreground_uncertainty: float = 0.0  # > 0: flag a case whose foreground uncertainty is above it (0: off)
 
 
 def load_review_settings(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ReviewSettings:
@@ -123,7 +126,8 @@ def _checked(key: str, value: Any, where: str) -> Any:
     integer = key in ("min_batch_cases", "max_components")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and value != int(value)):
         raise ValueError(f"{where}: {key} = {value!r}; expected {'an integer' if integer else 'a number'}")
-    share = key in ("min_relative_spread", "min_largest_share", "min_patch_fraction", "uncertainty_min_spread")
+    share = key in ("min_relative_spread", "min_largest_share", "min_patch_fraction", "uncertainty_min_spread",
+                    "max_foreground_uncertainty")
     if not math.isfinite(value) or value < 0 or (share and value > 1) or (key == "spacing_factor" and value < 1):
         limits = "in [0, 1]" if share else (">= 1" if key == "spacing_factor" else ">= 0")
         raise ValueError(f"{where}: {key} = {value!r}; expected a number {limits}")
@@ -245,6 +249,12 @@ def flag_cases(cases: list[dict[str, Any]], settings: ReviewSettings, fingerprin
     _outliers(measured, lambda case: case["statistics"].get("uncertainty_foreground_mean"),
               settings.uncertainty_mad_k, "uncertainty", "foreground uncertainty", settings, high_only=True,
               floor=settings.uncertainty_min_spread)
+    limit = settings.max_foreground_uncertainty
+    for case in measured if limit > 0 else ():
+        value = case["statistics"].get("uncertainty_foreground_mean")
+        if value is not None and value > limit:
+            case["flags"].append({"kind": "uncertainty", "severity": min(CAP, value / limit),
+                                  "detail": f"foreground uncertainty {value:.3f} above the limit {limit:g}"})
     ranges = [case["statistics"]["image_p99.5"] - case["statistics"]["image_p0.5"] for case in measured
               if case["statistics"].get("image_p99.5") is not None]
     for key in () if fingerprinted else ("image_p50", "image_p99.5"):  # spread floor: a share of the image range
