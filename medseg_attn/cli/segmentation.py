@@ -174,8 +174,8 @@ def add_parsers(command) -> None:
     demo.add_argument("--train-cases", type=int, default=20, help="training cases to generate (default 20)")
     demo.add_argument("--test-cases", type=int, default=4, help="held-out cases to generate (default 4)")
     demo.add_argument("--stress-cases", type=int, default=1,
-                      help="unseen deformations for the stress test (13 acquisition variants each; 0 = none; "
-                           "default 1)")
+                      help="unseen deformations for the stress test (13 acquisition variants and 6 failure modes "
+                           "each, with the failure signals judged as detectors; 0 = none; default 1)")
 
 
 def _run_train(args: argparse.Namespace) -> int:

@@ -7,8 +7,11 @@
 3. predict the held-out 1 mm cases (probabilities resampled to 1 mm before the argmax);
 4. evaluate Dice, HD95 and surface Dice, draw an overlay, and write ``summary.md``;
 5. stress test (:mod:`medseg_attn.segmentation.evaluation.stress`): new unseen deformations under acquisition variants
-   (zero background, skull-stripped, bias, gamma, noise, low resolution, rigid moves, an oblique LPS grid),
-   Dice per variant in ``stress/stress.csv`` and ``stress/stress.png``, summarised in ``summary.md``.
+   (zero background, skull-stripped, bias, gamma, noise, low resolution, rigid moves, an oblique LPS grid) and
+   failure modes (flipped header, heavy noise, ghosting, truncated field of view, 6 mm slices, CT into the MR
+   model), Dice per variant in ``stress/stress.csv`` and ``stress/stress.png``; each case's failure signals (QC
+   score, uncertainty, member disagreement) judged as detectors in ``stress/failure_detection.csv`` and ``.png``;
+   both summarised in ``summary.md``.
 """
 
 from __future__ import annotations
@@ -176,12 +179,14 @@ def _stress(output: Path, variant: dict[str, Any], cases: int) -> list[dict[str,
     """The stress test of the first model on ``cases`` new unseen deformations (nothing when 0)."""
     if cases <= 0:
         return []
-    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, brain_variants, run_stress
+    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants, run_stress
 
-    logger.info("stress test: %d unseen case(s) x %d variants", cases, len(BRAIN_VARIANTS))
+    names = BRAIN_VARIANTS + FAILURE_VARIANTS
+    logger.info("stress test: %d unseen case(s) x %d variants and failure modes", cases, len(names))
     predictor = Predictor.from_checkpoint(output / f"run{'' if variant['name'] == 'attention' else variant['name']}")
-    pairs = [(case, item) for case in range(cases) for item in brain_variants(case)]
-    return run_stress(predictor, pairs, output / "stress", f"{variant['label']}: {cases} unseen deformation(s), 1 mm")
+    pairs = ((case, item) for case in range(cases) for item in brain_variants(case, names))
+    return run_stress(predictor, pairs, output / "stress", f"{variant['label']}: {cases} unseen deformation(s), 1 mm",
+                      signals=True)
 
 
 def _stress_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -196,16 +201,39 @@ def _stress_report(output: Path, rows: list[dict[str, Any]], label: str) -> str:
     means = _stress_means(rows)
     base = means["as_is"]
     cases = len({row["case"] for row in rows})
+    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS
+
+    flagged = {name: sum(1 for r in rows if r["variant"] == name and r.get("qc_score", 0) > 0) for name in means}
     lines = ["", f"## Stress test ({label}, {cases} unseen deformation(s) at 1 mm)", "",
-             "| variant | grey matter Dice | white matter Dice | GM change | WM change |", "|---|---|---|---|---|"]
+             "| variant | grey matter Dice | white matter Dice | GM change | WM change | QC-flagged cases |",
+             "|---|---|---|---|---|---|"]
     for name, values in means.items():
         gm, wm = values["grey_matter"], values["white_matter"]
-        lines.append(f"| {name} | {gm:.3f} | {wm:.3f} | {gm - base['grey_matter']:+.3f} | "
-                     f"{wm - base['white_matter']:+.3f} |")
+        kind = "" if name in BRAIN_VARIANTS else " (failure mode)"
+        lines.append(f"| {name}{kind} | {gm:.3f} | {wm:.3f} | {gm - base['grey_matter']:+.3f} | "
+                     f"{wm - base['white_matter']:+.3f} | {flagged[name]} of {cases} |")
     worst = min(min(v["grey_matter"] - base["grey_matter"], v["white_matter"] - base["white_matter"])
-                for v in means.values())
-    lines += ["", f"Largest drop from as-is: {worst:+.3f}. Variants: docs/preprocessing.md. "
-              f"Per case: {output / 'stress' / 'stress.csv'}; picture: {output / 'stress' / 'stress.png'}", ""]
+                for name, v in means.items() if name in BRAIN_VARIANTS)
+    lines += ["", f"Largest drop from as-is over the acquisition variants: {worst:+.3f}. Variants: "
+              f"docs/preprocessing.md. Per case: {output / 'stress' / 'stress.csv'}; picture: "
+              f"{output / 'stress' / 'stress.png'}", ""]
+    return "\n".join(lines) + _detection_report(output / "stress")
+
+
+def _detection_report(folder: Path) -> str:
+    """The failure-detection table of the stress run (AUROC / AURC per signal), if it was written."""
+    from medseg_attn.io.tables import read_csv_rows
+
+    table = folder / "failure_detection.csv"
+    if not table.exists():
+        return ""
+    lines = ["", "### Failure detection (which signal finds the failed cases; docs/trust.md)", "",
+             "| signal | target | AUROC | AURC | oracle AURC | cases | failed |", "|---|---|---|---|---|---|---|"]
+    for row in read_csv_rows(table):
+        lines.append(f"| {row['signal']} | {row['target']} | {row['auroc'] or 'n/a'} | {row['aurc']} | "
+                     f"{row['optimal_aurc']} | {row['n_cases']} | {row['n_failed']} |")
+    lines += ["", f"Risk-coverage curves: {folder / 'failure_detection.png'}. With one unseen deformation this "
+              "is a handful of cases; scripts/stress_eval.py measures it on more.", ""]
     return "\n".join(lines)
 
 

@@ -15,8 +15,9 @@ is changed:
 - ``oblique_lps``: the volume resampled onto a 1.2 mm grid rotated 20 degrees and stored LPS;
 - ``demo_appearance``: the demo's own random bias / gamma / scale / noise (the held-out distribution).
 
-Failure modes (:data:`FAILURE_VARIANTS`, not in the default set, so the demo's run and quoted numbers are as
-before: ask for them by name, ``brain_variants(j, BRAIN_VARIANTS + FAILURE_VARIANTS)``), each from as-is:
+Failure modes (:data:`FAILURE_VARIANTS`, kept apart from the acquisition variants so those numbers stay
+comparable; the demo and ``scripts/stress_eval.py --failure-modes`` run both:
+``brain_variants(j, BRAIN_VARIANTS + FAILURE_VARIANTS)``), each from as-is:
 
 - ``flipped_header``: the data flipped superior-inferior (axis 2), the affine left as it was (a wrong orientation
   header: the brain stored upside down), scored against the original label on the stored grid;
