@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from medseg_attn.classification.predictor import Classifier
+from medseg_attn.classification.task import TASK
 from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
 from medseg_attn.training.card import export_metadata
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
@@ -40,6 +41,6 @@ def export_classifier(model: str | Path, fmt: str, output: str | Path) -> Path:
                             network.divisor)
     target = export_target(model, path, fmt, output)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
-    writer(network, example, target, export_metadata(payload, str(path)))
+    writer(network, example, target, export_metadata(payload, str(path), TASK))
     logger.info("exported %s as %s: %s", path, fmt, target)
     return target

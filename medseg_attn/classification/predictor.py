@@ -27,14 +27,13 @@ from monai import transforms as mt
 
 from medseg_attn.classification.listings import ImageList, is_hidden, list_images
 from medseg_attn.classification.metrics import classification_metrics, write_metrics
-from medseg_attn.classification.train import TASK
+from medseg_attn.classification.task import TASK
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, from_dict
 from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.pictures import image_info, is_classification_image
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix, strip_suffix
 from medseg_attn.io.tables import unescape_cell, write_csv
-from medseg_attn.networks.factory import build_classifier
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.device import resolve_device
 
@@ -79,17 +78,15 @@ class Classifier:
         """
         path = find_checkpoint(model)
         payload = load_checkpoint(path)
-        if payload.get("task") != TASK:
+        if not TASK.owns(payload):
             raise ValueError(f"{path}: is not a classification checkpoint (train one with "
                              f"'medseg-attn classify train')")
+        network = TASK.network(payload, path)
         try:
             config: ClassifyConfig = from_dict(payload["config"], ClassifyConfig)
             prep = ImagePreprocessing.from_dict(payload["preprocessing"])
             classes = [str(c) for c in payload["classes"]]
             segmentation_classes = int(payload.get("segmentation_classes", 0))
-            network = build_classifier(config.model, prep.spatial_dims, prep.channels, len(classes),
-                                       segmentation_classes)
-            network.load_state_dict(payload["model"])
         except (KeyError, RuntimeError, TypeError) as error:
             raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
         resolved = resolve_device(device)

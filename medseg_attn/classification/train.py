@@ -39,6 +39,7 @@ from medseg_attn.classification.metrics import (
     save_classification_curves,
     save_confusion_matrix_png,
 )
+from medseg_attn.classification.task import NAME
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, save_config
 from medseg_attn.io.pictures import read_image
@@ -60,9 +61,7 @@ from medseg_attn.training.setup import build_datasets, recorded_split, seeded_lo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TASK", "balanced_sampler", "class_weights", "resolve_preprocessing", "train_classifier"]
-
-TASK = "classification"  # the checkpoint's "task" tag
+__all__ = ["balanced_sampler", "class_weights", "resolve_preprocessing", "train_classifier"]
 
 
 def resolve_preprocessing(config: ClassifyConfig, infos: list) -> ImagePreprocessing:
@@ -246,7 +245,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
         steps_per_epoch=tcfg.steps_per_epoch or max(1, math.ceil(len(train_ds) / tcfg.batch_size)),
         validate=validate if val_ds is not None else None, metric=f"val_{tcfg.monitor}",
         higher_is_better=tcfg.monitor != "loss", curves=save_classification_curves,
-        payload={"task": TASK, "config": config.to_dict(), "classes": list(classes),
+        payload={"task": NAME, "config": config.to_dict(), "classes": list(classes),
                  "labels": {i: name for i, name in enumerate(classes)}, "preprocessing": prep.to_dict(),
                  "in_channels": prep.channels, "segmentation_classes": segmentation_classes,
                  "colors": resolve_colors(dict(enumerate(classes))),

@@ -6,17 +6,23 @@ Exit codes: 0 success, 1 some cases of a batch failed, 2 bad input or configurat
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 import warnings
 
-from medseg_attn.cli import classification, cv, export, preprocess, segmentation
+from medseg_attn.cli import export
+from medseg_attn.cli.arguments import command_adder
+from medseg_attn.registry import TASKS
 
 logger = logging.getLogger("medseg_attn.cli")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(runners: dict | None = None) -> argparse.ArgumentParser:
+    """The ``medseg-attn`` parser: every registered task's commands (:mod:`medseg_attn.registry`), then ``export``
+    and ``config``; fills ``runners`` (command -> function) when given."""
+    runners = {} if runners is None else runners
     parser = argparse.ArgumentParser(
         prog="medseg-attn",
         description="3D medical image segmentation with multi-head attention in the U-Net skip connections.",
@@ -28,18 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="refuse images whose header declares more voxels than N (default 2**30, or "
                              "$MEDSEG_ATTN_MAX_VOXELS; see docs/reliability.md)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        epilog = (segmentation.EXAMPLES.get(name) or export.EXAMPLES.get(name) or preprocess.EXAMPLES.get(name)
-                  or cv.EXAMPLES.get(name))
-        return commands.add_parser(name, help=help_text, description=help_text, epilog=epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    segmentation.add_parsers(command)
-    cv.add_parsers(command)
-    export.add_parsers(command)
-    preprocess.add_parsers(command)
-    classification.add_parser(commands)
+    for module in TASKS.command_modules():
+        runners.update(importlib.import_module(module).register_cli(commands))
+    export.add_parsers(command_adder(commands, export.EXAMPLES))
+    runners.update(export.RUNNERS)
     return parser
 
 
@@ -61,7 +59,8 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medseg-attn`` console script."""
-    parser = _parser()
+    runners: dict = {}
+    parser = _parser(runners)
     args = parser.parse_args(argv)
     if args.version:
         from medseg_attn import __version__
@@ -87,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     from medseg_attn.io.manifest import set_command_line
 
     set_command_line(sys.argv[1:] if argv is None else argv)  # what every run.json records
-    runners = {**segmentation.RUNNERS, **cv.RUNNERS, **export.RUNNERS, **preprocess.RUNNERS,
-               "classify": classification.run}
     try:
         return runners[args.command](args)
     except KeyboardInterrupt:

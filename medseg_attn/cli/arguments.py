@@ -7,6 +7,17 @@ from pathlib import Path
 from typing import Any
 
 
+def command_adder(subparsers: argparse._SubParsersAction, examples: dict[str, str]):
+    """``command(name, help) -> ArgumentParser``: adds a ``medseg-attn`` command with ``help`` as its description and
+    its ``examples`` entry as its epilog (what every command module's ``add_parsers`` takes)."""
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, help=help_text, description=help_text, epilog=examples.get(name),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    return command
+
+
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, config_help: str, set_example: str) -> None:
     """``--data --config --set`` of a command that reads a dataset without training it (plan, preprocess)."""
     parser.add_argument("--data", help="dataset.json, a folder holding one, or an nnU-Net raw folder; sets data.dataset")

@@ -1,8 +1,8 @@
 """``medseg-attn classify train|predict|evaluate|demo``: image classification from the command line.
 
-Wired into ``medseg_attn.cli`` with ``add_parser(subparsers)`` and ``run(args)``; also runnable on its own as
-``python -m medseg_attn.cli.classification [-q] classify ...`` (the same arguments as ``medseg-attn``).
-Library errors become one-line messages and exit code 2, as for every other command.
+Wired into ``medseg-attn`` by :func:`register_cli`, which :mod:`medseg_attn.registry` names beside the classification
+task. Library errors become one-line messages and exit code 2 (in :func:`medseg_attn.cli.app.main`), as for every
+other command.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from medseg_attn.cli.arguments import add_demo_arguments, add_train_arguments, t
 
 logger = logging.getLogger("medseg_attn.cli")
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "register_cli", "run"]
 
 EXAMPLES = {
     "train": """examples:
@@ -88,6 +88,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        baseline_help="also train the matched classifier without attention (average pooling) and "
                                      "compare", config_name="classify_2d.yaml")
     return classify
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> dict:
+    """Add ``classify`` to ``medseg-attn``'s sub-parsers; its runner by name."""
+    add_parser(subparsers)
+    return {"classify": run}
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -43,18 +43,12 @@ def add_parsers(command) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from medseg_attn.registry import task_of
     from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
-    task = load_checkpoint(find_checkpoint(args.model)).get("task", "segmentation")
-    if task == "classification":
-        from medseg_attn.classification.export import export_classifier
-
-        written = export_classifier(args.model, args.format, args.output)
-    else:
-        from medseg_attn.segmentation.export.models import export_segmentation
-
-        written = export_segmentation(args.model, args.format, args.output)
-    print(f"exported {task} model as {args.format} -> {written}")
+    task = task_of(load_checkpoint(find_checkpoint(args.model)))
+    written = task.export_model(args.model, args.format, args.output)
+    print(f"exported {task.name} model as {args.format} -> {written}")
     return 0
 
 
@@ -90,10 +84,12 @@ def model_card_lines(path: Path) -> list[str] | None:
         return format_card(card, str(path))
     if kind not in ("checkpoint", "run", "bundle") and not (model_suffix and path.is_file()):
         return None
+    from medseg_attn.registry import task_of
     from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
     checkpoint = find_checkpoint(path)
-    return format_card(model_card(load_checkpoint(checkpoint)), str(checkpoint))
+    payload = load_checkpoint(checkpoint)
+    return format_card(model_card(payload, task_of(payload)), str(checkpoint))
 
 
 RUNNERS = {"export": _run_export, "config": _run_config}

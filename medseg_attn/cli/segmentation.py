@@ -349,3 +349,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 RUNNERS = {"plan": _run_plan, "train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
            "inspect": _run_inspect}
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> dict:
+    """Add the segmentation commands (with ``cv`` and ``preprocess``) to ``medseg-attn``; their runners by name."""
+    from medseg_attn.cli import cv, preprocess
+    from medseg_attn.cli.arguments import command_adder
+
+    for module in (sys.modules[__name__], cv, preprocess):
+        module.add_parsers(command_adder(subparsers, module.EXAMPLES))
+    return {**RUNNERS, **cv.RUNNERS, **preprocess.RUNNERS}

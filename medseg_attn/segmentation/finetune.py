@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
     """
     path = find_checkpoint(source)
     payload = load_checkpoint(path)
-    if payload.get("task", "segmentation") != "segmentation":
+    if not TASK.owns(payload):
         raise ValueError(f"{path}: --init-from needs a segmentation model, this is a {payload['task']} model")
     if int(payload.get("in_channels", in_channels)) != in_channels:
         raise ValueError(f"{path}: trained on {payload['in_channels']} input channel(s), the new data has "

@@ -51,6 +51,7 @@ from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
+from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import training_card
 from medseg_attn.training.checkpoint import load_checkpoint
 from medseg_attn.training.device import resolve_device
@@ -214,7 +215,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         network=network, optimizer=optimizer, loss=loss, loader=loader,
         steps_per_epoch=tcfg.steps_per_epoch or max(1, math.ceil(len(train_ds) / _loader_batch(cfg))),
         validate=validate if val_ds is not None else None, metric="val_dice", curves=save_training_curves,
-        payload={"task": "segmentation", "config": cfg.to_dict(),
+        payload={"task": TASK.name, "config": cfg.to_dict(),
                  "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
                  "plan": {key: run.plan[key] for key in ("planned", "resolved", "source", "rules", "ct_statistics")},
                  "in_channels": in_channels, "colors": resolve_colors(run.labels, colors_from_dataset(

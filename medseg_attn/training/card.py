@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from medseg_attn.task import Task
+
 __all__ = ["training_card", "model_card", "format_card", "package_versions", "export_metadata"]
 
 
@@ -41,16 +43,15 @@ def training_card(data: Mapping[str, Any]) -> dict[str, Any]:
             "versions": package_versions()}
 
 
-def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The model card of a checkpoint payload (older checkpoints without ``card`` give what they hold)."""
+def model_card(payload: Mapping[str, Any], task: Task) -> dict[str, Any]:
+    """The model card of a checkpoint payload of ``task`` (older checkpoints without ``card`` give what they hold);
+    the task names the validation metric (:attr:`~medseg_attn.task.Task.card_metric`)."""
     card = dict(payload.get("card") or {})
     config = payload.get("config") or {}
     model = config.get("model", {})
     labels = {int(k): v for k, v in (payload.get("labels") or {}).items()}
-    metric = "validation Dice (mean over classes)" if payload.get("task", "segmentation") == "segmentation" \
-        else f"validation {config.get('train', {}).get('monitor', 'metric')}"
     return {
-        "task": payload.get("task", "segmentation"),
+        "task": task.name,
         "labels": labels,
         "colors": {int(k): list(v) for k, v in (payload.get("colors") or {}).items()},
         "in_channels": payload.get("in_channels"),
@@ -59,8 +60,9 @@ def model_card(payload: Mapping[str, Any]) -> dict[str, Any]:
                                                          "window_size", "head_dim") if key in model},
         "patch_size": config.get("data", {}).get("patch_size"),
         "data": card.get("data", {}),
-        "metrics": {"metric": metric, "best": payload.get("best_metric"), "best_epoch": payload.get("best_epoch"),
-                    "epochs": payload.get("epoch"), "training_seconds": payload.get("elapsed_seconds")},
+        "metrics": {"metric": task.card_metric(payload), "best": payload.get("best_metric"),
+                    "best_epoch": payload.get("best_epoch"), "epochs": payload.get("epoch"),
+                    "training_seconds": payload.get("elapsed_seconds")},
         "command": card.get("command"),
         "created": card.get("created"),
         "versions": card.get("versions") or payload.get("versions") or {},
@@ -98,12 +100,13 @@ def format_card(card: Mapping[str, Any], source: str = "") -> list[str]:
     return lines
 
 
-def export_metadata(payload: dict[str, Any], source: str) -> dict[str, Any]:
-    """What an export carries: everything in the checkpoint but the weights and optimiser state, plus the card."""
+def export_metadata(payload: dict[str, Any], source: str, task: Task) -> dict[str, Any]:
+    """What an export of ``task``'s checkpoint carries: everything in the checkpoint but the weights and optimiser
+    state, plus the card."""
     kept = {key: value for key, value in payload.items() if key not in ("model", "optimizer", "scaler")}
     kept["labels"] = {str(k): v for k, v in (payload.get("labels") or {}).items()}
     kept["colors"] = {str(k): v for k, v in (payload.get("colors") or {}).items()}
-    card = model_card(payload)
+    card = model_card(payload, task)
     card["labels"] = {str(k): v for k, v in card["labels"].items()}
     card["colors"] = {str(k): v for k, v in card["colors"].items()}
     return {**kept, "card": card, "source": source}

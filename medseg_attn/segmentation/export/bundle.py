@@ -28,6 +28,7 @@ from torch import nn
 
 from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.networks.export import example_input, export_torchscript
+from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata, format_card, model_card
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def inference_config(payload: dict[str, Any]) -> dict[str, Any]:
 
 def bundle_metadata(payload: dict[str, Any]) -> dict[str, Any]:
     """configs/metadata.json in the model zoo's schema (plus the medseg-attn model card)."""
-    card = model_card(payload)
+    card = model_card(payload, TASK)
     dims = int(payload["preprocessing"]["spatial_dims"])
     labels = {str(k): v for k, v in card["labels"].items()}
     spatial = ["*"] * dims
@@ -189,7 +190,7 @@ def write_bundle(network: nn.Module, payload: dict[str, Any], source: Path, outp
     if not hasattr(network, "divisor"):
         raise ValueError(f"{source}: export supports the attention_skip_unet architecture")
     output.mkdir(parents=True, exist_ok=True)
-    metadata = export_metadata(payload, str(source))
+    metadata = export_metadata(payload, str(source), TASK)
     example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
                             network.divisor)
     export_torchscript(network, example, output / "models" / "model.ts", metadata)
@@ -197,7 +198,7 @@ def write_bundle(network: nn.Module, payload: dict[str, Any], source: Path, outp
     atomic_write(output / "models" / "model.pt", lambda tmp: torch.save(kept, tmp))
     atomic_write_text(output / "configs" / "inference.json", json.dumps(inference_config(payload), indent=2))
     atomic_write_text(output / "configs" / "metadata.json", json.dumps(bundle_metadata(payload), indent=2))
-    readme = ["# medseg-attn model (MONAI bundle)", "", "```", *format_card(model_card(payload), str(source)), "```",
+    readme = ["# medseg-attn model (MONAI bundle)", "", "```", *format_card(model_card(payload, TASK), str(source)), "```",
               "", "Run it (torch and MONAI only):", "",
               "```", "python -m monai.bundle run --config_file configs/inference.json --bundle_root . "
               "--dataset_dir IN --output_dir OUT", "```", "",

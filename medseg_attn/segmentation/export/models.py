@@ -25,8 +25,8 @@ from medseg_attn.networks.export import (
     read_metadata,
 )
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
-from medseg_attn.networks.factory import build_network
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.task import TASK
 from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.training.card import export_metadata
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
@@ -46,16 +46,7 @@ def load_segmentation(model: str | Path) -> tuple[Any, dict[str, Any], Path]:
     """
     path = find_checkpoint(model)
     payload = load_checkpoint(path)
-    if payload.get("task", "segmentation") != "segmentation":
-        raise ValueError(f"{path}: is a {payload['task']} model, not a segmentation model")
-    try:
-        config = from_dict(payload["config"])
-        prep = Preprocessing.from_dict(payload["preprocessing"])
-        network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), len(payload["labels"]))
-        network.load_state_dict(payload["model"])
-    except (KeyError, RuntimeError, TypeError) as error:
-        raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
-    return network.eval(), payload, path
+    return TASK.network(payload, path), payload, path
 
 
 def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path:
@@ -85,7 +76,7 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
                          f"{type(network).__name__}")
     example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
                             network.divisor)
-    metadata = export_metadata(payload, str(path))
+    metadata = export_metadata(payload, str(path), TASK)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
     writer(network, example, target, metadata)
     logger.info("exported %s as %s: %s", path, fmt, target)
@@ -110,7 +101,7 @@ def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) ->
     if kind != "onnx":
         raise ValueError(wrong_model_message(path, kind, "an ONNX file"))
     metadata = read_metadata(path)
-    if metadata.get("task", "segmentation") != "segmentation":
+    if not TASK.owns(metadata):
         raise ValueError(f"{path}: is a {metadata['task']} model; use `medseg-attn classify predict` for it")
     config = from_dict(metadata["config"])
     if inference:

@@ -40,12 +40,12 @@ from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed, is_nifti
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import affine_4x4, case_name, read_geometry
-from medseg_attn.networks.factory import build_network
 from medseg_attn.segmentation.inference.cvrun import (apply_postprocessing, cv_members, is_cv_run,
                                                       read_postprocessing)
 from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
 from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
+from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.calibration import apply_temperature
 from medseg_attn.training.device import inference_dtype, precision_name, precision_reason, resolve_device
@@ -149,14 +149,13 @@ class Predictor:
         for item in models:
             path = find_checkpoint(item)
             payload = load_checkpoint(path)
-            if payload.get("task", "segmentation") != "segmentation":
+            if not TASK.owns(payload):
                 raise ValueError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
+            network = TASK.network(payload, path)
             try:
                 config = from_dict(payload["config"])
                 prep = Preprocessing.from_dict(payload["preprocessing"])
                 labels = {int(k): v for k, v in payload["labels"].items()}
-                network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), len(labels))
-                network.load_state_dict(payload["model"])
             except (KeyError, RuntimeError, TypeError) as error:
                 raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
             found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
