@@ -221,13 +221,14 @@ def volume_variants(image: np.ndarray, label: np.ndarray, affine: np.ndarray, se
 
 def dice_scores(prediction: np.ndarray, reference: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
     """Dice per foreground class (NaN where both are empty)."""
+    from medseg_attn.segmentation.evaluation.evaluate import mask_dice
+
     scores = {}
     for index, name in sorted(labels.items()):
         if index == 0:
             continue
         predicted, truth = prediction == index, reference == index
-        total = int(predicted.sum() + truth.sum())
-        scores[name] = 2.0 * float((predicted & truth).sum()) / total if total else float("nan")
+        scores[name] = mask_dice(predicted, truth) if predicted.any() or truth.any() else float("nan")
     return scores
 
 

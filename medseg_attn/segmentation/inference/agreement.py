@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg_attn.segmentation.evaluation.evaluate import mask_dice
 from medseg_attn.segmentation.inference.sliding import sliding_window_probabilities
 
 __all__ = ["member_labels", "pairwise_dice", "member_agreement"]
@@ -46,12 +47,7 @@ def pairwise_dice(labels: Sequence[np.ndarray], classes: Sequence[int]) -> float
         raise ValueError(f"pairwise Dice needs at least 2 members, got {len(labels)}")
     pairs = []
     for a, b in itertools.combinations(labels, 2):
-        scores = []
-        for k in classes:
-            in_a, in_b = a == k, b == k
-            total = int(in_a.sum()) + int(in_b.sum())
-            if total:
-                scores.append(2.0 * int((in_a & in_b).sum()) / total)
+        scores = [mask_dice(a == k, b == k) for k in classes if (a == k).any() or (b == k).any()]
         pairs.append(float(np.mean(scores)) if scores else 1.0)
     return float(np.mean(pairs))
 
