@@ -68,9 +68,19 @@ def long_ct(folder: Path, size: int, slices: int) -> Path:
     return target.parent
 
 
+def _case_seconds(report: Path) -> list[float]:
+    """The per-case prediction seconds of a batch's report.csv (cases that were predicted, not skipped)."""
+    import csv
+
+    if not report.exists():
+        return []
+    with report.open(newline="") as handle:
+        return [float(row["seconds"]) for row in csv.DictReader(handle) if row["status"] == "ok"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--long-slices", type=int, default=1000, help="slices of the long CT (512 x 512 x N)")
+    parser.add_argument("--long-slices", type=int, default=1000, help="slices of the long CT (512 x 512 x N); 0: skip it")
     parser.add_argument("--batch", type=int, default=20, help="cases of 512 x 512 x 200 in the batch run")
     parser.add_argument("--steps", type=int, default=4, help="training steps of the model")
     parser.add_argument("--size", type=int, default=512, help="in-plane voxels of every case (smaller: a smoke run)")
@@ -90,18 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     report["plan"] = {k: plan["resolved"][k] for k in ("spacing", "patch_size")}
     print(json.dumps({"train": report["train"], "plan": report["plan"]}), flush=True)
 
-    folder = long_ct(out / "long_data", args.size, args.long_slices)
-    report["long"] = {"shape": [args.size, args.size, args.long_slices],
-                      **cli(["-q", "predict", "--model", str(out / "run"), "--input", str(folder), "--output",
-                             str(out / "pred_long")], env)}
-    print(json.dumps({"long": report["long"]}), flush=True)
+    if args.long_slices > 0:
+        folder = long_ct(out / "long_data", args.size, args.long_slices)
+        report["long"] = {"shape": [args.size, args.size, args.long_slices],
+                          **cli(["-q", "predict", "--model", str(out / "run"), "--input", str(folder), "--output",
+                                 str(out / "pred_long")], env)}
+        print(json.dumps({"long": report["long"]}), flush=True)
 
     batch = build_dataset(out / "batch_data", args.batch, args.size, args.slices).parent / "imagesTr"
     measured = cli(["-q", "predict", "--model", str(out / "run"), "--input", str(batch), "--output",
                     str(out / "pred_batch")], env)
     written = len(list((out / "pred_batch").glob("*.nii.gz")))
+    seconds = _case_seconds(out / "pred_batch" / "report.csv")  # each case's own predict time (report.csv)
     report["batch"] = {"cases": args.batch, "written": written, "shape": [args.size, args.size, args.slices], **measured,
-                       "cases_per_hour": round(3600 * written / measured["wall_s"], 1)}
+                       "cases_per_hour": round(3600 * written / measured["wall_s"], 1),
+                       "case_seconds_median": round(float(np.median(seconds)), 2) if seconds else None,
+                       "case_seconds_p90": round(float(np.percentile(seconds, 90)), 2) if seconds else None}
     print(json.dumps({"batch": report["batch"]}), flush=True)
     (out / "predict_size.json").write_text(json.dumps(report, indent=1))
     return 0
