@@ -1,4 +1,5 @@
-"""Fine-tuning (``train --init-from RUN|CHECKPOINT``): a new run starts from a trained network's weights.
+"""Fine-tuning (``train --init-from RUN|CHECKPOINT|BUNDLE``): a new run starts from a trained network's weights
+(a run folder, a checkpoint, or a MONAI bundle medseg-attn exported: its ``models/model.pt``).
 
 Encoder, skip attention and decoder weights are copied as they are; the output layers (``head`` and the deep
 supervision heads) keep the rows of the classes both label sets name alike (background always) and a fresh

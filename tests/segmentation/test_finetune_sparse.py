@@ -80,6 +80,30 @@ def test_train_init_from_runs_with_a_changed_label_set(source_run, tmp_path, cap
     assert "model not found" in capsys.readouterr().err
 
 
+def test_init_from_a_monai_bundle_copies_the_same_weights_as_from_its_run(source_run, tmp_path):
+    bundle = tmp_path / "bundle"
+    assert main(["-q", "export", "--model", str(source_run), "--format", "bundle", "--output", str(bundle)]) == 0
+    config = load_config(overrides=TINY)
+    labels = {0: "background", 1: "box", 2: "vessel"}
+    from_run, from_bundle = (build_network(config.model, 3, 1, len(labels)) for _ in range(2))
+    from_bundle.load_state_dict(from_run.state_dict())  # the same fresh rows for the new class
+    load_initial_weights(from_run, source_run, labels, in_channels=1)
+    done = load_initial_weights(from_bundle, bundle, labels, in_channels=1)
+    assert done["source"] == str(bundle / "models" / "model.pt") and done["new_classes"] == ["vessel"]
+    run_state, bundle_state = from_run.state_dict(), from_bundle.state_dict()
+    assert all(torch.equal(run_state[key], bundle_state[key]) for key in run_state)
+    source = load_checkpoint(source_run / "checkpoints" / "best.pt")["model"]
+    encoder = [key for key in bundle_state if key.startswith("encoders.")]
+    assert encoder and all(torch.equal(bundle_state[key], source[key]) for key in encoder)  # trained, not fresh
+    zoo = tmp_path / "zoo_bundle"  # a model-zoo bundle: model.pt is a bare state dict
+    (zoo / "configs").mkdir(parents=True)
+    (zoo / "models").mkdir()
+    (zoo / "configs" / "metadata.json").write_text("{}")
+    torch.save(source, zoo / "models" / "model.pt")
+    with pytest.raises(ValueError, match="model.pt"):
+        load_initial_weights(build_network(config.model, 3, 1, len(labels)), zoo, labels, in_channels=1)
+
+
 def test_ignore_voxels_do_not_touch_the_loss_or_its_gradient():
     torch.manual_seed(0)
     label = torch.randint(0, 3, (2, 1, 8, 8, 8))
