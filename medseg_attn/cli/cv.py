@@ -14,7 +14,8 @@ EXAMPLES = {
   medseg-attn predict --model runs/brain_cv --folds 0 2 --input imagesTs/ --output out/
 
 writes RUN/cv/ (out-of-fold predictions, evaluation/metrics.csv, cv_metrics.csv, cv_dice.png, summary.json) and
-RUN/postprocessing.json (largest connected component per class, where it raised the out-of-fold Dice); see
+RUN/postprocessing.json (per class: the largest connected component kept, or components below a size removed,
+where that raised the out-of-fold Dice most); see
 docs/cross-validation.md""",
 }
 
@@ -79,11 +80,11 @@ def _run_cv(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict, run: Path) -> None:
     print(f"{summary['line']} -> {run / 'cv'}")
-    choices = [f"{entry['name']} {'kept' if entry['largest_component'] else 'not applied'} "
-               f"({entry['dice_before']:.4f} -> {entry['dice_after']:.4f})"
+    from medseg_attn.segmentation.evaluation.cross_validation import describe_choice
+
+    choices = [f"{entry['name']}: {describe_choice(entry)} ({entry['dice_before']:.4f} -> {entry['dice_after']:.4f})"
                for entry in summary["postprocessing"]["classes"].values()]
-    print(f"postprocessing, largest component (out-of-fold Dice without -> with): {'; '.join(choices)} "
-          f"-> {run / 'postprocessing.json'}")
+    print(f"postprocessing (out-of-fold Dice without -> with): {'; '.join(choices)} -> {run / 'postprocessing.json'}")
 
 
 RUNNERS = {"cv": _run_cv}

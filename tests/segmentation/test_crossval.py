@@ -16,8 +16,9 @@ from medseg_attn.cli import main
 from medseg_attn.segmentation.crossval import fold_splits, train_cv
 from medseg_attn.segmentation.data.datasets import load_dataset, split_cases
 from medseg_attn.segmentation.data.folds import assign_folds
-from medseg_attn.segmentation.evaluation.cross_validation import choose_postprocessing
-from medseg_attn.segmentation.inference.cvrun import apply_postprocessing, read_postprocessing
+from medseg_attn.segmentation.evaluation.cross_validation import choose_postprocessing, describe_choice
+from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, read_postprocessing,
+                                                      remove_small_components, voxel_ml)
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.train import train
 from medseg_attn.training.checkpoint import load_checkpoint
@@ -113,7 +114,8 @@ def test_the_cv_run_is_an_ensemble_of_its_folds(cv_run, tmp_path):
     assert chosen.sources == [str(run / f"fold_{k}" / "checkpoints" / "best.pt") for k in (0, 2)]
     (run / "postprocessing.json").write_text(json.dumps({"classes": {"1": {"largest_component": True},
                                                                      "2": {"largest_component": False}}}))
-    assert Predictor.from_checkpoint(run, device="cpu").postprocessing == {1: True, 2: False}
+    assert Predictor.from_checkpoint(run, device="cpu").postprocessing == {  # a record from before the size rule
+        1: ClassPostprocessing(largest_component=True), 2: ClassPostprocessing()}
     assert main(["-q", "predict", "--model", str(run), "--folds", "1", "--input", str(image), "--output",
                  str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "case_0.nii.gz").is_file()
@@ -141,9 +143,43 @@ def test_postprocessing_is_chosen_only_where_it_helped(tmp_path):
     assert record["classes"]["1"]["largest_component"] is True
     assert record["classes"]["1"]["dice_after"] > record["classes"]["1"]["dice_before"]
     assert record["classes"]["2"]["largest_component"] is False  # it would drop a true piece
-    assert read_postprocessing(run) == {1: True, 2: False}
-    cleaned = apply_postprocessing(pred, read_postprocessing(run))  # what Predictor.predict applies
+    assert record["classes"]["2"]["min_size_ml"] is None and record["classes"]["2"]["dice_after"] == 1.0
+    assert read_postprocessing(run) == {1: ClassPostprocessing(largest_component=True), 2: ClassPostprocessing()}
+    cleaned = apply_postprocessing(pred, read_postprocessing(run), 0.001)  # what Predictor.predict applies
     assert not cleaned[16:18, 16:18, 1:3].any() and (cleaned == 2).sum() == (ref == 2).sum()
+
+
+def test_a_size_rule_is_chosen_where_it_beats_the_largest_component_and_applied_in_ml(tmp_path):
+    run = tmp_path / "run"
+    for folder in ("predictions", "references"):
+        (run / "cv" / folder).mkdir(parents=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])  # 8 mm^3 = 0.008 ml per voxel
+    for i in range(3):
+        ref = np.zeros((24, 24, 24), np.uint8)
+        ref[2:8, 2:8, 2:8] = 1  # two true pieces of 216 and 125 voxels
+        ref[14:19, 14:19, 14:19] = 1
+        pred = ref.copy()
+        pred[21, 2, 2] = pred[2, 21, 21] = 1  # two false one-voxel specks
+        nib.save(nib.Nifti1Image(ref, affine), run / "cv" / "references" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(pred, affine), run / "cv" / "predictions" / f"c{i}.nii.gz")
+    entry = choose_postprocessing(run, {0: "background", 1: "nodes"})["classes"]["1"]
+    # the largest component would drop a true piece; a size of 1 % of the median volume (0.0273 ml) removes the specks
+    assert entry["largest_component"] is False and entry["min_size_ml"] == pytest.approx(0.01 * 341 * 0.008, abs=1e-4)
+    assert entry["dice_after"] == 1.0 and entry["candidates"]["largest component kept"] < entry["dice_before"] < 1.0
+    assert "components below" in describe_choice(entry)
+    rule = read_postprocessing(run)[1]
+    assert rule == ClassPostprocessing(min_size_ml=entry["min_size_ml"])
+    # on a finer grid the same rule in ml removes more voxels: a 3-voxel piece of 1 mm voxels is 0.003 ml
+    fine = np.zeros((10, 10, 10), np.uint8)
+    fine[0, 0, 0:3] = 1
+    fine[5:9, 5:9, 5:9] = 1
+    cleaned = apply_postprocessing(fine, {1: rule}, voxel_ml(np.eye(4)))
+    assert cleaned[0, 0].sum() == 0 and cleaned[5:9, 5:9, 5:9].all()
+    kept = apply_postprocessing(fine, {1: ClassPostprocessing(min_size_ml=0.002)}, voxel_ml(np.eye(4)))
+    np.testing.assert_array_equal(kept, fine)  # 3 voxels = 0.003 ml >= 0.002 ml: kept
+    with pytest.raises(ValueError, match="volume of a voxel"):
+        apply_postprocessing(fine, {1: rule})
+    np.testing.assert_array_equal(remove_small_components(fine, 2, 5), fine)  # an absent class: unchanged
 
 
 def test_cli_cv_command_and_errors(cv_run, tmp_path, capsys):

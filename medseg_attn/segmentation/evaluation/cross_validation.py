@@ -5,7 +5,8 @@ ignore voxels set to background and blanked in the prediction too, so they count
 (:func:`medseg_attn.segmentation.evaluation.evaluate.evaluate_folders`: per case and class Dice, HD95, surface
 Dice, box plot), ``cv_metrics.csv`` (per fold and pooled means per class), ``cv_dice.png`` and ``summary.json``
 with the summary line (per class: mean ± sd over folds of the fold means). Then it chooses the postprocessing
-(:func:`choose_postprocessing`) and writes ``RUN/postprocessing.json``, which ``predict --model RUN`` applies.
+(:func:`choose_postprocessing`: per class the largest component, or a minimum component size, or nothing) and
+writes ``RUN/postprocessing.json``, which ``predict --model RUN`` applies.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders, mask_dice
-from medseg_attn.segmentation.inference.cvrun import fold_dir, is_cv_run, keep_largest_component
+from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, fold_dir, is_cv_run,
+                                                      voxel_ml)
 from medseg_attn.segmentation.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["choose_postprocessing", "cross_validate"]
+__all__ = ["choose_postprocessing", "cross_validate", "describe_choice"]
 
 
 def cross_validate(run: str | Path, device: str = "auto", progress: bool = True, tolerance_mm: float = 1.0
@@ -133,29 +135,51 @@ def _plot(table: list[dict], names: list[str], folds: int, path: Path) -> None:
     plt.close(figure)
 
 
+SIZE_FRACTIONS = (0.01, 0.05, 0.1, 0.25)  # candidate minimum sizes, as fractions of the median reference volume
+
+
 def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, Any]:
-    """Per class, keep only the largest connected component where that raises the mean out-of-fold Dice of the
-    class (nnU-Net's rule); writes ``RUN/postprocessing.json`` and returns it."""
+    """Per class, the postprocessing that raises the mean out-of-fold Dice of the class most, if any does (nnU-Net's
+    rule, with its v1 size filter): keep only the largest connected component, or remove the components below a
+    size (candidates: :data:`SIZE_FRACTIONS` of the median volume of the class in the references, in ml). Ties go
+    to the earlier candidate (nothing, then the largest component, then the smallest size). Writes
+    ``RUN/postprocessing.json`` and returns it."""
     run = Path(run)
     out = run / "cv"
     classes = [index for index in sorted(labels) if index > 0]
-    before = {index: [] for index in classes}
-    after = {index: [] for index in classes}
+    cases = []  # (reference, prediction, ml per voxel)
     for path in sorted((out / "references").glob("*.nii.gz")):
-        ref = np.asarray(nib.load(str(path)).dataobj)
-        pred = np.asarray(nib.load(str(out / "predictions" / path.name)).dataobj)
-        for index in classes:
-            before[index].append(mask_dice(pred == index, ref == index))
-            after[index].append(mask_dice(keep_largest_component(pred, index) == index, ref == index))
+        image = nib.load(str(path))
+        cases.append((np.asarray(image.dataobj), np.asarray(nib.load(str(out / "predictions" / path.name)).dataobj),
+                      voxel_ml(image.affine)))
     choice = {}
     for index in classes:
-        mean_before, mean_after = float(np.mean(before[index])), float(np.mean(after[index]))
-        choice[str(index)] = {"name": labels[index], "largest_component": mean_after > mean_before + 1e-6,
-                              "dice_before": round(mean_before, 5), "dice_after": round(mean_after, 5)}
-    record = {"rule": "keep the largest connected component of a class where it raises its mean out-of-fold Dice",
-              "cases": len(next(iter(before.values()), [])), "classes": choice}
+        volumes = [float((ref == index).sum()) * ml for ref, _, ml in cases if (ref == index).any()]
+        sizes = sorted({round(f * float(np.median(volumes)), 4) for f in SIZE_FRACTIONS} - {0.0}) if volumes else []
+        rules = [ClassPostprocessing(), ClassPostprocessing(largest_component=True),
+                 *(ClassPostprocessing(min_size_ml=size) for size in sizes)]
+        means = [float(np.mean([mask_dice(apply_postprocessing(pred, {index: rule}, ml)
+                                          == index, ref == index) for ref, pred, ml in cases])) if cases else 0.0
+                 for rule in rules]
+        best = 0
+        for position, mean in enumerate(means):
+            if mean > means[best] + 1e-6:
+                best = position
+        rule = rules[best]
+        choice[str(index)] = {"name": labels[index], "largest_component": rule.largest_component,
+                              "min_size_ml": rule.min_size_ml, "dice_before": round(means[0], 5),
+                              "dice_after": round(means[best], 5),
+                              "candidates": {rule.describe(): round(mean, 5) for rule, mean in zip(rules, means)}}
+    record = {"rule": "per class, the largest connected component kept or components below a size removed, where "
+                      "it raises the mean out-of-fold Dice most", "cases": len(cases), "classes": choice}
     atomic_write_text(run / "postprocessing.json", json.dumps(record, indent=2) + "\n")
     for entry in choice.values():
-        logger.info("postprocessing %s: largest component %s (out-of-fold Dice %.4f -> %.4f)", entry["name"],
-                    "kept" if entry["largest_component"] else "not applied", entry["dice_before"], entry["dice_after"])
+        logger.info("postprocessing %s: %s (out-of-fold Dice %.4f -> %.4f)", entry["name"],
+                    describe_choice(entry), entry["dice_before"], entry["dice_after"])
     return record
+
+
+def describe_choice(entry: dict[str, Any]) -> str:
+    """One class's entry of ``postprocessing.json`` in words."""
+    rule = ClassPostprocessing(bool(entry["largest_component"]), entry.get("min_size_ml"))
+    return rule.describe() if rule.any else "not applied"

@@ -8,7 +8,8 @@ Layout (written by :mod:`medseg_attn.segmentation.crossval`)::
     RUN/fold_<k>/               a normal run folder per fold (checkpoints/best.pt, plan.json, split.json, ...)
     RUN/fold_<k>/finished.json  written when fold k's training ended
     RUN/cv/                     out-of-fold predictions, metrics per fold and pooled, summary (``medseg-attn cv``)
-    RUN/postprocessing.json     per class: keep the largest connected component (chosen on the out-of-fold Dice)
+    RUN/postprocessing.json     per class: keep the largest connected component, or remove components below a
+                                size (each chosen where it raised the out-of-fold Dice)
 
 ``predict --model RUN`` ensembles the folds (their class probabilities averaged) and applies the postprocessing.
 """
@@ -16,14 +17,36 @@ Layout (written by :mod:`medseg_attn.segmentation.crossval`)::
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["apply_postprocessing", "cv_members", "fold_dir", "is_cv_run", "keep_largest_component",
-           "read_postprocessing"]
+__all__ = ["ClassPostprocessing", "apply_postprocessing", "cv_members", "fold_dir", "is_cv_run",
+           "keep_largest_component", "read_postprocessing", "remove_small_components", "voxel_ml"]
+
+
+@dataclass(frozen=True)
+class ClassPostprocessing:
+    """What predict does to one class's voxels after the argmax (a CV run's choice, ``postprocessing.json``).
+
+    ``largest_component``: keep only its largest connected component; ``min_size_ml``: remove its connected
+    components smaller than this many ml (mm^2 / 1000 for 2D). Both off: nothing.
+    """
+
+    largest_component: bool = False
+    min_size_ml: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.largest_component or self.min_size_ml is not None
+
+    def describe(self) -> str:
+        if self.largest_component:
+            return "largest component kept"
+        return f"components below {self.min_size_ml:g} ml removed" if self.min_size_ml is not None else "none"
 
 
 def is_cv_run(path: str | Path) -> bool:
@@ -56,37 +79,81 @@ def cv_members(run: str | Path, folds: list[int] | None = None) -> list[Path]:
     return members
 
 
-def read_postprocessing(run: str | Path) -> dict[int, bool]:
-    """Per class index: whether to keep only its largest connected component ({} when the run chose nothing)."""
+def read_postprocessing(run: str | Path) -> dict[int, ClassPostprocessing]:
+    """Per class index, what to do after the argmax ({} when the run chose nothing). Records written before
+    ``min_size_ml`` existed read as largest-component choices only."""
     path = Path(run) / "postprocessing.json"
     if not path.is_file():
         return {}
     try:
         classes = json.loads(path.read_text())["classes"]
-        return {int(index): bool(entry["largest_component"]) for index, entry in classes.items()}
+        choice = {}
+        for index, entry in classes.items():
+            size = entry.get("min_size_ml")
+            choice[int(index)] = ClassPostprocessing(bool(entry["largest_component"]),
+                                                     None if size is None else float(size))
+        return choice
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: not a postprocessing record ({error})") from None
+
+
+def voxel_ml(affine: np.ndarray) -> float:
+    """The volume of one voxel in ml from a 4x4 voxel-to-world affine in mm (2D grids: mm^2 / 1000)."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+
+
+def _components(labels: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(component ids, sizes in voxels with sizes[0] = 0) of class ``index`` (26-/8-connected); None if absent."""
+    mask = labels == index
+    if not mask.any():
+        return None
+    components, _ = ndimage.label(mask, structure=np.ones((3,) * labels.ndim, dtype=bool))
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components, sizes
 
 
 def keep_largest_component(labels: np.ndarray, index: int) -> np.ndarray:
     """``labels`` with every voxel of class ``index`` outside its largest connected component (26-/8-connected)
     set to background (0)."""
-    mask = labels == index
-    if not mask.any():
+    found = _components(labels, index)
+    if found is None or np.count_nonzero(found[1]) <= 1:
         return labels
-    components, count = ndimage.label(mask, structure=np.ones((3,) * labels.ndim, dtype=bool))
-    if count <= 1:
-        return labels
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
+    components, sizes = found
     result = labels.copy()
-    result[mask & (components != int(sizes.argmax()))] = 0
+    result[(components > 0) & (components != int(sizes.argmax()))] = 0
     return result
 
 
-def apply_postprocessing(labels: np.ndarray, choice: dict[int, bool] | dict[str, Any]) -> np.ndarray:
-    """Apply a run's postprocessing choice (:func:`read_postprocessing`) to a label map."""
-    for index, keep in sorted(choice.items()):
-        if keep:
+def remove_small_components(labels: np.ndarray, index: int, min_voxels: float) -> np.ndarray:
+    """``labels`` with the connected components of class ``index`` smaller than ``min_voxels`` voxels set to
+    background (0); the others stay."""
+    found = _components(labels, index)
+    if found is None:
+        return labels
+    components, sizes = found
+    small = (sizes > 0) & (sizes < min_voxels)
+    if not small.any():
+        return labels
+    result = labels.copy()
+    result[small[components]] = 0
+    return result
+
+
+def apply_postprocessing(labels: np.ndarray, choice: dict[int, ClassPostprocessing], ml_per_voxel: float | None = None
+                         ) -> np.ndarray:
+    """Apply a run's postprocessing choice (:func:`read_postprocessing`) to a label map whose voxels hold
+    ``ml_per_voxel`` ml each (:func:`voxel_ml`; needed by size rules).
+
+    Raises:
+        ValueError: a size rule and no voxel volume.
+    """
+    for index, rule in sorted(choice.items()):
+        if rule.largest_component:
             labels = keep_largest_component(labels, int(index))
+        elif rule.min_size_ml is not None:
+            if not ml_per_voxel:
+                raise ValueError(f"postprocessing of class {index}: a size rule ({rule.min_size_ml:g} ml) needs the "
+                                 f"volume of a voxel")
+            labels = remove_small_components(labels, int(index), rule.min_size_ml / ml_per_voxel)
     return labels

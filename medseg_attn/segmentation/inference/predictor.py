@@ -40,8 +40,8 @@ from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed, is_nifti
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import affine_4x4, case_name, read_geometry
-from medseg_attn.segmentation.inference.cvrun import (apply_postprocessing, cv_members, is_cv_run,
-                                                      read_postprocessing)
+from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, cv_members,
+                                                      is_cv_run, read_postprocessing, voxel_ml)
 from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
 from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
@@ -120,7 +120,7 @@ class Predictor:
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
         self.temperatures = [1.0] * len(self.networks)  # per network; > 1 softens (fitted after training)
         self.model_info: dict[str, Any] = {}  # the first checkpoint's card, plan, calibration ... (run manifests)
-        self.postprocessing: dict[int, bool] = {}  # class -> keep its largest component (a CV run's choice)
+        self.postprocessing: dict[int, ClassPostprocessing] = {}  # a CV run's choice per class
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto",
@@ -433,7 +433,7 @@ class Predictor:
         explained = keep_image or attention is not None or result.uncertainty is not None
         reference = files[0] if files and is_nifti(files[0]) and files[0].is_file() else None
         name = case_name(files[0], strip_channel=len(files) > 1) if files else "array"
-        labels = apply_postprocessing(result.labels, self.postprocessing)
+        labels = apply_postprocessing(result.labels, self.postprocessing, voxel_ml(affine_4x4(original_affine)))
         return Prediction(name, labels, original_affine, result.probabilities, time.perf_counter() - start,
                           reference=reference, attention=attention, uncertainty=result.uncertainty,
                           image=np.asarray(loaded[0], dtype=np.float32) if explained else None)
