@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from medseg_attn.config.sections import ConfigError, TrainConfig
 from medseg_attn.config.bounded_yaml import safe_load_bounded
 from medseg_attn.config.validation import BOOL_WORDS, CHOICES, CLASS_CHOICES, check_depth, shown, validate
 
-__all__ = ["ClassifyConfig", "Config", "apply_overrides", "from_dict", "load_config", "parse_override", "read_yaml", "save_config"]
+__all__ = ["ClassifyConfig", "Config", "apply_overrides", "check_known_keys", "from_dict", "load_config",
+           "parse_override", "read_yaml", "save_config"]
 
 
 class _Sections:
@@ -130,6 +132,24 @@ def _convert(value: Any, annotation: str, where: str, choices: tuple[str, ...] |
     return value
 
 
+def check_known_keys(keys: Iterable[Any], known: Iterable[str], what: str, where: str = "", prefix: str = "",
+                     cutoff: float = 0.6) -> None:
+    """Raise :class:`ConfigError` for the first of ``keys`` that is not ``known``, naming the closest known one.
+
+    The message: ``"{where}: unknown {what} '{prefix}{key}'; did you mean '{prefix}{closest}'?"`` (``where: ``
+    only when given), or ``...; known: a, b, c`` when no known name is within ``cutoff``
+    (:func:`difflib.get_close_matches`). Used by the config loader and the review settings.
+    """
+    names = sorted(known)
+    for key in keys:
+        if key not in names:
+            close = difflib.get_close_matches(f"{prefix}{key}", [f"{prefix}{name}" for name in names], n=1,
+                                              cutoff=cutoff)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(names)}"
+            named = f"{prefix}{key}" if prefix else key
+            raise ConfigError(f"{where + ': ' if where else ''}unknown {what} {named!r}{hint}")
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {shown(values)}")
@@ -137,11 +157,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         where = f"{prefix}{key}"
-        if key not in known:
-            candidates = [f"{prefix}{name}" for name in known]
-            hint = difflib.get_close_matches(where, candidates, n=1, cutoff=0.5)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(sorted(known))})"
-            raise ConfigError(f"unknown config key {where!r}{suggestion}")
+        check_known_keys([key], known, "config key", prefix=prefix, cutoff=0.5)
         spec = known[key]
         sub = spec.default_factory if spec.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):

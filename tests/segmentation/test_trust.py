@@ -131,5 +131,5 @@ def test_fingerprint_flags_flipped_and_foreign_scans_but_not_moved_training_case
     flags = {case["case"]: case["flags"] for case in review.write(records, tmp_path / "out")}
     for name in ("moved", "resampled", "training"):
         assert flags[name] == [], (name, flags[name])
-    assert any(f["kind"] == "geometry" and "flipped" in f["detail"] for f in flags["upside_down"])
-    assert any(f["kind"] == "intensity" for f in flags["ct"])
+    assert any(f.kind == "geometry" and "flipped" in f.detail for f in flags["upside_down"])
+    assert any(f.kind == "intensity" for f in flags["ct"])

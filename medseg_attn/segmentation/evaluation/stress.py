@@ -319,7 +319,7 @@ def _add_qc_scores(rows: list[dict[str, Any]], reviewed: list[dict[str, Any]], r
     for row in rows:
         found = ranked[f"case{row['case']}_{row['variant']}"]
         row["qc_score"] = found["score"]
-        row["qc_flags"] = " ".join(sorted({flag["kind"] for flag in found["flags"]}))
+        row["qc_flags"] = " ".join(sorted({flag.kind for flag in found["flags"]}))
 
 
 def failure_records(rows: list[dict[str, Any]], classes: list[str]) -> list[Any]:

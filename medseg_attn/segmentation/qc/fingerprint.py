@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.segmentation.qc.review import Flag
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TOLERANCES", "case_features", "fingerprint_flags", "summarise", "training_case_features"]
@@ -144,13 +146,13 @@ def summarise(features: Sequence[dict[str, Any]], ct: bool) -> dict[str, Any]:
 
 
 def fingerprint_flags(case: dict[str, Any], fingerprint: dict[str, Any], tolerances: dict[str, float] | None = None
-                      ) -> list[dict[str, Any]]:
-    """Flags of one case's :func:`case_features` against the training fingerprint ({kind, severity, detail})."""
+                      ) -> list[Flag]:
+    """Flags of one case's :func:`case_features` against the training fingerprint (severities 1 to ``CAP``)."""
     tol = {**TOLERANCES, **(tolerances or {})}
-    flags: list[dict[str, Any]] = []
+    flags: list[Flag] = []
 
-    def flag(kind: str, severity: float, detail: str) -> None:
-        flags.append({"kind": kind, "severity": round(min(CAP, max(1.0, severity)), 3), "detail": detail})
+    def flag(kind: str, severity: float, detail: str, measure: str, structure: str | None = None) -> None:
+        flags.append(Flag(kind, round(min(CAP, max(1.0, severity)), 3), detail, structure, measure))
 
     low, high = fingerprint["spacing"]["min"], fingerprint["spacing"]["max"]
     if len(case["spacing"]) == len(low):
@@ -159,12 +161,12 @@ def fingerprint_flags(case: dict[str, Any], fingerprint: dict[str, Any], toleran
         if max(ratios) > 1.0:
             flag("geometry", max(ratios),
                  f"spacing {_listing(case['spacing'])} mm (RAS) outside the training's "
-                 f"{_listing(low)} .. {_listing(high)} mm")
+                 f"{_listing(low)} .. {_listing(high)} mm", "spacing")
     for axis, score, asymmetry in flip_scores(case["profile"], fingerprint["profile"]):
         if asymmetry >= tol["min_asymmetry"] and score > tol["flip_margin"]:
             flag("geometry", 1 + score / (2 * tol["flip_margin"]),
                  f"the body's profile along {'RAS'[axis]} matches the training's reversed ({score:+.3f}): an axis "
-                 f"flipped in the header (stored upside down)?")
+                 f"flipped in the header (stored upside down)?", "orientation")
     low, high = fingerprint["intensity"]["min"], fingerprint["intensity"]["max"]
     scale = max((high[-1] + low[-1]) / 2 - (high[0] + low[0]) / 2, 1e-6)  # the training's typical p1 .. p99 span
     offs = [max(lo - v, v - hi, 0.0) / scale for v, lo, hi in zip(case["intensity"], low, high)]
@@ -172,7 +174,7 @@ def fingerprint_flags(case: dict[str, Any], fingerprint: dict[str, Any], toleran
         unit = " HU" if fingerprint.get("ct") else " (/ p99)"
         flag("intensity", max(offs) / tol["intensity_margin"],
              f"body percentiles 1/50/99 {_listing(case['intensity'])}{unit} vs the training's "
-             f"{_listing(low)} .. {_listing(high)}")
+             f"{_listing(low)} .. {_listing(high)}", "body_percentiles")
     for name, trained in fingerprint["structures"].items():
         found = case["structures"].get(name)
         if not found or not found["volume_ml"]:
@@ -181,14 +183,15 @@ def fingerprint_flags(case: dict[str, Any], fingerprint: dict[str, Any], toleran
         factor = max(vlo / max(volume, 1e-9), volume / max(vhi, 1e-9))
         if factor > tol["volume_factor"]:
             flag("volume", factor / tol["volume_factor"],
-                 f"{name}: {volume:.4g} ml outside the training's {vlo:.4g} .. {vhi:.4g} ml")
+                 f"{name}: {volume:.4g} ml outside the training's {vlo:.4g} .. {vhi:.4g} ml", "volume_ml", name)
         most = trained["components"]["max"][0]
         limit = max(most * tol["components_factor"], most + tol["components_extra"])
         lowest = trained["largest_share"]["min"][0] - tol["share_margin"]
         if found["components"] > limit or found["largest_share"] < lowest:
             flag("fragmented", max(found["components"] / limit, (1 - found["largest_share"]) / max(1 - lowest, 1e-3)),
                  f"{name}: {found['components']} components, largest {100 * found['largest_share']:.0f} % (training: "
-                 f"up to {most:.0f} components, largest >= {100 * trained['largest_share']['min'][0]:.0f} %)")
+                 f"up to {most:.0f} components, largest >= {100 * trained['largest_share']['min'][0]:.0f} %)",
+                 "components", name)
     return flags
 
 

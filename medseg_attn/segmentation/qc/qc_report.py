@@ -45,6 +45,9 @@ class Review:
         plan_spacing, patch_size, intensity: the model's preprocessing (see :func:`plan_flags`).
         settings: how flags are raised.
         statistics: also write ``<case>_statistics.json`` per case and ``statistics.csv`` for the batch.
+        fingerprint: the training set's fingerprint kept in the checkpoint (see
+            :mod:`medseg_attn.segmentation.qc.fingerprint`): its flags replace the batch-relative volume and
+            intensity checks and the fixed fragmentation limits; None: those run.
     """
 
     def __init__(self, names: dict[int, str], plan_spacing: tuple[float, ...] | None, patch_size: tuple[int, ...],
@@ -73,7 +76,8 @@ class Review:
 
     def measure(self, name: str, labels: np.ndarray, affine: np.ndarray, image: np.ndarray | None,
                 uncertainty: np.ndarray | None, source: Path, output_dir: Path) -> dict[str, Any]:
-        """Statistics, plan checks and thumbnail of one case; returns what the batch record keeps."""
+        """Statistics, plan checks and thumbnail of one case; returns what the batch record keeps:
+        ``{"statistics": record, "plan_flags": [Flag.to_dict(), ...]}``."""
         from medseg_attn.plots import save_thumbnail_png
 
         record = case_statistics(labels, affine, self.names, image, uncertainty, self.unit, name, source)
@@ -85,9 +89,9 @@ class Review:
         flags = plan_flags(record, self.plan_spacing, self.patch_size, self.intensity, self.settings)
         if self.fingerprint and image is not None:  # spacing, orientation, intensity, volume, fragments vs training
             features = case_features(image, affine, self.fingerprint.get("ct", False), record["structures"])
-            flags = [f for f in flags if not f["detail"].startswith("spacing ")]
+            flags = [f for f in flags if f.measure != "spacing"]  # the fingerprint's spacing range replaces it
             flags += fingerprint_flags(features, self.fingerprint)
-        return {"statistics": record, "plan_flags": flags}
+        return {"statistics": record, "plan_flags": [f.to_dict() for f in flags]}
 
     def case(self, result: Any, name: str, source: Path, output_dir: Path) -> dict[str, Any]:
         """Measure a :class:`~medseg_attn.segmentation.inference.predictor.Prediction` (its ``image``: original values)."""
@@ -95,7 +99,8 @@ class Review:
 
     def skipped(self, name: str, files: list[Path], series_uid: str | None, output_dir: Path,
                 resample_uneven: bool = False, volume_index: int | None = None) -> dict[str, Any]:
-        """Measure a case whose outputs exist (an earlier run): its statistics file, or its label map and input.
+        """Measure a case whose outputs exist (an earlier run): its statistics file (when its thumbnail exists too
+        and the model has no fingerprint, whose flags need the image), or else its label map and input.
 
         A case that cannot be measured (no NIfTI output, unreadable input) is logged and left without numbers.
         """
@@ -103,8 +108,8 @@ class Review:
         if saved.exists() and thumbnail.exists() and not self.fingerprint:  # fingerprint flags need the image
             try:
                 record = read_case_statistics(saved)
-                return {"statistics": record, "plan_flags": plan_flags(record, self.plan_spacing, self.patch_size,
-                                                                       self.intensity, self.settings)}
+                flags = plan_flags(record, self.plan_spacing, self.patch_size, self.intensity, self.settings)
+                return {"statistics": record, "plan_flags": [f.to_dict() for f in flags]}
             except ValueError as error:
                 logger.warning("%s; measuring the case again", error)
         try:
@@ -117,7 +122,8 @@ class Review:
 
     def write(self, records: list[dict[str, Any]], output_dir: Path) -> list[dict[str, Any]]:
         """``statistics.csv`` (with ``statistics``), ``qc/volumes.png`` and ``report.html``; returns the cases
-        worst first (each with ``flags`` and ``score``)."""
+        worst first (each with ``flags``, a list of :class:`~medseg_attn.segmentation.qc.review.Flag`, and
+        ``score``)."""
         from medseg_attn.plots import save_distributions_png
 
         cases = [{"case": r["case"], "input": r["input"], "output": r.get("output", ""), "status": r["status"],
@@ -131,7 +137,7 @@ class Review:
         for case in ranked:
             for row in (case["statistics"] or {}).get("structures", []):
                 if row["voxels"]:
-                    flagged = any(f["detail"].startswith(f"{row['structure']}:") for f in case["flags"])
+                    flagged = any(f.structure == row["structure"] for f in case["flags"])
                     volumes.setdefault(row["structure"], []).append((case["case"], row["volume_ml"], flagged))
         (output_dir / "qc").mkdir(parents=True, exist_ok=True)
         save_distributions_png(output_dir / "qc" / "volumes.png", volumes, "ml",
@@ -183,7 +189,8 @@ def _cell(text: Any, value: Any = None, css: str = "") -> str:
 
 
 def _files(case: dict[str, Any], output_dir: Path) -> list[tuple[str, str]]:
-    """(label, relative link) of every file of the case that exists, the input last."""
+    """(label, link) of every file of the case that exists, the input last (a file in ``output_dir``: a relative
+    link; elsewhere: a file:// URI)."""
     links = []
     for target in [t for t in str(case.get("output") or "").split(";") if t]:
         path = Path(target)
@@ -213,10 +220,10 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
         anchor = f"case-{rank}"
         stats = case.get("statistics") or {}
         by_name = {r["structure"]: r for r in stats.get("structures", [])}
-        kinds = {kind: sum(f["severity"] for f in case["flags"] if f["kind"] == kind) for kind in FLAG_KINDS}
+        kinds = {kind: sum(f.severity for f in case["flags"] if f.kind == kind) for kind in FLAG_KINDS}
         cells = [_cell(rank, rank), f'<td class="text"><a href="#{anchor}">{html.escape(case["case"])}</a></td>',
                  _cell(f"{case['score']:g}", case["score"]),
-                 f'<td class="flags">{html.escape(", ".join(dict.fromkeys(f["kind"] for f in case["flags"])) or "-")}'
+                 f'<td class="flags">{html.escape(", ".join(dict.fromkeys(f.kind for f in case["flags"])) or "-")}'
                  '</td>']
         cells += [_cell(f"{kinds[k]:.1f}" if kinds[k] else "", round(kinds[k], 3),
                         ("flag " + k) if kinds[k] else "") for k in FLAG_KINDS]
@@ -283,7 +290,7 @@ def _detail(case: dict[str, Any], rank: int, anchor: str, review: Review, output
     parts = [f'<div class="case" id="{anchor}"><h3>{rank}. {html.escape(case["case"])} '
              f'<span class="muted">score {case["score"]:g}, {html.escape(case["status"])}</span></h3>']
     if case["flags"]:
-        items = "".join(f"<li><b>{html.escape(f['kind'])}</b> ({f['severity']:.2f}): {html.escape(f['detail'])}</li>"
+        items = "".join(f"<li><b>{html.escape(f.kind)}</b> ({f.severity:.2f}): {html.escape(f.detail)}</li>"
                         for f in case["flags"])
         parts.append(f"<ul>{items}</ul>")
     thumbnail = output_dir / "qc" / f"{case['case']}.png"

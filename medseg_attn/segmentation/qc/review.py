@@ -1,17 +1,19 @@
 """Flags that rank the cases of a batch for human review, and a score to sort by (see ``docs/statistics.md``).
 
-Each case gets zero or more flags, each with a severity (>= 1 when raised); the case's review score is the sum of
-its severities, so the worst cases come first. The flags:
+Each case gets zero or more flags (:class:`Flag` records), each with a severity (>= 1 when raised); the case's
+review score is the sum of its severities, so the worst cases come first. A graded flag (every kind but
+``failed`` and ``empty``) adds at most ``CAP`` = 5. The flags:
 
 * ``failed``: the case could not be predicted (severity 100);
 * ``empty``: a structure of the model has no voxel in the case (severity 10 per structure);
 * ``volume``: a structure's volume lies outside the batch's robust range, median +- ``volume_mad_k`` x the scaled
   MAD (1.4826 MAD, at least ``min_relative_spread`` x the median), with at least ``min_batch_cases`` non-empty
-  values; or outside its expected range from the settings. Severity: robust z / k (capped at ``CAP`` = 5);
+  values (severity robust z / k); or outside its ``expected_volume_ml`` range (severity 1 + how many times
+  outside);
 * ``fragmented``: a structure in more than ``max_components`` connected pieces, or whose largest piece holds less
-  than ``min_largest_share`` of its voxels;
+  than ``min_largest_share`` of its voxels (severity 1 to 5);
 * ``uncertainty``: mean uncertainty inside the predicted foreground above the batch's median + k x scaled MAD
-  (the spread at least ``uncertainty_min_spread``, uncertainty being in [0, 1]); and, when
+  (the spread at least ``uncertainty_min_spread``, uncertainty being in [0, 1]; severity z / k); and, when
   ``max_foreground_uncertainty`` is set (> 0, e.g. the limit ``scripts/stress_eval.py --choose-on`` found for a
   model, see ``docs/trust.md``), above that absolute limit, whatever the batch (severity value / limit);
 * ``geometry``: voxel spacing more than ``spacing_factor`` times off the model's planned spacing, or a field of
@@ -20,24 +22,58 @@ its severities, so the worst cases come first. The flags:
   that are not Hounsfield units, e.g. already normalised); for every model, an image median or 99.5 percentile
   more than ``intensity_mad_k`` robust spreads from the batch's (the spread at least ``min_relative_spread`` x
   the batch's median image range).
+
+A model that keeps its training set's fingerprint replaces the batch-relative volume and intensity checks, the
+fixed fragmentation limits and the spacing check with flags judged against the training data
+(:mod:`medseg_attn.segmentation.qc.fingerprint`).
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FLAG_KINDS", "ReviewSettings", "flag_cases", "load_review_settings", "plan_flags"]
+__all__ = ["FLAG_KINDS", "Flag", "ReviewSettings", "flag_cases", "load_review_settings", "plan_flags"]
 
 FLAG_KINDS = ("failed", "empty", "volume", "fragmented", "uncertainty", "geometry", "intensity")
 MAD_SCALE = 1.4826  # MAD x this estimates the standard deviation of normal data
 CAP = 5.0  # the most one graded flag (volume, fragmented, uncertainty, geometry, intensity) adds
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One review flag of a case.
+
+    Attributes:
+        kind: one of :data:`FLAG_KINDS`.
+        severity: what the flag adds to the case's score (>= 1 when raised; graded kinds at most ``CAP``).
+        detail: the reason, for people (the value and the range that raised it).
+        structure: the structure the flag is about (``empty``, ``volume``, ``fragmented``); None: the whole case.
+        measure: what was measured: a statistics key (``voxels``, ``volume_ml``, ``components``,
+            ``uncertainty_foreground_mean``, ``image_p50``, ``image_p99.5``) or ``spacing``, ``field_of_view``,
+            ``orientation``, ``image_range``, ``body_percentiles``; None for ``failed``.
+    """
+
+    kind: str
+    severity: float
+    detail: str
+    structure: str | None = None
+    measure: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """{kind, severity, detail, structure, measure}: what a batch record keeps (see :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Flag:
+        """The flag of a :meth:`to_dict` dict (a dict of only {kind, severity, detail} too)."""
+        return cls(values["kind"], values["severity"], values["detail"], values.get("structure"),
+                   values.get("measure"))
 
 
 @dataclass(frozen=True)
@@ -65,9 +101,10 @@ def load_review_settings(path: str | Path | None = None, overrides: Sequence[str
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown key (with the closest known one), or a value of the wrong kind or range.
+        ValueError: unknown key (a :class:`~medseg_attn.config.sections.ConfigError` naming the closest known
+            one), or a value of the wrong kind or range.
     """
-    from medseg_attn.config.loading import apply_overrides
+    from medseg_attn.config.loading import apply_overrides, check_known_keys
 
     where = str(path) if path is not None else "--review-set"
     values = _read_review_file(Path(path)) if path is not None else {}
@@ -79,19 +116,16 @@ def load_review_settings(path: str | Path | None = None, overrides: Sequence[str
         if "=" not in text or not text.split("=", 1)[0].strip():
             raise ValueError(f"--review-set {text!r}: expected KEY=VALUE, e.g. --review-set volume_mad_k=5")
     values = apply_overrides(values, list(overrides))
-    known = {f.name for f in fields(ReviewSettings)}
+    check_known_keys(values, [f.name for f in fields(ReviewSettings)], "review setting", where)
     settings = ReviewSettings()
     for key, value in values.items():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
-            raise ValueError(f"{where}: unknown review setting {key!r}{hint}")
         settings = replace(settings, **{key: _checked(key, value, where)})
     return settings
 
 
 def _read_review_file(path: Path) -> dict[str, Any]:
-    """The ``--review-config`` YAML: a mapping of review settings; a folder, a list or a scalar is one line."""
+    """The ``--review-config`` YAML: a mapping of review settings; a folder, a list or a scalar is refused (a
+    one-line ValueError)."""
     import yaml
 
     from medseg_attn.config.bounded_yaml import safe_load_bounded
@@ -135,7 +169,7 @@ def _checked(key: str, value: Any, where: str) -> Any:
 
 
 def plan_flags(record: dict[str, Any], plan_spacing: Sequence[float] | None, patch_size: Sequence[int],
-               intensity: str, settings: ReviewSettings) -> list[dict[str, Any]]:
+               intensity: str, settings: ReviewSettings) -> list[Flag]:
     """Flags of one case's grid and image range against the model's plan (``geometry``, CT ``intensity``).
 
     Args:
@@ -150,19 +184,21 @@ def plan_flags(record: dict[str, Any], plan_spacing: Sequence[float] | None, pat
     if plan_spacing and len(plan_spacing) == len(spacing):
         ratios = [max(s / p, p / s) for s, p in zip(spacing, plan_spacing)]
         if max(ratios) > settings.spacing_factor:
-            flags.append({"kind": "geometry", "severity": min(CAP, max(ratios) / settings.spacing_factor),
-                          "detail": f"spacing {_listing(spacing)} mm vs the model's {_listing(plan_spacing)} mm"})
+            flags.append(Flag("geometry", min(CAP, max(ratios) / settings.spacing_factor),
+                              f"spacing {_listing(spacing)} mm vs the model's {_listing(plan_spacing)} mm",
+                              measure="spacing"))
     network_spacing = plan_spacing if plan_spacing and len(plan_spacing) == len(spacing) else spacing
     patch_mm = [p * s for p, s in zip(patch_size, network_spacing)]
     small = [e / p for e, p in zip(extent, patch_mm) if e and p]
     if small and min(small) < settings.min_patch_fraction:
-        flags.append({"kind": "geometry", "severity": min(CAP, settings.min_patch_fraction / max(min(small), 1e-3)),
-                      "detail": f"field of view {_listing(extent)} mm vs a patch of {_listing(patch_mm)} mm"})
+        flags.append(Flag("geometry", min(CAP, settings.min_patch_fraction / max(min(small), 1e-3)),
+                          f"field of view {_listing(extent)} mm vs a patch of {_listing(patch_mm)} mm",
+                          measure="field_of_view"))
     low, high = record.get("image_p0.5"), record.get("image_p99.5")
     if intensity == "ct" and low is not None and high is not None and high - low < settings.ct_min_range_hu:
-        flags.append({"kind": "intensity", "severity": min(CAP, settings.ct_min_range_hu / max(high - low, 1.0)),
-                      "detail": f"image range {low:g} .. {high:g} (0.5-99.5 percentile) is narrower than "
-                                f"{settings.ct_min_range_hu:g} HU: not Hounsfield units?"})
+        flags.append(Flag("intensity", min(CAP, settings.ct_min_range_hu / max(high - low, 1.0)),
+                          f"image range {low:g} .. {high:g} (0.5-99.5 percentile) is narrower than "
+                          f"{settings.ct_min_range_hu:g} HU: not Hounsfield units?", measure="image_range"))
     return flags
 
 
@@ -172,7 +208,7 @@ def _listing(values: Sequence[float]) -> str:
 
 def _robust(values: list[float], settings: ReviewSettings, scale: float | None = None, floor: float = 1e-9
             ) -> tuple[float, float] | None:
-    """(median, spread) of a batch's values, None when fewer than ``min_batch_cases``; the spread is at least
+    """(median, spread) of a batch's values, None when fewer than ``min_batch_cases`` (and 2); the spread is at least
     ``min_relative_spread`` x ``scale`` (default: the median's magnitude) and at least ``floor``."""
     if len(values) < max(settings.min_batch_cases, 2):
         return None
@@ -182,9 +218,11 @@ def _robust(values: list[float], settings: ReviewSettings, scale: float | None =
     return median, max(spread, relative, floor, 1e-9)
 
 
-def _outliers(cases: list[dict[str, Any]], value, k: float, kind: str, label: str, settings: ReviewSettings,
-              high_only: bool = False, scale: float | None = None, floor: float = 1e-9) -> None:
-    """Flag the cases whose ``value(case)`` lies more than k robust spreads from the batch median."""
+def _outliers(cases: list[dict[str, Any]], value, k: float, kind: str, measure: str, label: str,
+              settings: ReviewSettings, structure: str | None = None, high_only: bool = False,
+              scale: float | None = None, floor: float = 1e-9) -> None:
+    """Flag the cases whose ``value(case)`` lies more than k robust spreads from the batch median (the flag's
+    detail: ``label`` and the value; ``structure`` and ``measure``: the flag's fields)."""
     present = [(case, value(case)) for case in cases]
     present = [(case, v) for case, v in present if v is not None]
     robust = _robust([v for _, v in present], settings, scale, floor)
@@ -194,14 +232,14 @@ def _outliers(cases: list[dict[str, Any]], value, k: float, kind: str, label: st
     for case, v in present:
         z = (v - median) / spread
         if (z if high_only else abs(z)) > k:
-            case["flags"].append({"kind": kind, "severity": min(CAP, abs(z) / k),
-                                  "detail": f"{label} {v:.4g}: {'above' if z > 0 else 'below'} the batch's "
-                                            f"{median:.4g} +- {k:g} x {spread:.3g}"})
+            case["flags"].append(Flag(kind, min(CAP, abs(z) / k),
+                                      f"{label} {v:.4g}: {'above' if z > 0 else 'below'} the batch's "
+                                      f"{median:.4g} +- {k:g} x {spread:.3g}", structure, measure))
 
 
 def flag_cases(cases: list[dict[str, Any]], settings: ReviewSettings, fingerprinted: bool = False
                ) -> list[dict[str, Any]]:
-    """Add ``flags`` (list of {kind, severity, detail}) and ``score`` to each case; return them worst first.
+    """Add ``flags`` (a list of :class:`Flag`) and ``score`` to each case; return them worst first.
 
     With ``fingerprinted`` (the model keeps its training set's fingerprint, whose flags came in ``plan_flags``,
     see :mod:`medseg_attn.segmentation.qc.fingerprint`) the batch-relative volume and intensity checks and the
@@ -209,12 +247,13 @@ def flag_cases(cases: list[dict[str, Any]], settings: ReviewSettings, fingerprin
 
     Args:
         cases: one dict per case: {"case", "status", "error", "statistics" (the case's record or None),
-            "plan_flags" (from :func:`plan_flags`, optional)}.
+            "plan_flags" (optional: :class:`Flag` s or their :meth:`Flag.to_dict`, as a batch record keeps them:
+            :meth:`medseg_attn.segmentation.qc.qc_report.Review.case`)}.
     """
     for case in cases:
-        case["flags"] = list(case.get("plan_flags") or [])
+        case["flags"] = [Flag.from_dict(f) if isinstance(f, dict) else f for f in case.get("plan_flags") or []]
         if case.get("status") == "failed":
-            case["flags"].append({"kind": "failed", "severity": 100.0, "detail": case.get("error") or "failed"})
+            case["flags"].append(Flag("failed", 100.0, case.get("error") or "failed"))
     measured = [case for case in cases if case.get("statistics")]
     names = list(dict.fromkeys(row["structure"] for case in measured for row in case["statistics"]["structures"]))
     for name in names:
@@ -226,40 +265,40 @@ def flag_cases(cases: list[dict[str, Any]], settings: ReviewSettings, fingerprin
             if found is None:
                 continue
             if not found["voxels"]:
-                case["flags"].append({"kind": "empty", "severity": 10.0, "detail": f"{name}: no voxel"})
+                case["flags"].append(Flag("empty", 10.0, f"{name}: no voxel", name, "voxels"))
                 continue
             bounds = settings.expected_volume_ml.get(name)
             volume = found["volume_ml"]
             if bounds and not bounds[0] <= volume <= bounds[1]:
                 off = bounds[0] / max(volume, 1e-9) if volume < bounds[0] else volume / max(bounds[1], 1e-9)
-                case["flags"].append({"kind": "volume", "severity": min(CAP, 1 + off),
-                                      "detail": f"{name}: {volume:.4g} ml outside the expected "
-                                                f"{bounds[0]:g} .. {bounds[1]:g} ml"})
+                case["flags"].append(Flag("volume", min(CAP, 1 + off), f"{name}: {volume:.4g} ml outside the "
+                                          f"expected {bounds[0]:g} .. {bounds[1]:g} ml", name, "volume_ml"))
             share = found["largest_component_share"] or 1.0
             if not fingerprinted and (found["components"] > settings.max_components
                                       or share < settings.min_largest_share):
                 severity = max(found["components"] / max(settings.max_components, 1),
                                (1 - share) / max(1 - settings.min_largest_share, 1e-6))
-                case["flags"].append({"kind": "fragmented", "severity": min(CAP, max(1.0, severity)),
-                                      "detail": f"{name}: {found['components']} components, largest "
-                                                f"{100 * share:.0f} %"})
+                case["flags"].append(Flag("fragmented", min(CAP, max(1.0, severity)),
+                                          f"{name}: {found['components']} components, largest {100 * share:.0f} %",
+                                          name, "components"))
         if not fingerprinted:
             _outliers(measured, lambda case: (row(case) or {}).get("volume_ml") or None, settings.volume_mad_k,
-                      "volume", f"{name}: volume (ml)", settings)
+                      "volume", "volume_ml", f"{name}: volume (ml)", settings, structure=name)
     _outliers(measured, lambda case: case["statistics"].get("uncertainty_foreground_mean"),
-              settings.uncertainty_mad_k, "uncertainty", "foreground uncertainty", settings, high_only=True,
-              floor=settings.uncertainty_min_spread)
+              settings.uncertainty_mad_k, "uncertainty", "uncertainty_foreground_mean", "foreground uncertainty",
+              settings, high_only=True, floor=settings.uncertainty_min_spread)
     limit = settings.max_foreground_uncertainty
     for case in measured if limit > 0 else ():
         value = case["statistics"].get("uncertainty_foreground_mean")
         if value is not None and value > limit:
-            case["flags"].append({"kind": "uncertainty", "severity": min(CAP, value / limit),
-                                  "detail": f"foreground uncertainty {value:.3f} above the limit {limit:g}"})
+            case["flags"].append(Flag("uncertainty", min(CAP, value / limit),
+                                      f"foreground uncertainty {value:.3f} above the limit {limit:g}",
+                                      measure="uncertainty_foreground_mean"))
     ranges = [case["statistics"]["image_p99.5"] - case["statistics"]["image_p0.5"] for case in measured
               if case["statistics"].get("image_p99.5") is not None]
     for key in () if fingerprinted else ("image_p50", "image_p99.5"):  # spread floor: a share of the image range
         _outliers(measured, lambda case, key=key: case["statistics"].get(key), settings.intensity_mad_k,
-                  "intensity", f"image {key[6:]} percentile", settings, scale=float(np.median(ranges or [0])))
+                  "intensity", key, f"image {key[6:]} percentile", settings, scale=float(np.median(ranges or [0])))
     for case in cases:
-        case["score"] = round(sum(flag["severity"] for flag in case["flags"]), 3)
+        case["score"] = round(sum(flag.severity for flag in case["flags"]), 3)
     return sorted(cases, key=lambda case: (-case["score"], case["case"]))

@@ -76,9 +76,11 @@ def test_planted_cases_are_flagged_and_ranked_first(planted_batch, predictor):
     ranked = review.write(records, output)
     assert {c["case"] for c in ranked[:2]} == set(PLANTED)
     by_name = {c["case"]: c for c in ranked}
-    assert any(f["kind"] == "empty" and f["detail"].startswith("core:") for f in by_name["bad_empty"]["flags"])
-    large = [f for f in by_name["bad_large"]["flags"] if f["kind"] == "volume"]
-    assert large and large[0]["detail"].startswith("shell:") and "above" in large[0]["detail"]
+    assert any(f.kind == "empty" and f.structure == "core" and f.detail == "core: no voxel"
+               for f in by_name["bad_empty"]["flags"])
+    large = [f for f in by_name["bad_large"]["flags"] if f.kind == "volume"]
+    assert large and large[0].structure == "shell" and large[0].measure == "volume_ml"
+    assert large[0].detail.startswith("shell: volume (ml)") and "above" in large[0].detail
     ordinary = [c for c in ranked if c["case"] not in PLANTED]
     assert all(c["score"] == 0 and not c["flags"] for c in ordinary), [(c["case"], c["flags"]) for c in ordinary]
     # the shell of bad_large: 3x the median volume of the others, as counted from the written label map
@@ -97,7 +99,7 @@ def test_expected_volume_range_and_settings_errors(planted_batch, predictor, tmp
     low = min(shell.values()) - 1
     settings = load_review_settings(None, [f"expected_volume_ml.shell=[{low}, {low + 1}]", "min_batch_cases=50"])
     ranked = Review.for_predictor(predictor, settings).write(records, output)
-    flagged = {c["case"] for c in ranked if any(f["kind"] == "volume" for f in c["flags"])}
+    flagged = {c["case"] for c in ranked if any(f.kind == "volume" for f in c["flags"])}
     assert flagged == set(shell) - {min(shell, key=shell.get)}  # all but the smallest lie above the range
     config = tmp_path / "review.yaml"
     config.write_text("review:\n  volume_mad_kk: 3\n")

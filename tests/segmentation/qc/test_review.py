@@ -26,8 +26,8 @@ def test_max_foreground_uncertainty_flags_above_the_limit_only():
                                                ReviewSettings(max_foreground_uncertainty=0.25))}
     assert not ranked["calm"]["flags"] and not ranked["edge"]["flags"]  # at the limit: silent
     (flag,) = ranked["unsure"]["flags"]
-    assert flag["kind"] == "uncertainty" and flag["severity"] == pytest.approx(0.40 / 0.25)
-    assert "0.400 above the limit 0.25" in flag["detail"] and ranked["unsure"]["score"] == pytest.approx(1.6)
+    assert flag.kind == "uncertainty" and flag.severity == pytest.approx(0.40 / 0.25)
+    assert "0.400 above the limit 0.25" in flag.detail and ranked["unsure"]["score"] == pytest.approx(1.6)
 
 
 def test_the_limit_is_a_review_setting_in_0_1(tmp_path):
