@@ -61,7 +61,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     literals = {"data.dataset": args.data} if args.data else {}
     config = with_cache(load_config(args.config, list(args.overrides), literals=literals), args)
     summary = prepare_dataset(config, args.device, progress=not args.quiet)
-    resolved = summary["plan"]["resolved"]
+    resolved = summary["plan"].resolved.to_dict()  # printed as in plan.json (lists)
     print(f"preprocessed {summary['cases']} cases ({summary['built']} built, "
           f"{summary['cases'] - summary['built']} reused) in {summary['seconds']:.1f} s into {summary['cache']}; "
           f"spacing {resolved['spacing']}, patch {resolved['patch_size']}, intensity {resolved['intensity']}")

@@ -46,7 +46,7 @@ from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
 from medseg_attn.segmentation.finetune import load_initial_weights
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss
 from medseg_attn.segmentation.inference.explain import validation_attention_images
-from medseg_attn.segmentation.data.planning import dataset_fingerprint, describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.data.planning import Plan, dataset_fingerprint, describe_plan, make_plan, save_plan
 from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
@@ -98,11 +98,11 @@ class _Run:
                                       "dataset": str(Path(config.data.dataset).expanduser().resolve())})
         self.plan = _plan(config, self.dataset.training, modality, device, output, resume,
                           progress and self.dist.is_main, self.dist)
-        resolved = self.plan["resolved"]
-        self.config = config.replace(data={"spacing": resolved["spacing"], "patch_size": resolved["patch_size"],
-                                           "intensity": resolved["intensity"],
-                                           "normalisation_mask": bool(resolved["normalisation_mask"])},
-                                     train={"batch_size": resolved["batch_size"]})
+        resolved = self.plan.resolved
+        self.config = config.replace(data={"spacing": resolved.spacing, "patch_size": resolved.patch_size,
+                                           "intensity": resolved.intensity,
+                                           "normalisation_mask": resolved.normalisation_mask},
+                                     train={"batch_size": resolved.batch_size})
         self.labels = without_ignore(labels)  # the classes the network predicts
         self.ignore = ignore_index(labels)  # sparse labels: this value marks unannotated voxels
         self.prep = Preprocessing.from_plan(self.config.data, self.plan)
@@ -217,7 +217,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         validate=validate if val_ds is not None else None, metric="val_dice", curves=save_training_curves,
         payload={"task": TASK.name, "config": cfg.to_dict(),
                  "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
-                 "plan": {key: run.plan[key] for key in ("planned", "resolved", "source", "rules", "ct_statistics")},
+                 "plan": run.plan.checkpoint_dict(),
                  "in_channels": in_channels, "colors": resolve_colors(run.labels, colors_from_dataset(
                      cfg.data.dataset), f"{cfg.data.dataset}: colors"),
                  "card": training_card({"dataset": cfg.data.dataset, "training_cases": len(run.train_cases),
@@ -240,11 +240,11 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
 
 
 def _plan(config: Config, cases: list[dict], modality: str | None, device: torch.device, output: Path, resume: bool,
-          progress: bool, dist: Distributed) -> dict[str, Any]:
+          progress: bool, dist: Distributed) -> Plan:
     """The run's plan: RUN/plan.json when resuming (the run keeps its plan), else fingerprint + plan, written."""
     path = output / "plan.json"
     if resume and path.exists():
-        return json.loads(path.read_text())
+        return Plan.from_dict(json.loads(path.read_text()), str(path))
     fingerprint = fingerprint_cases(cases, modality, config.data.cache_dir, config.data.preprocess_workers, progress,
                                     dist)  # cached per case: a second run reads it
     plan = make_plan(fingerprint, config, device.type)

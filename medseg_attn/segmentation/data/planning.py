@@ -20,8 +20,11 @@ intensity statistics inside the body and inside the labelled voxels. The plan de
 
 Every planned value yields to a value set in the config (``data.spacing``, ``data.patch_size``,
 ``train.batch_size``, ``data.intensity``, ``data.normalisation_mask``); the plan records which came from
-where. The resolved plan is written as ``plan.json`` in the run and stored in the checkpoint; prediction uses
-the checkpoint's preprocessing unchanged.
+where. The plan is a :class:`Plan` (frozen records: :class:`PlanValues` for the planned and the resolved values,
+:class:`PlanSources`, :class:`PlanRules`, :class:`IntensityStats`); :meth:`Plan.to_dict` is ``plan.json`` in
+the run, :meth:`Plan.checkpoint_dict` the part stored in the checkpoint (both in the key order of the files
+written before the records), and :meth:`Plan.from_dict` reads either back. Prediction uses the checkpoint's
+preprocessing unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import logging
 import math
 import zlib
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,8 @@ from medseg_attn.segmentation.data.foreground import body_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANISOTROPY", "COVERAGE", "MASK_FRACTION", "MAX_COARSENING", "VOXEL_BUDGET", "case_rng", "dataset_fingerprint", "describe_plan", "make_plan",
+__all__ = ["ANISOTROPY", "COVERAGE", "MASK_FRACTION", "MAX_COARSENING", "VOXEL_BUDGET", "IntensityStats", "Plan",
+           "PlanRules", "PlanSources", "PlanValues", "case_rng", "dataset_fingerprint", "describe_plan", "make_plan",
            "pooled_fingerprint", "save_plan"]
 
 ANISOTROPY = 3.0  # coarsest / finest spacing above which the coarse axis is planned finer than its median
@@ -52,6 +57,164 @@ VOXEL_BUDGET = {"cpu": 2 * 64**3, "cuda": 2 * 128**3}  # batch x patch voxels pe
 COVERAGE = 0.25  # the planned spacing is coarsened until the patch covers this share of the median case ...
 MAX_COARSENING = 2.0  # ... but at most this factor per axis
 SAMPLES_PER_CASE = 10_000  # labelled voxels sampled per case for the CT statistics
+
+
+def _plain(value: Any) -> Any:
+    """A field as JSON: tuples as lists, records as their dicts."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _keys(values: Any, known: tuple[str, ...], required: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``values`` when it is a mapping with only ``known`` keys and all ``required`` ones, else a ValueError."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise ValueError(f"{where}: missing key {missing[0]!r}")
+    return values
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+class _Record:
+    """``to_dict``: the fields in declaration order, which is the key order of the files."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class PlanValues(_Record):
+    """One value per planned setting: the planner's proposal (``planned``) or what the run uses (``resolved``)."""
+
+    spacing: tuple[float, ...] | None  # target mm per voxel; None (resolved only): each case keeps its own
+    patch_size: tuple[int, ...]
+    batch_size: int
+    intensity: str  # ct, zscore, ct_window or none
+    normalisation_mask: bool
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "plan") -> PlanValues:
+        names = _names(cls)
+        values = _keys(values, names, names, where)
+        spacing = values["spacing"]
+        return cls(None if spacing is None else tuple(float(v) for v in spacing),
+                   tuple(int(v) for v in values["patch_size"]), int(values["batch_size"]), str(values["intensity"]),
+                   bool(values["normalisation_mask"]))
+
+
+@dataclass(frozen=True)
+class PlanSources(_Record):
+    """Where each resolved value came from: 'plan' (planned) or 'config' (set in the config)."""
+
+    spacing: str
+    patch_size: str
+    batch_size: str
+    intensity: str
+    normalisation_mask: str
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "plan") -> PlanSources:
+        names = _names(cls)
+        return cls(**{key: str(value) for key, value in _keys(values, names, names, where).items()})
+
+
+@dataclass(frozen=True)
+class PlanRules(_Record):
+    """How the plan was made: the spacing rule (text), the network's divisor, the voxel budget, the body fraction
+    (and the mask threshold) and the median cropped shape at the run's spacing."""
+
+    spacing: str
+    network_divisor: int
+    voxel_budget: int
+    median_body_fraction: float
+    mask_when_body_below: float
+    median_cropped_shape: tuple[float, ...]
+
+    RENAMED = {"median_cropped_shape_at_target": "median_cropped_shape"}  # plans written before the rename
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "plan") -> PlanRules:
+        if isinstance(values, dict):
+            values = {cls.RENAMED.get(key, key): value for key, value in values.items()}
+        names = _names(cls)
+        values = _keys(values, names, names, where)
+        return cls(str(values["spacing"]), int(values["network_divisor"]), int(values["voxel_budget"]),
+                   float(values["median_body_fraction"]), float(values["mask_when_body_below"]),
+                   tuple(float(v) for v in values["median_cropped_shape"]))
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Labelled-voxel intensities of a CT dataset: mean, standard deviation, percentiles 0.5 and 99.5 (HU)."""
+
+    mean: float
+    std: float
+    p0_5: float
+    p99_5: float
+
+    KEYS = ("mean", "std", "p0.5", "p99.5")  # the keys in plan.json, in the order of the fields
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(zip(self.KEYS, (self.mean, self.std, self.p0_5, self.p99_5)))
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "plan") -> IntensityStats:
+        values = _keys(values, cls.KEYS, cls.KEYS, where)
+        return cls(*(float(values[key]) for key in cls.KEYS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan(_Record):
+    """The plan of a run (see the module docstring); the fields are in the key order of ``plan.json``.
+
+    ``dataset``, ``modality``, ``cases``, ``device`` and ``fingerprint`` are None for a plan read from a checkpoint
+    (which keeps only :data:`CHECKPOINT_KEYS`); ``ct_statistics`` is None unless the resolved intensity is 'ct'.
+    """
+
+    dataset: str | None = None
+    modality: str | None = None
+    cases: int | None = None  # training cases fingerprinted
+    device: str | None = None  # whose voxel budget was planned for
+    rules: PlanRules
+    planned: PlanValues
+    resolved: PlanValues
+    source: PlanSources
+    ct_statistics: IntensityStats | None = None
+    fingerprint: dict[str, Any] | None = field(default=None, hash=False)  # :func:`dataset_fingerprint`'s dict
+
+    CHECKPOINT_KEYS = ("planned", "resolved", "source", "rules", "ct_statistics")  # and their order there
+
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """The part of the plan stored in a checkpoint (``payload["plan"]``), as training has always stored it."""
+        values = self.to_dict()
+        return {key: values[key] for key in self.CHECKPOINT_KEYS}
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "plan") -> Plan:
+        """A plan from ``plan.json`` or a checkpoint's ``payload["plan"]`` (any version written so far).
+
+        Raises:
+            ValueError: naming ``where`` and the key, for a key the plan does not know or a missing record.
+        """
+        names = _names(cls)
+        values = _keys(values, names, ("rules", "planned", "resolved", "source"), where)
+        stats, cases = values.get("ct_statistics"), values.get("cases")
+        text = {key: None if values.get(key) is None else str(values[key]) for key in ("dataset", "modality", "device")}
+        return cls(**text, cases=None if cases is None else int(cases),
+                   rules=PlanRules.from_dict(values["rules"], f"{where}: rules"),
+                   planned=PlanValues.from_dict(values["planned"], f"{where}: planned"),
+                   resolved=PlanValues.from_dict(values["resolved"], f"{where}: resolved"),
+                   source=PlanSources.from_dict(values["source"], f"{where}: source"),
+                   ct_statistics=None if stats is None else IntensityStats.from_dict(stats, f"{where}: ct_statistics"),
+                   fingerprint=values.get("fingerprint"))
 
 
 def _case_fingerprint(case: dict[str, Any], ct: bool, rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
@@ -188,11 +351,12 @@ def _coarsen_for_coverage(cases: list[dict[str, Any]], target: list[float], divi
             f"(target {COVERAGE:.0%}, at most {MAX_COARSENING:g}x)")
 
 
-def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") -> dict[str, Any]:
+def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") -> Plan:
     """The plan for ``fingerprint``: every value planned, then replaced by the config's where it sets one.
 
     Returns:
-        A JSON-ready dict: the planned values, the resolved values (what the run uses) and where each came from.
+        The :class:`Plan`: the planned values, the resolved values (what the run uses), where each came from, the
+        rules and the fingerprint (``plan.to_dict()`` is the JSON of ``plan.json``).
     """
     data, train = config.data, config.train
     cases = fingerprint["cases"]
@@ -236,39 +400,40 @@ def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") 
     if resolved["intensity"] == "ct" and statistics is None:
         raise ValueError(f"{data.dataset}: intensity 'ct' needs labelled voxels for its percentiles, and the label "
                          "maps are empty; use data.intensity: ct_window")
-    return {
-        "dataset": data.dataset, "modality": fingerprint["modality"], "cases": len(cases), "device": str(device),
-        "rules": {"spacing": spacing_rule, "network_divisor": divisor, "voxel_budget": budget,
-                  "median_body_fraction": round(body, 4), "mask_when_body_below": MASK_FRACTION,
-                  "median_cropped_shape": [round(float(v), 1) for v in median_shape]},
-        "planned": planned, "resolved": resolved, "source": source,
-        "ct_statistics": statistics if resolved["intensity"] == "ct" else None,
-        "fingerprint": fingerprint,
-    }
+    return Plan(
+        dataset=data.dataset, modality=fingerprint["modality"], cases=len(cases), device=str(device),
+        rules=PlanRules(spacing_rule, divisor, budget, round(body, 4), MASK_FRACTION,
+                        tuple(round(float(v), 1) for v in median_shape)),
+        planned=PlanValues.from_dict(planned), resolved=PlanValues.from_dict(resolved),
+        source=PlanSources.from_dict(source),
+        ct_statistics=IntensityStats.from_dict(statistics) if resolved["intensity"] == "ct" else None,
+        fingerprint=fingerprint,
+    )
 
 
-def describe_plan(plan: dict[str, Any]) -> str:
+def describe_plan(plan: Plan) -> str:
     """A few human-readable lines: each resolved value, where it came from, and the planner's proposal."""
-    lines = [f"plan for {plan['dataset']} ({plan['cases']} cases, modality {plan['modality']}, {plan['device']})"]
-    for key, value in plan["resolved"].items():
-        origin = plan["source"][key]
-        note = "" if origin == "plan" else f" (from the config; planned {plan['planned'][key]})"
+    lines = [f"plan for {plan.dataset} ({plan.cases} cases, modality {plan.modality}, {plan.device})"]
+    planned, sources = plan.planned.to_dict(), plan.source.to_dict()
+    for key, value in plan.resolved.to_dict().items():  # as in plan.json: lists, not tuples
+        note = "" if sources[key] == "plan" else f" (from the config; planned {planned[key]})"
         lines.append(f"  {key}: {value}{note}")
-    rules = plan["rules"]
-    lines.append(f"  spacing rule: {rules['spacing']}; median cropped shape at the run's spacing "
-                 f"{rules['median_cropped_shape']}; voxel budget {rules['voxel_budget']}")
-    lines.append(f"  median body fraction {rules['median_body_fraction']} (mask used below "
-                 f"{rules['mask_when_body_below']})")
-    if plan.get("ct_statistics"):
-        stats = plan["ct_statistics"]
-        lines.append(f"  CT: clip to [{stats['p0.5']}, {stats['p99.5']}] HU, mean {stats['mean']}, sd {stats['std']}")
-    crops = [c["crop_fraction"] for c in plan["fingerprint"]["cases"]]
-    lines.append(f"  the body crop removes {100 * float(np.median(crops)):.0f} % of the median case")
+    rules = plan.rules
+    lines.append(f"  spacing rule: {rules.spacing}; median cropped shape at the run's spacing "
+                 f"{list(rules.median_cropped_shape)}; voxel budget {rules.voxel_budget}")
+    lines.append(f"  median body fraction {rules.median_body_fraction} (mask used below "
+                 f"{rules.mask_when_body_below})")
+    if plan.ct_statistics:
+        stats = plan.ct_statistics
+        lines.append(f"  CT: clip to [{stats.p0_5}, {stats.p99_5}] HU, mean {stats.mean}, sd {stats.std}")
+    if plan.fingerprint:
+        crops = [c["crop_fraction"] for c in plan.fingerprint["cases"]]
+        lines.append(f"  the body crop removes {100 * float(np.median(crops)):.0f} % of the median case")
     return "\n".join(lines)
 
 
-def save_plan(plan: dict[str, Any], path: str | Path) -> Path:
-    """Write ``plan.json`` (atomically)."""
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    """Write ``plan.json`` (atomically): :meth:`Plan.to_dict`, the layout of every plan.json so far."""
     path = Path(path)
-    atomic_write_text(path, json.dumps(plan, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(plan.to_dict(), indent=2, allow_nan=False) + "\n")
     return path

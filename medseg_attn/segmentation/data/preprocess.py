@@ -255,7 +255,7 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
 
     Returns:
         ``{"cases", "built", "cache", "plan", "seconds"}``: cases in the dataset, entries this call built (the
-        others were reused), the cache folder, the plan.
+        others were reused), the cache folder, the :class:`~medseg_attn.segmentation.data.planning.Plan`.
     """
     import time
 
@@ -276,10 +276,10 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
     fingerprint = fingerprint_cases(dataset.training, modality, data.cache_dir, data.preprocess_workers, progress)
     config = config.replace(data={"dataset": str(Path(data.dataset).expanduser().resolve())})
     plan = make_plan(fingerprint, config, device)
-    resolved = plan["resolved"]
-    data = config.replace(data={"spacing": resolved["spacing"], "patch_size": resolved["patch_size"],
-                                "intensity": resolved["intensity"],
-                                "normalisation_mask": bool(resolved["normalisation_mask"])}).data
+    resolved = plan.resolved
+    data = config.replace(data={"spacing": resolved.spacing, "patch_size": resolved.patch_size,
+                                "intensity": resolved.intensity,
+                                "normalisation_mask": resolved.normalisation_mask}).data
     prep = Preprocessing.from_plan(data, plan)
     counts: dict[str, int] = {}
     from medseg_attn.segmentation.data.sparse import without_ignore

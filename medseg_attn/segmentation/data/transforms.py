@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from monai import transforms as mt
@@ -16,6 +17,9 @@ from medseg_attn.augmentation import augmentation
 from medseg_attn.config import DataConfig
 from medseg_attn.io.readers import LoadVolumed
 from medseg_attn.segmentation.data.foreground import MASK_KEY, ForegroundMaskd, NormaliseIntensityd, background_value
+
+if TYPE_CHECKING:
+    from medseg_attn.segmentation.data.planning import Plan
 
 __all__ = ["Preprocessing", "preprocessing", "training_augmentation", "nonzero", "CheckLabelValuesd"]
 
@@ -71,20 +75,22 @@ class Preprocessing:
                    float(values["ct_mean"]), float(values["ct_std"]))
 
     @classmethod
-    def from_plan(cls, data: DataConfig, plan: dict) -> Preprocessing:
-        """The preprocessing a plan (:func:`medseg_attn.segmentation.data.planning.make_plan`) resolves to."""
-        resolved = plan["resolved"]
-        spacing = resolved["spacing"]
-        dims = len(resolved["patch_size"])
+    def from_plan(cls, data: DataConfig, plan: Plan) -> Preprocessing:
+        """The preprocessing a :class:`~medseg_attn.segmentation.data.planning.Plan` resolves to (its resolved
+        values and CT statistics, the orientation, CT window and crop of ``data``)."""
+        resolved, stats = plan.resolved, plan.ct_statistics
+        spacing = resolved.spacing
+        dims = len(resolved.patch_size)
         if spacing is not None and len(spacing) == 1:
-            spacing = list(spacing) * dims
-        statistics = plan.get("ct_statistics") or {}
-        clip = (statistics["p0.5"], statistics["p99.5"]) if resolved["intensity"] == "ct" else None
-        ct = plan["modality"] == "ct" or resolved["intensity"] in ("ct", "ct_window")
-        return cls(tuple(spacing) if spacing else None, data.orientation[:dims], resolved["intensity"],
+            spacing = spacing * dims
+        if resolved.intensity == "ct" and stats is None:
+            raise ValueError("plan: intensity 'ct' needs ct_statistics (the dataset's percentiles), and it has none")
+        clip = (stats.p0_5, stats.p99_5) if stats is not None and resolved.intensity == "ct" else None
+        ct = plan.modality == "ct" or resolved.intensity in ("ct", "ct_window")
+        return cls(tuple(spacing) if spacing else None, data.orientation[:dims], resolved.intensity,
                    tuple(data.ct_window), data.crop_foreground, dims, "ct_body" if ct else "body",
-                   bool(resolved["normalisation_mask"]), clip, float(statistics.get("mean", 0.0)),
-                   float(statistics.get("std", 1.0)))
+                   bool(resolved.normalisation_mask), clip, float(stats.mean if stats else 0.0),
+                   float(stats.std if stats else 1.0))
 
     def background(self) -> float:
         """The value outside the body after normalisation (and of padding)."""
