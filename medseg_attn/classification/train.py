@@ -58,6 +58,7 @@ from medseg_attn.training.loop import (
     seed_everything,
 )
 from medseg_attn.training.setup import build_datasets, recorded_split, seeded_loader
+from medseg_attn.training.state import Best
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,10 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
             value = value + config.model.segmentation_weight * segmentation_loss(output_[1], mask)
         return value
 
-    best = {"value": None}
+    # the best monitored value so far, for confusion_matrix.png (fit keeps its own for best.pt; same rule)
+    best = Best(higher_is_better=tcfg.monitor != "loss")
+    if payload is not None:
+        best.value = payload.get("best_metric")
 
     def validate() -> Validation:
         truth, probabilities = _predict_dataset(network, val_ds, tcfg.batch_size, device, multitask)
@@ -224,10 +228,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
         if tcfg.log_images:
             images["val/confusion_matrix"] = confusion_matrix_image(np.asarray(metrics["confusion_matrix"]), classes,
                                                                      title)
-        improved = best["value"] is None or (monitored < best["value"] if tcfg.monitor == "loss"
-                                             else monitored > best["value"])
-        if improved and dist.is_main:
-            best["value"] = monitored
+        if dist.is_main and best.update(monitored):
             save_confusion_matrix_png(np.asarray(metrics["confusion_matrix"]), classes,
                                       output / "confusion_matrix.png", title)
         return Validation(
@@ -238,8 +239,6 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
             text=f"validation {tcfg.monitor.replace('_', ' ')} {monitored:.4f} (accuracy {values['accuracy']:.4f})",
         )
 
-    if payload is not None and payload.get("best_metric") is not None:
-        best["value"] = payload["best_metric"]
     task = TrainTask(
         network=network, optimizer=optimizer, loss=loss, loader=loader,
         steps_per_epoch=tcfg.steps_per_epoch or max(1, math.ceil(len(train_ds) / tcfg.batch_size)),

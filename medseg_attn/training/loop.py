@@ -16,11 +16,12 @@ builds its network, optimizer, data and validation, describes them in a :class:`
   ranks, and only rank 0 writes checkpoints (the unwrapped network, so a run resumes with any number of
   processes), history and TensorBoard. The task shards its own data and reduces its own validation
   (:mod:`medseg_attn.training.distributed`).
+
+The state of a run (counters, seconds, best value, history) is a :class:`~medseg_attn.training.state.TrainState`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import random
@@ -37,9 +38,9 @@ from tqdm import tqdm
 
 from medseg_attn import __version__
 from medseg_attn.config import TrainConfig, from_dict
-from medseg_attn.io.tables import write_csv
 from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg_attn.training.distributed import Distributed
+from medseg_attn.training.state import Best, TrainState, read_history, write_history
 
 logger = logging.getLogger(__name__)
 
@@ -181,36 +182,6 @@ def summary_writer(path: Path):
     return SummaryWriter(log_dir=str(path))
 
 
-def write_history(history: list[dict], output: Path, curves: Callable[[list[dict], Path], Any] | None) -> None:
-    """``output/history.csv`` (atomically) and, with ``curves``, ``output/training_curves.png``."""
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    write_csv(output / "history.csv", history, keys)
-    if curves is not None:
-        curves(history, output / "training_curves.png")
-
-
-def read_history(path: Path) -> list[dict]:
-    """Rows of a ``history.csv`` (numbers as numbers, empty cells as None)."""
-    if not path.exists():
-        return []
-    rows = []
-    with path.open() as handle:
-        for raw in csv.DictReader(handle):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                if value in ("", None):
-                    row[key] = None
-                else:
-                    try:
-                        row[key] = int(value) if key in ("epoch", "step") else float(value)
-                    except ValueError:
-                        row[key] = value
-            rows.append(row)
-    return rows
-
-
 class _NoWriter:
     """Stands in for the TensorBoard writer on ranks other than 0."""
 
@@ -223,9 +194,53 @@ def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
         yield from batches
 
 
+class _Clock:
+    """Wall-clock seconds of the run, going on from the seconds a resumed run had already used."""
+
+    def __init__(self, used: float) -> None:
+        self._start = time.perf_counter() - used
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self._start
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What :func:`fit` sets up once and each of its steps uses."""
+
+    task: TrainTask
+    train: TrainConfig
+    output: Path
+    device: torch.device
+    dist: Distributed
+    model: nn.Module  # the training forward: the network, or its DDP wrapper; compiled with train.compile
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+    writer: Any  # TensorBoard's SummaryWriter on rank 0, a _NoWriter on the others
+    progress: bool  # show the progress bar (rank 0 only)
+    budget: float | None  # seconds (train.minutes), or None
+    clock: _Clock
+
+
+@dataclass
+class _Epoch:
+    """What one training epoch did."""
+
+    losses: list[float] = field(default_factory=list)  # of every step; empty: no step (the budget was used up)
+    wait: float = 0.0  # seconds spent waiting for batches
+    seconds: float = 0.0
+    lr: float | None = None  # of its last step
+    out_of_time: bool = False  # the time budget ran out during it
+
+
 def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, Any] | None,
         device: torch.device, progress: bool = True, dist: Distributed | None = None) -> TrainResult:
     """Run the training loop of ``task`` into the run folder ``output``.
+
+    Each epoch: :func:`_train_epoch`, then its history row (:func:`_epoch_row`), a validation when due
+    (:func:`_validate`: ``best.pt``, patience), ``last.pt`` and ``history.csv`` (:func:`_record_epoch`), and the
+    stopping rules (:func:`_stop_reason`).
 
     Args:
         task: network, optimizer, loss, data and validation of the task.
@@ -237,29 +252,65 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         dist: this process's place in a torchrun job (None: a single process).
     """
     dist = dist or Distributed()
-    network, optimizer = task.network, task.optimizer
-    model: nn.Module = network
-    checkpoints = output / "checkpoints"
+    run, state = _set_up(task, train, output, payload, device, progress, dist)
+    start_epoch, stopped, validation_seconds = state.epoch, "max_epochs", 0.0
+    while state.epoch < train.max_epochs:
+        epoch = _train_epoch(run, state, validation_seconds)
+        if epoch.out_of_time:
+            stopped = "time budget"
+        if not epoch.losses:  # the budget ran out before this epoch could start
+            break
+        state.epoch += 1
+        row = _epoch_row(run, state, epoch)
+        last_epoch = state.epoch >= train.max_epochs or epoch.out_of_time
+        if task.validate is not None and (state.epoch % train.val_interval == 0 or last_epoch):
+            validation_seconds = _validate(run, state, row)
+        _record_epoch(run, state, row)
+        reason = _stop_reason(train, state, epoch.out_of_time)
+        if reason is not None:
+            stopped = reason
+            break
+    if task.validate is None and state.epoch > start_epoch:
+        _save(run, state, "best")  # nothing to select on: the last weights are the best we have
+    run.writer.close()
+    dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
+    seconds = run.clock()
+    logger.info("training stopped (%s) after %d epochs, %d steps, %.0f s", stopped, state.epoch, state.step, seconds)
+    return TrainResult(output, state.best.value, state.best.epoch, state.epoch, state.step, seconds, stopped,
+                       state.epoch - start_epoch)
+
+
+def _set_up(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, Any] | None,
+            device: torch.device, progress: bool, dist: Distributed) -> tuple[_Run, TrainState]:
+    """Mixed precision and its loss scaler, the resumed weights and state, the training forward (DDP, compile),
+    TensorBoard, and the clock (going on from the checkpoint's seconds)."""
+    network = task.network
     if dist.is_main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
+        (output / "checkpoints").mkdir(parents=True, exist_ok=True)
     use_amp = train.amp == "on" or (train.amp == "auto" and device.type == "cuda")
     amp_dtype = torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
-
-    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "best": None, "best_epoch": None, "bad": 0, "history": []}
+    state = TrainState(best=Best(task.higher_is_better))
     if payload is not None:
         network.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        task.optimizer.load_state_dict(payload["optimizer"])
         if "scaler" in payload:
             scaler.load_state_dict(payload["scaler"])
-        state.update(epoch=payload["epoch"], step=payload["step"], elapsed=payload["elapsed_seconds"],
-                     best=payload["best_metric"], best_epoch=payload["best_epoch"], bad=payload["bad_validations"],
-                     history=read_history(output / "history.csv"))
-        logger.info("resuming %s at epoch %d (step %d, %.0f s used)", output, state["epoch"], state["step"],
-                    state["elapsed"])
+        state = TrainState.from_checkpoint(payload, read_history(output / "history.csv"), task.higher_is_better)
+        logger.info("resuming %s at epoch %d (step %d, %.0f s used)", output, state.epoch, state.step, state.elapsed)
+    model = _training_forward(network, train, device, dist)
+    writer = summary_writer(output / "tensorboard") if dist.is_main else _NoWriter()
+    budget = train.minutes * 60.0 if train.minutes else None
+    run = _Run(task, train, output, device, dist, model, scaler, use_amp, amp_dtype, writer, progress and dist.is_main,
+               budget, _Clock(state.elapsed))
+    return run, state
 
-    start_epoch = state["epoch"]
-    if dist.enabled:  # after loading the checkpoint: DDP broadcasts rank 0's weights once, here
+
+def _training_forward(network: nn.Module, train: TrainConfig, device: torch.device, dist: Distributed) -> nn.Module:
+    """The module the training steps run: ``network``, wrapped in DDP under torchrun, compiled with
+    ``train.compile``. Called after the checkpoint is loaded: DDP broadcasts rank 0's weights once, here."""
+    model = network
+    if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         if device.type == "cuda":  # batch norm (model.norm: batch) over the global batch; in place on children
@@ -267,121 +318,127 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     if train.compile:  # the training forward only; checkpoints keep the plain network's parameter names
         model = torch.compile(model)
-    progress = progress and dist.is_main
-    writer = summary_writer(output / "tensorboard") if dist.is_main else _NoWriter()
-    steps_per_epoch = task.steps_per_epoch
-    total_steps = train.max_epochs * steps_per_epoch
-    budget = train.minutes * 60.0 if train.minutes else None
-    clock_start = time.perf_counter() - state["elapsed"]
-    validation_seconds = 0.0
-    stopped = "max_epochs"
+    return model
 
-    def elapsed() -> float:
-        return time.perf_counter() - clock_start
 
-    def save(name: str) -> None:
-        if not dist.is_main:
-            return
-        save_checkpoint({
-            "model": network.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": state["epoch"], "step": state["step"], "elapsed_seconds": elapsed(),
-            "best_metric": state["best"], "best_epoch": state["best_epoch"], "bad_validations": state["bad"],
-            **task.payload,
-            "world_size": dist.world_size,
-            "versions": {"medseg_attn": __version__, "torch": str(torch.__version__)},
-        }, checkpoints / f"{name}.pt")
-
-    def better(value: float) -> bool:
-        if state["best"] is None:
-            return True
-        return value > state["best"] if task.higher_is_better else value < state["best"]
-
-    while state["epoch"] < train.max_epochs:
-        epoch = state["epoch"]
-        seed = epoch_seed(train.seed, epoch)
-        seed_everything(seed + 1_000_003 * dist.rank)  # ranks draw different dropout / crops, reproducibly
-        batches = _cycle(task.loader(seed))
-        network.train()
-        losses, wait, epoch_start = [], 0.0, time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", unit="step", leave=False,
-                   disable=not progress, dynamic_ncols=True)
-        for _ in bar:
-            used = elapsed()
-            if budget is not None and dist.enabled:  # rank 0's clock rules: same stop, same learning rate
-                used, = dist.from_main(used)
-            if budget is not None and used + validation_seconds * 1.1 >= budget:
-                stopped = "time budget"
-                break
-            fetch = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - fetch
-            progress_fraction = state["step"] / total_steps
-            if budget is not None:
-                progress_fraction = max(progress_fraction, used / budget)
-            lr = learning_rate(train.lr, state["step"], progress_fraction, train.warmup_steps, train.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = task.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            state["step"] += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.1e}")
-            writer.add_scalar("train/loss", losses[-1], state["step"])
-            writer.add_scalar("train/lr", lr, state["step"])
-        bar.close()
-        if not losses:  # the budget ran out before this epoch could start
+def _train_epoch(run: _Run, state: TrainState, validation_seconds: float) -> _Epoch:
+    """The optimizer steps of epoch ``state.epoch`` (advancing ``state.step``), until ``steps_per_epoch`` or until
+    the budget, keeping room for one more validation as long as the last, runs out (rank 0's clock rules)."""
+    task, train, dist = run.task, run.train, run.dist
+    seed = epoch_seed(train.seed, state.epoch)
+    seed_everything(seed + 1_000_003 * dist.rank)  # ranks draw different dropout / crops, reproducibly
+    batches = _cycle(task.loader(seed))
+    task.network.train()
+    total_steps = train.max_epochs * task.steps_per_epoch
+    epoch, start = _Epoch(), time.perf_counter()
+    bar = tqdm(range(task.steps_per_epoch), desc=f"epoch {state.epoch + 1}", unit="step", leave=False,
+               disable=not run.progress, dynamic_ncols=True)
+    for _ in bar:
+        used = run.clock()
+        if run.budget is not None and dist.enabled:  # rank 0's clock rules: same stop, same learning rate
+            used, = dist.from_main(used)
+        if run.budget is not None and used + validation_seconds * 1.1 >= run.budget:
+            epoch.out_of_time = True
             break
-        state["epoch"] += 1
-        epoch_seconds = time.perf_counter() - epoch_start
-        epoch_loss = float(np.mean(losses))
-        if dist.enabled:
-            epoch_loss = float(dist.sum(torch.tensor([epoch_loss], dtype=torch.float64, device=device)).item()
-                               / dist.world_size)
-        row: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "train_loss": epoch_loss,
-                               "lr": lr, "epoch_seconds": round(epoch_seconds, 2),
-                               "data_wait_fraction": round(wait / max(epoch_seconds, 1e-9), 4),
-                               "elapsed_seconds": round(elapsed(), 1), task.metric: None}
-        writer.add_scalar("train/epoch_loss", row["train_loss"], state["epoch"])
-        writer.add_scalar("time/data_wait_fraction", row["data_wait_fraction"], state["epoch"])
-        last_epoch = state["epoch"] >= train.max_epochs or stopped == "time budget"
-        if task.validate is not None and (state["epoch"] % train.val_interval == 0 or last_epoch):
-            started = time.perf_counter()
-            result = task.validate()
-            validation_seconds = time.perf_counter() - started
-            if dist.enabled:  # every rank must take the same decisions (best, patience) from the same value
-                result.metric, = dist.from_main(result.metric)
-            row[task.metric] = result.metric
-            row.update(result.row)
-            for tag, value in result.scalars.items():
-                writer.add_scalar(tag, value, state["epoch"])
-            for tag, picture in result.images.items():
-                writer.add_image(tag, picture, state["epoch"], dataformats="HWC")
-            if better(result.metric):
-                state.update(best=result.metric, best_epoch=state["epoch"], bad=0)
-                save("best")
-            else:
-                state["bad"] += 1
-            logger.info("epoch %d: loss %.4f, %s (best %.4f at epoch %d)", state["epoch"], row["train_loss"],
-                        result.text, state["best"], state["best_epoch"])
-        state["history"].append(row)
-        save("last")
-        if dist.is_main:
-            write_history(state["history"], output, task.curves)
-        writer.flush()
-        if train.patience is not None and state["bad"] >= train.patience:
-            stopped = "early stopping"
-            break
-        if stopped == "time budget":
-            break
-    if task.validate is None and state["epoch"] > start_epoch:
-        save("best")  # nothing to select on: the last weights are the best we have
-    writer.close()
-    dist.barrier()  # every rank returns once rank 0 has written the last checkpoint
-    logger.info("training stopped (%s) after %d epochs, %d steps, %.0f s", stopped, state["epoch"], state["step"],
-                elapsed())
-    return TrainResult(output, state["best"], state["best_epoch"], state["epoch"], state["step"], elapsed(), stopped,
-                       state["epoch"] - start_epoch)
+        fetch = time.perf_counter()
+        batch = next(batches)
+        epoch.wait += time.perf_counter() - fetch
+        progress_fraction = state.step / total_steps
+        if run.budget is not None:
+            progress_fraction = max(progress_fraction, used / run.budget)
+        epoch.lr = learning_rate(train.lr, state.step, progress_fraction, train.warmup_steps, train.schedule)
+        loss = _optimizer_step(run, batch, epoch.lr)
+        state.step += 1
+        epoch.losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{epoch.lr:.1e}")
+        run.writer.add_scalar("train/loss", loss, state.step)
+        run.writer.add_scalar("train/lr", epoch.lr, state.step)
+    bar.close()
+    epoch.seconds = time.perf_counter() - start
+    return epoch
+
+
+def _optimizer_step(run: _Run, batch: dict, lr: float) -> float:
+    """One step at learning rate ``lr`` (forward in autocast, scaled backward); returns the loss."""
+    optimizer = run.task.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        loss = run.task.loss(run.model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(optimizer)
+    run.scaler.update()
+    return float(loss.detach())
+
+
+def _epoch_row(run: _Run, state: TrainState, epoch: _Epoch) -> dict[str, Any]:
+    """The epoch's ``history.csv`` row (loss averaged over ranks; the monitored column empty until validated) and
+    its TensorBoard scalars."""
+    epoch_loss = float(np.mean(epoch.losses))
+    if run.dist.enabled:
+        total = run.dist.sum(torch.tensor([epoch_loss], dtype=torch.float64, device=run.device))
+        epoch_loss = float(total.item() / run.dist.world_size)
+    row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "train_loss": epoch_loss, "lr": epoch.lr,
+                           "epoch_seconds": round(epoch.seconds, 2),
+                           "data_wait_fraction": round(epoch.wait / max(epoch.seconds, 1e-9), 4),
+                           "elapsed_seconds": round(run.clock(), 1), run.task.metric: None}
+    run.writer.add_scalar("train/epoch_loss", row["train_loss"], state.epoch)
+    run.writer.add_scalar("time/data_wait_fraction", row["data_wait_fraction"], state.epoch)
+    return row
+
+
+def _validate(run: _Run, state: TrainState, row: dict[str, Any]) -> float:
+    """Validate, fill ``row`` and TensorBoard, keep a better value (``best.pt``) or count a bad validation.
+    Returns the seconds it took (the budget keeps room for the next one)."""
+    task, dist = run.task, run.dist
+    started = time.perf_counter()
+    result = task.validate()
+    seconds = time.perf_counter() - started
+    if dist.enabled:  # every rank must take the same decisions (best, patience) from the same value
+        result.metric, = dist.from_main(result.metric)
+    row[task.metric] = result.metric
+    row.update(result.row)
+    for tag, value in result.scalars.items():
+        run.writer.add_scalar(tag, value, state.epoch)
+    for tag, picture in result.images.items():
+        run.writer.add_image(tag, picture, state.epoch, dataformats="HWC")
+    if state.best.update(result.metric, state.epoch):
+        state.bad_validations = 0
+        _save(run, state, "best")
+    else:
+        state.bad_validations += 1
+    logger.info("epoch %d: loss %.4f, %s (best %.4f at epoch %d)", state.epoch, row["train_loss"], result.text,
+                state.best.value, state.best.epoch)
+    return seconds
+
+
+def _record_epoch(run: _Run, state: TrainState, row: dict[str, Any]) -> None:
+    """Add ``row`` to the history; write ``last.pt``, ``history.csv`` and its curves (rank 0); flush TensorBoard."""
+    state.history.append(row)
+    _save(run, state, "last")
+    if run.dist.is_main:
+        write_history(state.history, run.output, run.task.curves)
+    run.writer.flush()
+
+
+def _stop_reason(train: TrainConfig, state: TrainState, out_of_time: bool) -> str | None:
+    """Why the run stops after this epoch (``early stopping``: ``train.patience`` validations without
+    improvement; ``time budget``), or None to go on (up to ``max_epochs``)."""
+    if train.patience is not None and state.bad_validations >= train.patience:
+        return "early stopping"
+    return "time budget" if out_of_time else None
+
+
+def _save(run: _Run, state: TrainState, name: str) -> None:
+    """``checkpoints/<name>.pt`` on rank 0: weights, optimizer, loss scaler, ``state`` (its seconds brought up to
+    now), the task's payload, the world size and the versions."""
+    state.elapsed = run.clock()
+    if not run.dist.is_main:
+        return
+    save_checkpoint({
+        "model": run.task.network.state_dict(), "optimizer": run.task.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(), **state.to_checkpoint(), **run.task.payload,
+        "world_size": run.dist.world_size,
+        "versions": {"medseg_attn": __version__, "torch": str(torch.__version__)},
+    }, run.output / "checkpoints" / f"{name}.pt")
