@@ -13,6 +13,7 @@ EXAMPLES = {
   medseg-attn export --model runs/spleen --format onnx --output spleen.onnx
   medseg-attn export --model runs/spleen --format torchscript --output spleen.ts
   medseg-attn export --model runs/spleen --format bundle --output spleen_bundle/
+  medseg-attn export --model runs/spleen_cv --format onnx --output spleen_5folds.onnx   # a CV run: the fold ensemble
   medseg-attn predict --model spleen.onnx --engine onnxruntime --input imagesTs/ --output out/
   python -m monai.bundle run --config_file spleen_bundle/configs/inference.json --bundle_root spleen_bundle \\
       --dataset_dir imagesTs/ --output_dir out/
@@ -29,7 +30,9 @@ def add_parsers(command) -> None:
     """Add ``export`` and ``config`` through ``command(name, help) -> ArgumentParser`` (see cli.app)."""
     export = command("export", "export a trained model: TorchScript, ONNX or a MONAI bundle (docs/export.md)")
     export.add_argument("--model", required=True, help="run folder (uses checkpoints/best.pt) or a .pt checkpoint "
-                                                       "(segmentation or classification)")
+                                                       "(segmentation or classification); a cross-validation run "
+                                                       "(train --folds): its folds as one ensemble network "
+                                                       "(torchscript / onnx)")
     export.add_argument("--format", required=True, choices=["torchscript", "onnx", "bundle"],
                         help="torchscript (.ts) and onnx (.onnx): the network with dynamic batch and spatial sizes; "
                              "bundle: a MONAI bundle folder (segmentation models)")
@@ -44,9 +47,9 @@ def add_parsers(command) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from medseg_attn.registry import task_of
-    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+    from medseg_attn.training.checkpoint import load_checkpoint, task_checkpoint
 
-    task = task_of(load_checkpoint(find_checkpoint(args.model)))
+    task = task_of(load_checkpoint(task_checkpoint(args.model)))
     written = task.export_model(args.model, args.format, args.output)
     print(f"exported {task.name} model as {args.format} -> {written}")
     return 0

@@ -18,7 +18,7 @@ from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint", "upgrade_config"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint", "task_checkpoint", "upgrade_config"]
 
 CHECKPOINT_FORMAT = "medseg-attn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -64,6 +64,22 @@ def find_checkpoint(model: str | Path, prefer: str = "best") -> Path:
                     return folder / name
         raise FileNotFoundError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this run folder")
     raise FileNotFoundError(f"{path}: model not found (expected a run folder or a .pt checkpoint)")
+
+
+def task_checkpoint(model: str | Path) -> Path:
+    """A checkpoint that tells which task ``model`` belongs to: :func:`find_checkpoint`'s, or for a
+    cross-validation run its first fold's.
+
+    Raises:
+        FileNotFoundError: nothing to load at ``model``.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "cv.json").is_file():
+        folds = sorted((p for p in path.glob("fold_*") if p.is_dir()), key=lambda p: p.name)
+        if not folds:
+            raise FileNotFoundError(f"{path}: cross-validation run without trained folds")
+        return find_checkpoint(folds[0])
+    return find_checkpoint(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medseg_attn.cli import main
 from medseg_attn.segmentation.crossval import fold_splits, train_cv
@@ -201,3 +202,34 @@ def test_export_and_inspect_of_a_cv_run_name_a_fold(cv_run, tmp_path, capsys):
     assert main(["-q", "export", "--model", str(run / "fold_0"), "--format", "torchscript", "--output",
                  str(tmp_path / "m.ts")]) == 0
     assert (tmp_path / "m.ts").is_file()
+
+
+def test_a_cv_run_exports_as_one_ensemble_network(cv_run, tmp_path, capsys):
+    dataset, run, _ = cv_run
+    image = load_dataset(dataset).training[0]["image"]
+    (run / "postprocessing.json").write_text(json.dumps({"classes": {"1": {"largest_component": True},
+                                                                     "2": {"largest_component": False}}}))
+    assert main(["-q", "export", "--model", str(run), "--format", "torchscript", "--output",
+                 str(tmp_path / "cv.ts")]) == 0
+    traced = torch.jit.load(str(tmp_path / "cv.ts"))
+    members = [Predictor.from_checkpoint(run / f"fold_{k}", device="cpu", precision="fp32") for k in range(3)]
+    x = torch.randn(1, 1, 20, 24, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the mean of the folds' calibrated probabilities, by hand
+        outputs = [m.networks[0](x) for m in members]
+        logits = [out[0] if isinstance(out, (list, tuple)) else out for out in outputs]
+        expected = torch.stack([torch.softmax(z / m.temperatures[0], 1) for z, m in zip(logits, members)]).mean(0)
+        np.testing.assert_allclose(torch.softmax(traced(x), 1).numpy(), expected.numpy(), atol=1e-4)
+    assert main(["-q", "export", "--model", str(run), "--format", "onnx", "--output", str(tmp_path / "cv.onnx")]) == 0
+    from medseg_attn.networks.export import read_metadata
+    from medseg_attn.segmentation.export.models import predictor_from_onnx
+
+    metadata = read_metadata(tmp_path / "cv.onnx")
+    assert metadata["ensemble"]["folds"] == ["fold_0", "fold_1", "fold_2"]
+    onnx = predictor_from_onnx(tmp_path / "cv.onnx")
+    assert onnx.postprocessing == {1: ClassPostprocessing(largest_component=True), 2: ClassPostprocessing()}
+    ensemble = Predictor.from_checkpoint(run, device="cpu", precision="fp32")
+    ours, theirs = ensemble.predict(image, probabilities=True), onnx.predict(image, probabilities=True)
+    np.testing.assert_allclose(theirs.probabilities, ours.probabilities, atol=1e-4)
+    assert np.mean(theirs.labels == ours.labels) > 0.999
+    assert main(["-q", "export", "--model", str(run), "--format", "bundle", "--output", str(tmp_path / "b")]) == 2
+    assert "a MONAI bundle holds one model: export one fold" in capsys.readouterr().err

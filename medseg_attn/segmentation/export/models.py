@@ -25,6 +25,7 @@ from medseg_attn.networks.export import (
     read_metadata,
 )
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
+from medseg_attn.segmentation.inference.cvrun import is_cv_run, parse_postprocessing
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.segmentation.data.transforms import Preprocessing
@@ -53,7 +54,8 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
     """Export a segmentation run folder or checkpoint.
 
     Args:
-        model: run folder or ``.pt`` checkpoint.
+        model: run folder, ``.pt`` checkpoint, or a cross-validation run (its folds as one ensemble network, see
+            :mod:`medseg_attn.segmentation.export.ensemble`).
         fmt: 'torchscript', 'onnx' or 'bundle'.
         output: the file to write (see :func:`~medseg_attn.networks.export.export_target`), or the bundle folder.
 
@@ -65,6 +67,10 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    if is_cv_run(model):  # the folds as one network
+        from medseg_attn.segmentation.export.ensemble import export_cv_run
+
+        return export_cv_run(model, fmt, output)
     network, payload, path = load_segmentation(model)
     target = export_target(model, path, fmt, output)  # the output rule: before any work
     if fmt == "bundle":
@@ -113,6 +119,7 @@ def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) ->
                           int(metadata["in_channels"]), [str(path)])
     predictor.colors.update({int(k): list(v) for k, v in (metadata.get("colors") or {}).items()})
     predictor.temperatures = [float((metadata.get("calibration") or {}).get("temperature", 1.0))]  # as PyTorch
+    predictor.postprocessing = parse_postprocessing(metadata.get("postprocessing") or {}, str(path))  # a CV export
     predictor.model_info = {k: metadata.get(k) for k in ("card", "plan", "epoch", "best_metric", "labels",
                                                          "calibration", "training_fingerprint")}
     return predictor

@@ -25,7 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["ClassPostprocessing", "apply_postprocessing", "cv_members", "fold_dir", "is_cv_run",
-           "keep_largest_component", "read_postprocessing", "remove_small_components", "voxel_ml"]
+           "keep_largest_component", "parse_postprocessing", "read_postprocessing", "remove_small_components",
+           "voxel_ml"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,18 @@ def read_postprocessing(run: str | Path) -> dict[int, ClassPostprocessing]:
         return {}
     try:
         classes = json.loads(path.read_text())["classes"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a postprocessing record ({error})") from None
+    return parse_postprocessing(classes, str(path))
+
+
+def parse_postprocessing(classes: dict[str, Any], where: str) -> dict[int, ClassPostprocessing]:
+    """The ``classes`` of a postprocessing record (``postprocessing.json``, an exported ensemble's metadata).
+
+    Raises:
+        ValueError: naming ``where``.
+    """
+    try:
         choice = {}
         for index, entry in classes.items():
             size = entry.get("min_size_ml")
@@ -94,7 +107,7 @@ def read_postprocessing(run: str | Path) -> dict[int, ClassPostprocessing]:
                                                      None if size is None else float(size))
         return choice
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: not a postprocessing record ({error})") from None
+        raise ValueError(f"{where}: not a postprocessing record ({error})") from None
 
 
 def voxel_ml(affine: np.ndarray) -> float:

@@ -1,0 +1,102 @@
+"""A cross-validation run exported as one model: the fold ensemble in one TorchScript or ONNX network.
+
+``medseg-attn export --model CV_RUN --format torchscript|onnx`` writes :class:`FoldEnsemble` over the folds' networks:
+each fold's logits divided by its calibration temperature, softmaxed, the probabilities averaged, and their log
+returned as the network's output. A softmax of that output gives the averaged probabilities back and its argmax
+is the ensemble's label map, so the file drops in wherever a single network's logits went (``predict --model
+FILE.onnx``, onnxruntime, MONAI's ``SlidingWindowInferer``); ``predict --model CV_RUN`` computes the same average
+window by window. The metadata carries the first fold's preprocessing, labels and card (the folds share them:
+checked), the folds it holds, and the run's postprocessing (``postprocessing.json``), which ``predict`` applies to
+the ONNX file as it does to the run. A MONAI bundle holds one medseg-attn checkpoint, so a CV run is exported as a
+bundle one fold at a time (``--model CV_RUN/fold_0``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
+from medseg_attn.segmentation.inference.cvrun import cv_members
+from medseg_attn.segmentation.task import TASK
+from medseg_attn.training.card import export_metadata
+from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FoldEnsemble", "export_cv_run"]
+
+SHARED = ("preprocessing", "labels", "in_channels")  # what every fold must have alike
+
+
+class FoldEnsemble(nn.Module):
+    """log(mean_k softmax(network_k(x) / T_k)): the folds' calibrated probabilities averaged, as log-probabilities."""
+
+    def __init__(self, networks: list[nn.Module], temperatures: list[float]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(networks)
+        self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
+        self.divisor = max(int(getattr(network, "divisor", 1)) for network in networks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, *S) -> (B, K, *S)
+        total = None
+        for index, network in enumerate(self.members):
+            out = network(x)
+            logits = out[0] if isinstance(out, (list, tuple)) else out  # (B, K, *S)
+            probabilities = torch.softmax(logits.float() / self.temperatures[index], dim=1)
+            total = probabilities if total is None else total + probabilities
+        return torch.log((total / len(self.members)).clamp_min(1e-12))
+
+
+def _members(run: Path, folds: list[int] | None) -> tuple[list[nn.Module], list[dict[str, Any]], list[Path]]:
+    networks, payloads, paths = [], [], []
+    for member in cv_members(run, folds):
+        path = find_checkpoint(member)
+        payload = load_checkpoint(path)
+        if payloads:
+            for key in SHARED:
+                if payload.get(key) != payloads[0].get(key):
+                    raise ValueError(f"{path}: differs from {paths[0]} in its {key}; the folds of one model must be "
+                                     f"trained the same way")
+        networks.append(TASK.network(payload, path).eval())
+        payloads.append(payload)
+        paths.append(path)
+    return networks, payloads, paths
+
+
+def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int] | None = None) -> Path:
+    """Export the folds of the CV run ``run`` (all, or ``folds``) as one ensemble network.
+
+    Raises:
+        ValueError: ``fmt`` 'bundle' (one fold at a time), a fold without a checkpoint, folds trained differently,
+            or an architecture export does not support.
+    """
+    run = Path(run)
+    if fmt == "bundle":
+        raise ValueError(f"{run}: is a cross-validation run; a MONAI bundle holds one model: export one fold "
+                         f"(--model {run / 'fold_0'}), or the fold ensemble as --format onnx or torchscript")
+    networks, payloads, paths = _members(run, folds)
+    if not all(hasattr(network, "divisor") for network in networks):
+        raise ValueError(f"{paths[0]}: export supports the attention_skip_unet architecture")
+    temperatures = [float((p.get("calibration") or {}).get("temperature", 1.0)) for p in payloads]
+    ensemble = FoldEnsemble(networks, temperatures).eval()
+    target = export_target(run, paths[0], fmt, output)
+    metadata = export_metadata(payloads[0], str(run), TASK)
+    metadata["calibration"] = {"temperature": 1.0, "fold_temperatures": temperatures,
+                               "note": "each fold's temperature is applied inside the ensemble network"}
+    metadata["ensemble"] = {"run": str(run), "folds": [path.parent.parent.name for path in paths],
+                            "checkpoints": [str(path) for path in paths],
+                            "output": "log of the folds' averaged probabilities"}
+    record = run / "postprocessing.json"
+    metadata["postprocessing"] = json.loads(record.read_text())["classes"] if record.is_file() else {}
+    example = example_input(int(payloads[0]["preprocessing"]["spatial_dims"]), int(payloads[0]["in_channels"]),
+                            ensemble.divisor)
+    writer = export_torchscript if fmt == "torchscript" else export_onnx
+    writer(ensemble, example, target, metadata)
+    logger.info("exported %s (%d folds) as %s: %s", run, len(networks), fmt, target)
+    return target
