@@ -21,30 +21,32 @@ by how much to trust each case.
 With a :class:`~medseg_attn.segmentation.qc.qc_report.Review` (the CLI always passes one) each case is also measured
 (statistics per structure, checks against the model's plan, a thumbnail in ``OUT/qc/``) and the batch gets
 ``OUT/report.html``, its cases ranked for review (and ``statistics.csv`` with ``--statistics``).
+
+The batch runs in stages: collect the cases, then per case plan its outputs (typed
+:class:`~medseg_attn.segmentation.inference.writers.Output` records), check it, skip it when done, infer, write
+the outputs, review and record, then write the reports.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medseg_attn.io import dicom
-from medseg_attn.io.files import check_output_location, not_regular, remove_stale_temporaries
+from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.lock import OutputLock
 from medseg_attn.io.manifest import recorded_run
-from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
-from medseg_attn.io.segments import write_seg_nrrd
 from medseg_attn.segmentation.inference.outputs import case_formats, parse_output_formats, write_label_tables
 from medseg_attn.segmentation.inference.predictor import Prediction, Predictor
+from medseg_attn.segmentation.inference.writers import Explain, Output, OutputKind, plan_outputs, write_outputs
 from medseg_attn.segmentation.qc.qc_report import Review
 
 logger = logging.getLogger(__name__)
@@ -200,31 +202,40 @@ def check_output_dir(cases: Sequence[CaseInput], output_dir: str | Path, folders
 
 
 @dataclass(frozen=True)
-class Explain:
-    """Which explanation outputs a batch writes: attention maps (per level names, heads apart) and uncertainty."""
+class _Settings:
+    """What every case of one batch is asked for."""
 
-    levels: tuple[str, ...] = ()
-    heads: bool = False
-    uncertainty: bool = False
+    formats: tuple[str, ...]  # the label-map formats asked (see segmentation.inference.outputs)
+    probabilities: bool = False
+    overwrite: bool = False
+    resample_uneven: bool = False
+    volume_index: int | None = None
+    explain: Explain = Explain()
+    review: Review | None = None
 
-    @property
-    def any(self) -> bool:
-        return bool(self.levels) or self.uncertainty
 
+@dataclass(frozen=True)
+class CaseRecord:
+    """What became of one case: its outputs, status ('ok', 'skipped (exists)', 'failed'), time, uncertainty
+    means (formatted for the report), error and review measurements."""
 
-def _targets(output_dir: Path, name: str, output_format: str, probabilities: bool, explain: Explain = Explain()
-             ) -> list[Path]:
-    targets = []
-    suffixes = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm", "seg-nrrd": ".seg.nrrd"}
-    targets += [output_dir / f"{name}{suffixes[f]}" for f in parse_output_formats(output_format)]
-    if probabilities:
-        targets.append(output_dir / f"{name}_probabilities.nii.gz")
-    targets += [output_dir / f"{name}_attention_{level}.nii.gz" for level in explain.levels]
-    if explain.uncertainty:
-        targets.append(output_dir / f"{name}_uncertainty.nii.gz")
-    if explain.any:
-        targets.append(output_dir / f"{name}_overlay.png")  # last: drawn from the maps above
-    return targets
+    case: str
+    input: str
+    outputs: tuple[Output, ...]
+    status: str = "ok"
+    seconds: float = 0.0
+    uncertainty_mean: str = ""
+    uncertainty_foreground_mean: str = ""
+    error: str = ""
+    review: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The record as :func:`predict_files` returns it: the :data:`REPORT_COLUMNS` (``output``: the paths
+        joined by ';'), and ``review`` when the case was measured."""
+        row = {"case": self.case, "input": self.input, "output": ";".join(str(o.path) for o in self.outputs),
+               "status": self.status, "seconds": self.seconds, "uncertainty_mean": self.uncertainty_mean,
+               "uncertainty_foreground_mean": self.uncertainty_foreground_mean, "error": self.error}
+        return row if self.review is None else row | {"review": self.review}
 
 
 def _one_line(error: BaseException) -> str:
@@ -239,72 +250,6 @@ def _one_line(error: BaseException) -> str:
     chosen = current or error
     text = " ".join(str(chosen).split()) or type(chosen).__name__
     return text if isinstance(chosen, (ValueError, OSError)) else f"{type(chosen).__name__}: {text}"
-
-
-def _write(result: Prediction, case: CaseInput, targets: list[Path], predictor: Predictor) -> None:
-    for target in targets:
-        remove_stale_temporaries(target)  # temporary files of a killed run (never those of a live one)
-    maps = [t for t in targets if t.name[len(case.name):].startswith(("_attention_", "_uncertainty."))]
-    # the maps are gzip-compressed in worker threads (zlib releases the GIL) while the overlay is drawn
-    with ThreadPoolExecutor(max_workers=2) if maps else nullcontext() as pool:
-        jobs = [pool.submit(_save_map, result, case.name, target) for target in maps]
-        for target in targets:
-            if target in maps:
-                continue
-            _write_one(result, case, target, predictor)
-        for job in jobs:
-            job.result()  # re-raises a failed write
-
-
-def _save_map(result: Prediction, name: str, target: Path) -> None:
-    """One ``<case>_attention_<level>.nii.gz`` or ``<case>_uncertainty.nii.gz``."""
-    stem = target.name[len(name):]
-    if stem.startswith("_attention_"):
-        level = stem[len("_attention_"):-len(".nii.gz")]
-        values = result.attention[level]
-        heads = values.ndim > result.labels.ndim  # (heads, *S) -> a 4D NIfTI (*S, heads)
-        write_nifti(np.moveaxis(values, 0, -1) if heads else values, target, affine=result.affine,
-                    reference=result.reference, unit_interval=True, description=f"attention received, {level}",
-                    intent="per head" if heads else None)
-    else:
-        write_nifti(result.uncertainty, target, affine=result.affine, reference=result.reference, unit_interval=True,
-                    description="predictive entropy / log(classes)")
-
-
-def _write_one(result: Prediction, case: CaseInput, target: Path, predictor: Predictor) -> None:
-    """One output other than the maps: the label map, DICOM-SEG, probabilities or the overlay picture."""
-    if target.name[len(case.name):] == "_overlay.png":
-        _save_overlay(result, target)
-    elif target.name.endswith("_probabilities.nii.gz"):
-        _save_probabilities(result.probabilities, result, target)
-    elif target.name.endswith(".seg.dcm"):
-        from medseg_attn.io.dicom_seg import write_dicom_seg
-
-        series = dicom.select_series(case.files[0], case.series_uid)
-        write_dicom_seg(result.labels, series, predictor.labels, target, colors=predictor.colors)
-    elif target.name.endswith(".seg.nrrd"):
-        write_seg_nrrd(result.labels, result.affine, predictor.labels, predictor.colors, target)
-    else:
-        write_nifti(result.labels, target, affine=result.affine, reference=result.reference)
-
-
-def _save_overlay(result: Prediction, path: Path) -> None:
-    """Three orthogonal slices with each map as heat (attention: mean over heads) and the prediction contours."""
-    from medseg_attn.plots import save_map_overlay_png
-
-    maps = {}
-    if result.uncertainty is not None:
-        maps["uncertainty"] = result.uncertainty
-    for level, values in (result.attention or {}).items():
-        maps[f"attention {level}"] = values.mean(0) if values.ndim > result.labels.ndim else values
-    image = result.image if result.image is not None else np.zeros(result.labels.shape, np.float32)
-    save_map_overlay_png(path, image, result.labels, maps, result.affine, title=result.case)
-
-
-def _save_probabilities(probabilities: np.ndarray, result: Prediction, path: Path) -> None:
-    """4D NIfTI (X, Y, Z, C) on the input grid, stored as uint8 with a scale factor (readers get [0, 1])."""
-    write_nifti(np.moveaxis(probabilities, 0, -1), path, affine=result.affine, reference=result.reference,
-                unit_interval=True, intent="class probabilities")
 
 
 def write_reports(records: list[dict[str, Any]], output_dir: Path, review: Review | None = None) -> None:
@@ -345,7 +290,8 @@ def predict_files(
     DICOM series with ``output_format`` 'dicom-seg' or 'both'), ``<case>.seg.nrrd`` (with 'seg-nrrd'),
     ``labels.itksnap.txt`` + ``labels.ctbl`` beside NIfTI maps, ``<case>_probabilities.nii.gz`` (on request);
     with ``attention_maps`` ``<case>_attention_<level>.nii.gz`` per attention level, with ``uncertainty``
-    ``<case>_uncertainty.nii.gz``, and with either ``<case>_overlay.png``.
+    ``<case>_uncertainty.nii.gz``, and with either ``<case>_overlay.png``
+    (:mod:`~medseg_attn.segmentation.inference.writers`).
 
     Args:
         inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
@@ -355,8 +301,8 @@ def predict_files(
         reports: write ``report.csv`` / ``failures.csv`` (off when the caller merges several runs' records, as
             the CLI does for the ranks of a torchrun job).
         attention_maps, attention_heads, uncertainty: see :meth:`Predictor.predict`.
-        review: measure each case and write ``report.html`` (see the module docstring); each record gets a
-            ``review`` entry (statistics and plan flags).
+        review: measure each case and write ``report.html`` (see the module docstring); the record of each
+            case done or skipped gets a ``review`` entry (statistics and plan flags).
         lock: hold ``output_dir/.medseg-attn.lock`` (:class:`~medseg_attn.io.lock.OutputLock`) for the batch, so
             a second run into the same folder waits for this one (off for the ranks of one torchrun job).
 
@@ -373,16 +319,12 @@ def predict_files(
 
     formats = parse_output_formats(output_format)
     levels = tuple(predictor.attention_levels()) if attention_maps or attention_heads else ()
-    explain = Explain(levels, attention_heads, uncertainty)
+    settings = _Settings(formats, probabilities, overwrite, resample_uneven, volume_index,
+                         Explain(levels, attention_heads, uncertainty), review)
     output_dir = Path(output_dir)
-    if all(isinstance(i, CaseInput) for i in inputs):
-        cases = list(inputs)
-    else:
-        cases = collect_cases([i for i in inputs if not isinstance(i, CaseInput)], predictor.in_channels, series_uid)
-    check_output_dir(cases, output_dir, [i for i in inputs if not isinstance(i, CaseInput)])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if "nifti" in formats or "dicom-seg" in formats:  # ITK-SNAP / Slicer label tables beside the NIfTI maps
-        write_label_tables(output_dir, predictor.labels, predictor.colors)
+    paths = [i for i in inputs if not isinstance(i, CaseInput)]
+    cases = collect_cases(paths, predictor.in_channels, series_uid) if paths else list(inputs)
+    _prepare_output_dir(cases, output_dir, paths, formats, predictor)
     records: list[dict[str, Any]] = []
     with OutputLock(output_dir) if lock else nullcontext(), recorded_run(output_dir, "predict") as manifest:
         manifest.add_model(**predictor.provenance())  # run.json: model, arithmetic, inputs, outcome
@@ -391,59 +333,104 @@ def predict_files(
                                geometry=True)
         try:
             for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-                records.append(_run_case(predictor, case, output_dir, probabilities, overwrite, output_format,
-                                         resample_uneven, volume_index, explain, review))
-        finally:
+                records.append(_run_case(predictor, case, output_dir, settings).row())
+        finally:  # an interrupted batch still reports the cases it did
             if reports:
                 write_reports(records, output_dir, review)
-            manifest.update(cases={r["case"]: r["status"] for r in records}, output_format=output_format)
             failed = sum(r["status"] == "failed" for r in records)
+            manifest.update(cases={r["case"]: r["status"] for r in records}, output_format=output_format)
             manifest.outcome = f"{failed} of {len(records)} case(s) failed" if failed else None
     return records
 
 
-def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, probabilities: bool, overwrite: bool,
-              output_format: str, resample_uneven: bool, volume_index: int | None, explain: Explain = Explain(),
-              review: Review | None = None) -> dict[str, Any]:
-    asked = parse_output_formats(output_format)
-    fmt = ",".join(case_formats(asked, case.dicom))
-    if "dicom-seg" in asked and "dicom-seg" not in fmt:
-        logger.info("%s: not a DICOM series; no DICOM-SEG (NIfTI instead)", case.files[0])
-    targets = _targets(output_dir, case.name, fmt, probabilities, explain)
-    record = {"case": case.name, "input": str(case.files[0]), "output": ";".join(str(t) for t in targets),
-              "status": "ok", "seconds": 0.0, "uncertainty_mean": "", "uncertainty_foreground_mean": "", "error": ""}
-    if case.error:
-        logger.error("failed: %s", case.error)
-        return record | {"status": "failed", "error": case.error}
-    if any(t.resolve() == f.resolve() for t in targets for f in case.files):
-        return record | {"status": "failed", "error": f"{targets[0]}: refusing to overwrite the input file"}
-    if all(t.exists() for t in targets) and not overwrite:
-        measured = review.skipped(case.name, case.files, case.series_uid, output_dir, resample_uneven,
-                                  volume_index) if review else None
-        return record | {"status": "skipped (exists)", "review": measured}
-    try:
-        if "dicom-seg" in fmt and case.dicom:
-            from medseg_attn.io.dicom_seg import check_seg_source
+def _prepare_output_dir(cases: list[CaseInput], output_dir: Path, inputs: Sequence[str | Path],
+                        formats: tuple[str, ...], predictor: Predictor) -> None:
+    """Check the output folder against the inputs, create it, and write the label tables beside NIfTI maps."""
+    check_output_dir(cases, output_dir, inputs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if "nifti" in formats or "dicom-seg" in formats:  # ITK-SNAP / Slicer label tables beside the NIfTI maps
+        write_label_tables(output_dir, predictor.labels, predictor.colors)
 
-            check_seg_source(dicom.select_series(case.files[0], case.series_uid))  # before the heavy work
-        source = case.files if len(case.files) > 1 else case.files[0]
-        result = predictor.predict(source, probabilities=probabilities, series_uid=case.series_uid,
-                                   resample_uneven=resample_uneven, volume_index=volume_index,
-                                   attention_maps=bool(explain.levels), attention_heads=explain.heads,
-                                   uncertainty=explain.uncertainty, keep_image=review is not None)
-        _write(result, case, targets, predictor)
-        if review is not None:
-            record["review"] = review.case(result, case.name, case.files[0], output_dir)
+
+def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, settings: _Settings) -> CaseRecord:
+    """One case, stage by stage: plan its outputs, check it, skip it when done, infer, write, review, record."""
+    outputs = _plan_outputs(case, output_dir, settings)
+    record = CaseRecord(case.name, str(case.files[0]), tuple(outputs))
+    problem = _check(case, outputs)
+    if problem:
+        return _failed(record, problem)
+    if all(o.path.exists() for o in outputs) and not settings.overwrite:
+        return _skip(record, case, output_dir, settings)
+    try:
+        result = _infer(predictor, case, outputs, settings)
+        write_outputs(result, outputs, predictor, case.files[0], case.series_uid)
+        measured = _review(result, case, output_dir, settings.review)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # a bad case must not end the batch; the reason goes to failures.csv
-        message = _one_line(error)
         logger.debug("%s failed", case.files[0], exc_info=True)
-        logger.error("failed: %s", message)
-        return record | {"status": "failed", "error": message}
-    logger.info("%s -> %s (%.1f s)", case.files[0], targets[0], result.seconds)
+        return _failed(record, _one_line(error))
+    logger.info("%s -> %s (%.1f s)", case.files[0], outputs[0].path, result.seconds)
+    return _record(record, result, measured)
+
+
+def _plan_outputs(case: CaseInput, output_dir: Path, settings: _Settings) -> list[Output]:
+    """The case's outputs: DICOM-SEG only for a DICOM series (NIfTI instead when nothing else is left)."""
+    formats = case_formats(settings.formats, case.dicom)
+    if "dicom-seg" in settings.formats and "dicom-seg" not in formats:
+        logger.info("%s: not a DICOM series; no DICOM-SEG (NIfTI instead)", case.files[0])
+    return plan_outputs(output_dir, case.name, formats, settings.probabilities, settings.explain)
+
+
+def _check(case: CaseInput, outputs: list[Output]) -> str | None:
+    """Why the case cannot run (found when it was collected, or an output that would replace its input)."""
+    if case.error:
+        return case.error
+    inputs = {path.resolve() for path in case.files}
+    if any(o.path.resolve() in inputs for o in outputs):
+        return f"{outputs[0].path}: refusing to overwrite the input file"
+    return None
+
+
+def _failed(record: CaseRecord, message: str) -> CaseRecord:
+    """A failed case: the one-line reason, logged and kept for ``failures.csv``."""
+    logger.error("failed: %s", message)
+    return replace(record, status="failed", error=message)
+
+
+def _skip(record: CaseRecord, case: CaseInput, output_dir: Path, settings: _Settings) -> CaseRecord:
+    """Every output exists (an earlier run): not predicted again; measured from the files when reviewing."""
+    review = settings.review
+    measured = review.skipped(case.name, case.files, case.series_uid, output_dir, settings.resample_uneven,
+                              settings.volume_index) if review else None
+    return replace(record, status="skipped (exists)", review=measured)
+
+
+def _infer(predictor: Predictor, case: CaseInput, outputs: list[Output], settings: _Settings) -> Prediction:
+    """The prediction on the input's grid, with what the outputs and the review need; a DICOM-SEG source is
+    checked first (before the heavy work)."""
+    if case.dicom and any(o.kind is OutputKind.DICOM_SEG for o in outputs):
+        from medseg_attn.io.dicom_seg import check_seg_source
+
+        check_seg_source(dicom.select_series(case.files[0], case.series_uid))
+    explain = settings.explain
+    return predictor.predict(case.files if len(case.files) > 1 else case.files[0],
+                             probabilities=settings.probabilities, series_uid=case.series_uid,
+                             resample_uneven=settings.resample_uneven, volume_index=settings.volume_index,
+                             attention_maps=bool(explain.levels), attention_heads=explain.heads,
+                             uncertainty=explain.uncertainty, keep_image=settings.review is not None)
+
+
+def _review(result: Prediction, case: CaseInput, output_dir: Path, review: Review | None) -> dict[str, Any] | None:
+    """The case's statistics and plan flags (and its thumbnail in ``OUT/qc/``) when the batch is reviewed."""
+    return review.case(result, case.name, case.files[0], output_dir) if review is not None else None
+
+
+def _record(record: CaseRecord, result: Prediction, measured: dict[str, Any] | None) -> CaseRecord:
+    """A done case: its time, its mean uncertainty (whole volume, inside the foreground) and review."""
+    means = {}
     if result.uncertainty is not None:
         mean, inside = result.uncertainty_means()
-        record |= {"uncertainty_mean": f"{mean:.6f}",
-                   "uncertainty_foreground_mean": "" if np.isnan(inside) else f"{inside:.6f}"}
-    return record | {"seconds": round(result.seconds, 3)}
+        means = {"uncertainty_mean": f"{mean:.6f}",
+                 "uncertainty_foreground_mean": "" if np.isnan(inside) else f"{inside:.6f}"}
+    return replace(record, seconds=round(result.seconds, 3), review=measured, **means)

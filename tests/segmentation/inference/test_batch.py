@@ -255,3 +255,83 @@ def test_folder_mixing_the_real_series_with_another_and_an_uneven_one(ct_dir, tm
     assert records[0]["status"] == "ok"
     regular = np.asarray(nib.load(str(tmp_path / "gap_out" / "gap.nii.gz")).dataobj)
     assert regular.shape == labels.shape and dice(regular, labels, 2) > 0.9  # the missing slice interpolated
+
+
+def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
+    """What a file holds follows its Output record's kind, never its name: a case named like the suffixes of
+    other outputs still gets its label map as a label map, each attention level its own values."""
+    import highdicom as hd
+    import slicerio
+
+    from medseg_attn.segmentation.inference.predictor import Prediction
+    from medseg_attn.segmentation.inference.writers import (Explain, Output, OutputKind, plan_outputs, write_output,
+                                                            write_outputs)
+
+    shape = (16, 12, 6)
+    labels = np.zeros(shape, np.uint8)
+    labels[2:6, 2:6, 1:4], labels[8:12, 4:9, 2:5] = 1, 2
+    write_series(tmp_path / "ct", np.zeros(shape))  # the DICOM-SEG's source series
+    probabilities = (0.1 + 0.7 * np.stack([labels == k for k in range(3)])).astype(np.float32)
+    uncertainty = np.linspace(0, 1, labels.size, dtype=np.float32).reshape(shape)
+    attention = {"up": np.full(shape, 0.25, np.float32), "down": np.stack([np.full(shape, 0.5), np.ones(shape)])}
+    name = "scan_attention_up_probabilities"
+    result = Prediction(name, labels, np.diag([1.5, 1.5, 2.0, 1.0]), probabilities, attention=attention,
+                        uncertainty=uncertainty)
+    out = tmp_path / "out"
+    outputs = plan_outputs(out, name, ("nifti", "dicom-seg", "seg-nrrd"), probabilities=True,
+                           explain=Explain(("up", "down"), heads=True, uncertainty=True))
+    assert [(o.kind, o.path.name, o.level) for o in outputs] == [
+        (OutputKind.NIFTI, f"{name}.nii.gz", None), (OutputKind.DICOM_SEG, f"{name}.seg.dcm", None),
+        (OutputKind.SEG_NRRD, f"{name}.seg.nrrd", None),
+        (OutputKind.PROBABILITIES, f"{name}_probabilities.nii.gz", None),
+        (OutputKind.ATTENTION, f"{name}_attention_up.nii.gz", "up"),
+        (OutputKind.ATTENTION, f"{name}_attention_down.nii.gz", "down"),
+        (OutputKind.UNCERTAINTY, f"{name}_uncertainty.nii.gz", None), (OutputKind.OVERLAY, f"{name}_overlay.png", None)]
+    assert {o.kind for o in outputs} == set(OutputKind)
+    out.mkdir()
+    write_outputs(result, outputs, predictor, tmp_path / "ct")
+
+    def read(suffix: str) -> np.ndarray:
+        return np.asarray(nib.load(str(out / f"{name}{suffix}")).get_fdata())
+
+    label_map = nib.load(str(out / f"{name}.nii.gz"))
+    assert label_map.shape == shape and np.array_equal(np.asarray(label_map.dataobj), labels)
+    seg = hd.seg.segread(out / f"{name}.seg.dcm")
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["shell", "core"]
+    assert np.array_equal(slicerio.read_segmentation(str(out / f"{name}.seg.nrrd"))["voxels"], labels)
+    np.testing.assert_allclose(read("_probabilities.nii.gz"), np.moveaxis(probabilities, 0, -1), atol=1 / 255)
+    np.testing.assert_allclose(read("_attention_up.nii.gz"), 0.25, atol=1 / 255)
+    down = read("_attention_down.nii.gz")
+    assert down.shape == (*shape, 2)  # per head: a 4th axis
+    np.testing.assert_allclose(down[..., 0], 0.5, atol=1 / 255)
+    np.testing.assert_allclose(down[..., 1], 1.0, atol=1 / 255)
+    np.testing.assert_allclose(read("_uncertainty.nii.gz"), uncertainty, atol=1 / 255)
+    assert (out / f"{name}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with pytest.raises(ValueError, match="attention output names its level"):
+        Output(OutputKind.ATTENTION, out / "x.nii.gz")
+    with pytest.raises(ValueError, match="attention output names its level"):
+        Output(OutputKind.NIFTI, out / "x.nii.gz", "up")
+    bare = Prediction(name, labels, np.eye(4))
+    with pytest.raises(ValueError, match="x_probabilities.nii.gz: the prediction holds no probabilities to write"):
+        write_output(bare, Output(OutputKind.PROBABILITIES, out / "x_probabilities.nii.gz"), predictor, out)
+
+
+def test_a_case_named_like_an_output_suffix_keeps_its_label_map_and_report_row(tmp_path, predictor):
+    labels = phantom()
+    path = nifti(tmp_path / "scan_probabilities.nii.gz", (labels * 100).astype(np.int16))
+    out = tmp_path / "out"
+    records = predict_files(predictor, [path], out, probabilities=True, uncertainty=True, progress=False)
+    names = ["scan_probabilities.nii.gz", "scan_probabilities_probabilities.nii.gz",
+             "scan_probabilities_uncertainty.nii.gz", "scan_probabilities_overlay.png"]
+    assert records[0]["status"] == "ok" and records[0]["output"] == ";".join(str(out / n) for n in names)
+    assert list(records[0]) == ["case", "input", "output", "status", "seconds", "uncertainty_mean",
+                                "uncertainty_foreground_mean", "error"]
+    assert float(records[0]["uncertainty_mean"]) >= 0 and records[0]["seconds"] > 0
+    label_map = np.asarray(nib.load(str(out / names[0])).dataobj)
+    assert label_map.shape == labels.shape and dice(label_map, labels, 2) > 0.9
+    assert nib.load(str(out / names[1])).shape == (*labels.shape, 3)
+    with (out / "report.csv").open() as handle:
+        assert next(csv.DictReader(handle))["output"] == records[0]["output"]
+    again = predict_files(predictor, [path], out, probabilities=True, uncertainty=True, progress=False)
+    assert again[0]["status"] == "skipped (exists)" and again[0]["output"] == records[0]["output"]
