@@ -31,8 +31,9 @@ from medseg_attn.classification.task import TASK
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, from_dict
 from medseg_attn.io.files import check_output_location, not_regular
+from medseg_attn.io.formats import NIFTI, format_of
 from medseg_attn.io.pictures import image_info, is_classification_image
-from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix, strip_suffix
+from medseg_attn.io.suffixes import strip_suffix
 from medseg_attn.io.tables import unescape_cell, write_csv
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.device import resolve_device
@@ -157,7 +158,7 @@ class Classifier:
 def _read_shape(path: Path) -> tuple[int, ...]:
     """The spatial shape :func:`read_image` gives for a file (NIfTI with 3 or more axes: in RAS axis order, a
     last spatial axis of length 1 dropped)."""
-    if has_suffix(path, NIFTI_SUFFIXES):
+    if format_of(path) is NIFTI:
         import nibabel as nib
 
         from medseg_attn.io.headers import load_nifti
@@ -210,7 +211,7 @@ def write_attention_maps(classifier: Classifier, files: Sequence[str | Path], fo
         if not volume:
             image, _ = read_image(path)
             save_picture_attention_png(target, image, values, title=f"{path.name}")
-        elif has_suffix(path, NIFTI_SUFFIXES):
+        elif format_of(path) is NIFTI:
             import nibabel as nib
 
             orientation = nib.orientations.io_orientation(nib.load(str(path)).affine)

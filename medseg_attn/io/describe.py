@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_attn.io import dicom
-from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix
+from medseg_attn.io.formats import DICOM, NIFTI, format_of
 from medseg_attn.io.volumes import affine_4x4, is_image_file, read_geometry
 
 logger = logging.getLogger(__name__)
@@ -36,11 +36,10 @@ def _axcodes(affine: np.ndarray) -> str:
 
 
 def _format(path: Path) -> str:
-    if path.is_dir():
-        return "DICOM series (SimpleITK / GDCM)"
-    if dicom.is_dicom_file(path):
-        return "DICOM multi-frame file (SimpleITK / GDCM)"
-    if has_suffix(path, NIFTI_SUFFIXES):
+    fmt = format_of(path)
+    if fmt is DICOM:
+        return "DICOM series (SimpleITK / GDCM)" if path.is_dir() else "DICOM multi-frame file (SimpleITK / GDCM)"
+    if fmt is NIFTI:
         import nibabel as nib
 
         image = nib.load(str(path))
@@ -54,7 +53,7 @@ def _format(path: Path) -> str:
 def describe_volume(path: str | Path, series_uid: str | None = None, resample_uneven: bool = False) -> list[str]:
     """Report lines for one volume (file, DICOM series folder or multi-frame file)."""
     path = Path(path)
-    if not path.is_dir() and not dicom.is_dicom_file(path):
+    if format_of(path) is not DICOM:
         read_geometry(path)  # header checks first (size guard included): one clear line for broken files
     from medseg_attn.io.readers import VolumeReader  # MONAI, imported only when voxels are to be read
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medseg_attn.io.formats import is_dicom_file  # the DICOM content test belongs to the format registry
 from medseg_attn.io.limits import check_declared_size
-from medseg_attn.io.suffixes import DICOM_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -35,28 +35,6 @@ __all__ = ["DicomSeries", "find_series", "is_dicom_file", "read_dicom", "read_se
 
 # every slice of one series must agree on these (blank counts as a value: anonymised series stay readable)
 IDENTITY_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality")
-
-
-def is_dicom_file(path: Path) -> bool:
-    """A regular file with the DICOM preamble ('DICM' at byte 128), or a .dcm/.ima file pydicom can parse."""
-    if not path.is_file() or path.name.startswith("."):
-        return False
-    try:
-        with path.open("rb") as handle:
-            handle.seek(128)
-            if handle.read(4) == b"DICM":
-                return True
-    except OSError:
-        return False
-    if path.suffix.lower() in DICOM_SUFFIXES:  # files written without the preamble
-        import pydicom
-
-        try:
-            pydicom.dcmread(path, stop_before_pixels=True, force=False)
-            return True
-        except Exception:  # pydicom raises many kinds for non-DICOM files
-            return False
-    return False
 
 
 @dataclass(frozen=True)

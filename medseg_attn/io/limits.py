@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from medseg_attn.io.formats import format_of_name
+
 __all__ = ["DEFAULT_MAX_VOXELS", "MAX_VOXELS_ENV", "check_declared_size", "max_voxels"]
 
 MAX_VOXELS_ENV = "MEDSEG_ATTN_MAX_VOXELS"
@@ -100,26 +102,12 @@ def check_file_size(path: str | Path) -> None:
     Raises:
         ValueError: the header declares more voxels than :func:`max_voxels`.
     """
-    from medseg_attn.io.suffixes import NIFTI_SUFFIXES, SITK_SUFFIXES, has_suffix
-
     path = Path(path)
-    if not path.is_file():
-        return
+    fmt = format_of_name(path)
+    if not path.is_file() or fmt is None or fmt.header_size is None:
+        return  # DICOM series and pictures: their readers check the size
     try:
-        if has_suffix(path, NIFTI_SUFFIXES):
-            import nibabel as nib
-
-            header = nib.load(str(path)).header
-            shape, itemsize = header.get_data_shape(), header.get_data_dtype().itemsize
-        elif has_suffix(path, SITK_SUFFIXES):
-            import SimpleITK as sitk
-
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            shape, itemsize = (*reader.GetSize(), reader.GetNumberOfComponents()), None
-        else:
-            return
+        shape, itemsize = fmt.header_size(path)
     except Exception:  # an unreadable header is the reader's to report, with its own message
         return
     check_declared_size(path, shape, itemsize)

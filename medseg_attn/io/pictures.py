@@ -21,14 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_attn.io.suffixes import (
-    DICOM_SUFFIXES,
-    IMAGE_SUFFIXES,
-    NIFTI_SUFFIXES,
-    PICTURE_SUFFIXES,
-    SITK_SUFFIXES,
-    has_suffix,
-)
+from medseg_attn.io.formats import format_of_name, require_format
 from medseg_attn.io.limits import check_declared_size
 
 logger = logging.getLogger(__name__)
@@ -46,19 +39,12 @@ LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as P
 
 def is_classification_image(path: Path) -> bool:
     """True for a file whose suffix names a supported image type (hidden files are the caller's business)."""
-    return has_suffix(path, IMAGE_SUFFIXES)
+    return format_of_name(path) is not None
 
 
 def _kind(path: Path) -> str:
-    if has_suffix(path, PICTURE_SUFFIXES):
-        return "picture"
-    if has_suffix(path, DICOM_SUFFIXES):
-        return "dicom"
-    if has_suffix(path, NIFTI_SUFFIXES):
-        return "nifti"
-    if has_suffix(path, SITK_SUFFIXES):
-        return "itk"
-    raise ValueError(f"{path}: not a supported image type (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    """The registry's name for the file's ending (``picture``, ``dicom``, ``nifti``, ``itk``); unknown: ValueError."""
+    return require_format(path).name
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from medseg_attn.io import dicom
 from medseg_attn.io.headers import load_nifti
+from medseg_attn.io.formats import DICOM, NIFTI, format_of, format_of_name
 from medseg_attn.io.limits import check_declared_size
-from medseg_attn.io.suffixes import NIFTI_SUFFIXES, SITK_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +42,14 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def is_nifti(path: str | Path) -> bool:
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
+    """True for a name ending in a NIfTI suffix (:data:`~medseg_attn.io.formats.NIFTI`); no file is touched."""
+    return format_of_name(path) is NIFTI
 
 
 def uses_sitk(path: str | Path) -> bool:
     """True for inputs read through SimpleITK: NRRD, MetaImage, DICOM files and folders."""
-    path = Path(path)
-    return path.is_dir() or path.name.lower().endswith(SITK_SUFFIXES) or dicom.is_dicom_file(path)
+    fmt = format_of(path)
+    return fmt is not None and fmt.library == "SimpleITK"
 
 
 def lps_to_ras(affine: np.ndarray) -> np.ndarray:
@@ -72,7 +73,7 @@ def read_sitk(path: str | Path, series_uid: str | None = None, resample_uneven: 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    if path.is_dir() or dicom.is_dicom_file(path):
+    if format_of(path) is DICOM:  # a series folder, or a file holding DICOM
         return dicom.read_dicom(path, series_uid, resample_uneven)[0]
     try:
         reader = sitk.ImageFileReader()
@@ -103,7 +104,7 @@ class VolumeReader(ImageReader):
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
         names = [filename] if isinstance(filename, (str, Path)) else list(filename)
-        return all(is_nifti(n) or uses_sitk(n) for n in names)
+        return all((fmt := format_of(n)) is not None and fmt.volume for n in names)
 
     def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> list[tuple[np.ndarray, dict]]:
         """Read each file; returns (array, meta) pairs (the reading is done here, ``get_data`` stacks)."""
@@ -113,7 +114,7 @@ class VolumeReader(ImageReader):
             path = Path(name)
             if not path.exists():
                 raise FileNotFoundError(f"{path}: file not found")
-            if is_nifti(path) and path.is_file():
+            if format_of(path) is NIFTI:  # a file (a folder is a DICOM series)
                 image = load_nifti(path)  # the header rule (sform first), not MONAI's pixdim-led correction
                 self._nibabel.filenames = (str(path),)
                 check_declared_size(path, image.shape, image.header.get_data_dtype().itemsize)  # before decoding

@@ -16,9 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medseg_attn.io.formats import DICOM, NIFTI, format_of
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.limits import check_declared_size
-from medseg_attn.io.suffixes import NIFTI_SUFFIXES, VOLUME_SUFFIXES, has_suffix, strip_suffix
+from medseg_attn.io.suffixes import VOLUME_SUFFIXES, has_suffix, strip_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    if not has_suffix(path, NIFTI_SUFFIXES) or path.is_dir():
+    if format_of(path) is not NIFTI:  # NRRD/MetaImage, DICOM (folders too), or an unknown file for SimpleITK
         return _sitk_geometry(path, series_uid)
     try:
         image = load_nifti(path)
@@ -141,7 +142,7 @@ def _sitk_geometry(path: Path, series_uid: str | None) -> Geometry:
     from medseg_attn.io import dicom
     from medseg_attn.io.readers import lps_to_ras
 
-    if path.is_dir() or dicom.is_dicom_file(path):
+    if format_of(path) is DICOM:
         series = dicom.select_series(path, series_uid)
         if series.problems:
             raise ValueError(series.problems[0])

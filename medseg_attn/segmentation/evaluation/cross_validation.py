@@ -21,9 +21,9 @@ import nibabel as nib
 import numpy as np
 
 from medseg_attn.io.files import atomic_write, atomic_write_text
+from medseg_attn.io.formats import NIFTI, format_of
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
-from medseg_attn.io.suffixes import NIFTI_SUFFIXES, has_suffix
 from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
@@ -67,7 +67,7 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
             fold_of[name] = fold
             prediction = predictor.predict(by_name[name]["image"])
             reference_path = Path(by_name[name]["label"])
-            if not has_suffix(reference_path, NIFTI_SUFFIXES):
+            if format_of(reference_path) is not NIFTI:
                 raise ValueError(f"{reference_path}: medseg-attn cv reads NIfTI reference labels only")
             reference = nib.load(str(reference_path))
             ref = np.asarray(reference.dataobj).astype(np.int16)
