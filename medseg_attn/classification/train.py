@@ -196,7 +196,8 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
     def loader(seed: int) -> DataLoader:
         labels = [s["label"] for s in train_samples]
         factory = (lambda generator: balanced_sampler(labels, counts, generator)) if tcfg.balance == "sampler" else None
-        return seeded_loader(train_ds, train_transform, seed, dist.rank, tcfg.batch_size, data.num_workers, factory)
+        return seeded_loader(train_ds, train_transform, seed, dist.rank, tcfg.batch_size, data.num_workers, factory,
+                             pin_memory=device.type == "cuda")
 
     def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         image = batch["image"].to(device, non_blocking=True)

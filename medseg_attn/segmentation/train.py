@@ -189,7 +189,8 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     def loader(seed: int) -> DataLoader:
         return seeded_loader(train_ds, train_transform, seed, run.dist.rank, _loader_batch(cfg), cfg.data.num_workers,
                              collate_fn=list_data_collate, prefetch=cfg.data.prefetch == "on" or (
-                                 cfg.data.prefetch == "auto" and run.device.type == "cuda"))
+                                 cfg.data.prefetch == "auto" and run.device.type == "cuda"),
+                             pin_memory=run.device.type == "cuda")
 
     def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         image = batch["image"].to(run.device, non_blocking=True)

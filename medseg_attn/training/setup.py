@@ -82,13 +82,15 @@ def rank_seed(seed: int, rank: int) -> int:
 
 def seeded_loader(dataset: Dataset, transform: Compose, seed: int, rank: int, batch_size: int, num_workers: int,
                   sampler_factory: Callable[[torch.Generator], torch.utils.data.Sampler] | None = None,
-                  collate_fn: Callable | None = None, prefetch: bool = False) -> DataLoader:
+                  collate_fn: Callable | None = None, prefetch: bool = False, pin_memory: bool = False
+                  ) -> DataLoader:
     """A loader for one epoch: the random transforms and the order (or ``sampler_factory(generator)``'s
     sampler) drawn from ``seed`` and the rank, so a resumed run draws exactly what the uninterrupted one did.
 
     With ``prefetch`` and no worker processes, MONAI's ``ThreadDataLoader`` prepares the next batch in a
     background thread while the network trains on this one (the same batches in the same order: one thread draws
-    them in sequence)."""
+    them in sequence). With ``pin_memory`` (training on CUDA) batches come in page-locked memory, so the
+    ``.to(device, non_blocking=True)`` copies of the training step overlap with the GPU's work."""
     seed = rank_seed(seed, rank)
     transform.set_random_state(seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -100,4 +102,4 @@ def seeded_loader(dataset: Dataset, transform: Compose, seed: int, rank: int, ba
     else:
         loader_class = DataLoader
     return loader_class(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=num_workers, generator=generator, drop_last=False, **extra)
+                        num_workers=num_workers, generator=generator, drop_last=False, pin_memory=pin_memory, **extra)

@@ -27,6 +27,23 @@ def test_prefetch_thread_draws_the_same_batches_as_the_plain_loader():
     assert not torch.equal(torch.cat(plain), torch.cat(_batches(False, seed=4)))  # the seed matters
 
 
+def test_pinned_memory_is_asked_only_when_training_on_cuda_and_draws_the_same_batches():
+    transform = mt.Compose([mt.RandGaussianNoised("image", prob=1.0, std=1.0)])
+    dataset = Dataset([{"image": torch.zeros(1, 4, 4) + i} for i in range(4)], transform)
+    plain = seeded_loader(dataset, transform, 3, rank=0, batch_size=2, num_workers=0)
+    assert plain.pin_memory is False
+    import warnings
+
+    with warnings.catch_warnings():  # a CPU-only machine warns that there is nothing to pin for
+        warnings.simplefilter("ignore")
+        pinned = seeded_loader(dataset, transform, 3, rank=0, batch_size=2, num_workers=0, pin_memory=True)
+        assert pinned.pin_memory is True
+        pinned_batches = [batch["image"] for batch in pinned]
+    plain = seeded_loader(dataset, transform, 3, rank=0, batch_size=2, num_workers=0)
+    for a, b in zip([batch["image"] for batch in plain], pinned_batches):
+        torch.testing.assert_close(a, b)
+
+
 def _fresh_decision(monkeypatch, tmp_path, flags, speedup):
     from medseg_attn.training import device as device_module
 
