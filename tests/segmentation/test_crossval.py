@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply
                                                       remove_small_components, voxel_ml)
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.train import train
-from medseg_attn.training.checkpoint import load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blob_dataset import tiny_config, write_blob_dataset  # noqa: E402
@@ -229,7 +230,19 @@ def test_a_cv_run_exports_as_one_ensemble_network(cv_run, tmp_path, capsys):
     assert onnx.postprocessing == {1: ClassPostprocessing(largest_component=True), 2: ClassPostprocessing()}
     ensemble = Predictor.from_checkpoint(run, device="cpu", precision="fp32")
     ours, theirs = ensemble.predict(image, probabilities=True), onnx.predict(image, probabilities=True)
+    # each fold's temperature is applied per window inside the network, predict --model RUN after blending the
+    # windows: the same where one window covers a voxel, close where windows overlap
+    assert np.abs(theirs.probabilities - ours.probabilities).mean() < 0.01
+    assert np.mean(theirs.labels == ours.labels) > 0.99
+    uncalibrated = tmp_path / "uncalibrated"  # without temperatures the two are the same computation
+    shutil.copytree(run, uncalibrated)
+    for k in range(3):
+        path = uncalibrated / f"fold_{k}" / "checkpoints" / "best.pt"
+        save_checkpoint({**load_checkpoint(path), "calibration": {"temperature": 1.0}}, path)
+    assert main(["-q", "export", "--model", str(uncalibrated), "--format", "onnx", "--output",
+                 str(tmp_path / "plain.onnx")]) == 0
+    ours = Predictor.from_checkpoint(uncalibrated, device="cpu", precision="fp32").predict(image, probabilities=True)
+    theirs = predictor_from_onnx(tmp_path / "plain.onnx").predict(image, probabilities=True)
     np.testing.assert_allclose(theirs.probabilities, ours.probabilities, atol=1e-4)
-    assert np.mean(theirs.labels == ours.labels) > 0.999
     assert main(["-q", "export", "--model", str(run), "--format", "bundle", "--output", str(tmp_path / "b")]) == 2
     assert "a MONAI bundle holds one model: export one fold" in capsys.readouterr().err

@@ -4,8 +4,9 @@
 each fold's logits divided by its calibration temperature, softmaxed, the probabilities averaged, and their log
 returned as the network's output. A softmax of that output gives the averaged probabilities back and its argmax
 is the ensemble's label map, so the file drops in wherever a single network's logits went (``predict --model
-FILE.onnx``, onnxruntime, MONAI's ``SlidingWindowInferer``); ``predict --model CV_RUN`` computes the same average
-window by window. The metadata carries the first fold's preprocessing, labels and card (the folds share them:
+FILE.onnx``, onnxruntime, MONAI's ``SlidingWindowInferer``). ``predict --model CV_RUN`` averages the same
+probabilities but applies each fold's temperature after blending the overlapping windows, so the two agree where
+one window covers a voxel and differ slightly where windows overlap (without temperatures: the same). The metadata carries the first fold's preprocessing, labels and card (the folds share them:
 checked), the folds it holds, and the run's postprocessing (``postprocessing.json``), which ``predict`` applies to
 the ONNX file as it does to the run. A MONAI bundle holds one medseg-attn checkpoint, so a CV run is exported as a
 bundle one fold at a time (``--model CV_RUN/fold_0``).
