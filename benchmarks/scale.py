@@ -10,6 +10,12 @@ same file; labels: its three largest structures) and runs, each in a fresh proce
 then ``medseg-attn train`` for ``--steps`` steps with that cache (its peak RSS, its time to the first step, its
 step time and data wait from history.csv), and the same train with ``data.cache: memory`` (MONAI CacheDataset)
 for comparison. Writes OUT/scale.json, OUT/scale.md (a table) and OUT/scale.png.
+
+On a GPU machine ``--device cuda`` trains there: the rows add the GPU's peak allocated memory, and step time and
+data wait are the GPU's (batches come in pinned memory and are copied with ``non_blocking=True``)::
+
+    python benchmarks/scale.py --cases 24 --size 512 --slices 200 --steps 50 --no-memory --device cuda \
+        --output bench_gpu
 """
 
 from __future__ import annotations
@@ -107,17 +113,20 @@ code = main(sys.argv[2:])
 # child of a benchmark that built large arrays would report the parent's peak as its own.
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker process
+import torch
+gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 print(json.dumps({"code": code, "first_step_s": first.get("t", time.time()) - start, "peak_rss_mb": peak,
-                  "worker_peak_rss_mb": children}))
+                  "worker_peak_rss_mb": children, "gpu_peak_mb": gpu}))
 """
 
 
-def run_train(dataset: Path, cache: Path, output: Path, mode: str, steps: int, env: dict[str, str]) -> dict:
+def run_train(dataset: Path, cache: Path, output: Path, mode: str, steps: int, env: dict[str, str],
+              device: str = "cpu") -> dict:
     shutil.rmtree(output, ignore_errors=True)
     start = time.time()
     command = [sys.executable, "-c", CHILD, str(start), "-q", "train", "--data", str(dataset), "--output", str(output),
                "--cache", str(cache), "--epochs", "1", "--set", f"train.steps_per_epoch={steps}",
-               "--set", f"data.cache={mode}", "--set", "data.max_validation_cases=1", "--set", "train.device=cpu",
+               "--set", f"data.cache={mode}", "--set", "data.max_validation_cases=1", "--set", f"train.device={device}",
                "--set", "train.val_interval=100"]
     seconds, out = timed(command, env)
     child = json.loads(out.strip().splitlines()[-1])
@@ -125,8 +134,9 @@ def run_train(dataset: Path, cache: Path, output: Path, mode: str, steps: int, e
     with (output / "history.csv").open() as handle:
         row = list(csv.DictReader(handle))[-1]
     return {"wall_s": round(seconds, 1), "first_step_s": round(child["first_step_s"], 1),
-            "peak_rss_mb": round(peak), "worker_peak_rss_mb": round(child["worker_peak_rss_mb"]), "step_s": round(float(row["epoch_seconds"]) / steps, 3),
-            "data_wait": float(row["data_wait_fraction"])}
+            "peak_rss_mb": round(peak), "worker_peak_rss_mb": round(child["worker_peak_rss_mb"]),
+            "step_s": round(float(row["epoch_seconds"]) / steps, 3), "data_wait": float(row["data_wait_fraction"]),
+            **({"gpu_peak_mb": round(child["gpu_peak_mb"])} if child.get("gpu_peak_mb") is not None else {})}
 
 
 def preprocess(dataset: Path, cache: Path, workers: int, env: dict[str, str]) -> float:
@@ -145,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="training steps per run")
     parser.add_argument("--single", action="store_true", help="also preprocess with one worker (the speed-up)")
     parser.add_argument("--no-memory", action="store_true", help="skip the in-memory (CacheDataset) comparison")
+    parser.add_argument("--device", default="cpu",
+                        help="where train runs: cpu (default), cuda, cuda:N (GPU step time, data wait, GPU memory)")
     parser.add_argument("--output", type=Path, default=Path("bench_scale"))
     args = parser.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -160,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "cache1", ignore_errors=True)
         row["preprocess_first_s"] = preprocess(dataset, work / "cache", 0, env)
         row["preprocess_cached_s"] = preprocess(dataset, work / "cache", 0, env)
-        row["disk"] = run_train(dataset, work / "cache", work / "run_disk", "disk", args.steps, env)
+        row["device"] = args.device
+        row["disk"] = run_train(dataset, work / "cache", work / "run_disk", "disk", args.steps, env, args.device)
         if not args.no_memory:
-            row["memory"] = run_train(dataset, work / "cache", work / "run_memory", "memory", args.steps, env)
+            row["memory"] = run_train(dataset, work / "cache", work / "run_memory", "memory", args.steps, env,
+                                      args.device)
         print(json.dumps(row), flush=True)
         rows.append(row)
         shutil.rmtree(work / "data", ignore_errors=True)
@@ -177,14 +191,17 @@ def write_report(rows: list[dict], output: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["| cases | data MB | preprocess first s | cached s | 1 worker s | disk: first step s | disk: peak RSS MB | "
-             "disk: largest worker RSS MB | disk: step s | disk: data wait | memory: first step s | memory: peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| cases | device | data MB | preprocess first s | cached s | 1 worker s | disk: first step s | "
+             "disk: peak RSS MB | disk: largest worker RSS MB | disk: GPU peak MB | disk: step s | disk: data wait | "
+             "memory: first step s | memory: peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         disk, memory = row["disk"], row.get("memory", {})
-        lines.append(f"| {row['cases']} | {row['dataset_mb']} | {row['preprocess_first_s']} | "
-                     f"{row['preprocess_cached_s']} | {row.get('preprocess_1_worker_s', '')} | {disk['first_step_s']} | "
-                     f"{disk['peak_rss_mb']} | {disk.get('worker_peak_rss_mb', '')} | {disk['step_s']} | "
+        lines.append(f"| {row['cases']} | {row.get('device', 'cpu')} | {row['dataset_mb']} | "
+                     f"{row['preprocess_first_s']} | {row['preprocess_cached_s']} | "
+                     f"{row.get('preprocess_1_worker_s', '')} | {disk['first_step_s']} | "
+                     f"{disk['peak_rss_mb']} | {disk.get('worker_peak_rss_mb', '')} | {disk.get('gpu_peak_mb', '')} | "
+                     f"{disk['step_s']} | "
                      f"{disk['data_wait']:.1%} | "
                      f"{memory.get('first_step_s', '')} | {memory.get('peak_rss_mb', '')} |")
     (output / "scale.md").write_text("\n".join(lines) + "\n")
