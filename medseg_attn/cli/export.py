@@ -76,6 +76,16 @@ def model_card_lines(path: Path) -> list[str] | None:
     from medseg_attn.training.card import format_card, model_card
 
     path = Path(path)
+    if path.is_dir() and (path / "cv.json").is_file():  # a cross-validation run: its folds, then the first one's card
+        from medseg_attn.registry import task_of
+        from medseg_attn.training.checkpoint import load_checkpoint, task_checkpoint
+
+        checkpoint = task_checkpoint(path)
+        payload = load_checkpoint(checkpoint)
+        folds = sorted(p.name for p in path.glob("fold_*") if p.is_dir())
+        return [f"cross-validation run of {len(folds)} folds ({', '.join(folds)}): `predict --model {path}` and "
+                f"`export --model {path}` use them as one ensemble; the card of {checkpoint.parent.parent.name}:",
+                *format_card(model_card(payload, task_of(payload)), str(checkpoint))]
     kind = sniff_model(path)
     model_suffix = path.suffix.lower() in (".onnx", ".ts", ".pt", ".pth")
     if kind == "torchscript" or kind == "onnx" and model_suffix:

@@ -192,14 +192,18 @@ def test_cli_cv_command_and_errors(cv_run, tmp_path, capsys):
     assert "not a cross-validation run folder" in capsys.readouterr().err
 
 
-def test_export_and_inspect_of_a_cv_run_name_a_fold(cv_run, tmp_path, capsys):
-    """A CV run is one model for predict; export and inspect take one of its folds, and say so in one line."""
+def test_bundle_export_and_inspect_of_a_cv_run(cv_run, tmp_path, capsys):
+    """A CV run is one model for predict and for ONNX / TorchScript export (the fold ensemble, tested below); a
+    bundle takes one of its folds and says so in one line; inspect lists the folds and shows the first one's card."""
     _, run, _ = cv_run
-    assert main(["-q", "export", "--model", str(run), "--format", "torchscript", "--output",
-                 str(tmp_path / "m.ts")]) == 2
+    assert main(["-q", "export", "--model", str(run), "--format", "bundle", "--output", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "is a cross-validation run (fold_0, fold_1, fold_2)" in err and str(run / "fold_0") in err
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m.ts").exists()
+    assert "is a cross-validation run" in err and str(run / "fold_0") in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    assert main(["inspect", str(run)]) == 0  # the folds, then the first fold's card
+    out = capsys.readouterr().out
+    assert "cross-validation run of 3 folds (fold_0, fold_1, fold_2)" in out
+    assert str(run / "fold_0" / "checkpoints") in out and "Dice" in out
     assert main(["-q", "export", "--model", str(run / "fold_0"), "--format", "torchscript", "--output",
                  str(tmp_path / "m.ts")]) == 0
     assert (tmp_path / "m.ts").is_file()
