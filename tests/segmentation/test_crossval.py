@@ -20,7 +20,7 @@ from medseg_attn.segmentation.data.datasets import load_dataset, split_cases
 from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.segmentation.evaluation.cross_validation import choose_postprocessing, describe_choice
 from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, read_postprocessing,
-                                                      remove_small_components, voxel_ml)
+                                                      voxel_ml)
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.train import train
 from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
@@ -181,7 +181,7 @@ def test_a_size_rule_is_chosen_where_it_beats_the_largest_component_and_applied_
     np.testing.assert_array_equal(kept, fine)  # 3 voxels = 0.003 ml >= 0.002 ml: kept
     with pytest.raises(ValueError, match="volume of a voxel"):
         apply_postprocessing(fine, {1: rule})
-    np.testing.assert_array_equal(remove_small_components(fine, 2, 5), fine)  # an absent class: unchanged
+    np.testing.assert_array_equal(apply_postprocessing(fine, {2: rule}, voxel_ml(np.eye(4))), fine)  # absent: unchanged
 
 
 def test_cli_cv_command_and_errors(cv_run, tmp_path, capsys):

@@ -28,8 +28,8 @@ from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders, mask_dice
-from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, fold_dir, is_cv_run,
-                                                      voxel_ml)
+from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, components, fold_dir,
+                                                      is_cv_run, voxel_ml)
 from medseg_attn.segmentation.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -154,13 +154,14 @@ def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, 
                       voxel_ml(image.affine)))
     choice = {}
     for index in classes:
-        volumes = [float((ref == index).sum()) * ml for ref, _, ml in cases if (ref == index).any()]
+        volumes = [float(count) * ml for ref, _, ml in cases if (count := np.count_nonzero(ref == index))]
         sizes = sorted({round(f * float(np.median(volumes)), 4) for f in SIZE_FRACTIONS} - {0.0}) if volumes else []
         rules = [ClassPostprocessing(), ClassPostprocessing(largest_component=True),
                  *(ClassPostprocessing(min_size_ml=size) for size in sizes)]
-        means = [float(np.mean([mask_dice(apply_postprocessing(pred, {index: rule}, ml)
-                                          == index, ref == index) for ref, pred, ml in cases])) if cases else 0.0
-                 for rule in rules]
+        found = [{index: components(pred, index)} for _, pred, _ in cases]  # labelled once, judged per rule
+        means = [float(np.mean([mask_dice(apply_postprocessing(pred, {index: rule}, ml, labelled) == index,
+                                          ref == index) for (ref, pred, ml), labelled in zip(cases, found)]))
+                 if cases else 0.0 for rule in rules]
         best = 0
         for position, mean in enumerate(means):
             if mean > means[best] + 1e-6:
@@ -181,5 +182,4 @@ def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, 
 
 def describe_choice(entry: dict[str, Any]) -> str:
     """One class's entry of ``postprocessing.json`` in words."""
-    rule = ClassPostprocessing(bool(entry["largest_component"]), entry.get("min_size_ml"))
-    return rule.describe() if rule.any else "not applied"
+    return ClassPostprocessing.from_entry(entry).describe()

@@ -1,39 +1,36 @@
 """A cross-validation run exported as one model: the fold ensemble in one TorchScript or ONNX network.
 
-``medseg-attn export --model CV_RUN --format torchscript|onnx`` writes :class:`FoldEnsemble` over the folds' networks:
-each fold's logits divided by its calibration temperature, softmaxed, the probabilities averaged, and their log
-returned as the network's output. A softmax of that output gives the averaged probabilities back and its argmax
-is the ensemble's label map, so the file drops in wherever a single network's logits went (``predict --model
+``medseg-attn export --model CV_RUN --format torchscript|onnx`` writes :class:`FoldEnsemble` over the folds'
+networks: each fold's logits divided by its calibration temperature, softmaxed, the probabilities averaged, and
+their log returned as the network's output. A softmax of that output gives the averaged probabilities back and its
+argmax is the ensemble's label map, so the file drops in wherever a single network's logits went (``predict --model
 FILE.onnx``, onnxruntime, MONAI's ``SlidingWindowInferer``). ``predict --model CV_RUN`` averages the same
-probabilities but applies each fold's temperature after blending the overlapping windows, so the two agree where
-one window covers a voxel and differ slightly where windows overlap (without temperatures: the same). The metadata carries the first fold's preprocessing, labels and card (the folds share them:
-checked), the folds it holds, and the run's postprocessing (``postprocessing.json``), which ``predict`` applies to
-the ONNX file as it does to the run. A MONAI bundle holds one medseg-attn checkpoint, so a CV run is exported as a
-bundle one fold at a time (``--model CV_RUN/fold_0``).
+probabilities but applies each fold's temperature after blending the overlapping windows, so the two agree where one
+window covers a voxel and differ slightly where windows overlap (without temperatures: the same). The folds are
+loaded as ``predict --model CV_RUN`` loads them (which checks that they share preprocessing, classes and input
+channels); the metadata carries the first fold's preprocessing, labels and card, the folds it holds, and the run's
+postprocessing (``postprocessing.json``), which ``predict`` applies to the ONNX file as it does to the run. A MONAI
+bundle holds one medseg-attn checkpoint, so a CV run is exported as a bundle one fold at a time (``--model
+CV_RUN/fold_0``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
-from medseg_attn.segmentation.inference.cvrun import cv_members
+from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FoldEnsemble", "export_cv_run"]
-
-SHARED = ("preprocessing", "labels", "in_channels")  # what every fold must have alike
-
 
 class FoldEnsemble(nn.Module):
     """log(mean_k softmax(network_k(x) / T_k)): the folds' calibrated probabilities averaged, as log-probabilities."""
@@ -54,22 +51,6 @@ class FoldEnsemble(nn.Module):
         return torch.log((total / len(self.members)).clamp_min(1e-12))
 
 
-def _members(run: Path, folds: list[int] | None) -> tuple[list[nn.Module], list[dict[str, Any]], list[Path]]:
-    networks, payloads, paths = [], [], []
-    for member in cv_members(run, folds):
-        path = find_checkpoint(member)
-        payload = load_checkpoint(path)
-        if payloads:
-            for key in SHARED:
-                if payload.get(key) != payloads[0].get(key):
-                    raise ValueError(f"{path}: differs from {paths[0]} in its {key}; the folds of one model must be "
-                                     f"trained the same way")
-        networks.append(TASK.network(payload, path).eval())
-        payloads.append(payload)
-        paths.append(path)
-    return networks, payloads, paths
-
-
 def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int] | None = None) -> Path:
     """Export the folds of the CV run ``run`` (all, or ``folds``) as one ensemble network.
 
@@ -81,23 +62,25 @@ def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int
     if fmt == "bundle":
         raise ValueError(f"{run}: is a cross-validation run; a MONAI bundle holds one model: export one fold "
                          f"(--model {run / 'fold_0'}), or the fold ensemble as --format onnx or torchscript")
-    networks, payloads, paths = _members(run, folds)
-    if not all(hasattr(network, "divisor") for network in networks):
+    # the folds as predict --model RUN loads them: their checkpoints, temperatures, postprocessing, and the check
+    # that they share preprocessing, classes and input channels
+    members = Predictor.from_checkpoint(run, device="cpu", folds=folds, precision="fp32")
+    paths = [Path(source) for source in members.sources]
+    if not all(hasattr(network, "divisor") for network in members.networks):
         raise ValueError(f"{paths[0]}: export supports the attention_skip_unet architecture")
-    temperatures = [float((p.get("calibration") or {}).get("temperature", 1.0)) for p in payloads]
-    ensemble = FoldEnsemble(networks, temperatures).eval()
+    temperatures = [float(t) for t in members.temperatures]
+    ensemble = FoldEnsemble(members.networks, temperatures).eval()
     target = export_target(run, paths[0], fmt, output)
-    metadata = export_metadata(payloads[0], str(run), TASK)
+    first = load_checkpoint(paths[0])
+    metadata = export_metadata(first, str(run), TASK)
     metadata["calibration"] = {"temperature": 1.0, "fold_temperatures": temperatures,
                                "note": "each fold's temperature is applied inside the ensemble network"}
     metadata["ensemble"] = {"run": str(run), "folds": [path.parent.parent.name for path in paths],
                             "checkpoints": [str(path) for path in paths],
                             "output": "log of the folds' averaged probabilities"}
-    record = run / "postprocessing.json"
-    metadata["postprocessing"] = json.loads(record.read_text())["classes"] if record.is_file() else {}
-    example = example_input(int(payloads[0]["preprocessing"]["spatial_dims"]), int(payloads[0]["in_channels"]),
-                            ensemble.divisor)
+    metadata["postprocessing"] = {str(index): rule.to_entry() for index, rule in members.postprocessing.items()}
+    example = example_input(int(first["preprocessing"]["spatial_dims"]), int(first["in_channels"]), ensemble.divisor)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
     writer(ensemble, example, target, metadata)
-    logger.info("exported %s (%d folds) as %s: %s", run, len(networks), fmt, target)
+    logger.info("exported %s (%d folds) as %s: %s", run, len(paths), fmt, target)
     return target

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ClassPostprocessing", "apply_postprocessing", "cv_members", "fold_dir", "is_cv_run",
-           "keep_largest_component", "parse_postprocessing", "read_postprocessing", "remove_small_components",
-           "voxel_ml"]
+__all__ = ["ClassPostprocessing", "apply_postprocessing", "components", "cv_members", "fold_dir", "is_cv_run",
+           "keep_largest_component", "parse_postprocessing", "read_postprocessing", "voxel_ml"]
 
 
 @dataclass(frozen=True)
@@ -40,14 +39,37 @@ class ClassPostprocessing:
     largest_component: bool = False
     min_size_ml: float | None = None
 
-    @property
-    def any(self) -> bool:
-        return self.largest_component or self.min_size_ml is not None
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> ClassPostprocessing:
+        """One class's entry of ``postprocessing.json`` (``min_size_ml`` absent in records written before it)."""
+        size = entry.get("min_size_ml")
+        return cls(bool(entry["largest_component"]), None if size is None else float(size))
+
+    def to_entry(self) -> dict[str, Any]:
+        return {"largest_component": self.largest_component, "min_size_ml": self.min_size_ml}
 
     def describe(self) -> str:
         if self.largest_component:
             return "largest component kept"
-        return f"components below {self.min_size_ml:g} ml removed" if self.min_size_ml is not None else "none"
+        return f"components below {self.min_size_ml:g} ml removed" if self.min_size_ml is not None else "not applied"
+
+    def removed(self, sizes: np.ndarray, ml_per_voxel: float | None) -> np.ndarray | None:
+        """Which components go, from their sizes in voxels (``sizes[0]``: background, 0): a boolean per component
+        id, or None when none does.
+
+        Raises:
+            ValueError: a size rule and no voxel volume.
+        """
+        if self.largest_component:
+            gone = sizes > 0
+            gone[int(sizes.argmax())] = False
+        elif self.min_size_ml is not None:
+            if not ml_per_voxel:
+                raise ValueError(f"a size rule ({self.min_size_ml:g} ml) needs the volume of a voxel")
+            gone = (sizes > 0) & (sizes < self.min_size_ml / ml_per_voxel)
+        else:
+            return None
+        return gone if gone.any() else None
 
 
 def is_cv_run(path: str | Path) -> bool:
@@ -100,12 +122,7 @@ def parse_postprocessing(classes: dict[str, Any], where: str) -> dict[int, Class
         ValueError: naming ``where``.
     """
     try:
-        choice = {}
-        for index, entry in classes.items():
-            size = entry.get("min_size_ml")
-            choice[int(index)] = ClassPostprocessing(bool(entry["largest_component"]),
-                                                     None if size is None else float(size))
-        return choice
+        return {int(index): ClassPostprocessing.from_entry(entry) for index, entry in classes.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{where}: not a postprocessing record ({error})") from None
 
@@ -115,58 +132,52 @@ def voxel_ml(affine: np.ndarray) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
 
 
-def _components(labels: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+def components(labels: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(component ids, sizes in voxels with sizes[0] = 0) of class ``index`` (26-/8-connected); None if absent."""
     mask = labels == index
     if not mask.any():
         return None
-    components, _ = ndimage.label(mask, structure=np.ones((3,) * labels.ndim, dtype=bool))
-    sizes = np.bincount(components.ravel())
+    ids, _ = ndimage.label(mask, structure=np.ones((3,) * labels.ndim, dtype=bool))
+    sizes = np.bincount(ids.ravel())
     sizes[0] = 0
-    return components, sizes
+    return ids, sizes
+
+
+def _apply_rule(labels: np.ndarray, index: int, rule: ClassPostprocessing, ml_per_voxel: float | None,
+                found: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``labels`` with the components of class ``index`` that ``rule`` removes (``found``: :func:`components`)
+    set to background (0); ``labels`` itself when none goes."""
+    if found is None:
+        return labels
+    ids, sizes = found
+    gone = rule.removed(sizes, ml_per_voxel)
+    if gone is None:
+        return labels
+    result = labels.copy()
+    result[gone[ids]] = 0
+    return result
 
 
 def keep_largest_component(labels: np.ndarray, index: int) -> np.ndarray:
     """``labels`` with every voxel of class ``index`` outside its largest connected component (26-/8-connected)
     set to background (0)."""
-    found = _components(labels, index)
-    if found is None or np.count_nonzero(found[1]) <= 1:
-        return labels
-    components, sizes = found
-    result = labels.copy()
-    result[(components > 0) & (components != int(sizes.argmax()))] = 0
-    return result
+    return _apply_rule(labels, index, ClassPostprocessing(largest_component=True), None, components(labels, index))
 
 
-def remove_small_components(labels: np.ndarray, index: int, min_voxels: float) -> np.ndarray:
-    """``labels`` with the connected components of class ``index`` smaller than ``min_voxels`` voxels set to
-    background (0); the others stay."""
-    found = _components(labels, index)
-    if found is None:
-        return labels
-    components, sizes = found
-    small = (sizes > 0) & (sizes < min_voxels)
-    if not small.any():
-        return labels
-    result = labels.copy()
-    result[small[components]] = 0
-    return result
-
-
-def apply_postprocessing(labels: np.ndarray, choice: dict[int, ClassPostprocessing], ml_per_voxel: float | None = None
-                         ) -> np.ndarray:
+def apply_postprocessing(labels: np.ndarray, choice: dict[int, ClassPostprocessing], ml_per_voxel: float | None = None,
+                         found: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = None) -> np.ndarray:
     """Apply a run's postprocessing choice (:func:`read_postprocessing`) to a label map whose voxels hold
-    ``ml_per_voxel`` ml each (:func:`voxel_ml`; needed by size rules).
+    ``ml_per_voxel`` ml each (:func:`voxel_ml`; needed by size rules). ``found``: the classes' components
+    (:func:`components`) when the caller has them already (labelled otherwise).
 
     Raises:
         ValueError: a size rule and no voxel volume.
     """
     for index, rule in sorted(choice.items()):
-        if rule.largest_component:
-            labels = keep_largest_component(labels, int(index))
-        elif rule.min_size_ml is not None:
-            if not ml_per_voxel:
-                raise ValueError(f"postprocessing of class {index}: a size rule ({rule.min_size_ml:g} ml) needs the "
-                                 f"volume of a voxel")
-            labels = remove_small_components(labels, int(index), rule.min_size_ml / ml_per_voxel)
+        if rule.largest_component or rule.min_size_ml is not None:
+            try:
+                labels = _apply_rule(labels, int(index), rule, ml_per_voxel,
+                                     found[index] if found and index in found else components(labels, int(index)))
+            except ValueError as error:
+                raise ValueError(f"postprocessing of class {index}: {error}") from None
     return labels
