@@ -180,7 +180,7 @@ class _RestoreBackgroundd(mt.MapTransform):
 
 def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str] = ("image", "label"),
                  background: float | None = None, background_masking: bool = False,
-                 patch_size: Sequence[int] | None = None) -> list[mt.Transform]:
+                 patch_size: Sequence[int] | None = None, mr: bool = False) -> list[mt.Transform]:
     """Spatial and intensity augmentation of image(/label) patches (MONAI's Rand* dictionary transforms).
 
     Args:
@@ -191,6 +191,7 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
             it there, and padding uses it. None: no defined background.
         background_masking: add :class:`RandBackgroundMaskd` (needs ``background`` and a label key).
         patch_size: the (fixed) size of every input; lets ``RandAffined`` reuse its coordinate grid.
+        mr: an MR segmentation input: 'auto' bias-field settings take the stronger MR values.
     """
     if not aug.enabled:
         return []
@@ -218,7 +219,7 @@ def augmentation(aug: AugmentationConfig, spatial_dims: int, keys: Sequence[str]
     p = aug.intensity_probability
     sigma = (0.5, 1.0)
     chain += [
-        RandBiasAboveFloord("image", prob=aug.bias_field_probability, coefficient=aug.bias_field_coefficient),
+        RandBiasAboveFloord("image", *aug.bias_field(mr)),
         RandGaussianNoiseFastd("image", prob=p, std=aug.noise_std),
         mt.RandGaussianSmoothd("image", prob=p, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma),
         mt.RandScaleIntensityd("image", factors=aug.brightness, prob=p),

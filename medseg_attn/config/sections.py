@@ -36,11 +36,21 @@ class AugmentationConfig:
     contrast: float = 0.25  # RandScaleIntensityFixedMeand: spread about the mean x (1 +- contrast), range kept
     gamma: tuple[float, float] = (0.7, 1.5)  # RandAdjustContrastd gamma range (statistics retained)
     inverted_gamma_probability: float = 0.1  # gamma applied to the inverted image (nnU-Net)
-    bias_field_probability: float = 0.3  # smooth multiplicative field on the signal (MR coil inhomogeneity)
-    bias_field_coefficient: float = 0.06  # its Legendre coefficients (degree 3) in [0, this]: about x2 across a patch
+    bias_field_probability: float | str = "auto"  # smooth multiplicative field on the signal (MR coil
+    # inhomogeneity); auto = 0.5 for MR segmentation, 0.3 for CT and classification
+    bias_field_coefficient: float | str = "auto"  # its Legendre coefficients (degree 3) in [0, this]; auto = 0.12
+    # for MR segmentation (max/min across a 64^3 patch about 4.7, median), 0.06 for CT and classification (2.2)
     low_resolution_probability: float = 0.15  # RandSimulateLowResolutiond: down- then up-sampled
     low_resolution_zoom: tuple[float, float] = (0.5, 1.0)  # its zoom range (0.5 = half the resolution)
     background_mask_probability: float = 0.15  # segmentation, non-CT: outside a 1-4 voxel dilated label -> background
+
+    def bias_field(self, mr: bool) -> tuple[float, float]:
+        """(probability, coefficient) of the bias-field augmentation, 'auto' resolved: stronger for MR segmentation
+        (halves the Dice lost under a +-45 % field, docs/trust.md), as before for CT and classification."""
+        auto = (0.5, 0.12) if mr else (0.3, 0.06)
+        probability, coefficient = self.bias_field_probability, self.bias_field_coefficient
+        return (auto[0] if probability == "auto" else float(probability),
+                auto[1] if coefficient == "auto" else float(coefficient))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ random background masking zeroes what lies outside the dilated label, and classi
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from monai import transforms as mt
 
@@ -145,3 +146,36 @@ def test_rotation_with_a_cached_grid_keeps_the_patch_size_and_label_values():
     assert out["image"].shape == (1, 48, 48, 48) and out["label"].shape == (1, 48, 48, 48)
     assert not torch.equal(out["label"], label)  # it did rotate
     assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0, 2.0}  # nearest-neighbour labels
+
+
+def _bias_transform(chain):
+    return next(t for t in chain if isinstance(t, RandBiasAboveFloord))
+
+
+def test_auto_bias_field_is_stronger_for_mr_segmentation_and_unchanged_for_ct_and_classification():
+    from medseg_attn.config import DataConfig
+    from medseg_attn.segmentation.data.transforms import Preprocessing, training_augmentation
+
+    assert AugmentationConfig().bias_field(mr=True) == (0.5, 0.12)
+    assert AugmentationConfig().bias_field(mr=False) == (0.3, 0.06)
+    assert AugmentationConfig(bias_field_probability=0.2, bias_field_coefficient=0.05).bias_field(True) == (0.2, 0.05)
+    data = DataConfig(patch_size=(32, 32, 32))
+    for foreground, expected in (("body", (0.5, 0.12)), ("ct_body", (0.3, 0.06))):
+        prep = Preprocessing((2.0, 2.0, 2.0), "RAS", "zscore", (-1000.0, 1000.0), True, 3, foreground, True)
+        bias = _bias_transform(training_augmentation(data, 3, prep))
+        assert (bias.prob, bias.field.coeff_range) == (expected[0], (0.0, expected[1])), foreground
+    picture = _bias_transform(augmentation(AugmentationConfig(), 2, keys=("image",)))  # classification
+    assert (picture.prob, picture.field.coeff_range) == (0.3, (0.0, 0.06))
+
+
+def test_bias_field_settings_read_auto_or_a_number_and_refuse_other_words():
+    from medseg_attn.config import ConfigError
+    from medseg_attn.config.loading import from_dict
+
+    config = from_dict({"data": {"augmentation": {"bias_field_probability": 0.4}}})
+    assert config.data.augmentation.bias_field_probability == 0.4
+    assert config.data.augmentation.bias_field_coefficient == "auto"
+    with pytest.raises(ConfigError, match="bias_field_coefficient must be a number or 'auto'"):
+        from_dict({"data": {"augmentation": {"bias_field_coefficient": "strong"}}})
+    with pytest.raises(ConfigError, match=r"bias_field_probability: must be in \[0, 1\]"):
+        from_dict({"data": {"augmentation": {"bias_field_probability": 1.5}}})

@@ -174,7 +174,8 @@ def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessin
     anywhere, the rest centred on a voxel of a foreground class, classes equally often (small organs get
     seen). Class locations are computed once per case (cached) and subsampled to bound memory. With ``prep``
     (masked normalisation) the image is padded with its background value, the intensity augmentation keeps that
-    value outside the body, and MR-style inputs also get random background masking.
+    value outside the body, and MR-style inputs also get random background masking and the MR bias-field
+    strength ('auto').
     """
     background = prep.background() if prep is not None and prep.use_mask else None
     keys = ["image", "label"]
@@ -193,7 +194,7 @@ def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessin
     ]
     masking = prep is not None and prep.foreground == "body"
     chain += augmentation(data.augmentation, len(patch), background=background, background_masking=masking,
-                          patch_size=patch)
+                          patch_size=patch, mr=masking)
     chain.append(mt.DeleteItemsd("label_indices"))
     chain.append(mt.EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     return chain
