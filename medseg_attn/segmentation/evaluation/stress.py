@@ -69,7 +69,14 @@ def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
 def resample_to(image: np.ndarray, label: np.ndarray, affine: np.ndarray, target_affine: np.ndarray,
                 target_shape: tuple[int, ...], world_motion: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``image`` (linear) and ``label`` (nearest) at the voxels of a target grid.
+    """Sample ``image`` (linear) and ``label`` at the voxels of a target grid.
+
+    The label is resampled as each class's indicator, linearly, then the argmax (first class on ties; outside the
+    source: background), as nnU-Net resamples segmentations. Nearest-neighbour sampling would move every boundary
+    by up to half a source voxel wherever the grids do not line up, and a thin structure scored against such a
+    reference loses Dice that no model could win back: on the brain stress cases, 0.011-0.019 on a 1.2 mm grid,
+    a rotated one or a 0.8 mm one, while the same model on the same anatomy generated natively on those grids
+    lost at most 0.005 (docs/trust.md).
 
     ``world_motion`` (4x4) moves the anatomy: the target voxel at world ``w`` shows the source at
     ``inv(motion) @ w``.
@@ -79,8 +86,13 @@ def resample_to(image: np.ndarray, label: np.ndarray, affine: np.ndarray, target
     low = float(image.min())
     moved = ndimage.affine_transform(image.astype(np.float32), matrix[:3, :3], matrix[:3, 3], target_shape, order=1,
                                      mode="constant", cval=low)
-    labels = ndimage.affine_transform(label, matrix[:3, :3], matrix[:3, 3], target_shape, order=0, mode="constant",
-                                      cval=0)
+    labels = np.zeros(target_shape, dtype=label.dtype)
+    best = np.zeros(target_shape, dtype=np.float32)
+    for value in np.unique(label):  # (X', Y', Z') per class: the fraction of it each target voxel sees
+        share = ndimage.affine_transform((label == value).astype(np.float32), matrix[:3, :3], matrix[:3, 3],
+                                         target_shape, order=1, mode="constant", cval=float(value == 0))
+        wins = share > best if value != 0 else share >= best
+        labels[wins], best[wins] = value, share[wins]
     return moved, labels
 
 

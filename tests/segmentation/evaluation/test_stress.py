@@ -106,3 +106,28 @@ def test_run_stress_writes_the_scores(tmp_path):
     assert [r["variant"] for r in written] == [r["variant"] for r in rows] and len(written) == 6
     assert float(written[0]["liver"]) == 1.0 and set(written[0]) == {"case", "variant", "liver", "seconds"}
     assert (tmp_path / "stress.png").stat().st_size > 5000
+
+
+def test_labels_are_resampled_as_class_shares_not_nearest_voxels():
+    """A ball moved to a 1.2 mm grid: the resampled reference matches the ball drawn on that grid (a nearest-voxel
+    sample of the 1 mm ball jitters its boundary by up to half a voxel)."""
+    from medseg_attn.segmentation.evaluation.stress import resample_to
+
+    def ball(spacing, shape, radius=9.0):
+        centre = np.array([20.0, 20.0, 20.0])
+        grid = np.stack(np.meshgrid(*(np.arange(n) * spacing for n in shape), indexing="ij"), -1)
+        return (np.linalg.norm(grid - centre, axis=-1) <= radius).astype(np.uint8)
+
+    source = ball(1.0, (41, 41, 41))
+    target = np.diag([1.2, 1.2, 1.2, 1.0])
+    truth = ball(1.2, (34, 34, 34))
+    _, labels = resample_to(source.astype(np.float32), source, np.eye(4), target, (34, 34, 34))
+    nearest = ndimage.affine_transform(source, np.diag([1.2] * 3), 0.0, (34, 34, 34), order=0)
+
+    def dice(mask):
+        return 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+
+    assert labels.dtype == source.dtype and set(np.unique(labels)) == {0, 1}
+    assert dice(labels) > 0.975 and dice(labels) > dice(nearest) + 0.01  # measured 0.979 against 0.961
+    two = source * 2  # class values kept, not renumbered
+    assert set(np.unique(resample_to(source.astype(np.float32), two, np.eye(4), target, (34, 34, 34))[1])) == {0, 2}
