@@ -15,24 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is a folder of the repository
+
+from benchmarks.commands import mean_dice, run  # noqa: E402
+
 CLASSES = ("grey_matter", "white_matter")
-
-
-def run(command: list[str]) -> float:
-    start = time.perf_counter()
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
-
-
-def mean_dice(folder: Path) -> dict[str, float]:
-    summary = json.loads((folder / "summary.json").read_text())
-    return {name: round(float(values["dice"]["mean"]), 4) for name, values in summary["classes"].items()}
 
 
 def main(argv: list[str] | None = None) -> int:
