@@ -33,8 +33,11 @@ LABELS = {"0": "background", "1": "spleen", "2": "liver", "3": "stomach"}
 SOURCE_VALUES = {1: 1, 5: 2, 6: 3}  # TotalSegmentator value -> ours
 
 
-def build(root: Path) -> Path:
-    """imagesTr/labelsTr (6 cases) and imagesTs/labelsTs (5 cases) plus dataset.json; returns dataset.json."""
+def build(root: Path, labels: dict[str, str] = LABELS, source_values: dict[int, int] = SOURCE_VALUES,
+          name: str = "ct_one_series") -> Path:
+    """imagesTr/labelsTr (6 cases) and imagesTs/labelsTs (5 cases) plus dataset.json; returns dataset.json.
+
+    ``source_values`` maps TotalSegmentator's label values (v2 numbering) to ours, ``labels`` names ours."""
     import nibabel as nib
     from monai import transforms as mt
 
@@ -46,7 +49,7 @@ def build(root: Path) -> Path:
     image = np.asarray(data["image"][0], dtype=np.float32)
     source = np.asarray(data["label"][0]).astype(np.int64)
     label = np.zeros(source.shape, np.uint8)
-    for value, ours in SOURCE_VALUES.items():
+    for value, ours in source_values.items():
         label[source == value] = ours
     affine = np.asarray(data["image"].affine, dtype=np.float64)
     training = []
@@ -62,7 +65,7 @@ def build(root: Path) -> Path:
             nib.save(nib.Nifti1Image(seg.astype(np.uint8), grid), root / f"labels{split}" / case)
             if split == "Tr":
                 training.append({"image": f"imagesTr/{case}", "label": f"labelsTr/{case}"})
-    spec = {"name": "ct_one_series", "modality": {"0": "CT"}, "labels": LABELS, "training": training}
+    spec = {"name": name, "modality": {"0": "CT"}, "labels": labels, "training": training}
     (root / "dataset.json").write_text(json.dumps(spec, indent=1))
     return root / "dataset.json"
 
