@@ -10,8 +10,8 @@ by name, aorta and vena cava are new classes. Its data are the acquisitions of t
 default), and the five held-out copies score every run. Runs ``medseg-attn train`` twice with the same budget and
 seed (from scratch, and ``--init-from SOURCE``), with ``--matched-minutes M`` a third time from scratch for M
 minutes (the source's training time plus the fine-tuning budget: the same total compute), then ``predict`` and
-``evaluate`` on the held-out copies; prints a table and writes OUT/ct_finetune.json. The source model has seen these images (with other labels): this measures
-new structures on a known scanner and patient, not a new site.
+``evaluate`` on the held-out copies; prints a table and writes OUT/ct_finetune.json. The source model has seen
+these images (with other labels): this measures new structures on a known scanner and patient, not a new site.
 """
 
 from __future__ import annotations
