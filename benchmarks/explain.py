@@ -51,7 +51,8 @@ records = predict_files(predictor, [source], out, attention_maps=explain, uncert
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 assert records[0]["status"] == "ok", records
 gpu = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else None
-print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": rss("VmHWM:"), "rss_before_mb": before, "gpu_peak_mb": gpu}))
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": rss("VmHWM:"), "rss_before_mb": before,
+                  "gpu_peak_mb": gpu}))
 """
 
 

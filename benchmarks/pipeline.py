@@ -17,8 +17,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PIPELINES", "InferenceResult", "inference_network", "window_count", "window_gflops", "benchmark_data_pipeline", "benchmark_inference", "current_rss_mb", "peak_memory_mb", "peak_rss_reset",
-           "sync"]
+__all__ = ["PIPELINES", "InferenceResult", "inference_network", "window_count", "window_gflops",
+           "benchmark_data_pipeline", "benchmark_inference", "current_rss_mb", "peak_memory_mb",
+           "peak_rss_reset", "sync"]
 
 
 def peak_rss_reset() -> None:
@@ -129,9 +130,9 @@ def window_gflops(network: torch.nn.Module) -> float:
 
 def _pipeline(key: str, overlap: float, device: torch.device) -> Callable[[torch.Tensor], Any]:
     from medseg_attn.config import InferenceConfig
+    from medseg_attn.segmentation.data.transforms import Preprocessing
     from medseg_attn.segmentation.inference.predictor import Predictor
     from medseg_attn.segmentation.inference.resample import class_labels
-    from medseg_attn.segmentation.data.transforms import Preprocessing
     from medseg_attn.training.device import inference_dtype
 
     _, pipeline, kind, arithmetic = PIPELINES[key]

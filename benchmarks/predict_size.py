@@ -80,7 +80,8 @@ def _case_seconds(report: Path) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--long-slices", type=int, default=1000, help="slices of the long CT (512 x 512 x N); 0: skip it")
+    parser.add_argument("--long-slices", type=int, default=1000,
+                        help="slices of the long CT (512 x 512 x N); 0: skip it")
     parser.add_argument("--batch", type=int, default=20, help="cases of 512 x 512 x 200 in the batch run")
     parser.add_argument("--steps", type=int, default=4, help="training steps of the model")
     parser.add_argument("--size", type=int, default=512, help="in-plane voxels of every case (smaller: a smoke run)")
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                     str(out / "pred_batch")], env)
     written = len(list((out / "pred_batch").glob("*.nii.gz")))
     seconds = _case_seconds(out / "pred_batch" / "report.csv")  # each case's own predict time (report.csv)
-    report["batch"] = {"cases": args.batch, "written": written, "shape": [args.size, args.size, args.slices], **measured,
+    report["batch"] = {"cases": args.batch, "written": written, "shape": [args.size, args.size, args.slices],
+                       **measured,
                        "cases_per_hour": round(3600 * written / measured["wall_s"], 1),
                        "case_seconds_median": round(float(np.median(seconds)), 2) if seconds else None,
                        "case_seconds_p90": round(float(np.percentile(seconds, 90)), 2) if seconds else None}

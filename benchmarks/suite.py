@@ -430,7 +430,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {target['what']:62s} {shown:>6s}  (target {target['sense']} {target['target']}) {mark}")
     lines.append(f"  memory growth per voxel, large / small volume: {report['memory_growth_per_voxel_ratio']:.2f} "
                  f"(1.0 = linear)")
-    for key, what in (("arithmetic_gain_monai_unet", "MONAI UNet under our autocast / in fp32 (the arithmetic's share)"),
+    for key, what in (("arithmetic_gain_monai_unet",
+                       "MONAI UNet under our autocast / in fp32 (the arithmetic's share)"),
                       ("ours_vs_monai_unet_same_arithmetic", "ours / MONAI UNet, both under our autocast")):
         if report.get(key) is not None:
             lines.append(f"  {what}: {report[key]:.2f}x")

@@ -1,8 +1,8 @@
 """The demo dataset: random, realistic deformations of the real MNI152 brain MRI shipped with the package.
 
 The package ships the MNI ICBM152 2009a symmetric T1 template with its grey- and white-matter probability maps
-(1 mm, skull-stripped, cropped to the brain; copyright notice in ``medseg_attn/resources/mni152_NOTICE.txt``). Each demo case is
-a new random variant of that template, made with torch on the CPU in well under a second per case:
+(1 mm, skull-stripped, cropped to the brain; copyright notice in ``medseg_attn/resources/mni152_NOTICE.txt``).
+Each demo case is a new random variant of that template, made with torch on the CPU in well under a second per case:
 
 1. geometry: a random affine about the brain centre (rotation, per-axis scaling, translation) composed with a
    smooth random elastic displacement field;
@@ -144,7 +144,7 @@ def output_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
                         for k in (0, t1.shape[2] - 1)])
     world = corners @ affine.T
     low, high = world[:, :3].min(axis=0), world[:, :3].max(axis=0)
-    shape = tuple(int(math.floor((h - l) / spacing + 1e-6)) + 1 for l, h in zip(low, high))
+    shape = tuple(int(math.floor((h - lo) / spacing + 1e-6)) + 1 for lo, h in zip(low, high, strict=True))
     origin = (low + high) / 2 - (np.array(shape) - 1) * spacing / 2
     out_affine = np.diag([spacing, spacing, spacing, 1.0])
     out_affine[:3, 3] = origin

@@ -15,8 +15,8 @@ from medseg_attn.io.files import atomic_write  # noqa: E402
 from medseg_attn.io.segments import label_palette  # noqa: E402
 
 __all__ = ["label_colors", "overlay_rgb", "heat_rgb", "save_overlay_png", "save_map_overlay_png",
-           "save_picture_attention_png", "save_stress_plot", "save_risk_coverage_plot", "save_training_curves", "foreground_centre", "to_ras", "save_thumbnail_png",
-           "save_distributions_png"]
+           "save_picture_attention_png", "save_stress_plot", "save_risk_coverage_plot", "save_training_curves",
+           "foreground_centre", "to_ras", "save_thumbnail_png", "save_distributions_png"]
 
 HEAT = "inferno"  # perceptually uniform, dark at 0: a low value does not hide the anatomy
 
@@ -81,8 +81,9 @@ def save_overlay_png(
     fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.3 * len(rows)), squeeze=False)
     image_slices = _orthogonal(image, centre)
     for row, (name, volume) in enumerate(rows):
-        slices = _orthogonal(volume, centre) if volume is not None else [np.zeros_like(s, dtype=int) for s in image_slices]
-        for col, (img, lab) in enumerate(zip(image_slices, slices)):
+        blank = [np.zeros_like(s, dtype=int) for s in image_slices]
+        slices = _orthogonal(volume, centre) if volume is not None else blank
+        for col, (img, lab) in enumerate(zip(image_slices, slices, strict=True)):
             axes[row, col].imshow(overlay_rgb(img, lab, classes=classes), interpolation="nearest")
             axes[row, col].set_axis_off()
         axes[row, 0].set_title(name, loc="left", fontsize=10)
@@ -134,7 +135,7 @@ def _slices_with_aspect(volume: np.ndarray, centre: Sequence[int], spacing: Sequ
                         ) -> list[tuple[np.ndarray, float]]:
     """The three orthogonal slices of :func:`_orthogonal` with their display aspect (row / column spacing)."""
     sx, sy, sz = spacing
-    return list(zip(_orthogonal(volume, centre), (sz / sy, sz / sx, sy / sx)))
+    return list(zip(_orthogonal(volume, centre), (sz / sy, sz / sx, sy / sx), strict=True))
 
 
 def _font(size: int):
@@ -173,7 +174,7 @@ def _draw_rows(path: str | Path, rows: list[tuple[str, list[tuple[np.ndarray, fl
     draw.text((gap, 4), title, fill="black", font=font)
     gradient = (plt.get_cmap(HEAT)(np.linspace(1, 0, 256))[:, None, :3] * np.ones((1, bar, 1)) * 255).astype(np.uint8)
     top = heading + 8
-    for (name, _, with_bar), row, height in zip(rows, pictures, heights):
+    for (name, _, with_bar), row, height in zip(rows, pictures, heights, strict=True):
         draw.text((gap, top), name, fill="black", font=font)
         left = gap
         for picture in row:
@@ -228,7 +229,7 @@ def save_map_overlay_png(
     for name, volume in [("image + prediction", None)] + [(name, to_ras(m, affine)[0]) for name, m in maps.items()]:
         values = [_orthogonal(volume, centre)[v] for v in views] if volume is not None else [None] * len(views)
         panels = [(heat_rgb(img, value, lab, colors=colors), aspect)
-                  for (img, aspect), lab, value in zip(images, labels, values)]
+                  for (img, aspect), lab, value in zip(images, labels, values, strict=True)]
         rows.append((name, panels, volume is not None))
     return _draw_rows(path, rows, title, side)
 
@@ -256,8 +257,9 @@ def save_thumbnail_png(path: str | Path, image: np.ndarray, labels: np.ndarray, 
     centre = foreground_centre(labels)
     views = [2] if image.shape[2] == 1 else [0, 1, 2]
     count = classes or max(int(labels.max()) + 1, 2)
-    panels = [_panel(overlay_rgb(img, lab, classes=count), aspect, side) for v, ((img, aspect), lab) in
-              enumerate(zip(_slices_with_aspect(image, centre, spacing), _orthogonal(labels, centre))) if v in views]
+    views_and_labels = zip(_slices_with_aspect(image, centre, spacing), _orthogonal(labels, centre), strict=True)
+    panels = [_panel(overlay_rgb(img, lab, classes=count), aspect, side)
+              for v, ((img, aspect), lab) in enumerate(views_and_labels) if v in views]
     gap = 2
     canvas = Image.new("RGB", (sum(p.size[0] for p in panels) + gap * (len(panels) - 1),
                                max(p.size[1] for p in panels)), "black")
@@ -283,14 +285,14 @@ def save_distributions_png(path: str | Path, values: dict[str, list[tuple[str, f
     rows = -(-count // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows + 0.4), squeeze=False)
     rng = np.random.default_rng(0)
-    for axis, (name, items) in zip(axes.ravel(), shown.items()):
+    for axis, (name, items) in zip(axes.ravel(), shown.items(), strict=False):
         data = np.array([v for _, v, _ in items], dtype=float)
         axis.boxplot(data, vert=False, widths=0.5, showfliers=False)
         jitter = 1 + rng.uniform(-0.15, 0.15, len(items))
         flagged = np.array([f for _, _, f in items], dtype=bool)
         axis.scatter(data[~flagged], jitter[~flagged], s=12, color="tab:blue", zorder=3)
         axis.scatter(data[flagged], jitter[flagged], s=22, color="tab:red", zorder=4)
-        for (case, value, flag), y in zip(items, jitter):
+        for (case, value, flag), y in zip(items, jitter, strict=True):
             if flag:
                 axis.annotate(case, (value, y), fontsize=7, color="tab:red", xytext=(3, 3), textcoords="offset points")
         axis.set_yticks([])

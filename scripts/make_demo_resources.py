@@ -2,7 +2,8 @@
 
 Crops the ICBM152 2009a symmetric T1 (skull-stripped), GM and WM maps to one bounding box of the
 brain (T1 > 0 or GM/WM > 0, plus a small margin), keeps uint8 values and the 1 mm grid, and fixes the
-affine so that the crop keeps its world position. Writes ``medseg_attn/resources/mni152_{t1,gm,wm}.nii.xz`` and ``mni152_NOTICE.txt``.
+affine so that the crop keeps its world position. Writes ``medseg_attn/resources/mni152_{t1,gm,wm}.nii.xz`` and
+``mni152_NOTICE.txt``.
 
 Storage (lossless): plain NIfTI-1 files compressed with xz (LZMA), with the voxel axes stored in reversed order
 (S, A, R: left-right is the slowest axis; the affine's columns are permuted to match, so every voxel keeps its
@@ -73,7 +74,7 @@ def crop_box(volumes: list[np.ndarray], margin: int) -> tuple[slice, ...]:
     indices = np.argwhere(mask)
     low = np.maximum(indices.min(axis=0) - margin, 0)
     high = np.minimum(indices.max(axis=0) + 1 + margin, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:

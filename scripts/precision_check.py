@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import nibabel as nib
 
-    from medseg_attn.segmentation.inference.predictor import Predictor
     from medseg_attn.segmentation.evaluation.stress import brain_variants, dice_scores
+    from medseg_attn.segmentation.inference.predictor import Predictor
 
     results = {}
     for precision in ("fp32", args.precision):
@@ -52,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         results[precision] = rows
     reference, other = results["fp32"], results[args.precision]
     worst = 0.0
-    for (name, a, t0), (_, b, t1) in zip(reference, other):
+    for (name, a, t0), (_, b, t1) in zip(reference, other, strict=True):
         worst = max([worst, *(abs(b[c] - a[c]) for c in classes)])
-        print(f"{name:30s} " + "  ".join(f"{c} {a[c]:.4f} -> {b[c]:.4f}" for c in classes) + f"  {t0:.2f} -> {t1:.2f} s")
+        changes = "  ".join(f"{c} {a[c]:.4f} -> {b[c]:.4f}" for c in classes)
+        print(f"{name:30s} {changes}  {t0:.2f} -> {t1:.2f} s")
     for label, rows in (("fp32", reference), (args.precision, other)):
         means = [np.nanmean([r[1][c] for r in rows]) for c in classes]
-        print(f"mean {label:5s} " + "  ".join(f"{c} {m:.4f}" for c, m in zip(classes, means))
+        print(f"mean {label:5s} " + "  ".join(f"{c} {m:.4f}" for c, m in zip(classes, means, strict=True))
               + f"  time {sum(r[2] for r in rows):.1f} s")
     print(f"largest |Dice difference| over {len(reference)} cases x {len(classes)} classes: {worst:.4f}")
     return 0

@@ -60,9 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("monai", "nibabel"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from medseg_attn.segmentation.evaluation.stress import (
+        BRAIN_VARIANTS,
+        FAILURE_VARIANTS,
+        brain_variants,
+        read_stress_csv,
+        run_stress,
+        volume_variants,
+    )
     from medseg_attn.segmentation.inference.predictor import Predictor
-    from medseg_attn.segmentation.evaluation.stress import (BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants,
-                                                            read_stress_csv, run_stress, volume_variants)
 
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     if args.image:
@@ -96,8 +102,13 @@ def _report_choice(folder: str, rows: list, classes: list, output: str) -> None:
     import json
 
     from medseg_attn.io.files import atomic_write_text
-    from medseg_attn.segmentation.evaluation.failure_detection import (TARGETS, choose_severity, evaluate_signals,
-                                                                       false_alarm_rate, with_severity)
+    from medseg_attn.segmentation.evaluation.failure_detection import (
+        TARGETS,
+        choose_severity,
+        evaluate_signals,
+        false_alarm_rate,
+        with_severity,
+    )
     from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, failure_records, read_stress_csv
 
     chosen_on = failure_records(read_stress_csv(Path(folder) / "stress.csv"), classes)

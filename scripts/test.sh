@@ -5,4 +5,6 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(EXTRAS=dev "$repo/scripts/setup_env.sh")"
 cd "$repo"
+# the linter first (configuration in pyproject.toml): a finding fails the run before any test starts
+"$venv/bin/ruff" check --quiet .
 exec "$venv/bin/python" -m pytest "$@"

@@ -25,7 +25,6 @@ from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint, sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import assert_one_line_error, run  # noqa: E402
 
-
 # --- the toy task: one value per volume (e.g. an age), from a tiny network ---------------------------------------
 
 @dataclass(frozen=True)

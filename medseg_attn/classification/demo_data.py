@@ -22,7 +22,8 @@ class                      height   a slice at the band's centre shows
 =========================  =======  ===================================================================
 
 Neighbouring levels are 10 % of the brain's height (about 15 mm) apart, so the task is not trivial: a slice
-near a band boundary looks much like its neighbour's. Slices within 2 % of a band boundary (ambiguous) and the outermost 2 % (almost empty) are not used. Slices are
+near a band boundary looks much like its neighbour's. Slices within 2 % of a band boundary (ambiguous) and the
+outermost 2 % (almost empty) are not used. Slices are
 written as 16-bit grayscale PNGs (the MRI's own values, anterior up) in a split layout:
 ``train/<class>/``, ``val/<class>/`` and ``test/<class>/`` from disjoint sets of random brains, so validation and
 test brains are never seen in training.
@@ -130,7 +131,7 @@ def build_slice_dataset(
         "name": "MNI152 axial brain levels",
         "task": "which axial level of the brain a T1-weighted MRI slice shows",
         "classes": list(CLASSES),
-        "images": {split: dict(zip(CLASSES, values)) for split, values in counts.items()},
+        "images": {split: dict(zip(CLASSES, values, strict=True)) for split, values in counts.items()},
         "generation": {"train_cases": train_cases, "val_cases": val_cases, "test_cases": test_cases,
                        "slices_per_class": slices_per_class, "seed": seed, "spacing_mm": spacing,
                        "margin": MARGIN},

@@ -94,7 +94,8 @@ def classification_metrics(truth: np.ndarray, probabilities: np.ndarray, classes
             f1s.append(f1)
     aucs = [v["auc"] for v in per_class.values() if not math.isnan(v["auc"])]
     eps = 1e-12
-    loss = float(-np.log(np.clip(probabilities[np.arange(len(truth)), truth], eps, 1.0)).mean()) if len(truth) else math.nan
+    chosen = probabilities[np.arange(len(truth)), truth]
+    loss = float(-np.log(np.clip(chosen, eps, 1.0)).mean()) if len(truth) else math.nan
     return {
         "images": int(len(truth)),
         "accuracy": _ratio(hits.sum(), matrix.sum()),
@@ -123,7 +124,7 @@ def write_metrics(metrics: dict[str, Any], classes: list[str], output: str | Pat
     write_csv(paths["per_class"], rows)
     matrix = metrics["confusion_matrix"]
     write_csv(paths["confusion_csv"], [["true \\ predicted"] + classes]
-              + [[name] + list(row) for name, row in zip(classes, matrix)])
+              + [[name] + list(row) for name, row in zip(classes, matrix, strict=True)])
     save_confusion_matrix_png(np.asarray(matrix), classes, paths["confusion_png"],
                               title=f"accuracy {metrics['accuracy']:.3f}, balanced {metrics['balanced_accuracy']:.3f}")
     return paths
@@ -200,7 +201,7 @@ def save_classification_curves(history: list[dict], path: str | Path) -> Path:
                        ("val_auc", ":")):
         points = [(r["epoch"], r[key]) for r in validated if r.get(key) is not None]
         if points:
-            right.plot(*zip(*points), style, markersize=3, label=key[4:].replace("_", " "))
+            right.plot(*zip(*points, strict=True), style, markersize=3, label=key[4:].replace("_", " "))
     if validated:
         right.legend(fontsize=8)
     right.set_ylim(0.0, 1.02)

@@ -133,7 +133,8 @@ class Classifier:
         path = Path(path)
         sample = self._transform({"image": str(path)})["image"]  # (C, *size)
         size = tuple(sample.shape[1:])
-        weights = self.network.attention_map(sample[None].to(self.device)).float().mean(1, keepdim=True)  # (1, 1, *grid)
+        weights = self.network.attention_map(sample[None].to(self.device))  # (1, heads, *grid)
+        weights = weights.float().mean(1, keepdim=True)  # (1, 1, *grid)
         divisor = self.network.divisor
         padded = [-(-s // divisor) * divisor for s in size]
         mode = "bilinear" if len(size) == 2 else "trilinear"
@@ -258,10 +259,10 @@ def collect_images(items: Sequence[str | Path]) -> list[Path]:
 
 def _rows(files: Sequence[str | Path], probabilities: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
     rows = []
-    for file, probs in zip(files, probabilities):
+    for file, probs in zip(files, probabilities, strict=True):
         index = int(np.argmax(probs))
         row: dict[str, Any] = {"file": str(file), "class_name": classes[index], "class_index": index}
-        row.update({f"probability_{name}": f"{float(p):.6f}" for name, p in zip(classes, probs)})
+        row.update({f"probability_{name}": f"{float(p):.6f}" for name, p in zip(classes, probs, strict=True)})
         rows.append(row)
     return rows
 
@@ -345,7 +346,7 @@ def evaluate_classifier(reference: ImageList | str | Path, output: str | Path, c
     output = Path(output)
     write_metrics(metrics, class_names, output)
     rows = _rows(files, probabilities, class_names)
-    for row, label in zip(rows, truth):
+    for row, label in zip(rows, truth, strict=True):
         row.update({"true_class": class_names[label], "true_index": int(label),
                     "correct": int(row["class_index"] == label)})
     write_predictions(rows, output / "predictions.csv")

@@ -87,7 +87,7 @@ def resize(image: torch.Tensor, size: tuple[int, ...], label: bool = False) -> t
     x = image[None].float()  # (1, C, *S)
     if label:
         out = F.interpolate(x, size=size, mode="nearest-exact")
-    elif all(t <= s for t, s in zip(size, image.shape[1:])):
+    elif all(t <= s for t, s in zip(size, image.shape[1:], strict=True)):
         out = F.interpolate(x, size=size, mode="area")
     elif len(size) == 2:
         out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)

@@ -20,7 +20,8 @@ def command_adder(subparsers: argparse._SubParsersAction, examples: dict[str, st
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, config_help: str, set_example: str) -> None:
     """``--data --config --set`` of a command that reads a dataset without training it (plan, preprocess)."""
-    parser.add_argument("--data", help="dataset.json, a folder holding one, or an nnU-Net raw folder; sets data.dataset")
+    parser.add_argument("--data",
+                        help="dataset.json, a folder holding one, or an nnU-Net raw folder; sets data.dataset")
     parser.add_argument("--config", type=Path, help=config_help)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a config key, e.g. --set {set_example} (repeatable)")

@@ -116,7 +116,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from medseg_attn.classification.predictor import Classifier, collect_images, predict_images, write_attention_maps
-
     from medseg_attn.io.files import check_output_location
 
     check_output_location(args.output, args.input, folder=False)  # never over an input or inside an input folder

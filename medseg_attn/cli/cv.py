@@ -38,8 +38,8 @@ def add_train_cv_arguments(train: argparse.ArgumentParser) -> None:
                        help="with --folds: train only fold K (e.g. one fold per job); the CV evaluation runs once "
                             "every fold has finished")
     train.add_argument("--init-from", metavar="RUN|CHECKPOINT|BUNDLE",
-                       help="fine-tune: start from the weights of a trained run, checkpoint or MONAI bundle medseg-attn "
-                            "exported; the output layer is "
+                       help="fine-tune: start from the weights of a trained run, checkpoint or MONAI bundle "
+                            "medseg-attn exported; the output layer is "
                             "re-initialised for classes it does not know (matched by name); sets train.init_from")
 
 

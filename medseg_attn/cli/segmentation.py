@@ -10,8 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from medseg_attn.cli.arguments import (add_dataset_arguments, add_demo_arguments, add_train_arguments,
-                                       train_config_from_args)
+from medseg_attn.cli.arguments import (
+    add_dataset_arguments,
+    add_demo_arguments,
+    add_train_arguments,
+    train_config_from_args,
+)
 from medseg_attn.cli.cv import add_train_cv_arguments, is_cv_request, run_cv_train
 from medseg_attn.cli.preprocess import cache_option, with_cache
 
@@ -96,8 +100,8 @@ def add_parsers(command) -> None:
     predict.add_argument("--output", type=Path, required=True,
                          help="folder for <case>.nii.gz label maps, report.csv, failures.csv, report.html (the "
                               "QC report: cases ranked for review) and run.json (versions, model and input "
-                              "checksums, arithmetic, command line, outcome; see docs/trust.md); never an input folder or "
-                              "the model's own folder (RUN/predictions is fine)")
+                              "checksums, arithmetic, command line, outcome; see docs/trust.md); never an input "
+                              "folder or the model's own folder (RUN/predictions is fine)")
     predict.add_argument("--output-format", default="nifti", metavar="FORMATS",
                          help="nifti (default; with labels.itksnap.txt and labels.ctbl label tables), dicom-seg "
                               "(<case>.seg.dcm for DICOM series inputs, NIfTI for other inputs), seg-nrrd "
@@ -129,7 +133,8 @@ def add_parsers(command) -> None:
                               "at each attention level (summed over queries, mean over heads, maximum 1), on the "
                               "input's grid; needs a model trained with attention")
     predict.add_argument("--attention-heads", action="store_true",
-                         help="with --attention-maps (implied): keep the heads apart, one volume per head on a 4th axis")
+                         help="with --attention-maps (implied): keep the heads apart, one volume per head on a "
+                              "4th axis")
     predict.add_argument("--uncertainty", action="store_true",
                          help="also write OUT/<case>_uncertainty.nii.gz: entropy of the class probabilities averaged "
                               "over TTA flips and ensemble models, divided by log(classes) (0 certain .. 1 uniform); "
@@ -332,9 +337,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from medseg_attn.io.files import check_output_location
-    from medseg_attn.segmentation.demo import run_demo
-
     from medseg_attn.io.manifest import recorded_run
+    from medseg_attn.segmentation.demo import run_demo
 
     check_output_location(args.output, [], folder=True)
     with recorded_run(args.output, "demo"):  # run.json; each sub-folder (run, predictions ...) has its own
@@ -347,8 +351,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 
-RUNNERS = {"plan": _run_plan, "train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "demo": _run_demo,
-           "inspect": _run_inspect}
+RUNNERS = {"plan": _run_plan, "train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate,
+           "demo": _run_demo, "inspect": _run_inspect}
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> dict:

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from medseg_attn.config import sections
-from medseg_attn.config.sections import ConfigError, TrainConfig
 from medseg_attn.config.bounded_yaml import safe_load_bounded
+from medseg_attn.config.sections import ConfigError, TrainConfig
 from medseg_attn.config.validation import BOOL_WORDS, CHOICES, CLASS_CHOICES, check_depth, shown, validate
 
 __all__ = ["ClassifyConfig", "Config", "apply_overrides", "check_known_keys", "from_dict", "load_config",

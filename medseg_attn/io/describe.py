@@ -86,7 +86,7 @@ def describe_volume(path: str | Path, series_uid: str | None = None, resample_un
     if finite.all() and values.size and np.all(np.mod(values, 1) == 0):
         found, counts = np.unique(values, return_counts=True)
         if len(found) <= MAX_LABELS and found.min() >= 0:
-            listed = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(found, counts))
+            listed = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(found, counts, strict=True))
             lines.append(f"label values (value: voxels): {listed}")
     return lines
 

@@ -154,7 +154,7 @@ def _series_from_headers(folder: Path, uid: str, files: list[Path], headers: lis
     where = files[0] if multiframe else folder
     mixed = _identity_problem(where, files, headers)
     sizes = {(int(h.get("Rows", 0) or 0), int(h.get("Columns", 0) or 0)) for h in headers}
-    geometries = [_frame_geometry(h, f) for h, f in zip(headers, files)]
+    geometries = [_frame_geometry(h, f) for h, f in zip(headers, files, strict=True)]
     orientations = {tuple(np.round(g[0], 4)) for g in geometries}
     problems: list[str] = [mixed] if mixed else []
     if len(sizes) > 1:
@@ -196,7 +196,7 @@ def _identity_problem(where: Path, files: list[Path], headers: list) -> str | No
     reference or modality mixed into the series), or None."""
     for tag in IDENTITY_TAGS:
         values = [str(header.get(tag, "") or "").strip() for header in headers]
-        for path, value in zip(files[1:], values[1:]):
+        for path, value in zip(files[1:], values[1:], strict=True):
             if value != values[0]:
                 return (f"{where}: slices of one series differ in {tag}: {path.name} has {value[:64]!r} where "
                         f"{files[0].name} has {values[0][:64]!r}; a series must hold one patient, study, frame of "
@@ -260,7 +260,7 @@ def find_series(folder: str | Path) -> list[DicomSeries]:
     series = []
     for uid, files in listed.items():
         headers = _headers(files)
-        images = [(f, h) for f, h in zip(files, headers) if "Rows" in h and "SOPClassUID" in h
+        images = [(f, h) for f, h in zip(files, headers, strict=True) if "Rows" in h and "SOPClassUID" in h
                   and ("ImagePositionPatient" in h or "PerFrameFunctionalGroupsSequence" in h)]
         if len(images) < len(files):
             logger.info("%s: series %s: %d file(s) without image geometry ignored", folder, uid or "''",

@@ -86,7 +86,7 @@ def check_segmentable(path: str | Path, shape: Sequence[int], minimum: float, ma
         raise ValueError(f"{path}: every voxel is {minimum:g} (a blank image); nothing to segment")
     if target_spacing:
         target = list(target_spacing) * (len(dims) if len(target_spacing) == 1 else 1)
-        voxels = math.prod(math.ceil(side * mm / goal) for side, mm, goal in zip(dims, spacing, target))
+        voxels = math.prod(math.ceil(side * mm / goal) for side, mm, goal in zip(dims, spacing, target, strict=True))
         if voxels > max_voxels():
             shown = " x ".join(f"{mm:.4g}" for mm in spacing)
             raise ValueError(f"{path}: voxel spacing {shown} mm resampled to the model's "

@@ -73,10 +73,10 @@ class RunManifest:
     """The record of one command's run into ``folder`` (written by :meth:`finish`)."""
 
     def __init__(self, folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> None:
+        import torch
+
         from medseg_attn.training.card import package_versions
         from medseg_attn.training.device import cpu_model
-
-        import torch
 
         self.folder = Path(folder) if folder is not None else None  # None: record nothing (other DDP ranks)
         self.outcome: str | None = None

@@ -1,4 +1,5 @@
-"""Reading single images for classification: 2D PNG/JPEG/TIFF/BMP (Pillow), DICOM files, 3D volumes (NIfTI, NRRD, MetaImage).
+"""Reading single images for classification: 2D PNG/JPEG/TIFF/BMP (Pillow), DICOM files, 3D volumes (NIfTI, NRRD,
+MetaImage).
 
 Every reader returns a channel-first float32 array and the file's integer range:
 

@@ -30,8 +30,8 @@ from monai.transforms.io.array import switch_endianness
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from medseg_attn.io import dicom
-from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.formats import DICOM, NIFTI, format_of, format_of_name
+from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.limits import check_declared_size
 
 logger = logging.getLogger(__name__)

@@ -175,7 +175,7 @@ def pad_to_multiple(x: torch.Tensor, window: Sequence[int]) -> tuple[torch.Tenso
     Returns the padded map and the per-axis padding that was added.
     """
     spatial = x.shape[2:]
-    pads = tuple((-size) % w for size, w in zip(spatial, window))
+    pads = tuple((-size) % w for size, w in zip(spatial, window, strict=True))
     if any(pads):
         flat = []
         for p in reversed(pads):  # F.pad wants the last axis first
@@ -200,9 +200,10 @@ def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     """
     batch, channels, *spatial = x.shape
     dims = len(spatial)
-    grid = [s // w for s, w in zip(spatial, window)]
+    grid = [s // w for s, w in zip(spatial, window, strict=True)]
     x = x.movedim(1, dims + 1)  # (B, *S, C), a view (positive axes: exportable to ONNX)
-    x = x.reshape(batch, *[v for pair in zip(grid, window) for v in pair], channels)  # (B, g0, w0, g1, w1, .., C)
+    interleaved = [v for pair in zip(grid, window, strict=True) for v in pair]  # g0, w0, g1, w1, ..
+    x = x.reshape(batch, *interleaved, channels)  # (B, g0, w0, g1, w1, .., C)
     order = [0] + [1 + 2 * i for i in range(dims)] + [2 + 2 * i for i in range(dims)] + [1 + 2 * dims]
     x = x.permute(*order)  # (B, g0, g1[, g2], w0, w1[, w2], C)
     return x.reshape(-1, math.prod(window), channels)
@@ -221,7 +222,7 @@ def window_merge(tokens: torch.Tensor, window: Sequence[int], spatial: Sequence[
     """
     dims = len(spatial)
     channels = tokens.shape[-1]
-    grid = [s // w for s, w in zip(spatial, window)]
+    grid = [s // w for s, w in zip(spatial, window, strict=True)]
     x = tokens.reshape(-1, *grid, *window, channels)  # (B, g0, g1[, g2], w0, w1[, w2], C)
     order = [0]
     for i in range(dims):

@@ -85,7 +85,7 @@ class SkipAttention(nn.Module):
                 return tuple(spatial)
             side = max(1, int(round(self.global_max_tokens ** (1.0 / len(spatial)))))
             return tuple(min(s, side) for s in spatial)
-        return tuple(min(s, w) for s, w in zip(spatial, self.window))
+        return tuple(min(s, w) for s, w in zip(spatial, self.window, strict=True))
 
     def forward(
         self, skip: torch.Tensor, gate: torch.Tensor, return_weights: bool = False, return_received: bool = False,

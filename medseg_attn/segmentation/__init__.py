@@ -5,9 +5,9 @@ Public API::
     from medseg_attn.segmentation import Predictor, predict_files, train, evaluate_folders, load_dataset
 """
 
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
+from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Prediction, Predictor
 from medseg_attn.segmentation.train import train
 

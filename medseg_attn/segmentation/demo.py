@@ -31,8 +31,8 @@ from medseg_attn.config import Config, apply_overrides, from_dict
 from medseg_attn.demo_data import LABELS, build_demo_dataset
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.plots import save_overlay_png
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
+from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.train import train
 

@@ -38,19 +38,28 @@ from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
 from medseg_attn.segmentation.data.cached import disk_datasets
-from medseg_attn.segmentation.data.datasets import (check_resume_data, check_training_data, declared_channels,
-                                                    load_dataset, split_cases)
-from medseg_attn.segmentation.data.preprocess import (checked_cases, fingerprint_cases, preprocess_cases,
-                                                      training_fingerprint)
+from medseg_attn.segmentation.data.datasets import (
+    check_resume_data,
+    check_training_data,
+    declared_channels,
+    load_dataset,
+    split_cases,
+)
+from medseg_attn.segmentation.data.planning import Plan, describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.data.preprocess import (
+    checked_cases,
+    fingerprint_cases,
+    preprocess_cases,
+    training_fingerprint,
+)
 from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
-from medseg_attn.segmentation.finetune import load_initial_weights
-from medseg_attn.segmentation.losses import IgnoreDiceCELoss
-from medseg_attn.segmentation.inference.explain import validation_attention_images
-from medseg_attn.segmentation.data.planning import Plan, dataset_fingerprint, describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.segmentation.evaluation.calibration import calibrate_run
+from medseg_attn.segmentation.finetune import load_initial_weights
+from medseg_attn.segmentation.inference.explain import validation_attention_images
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
-from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
+from medseg_attn.segmentation.losses import IgnoreDiceCELoss
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import training_card
 from medseg_attn.training.checkpoint import load_checkpoint
@@ -306,4 +315,4 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
     scored = ~np.isnan(per_case)
     # mean over the cases where the class is present; 0 for a class absent from every case (as MONAI's mean_batch)
     values = np.where(scored, per_case, 0.0).sum(0) / np.maximum(scored.sum(0), 1)
-    return {name: float(v) for name, v in zip(names, values)}, overlay, attention
+    return {name: float(v) for name, v in zip(names, values, strict=True)}, overlay, attention

@@ -18,7 +18,8 @@ from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint", "task_checkpoint", "upgrade_config"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint", "task_checkpoint",
+           "upgrade_config"]
 
 CHECKPOINT_FORMAT = "medseg-attn-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -48,8 +48,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_speedup() -> float:
     """How much faster a 3-D convolution runs under CPU bf16 autocast than in fp32 on this machine (the raw probe,
-    about 0.1 s; ``auto`` never uses it directly but through the per-machine cache, see the module docstring: a 16 -> 16 channel 3x3x3 convolution of 2 x 24^3 voxels, fp32 and bf16
-    interleaved, the fastest of 5 each).
+    about 0.1 s; ``auto`` never uses it directly but through the per-machine cache, see the module docstring: a
+    16 -> 16 channel 3x3x3 convolution of 2 x 24^3 voxels, fp32 and bf16 interleaved, the fastest of 5 each).
 
     CPUs with bf16 dot-product instructions differ widely: some run U-Net convolutions much faster in bf16, others
     slower than fp32 (measurements: docs/benchmarks.md, "Timings behind design choices"). Asking the CPU's
@@ -96,8 +96,8 @@ def cpu_model() -> str:
 
 
 def cache_dir() -> Path:
-    """Where per-machine results are kept (the same folder as the preprocessing cache): ``$MEDSEG_ATTN_CACHE``, else ``$XDG_CACHE_HOME/medseg-attn``
-    (``~/.cache/medseg-attn``)."""
+    """Where per-machine results are kept (the same folder as the preprocessing cache): ``$MEDSEG_ATTN_CACHE``,
+    else ``$XDG_CACHE_HOME/medseg-attn`` (``~/.cache/medseg-attn``)."""
     if os.environ.get("MEDSEG_ATTN_CACHE"):
         return Path(os.environ["MEDSEG_ATTN_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "medseg-attn"
@@ -173,7 +173,8 @@ def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a forward pass for ``inference.precision`` (None = plain fp32).
 
     ``auto``: fp16 on CUDA, bf16 on a CPU where it is clearly faster (:func:`native_cpu_bf16`: AMX, or a probe
-    cached per machine), fp32 elsewhere (some CPUs run bf16 slower than fp32); the same in every run on a machine. ``fp32``, ``bf16``, ``fp16``: as named (fp16 needs CUDA).
+    cached per machine), fp32 elsewhere (some CPUs run bf16 slower than fp32); the same in every run on a machine.
+    ``fp32``, ``bf16``, ``fp16``: as named (fp16 needs CUDA).
 
     Raises:
         ValueError: fp16 asked for on a CPU, or an unknown name.

@@ -1,8 +1,8 @@
 """The training loop both tasks share: schedule, seeding, budget, checkpoints, history, TensorBoard, early stopping.
 
-A task (segmentation in :mod:`medseg_attn.segmentation.train`, classification in :mod:`medseg_attn.classification.train`)
-builds its network, optimizer, data and validation, describes them in a :class:`TrainTask`, and calls
-:func:`fit`, which owns everything else:
+A task (segmentation in :mod:`medseg_attn.segmentation.train`, classification in
+:mod:`medseg_attn.classification.train`) builds its network, optimizer, data and validation, describes them in a
+:class:`TrainTask`, and calls :func:`fit`, which owns everything else:
 
 * the learning rate: linear warm-up, then cosine / poly decay over whichever ends first, ``max_epochs`` or the
   wall-clock budget ``minutes`` (:func:`learning_rate`);

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg_attn.networks import AttentionSkipUNet
+from benchmarks.pipeline import PIPELINES, window_count
 from benchmarks.suite import (
     TARGETS,
     benchmark_attention_levels,
@@ -16,7 +16,7 @@ from benchmarks.suite import (
     format_report,
     make_report,
 )
-from benchmarks.pipeline import PIPELINES, window_count
+from medseg_attn.networks import AttentionSkipUNet
 
 NAMES = ["AttentionSkipUNet (attention on)", "AttentionSkipUNet (attention off)", "MONAI UNet"]
 

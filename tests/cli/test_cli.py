@@ -48,8 +48,9 @@ def test_user_errors_are_one_line(tmp_path, dataset):
     config.write_text("train:\n  max_epoch: 3\n")
     assert_one_line_error(run("train", "--config", str(config), "--data", str(dataset), "--output",
                               str(tmp_path / "r")), "typo.yaml", "did you mean 'train.max_epochs'")
-    assert_one_line_error(run("predict", "--model", str(tmp_path / "norun"), "--input", str(dataset.parent / "imagesTs"),
-                              "--output", str(tmp_path / "p")), "norun", "model not found")
+    assert_one_line_error(run("predict", "--model", str(tmp_path / "norun"), "--input",
+                              str(dataset.parent / "imagesTs"), "--output", str(tmp_path / "p")),
+                          "norun", "model not found")
     assert_one_line_error(run("evaluate", "--pred", str(tmp_path / "nopred"), "--label", str(tmp_path),
                               "--output", str(tmp_path / "e")), "nopred")
 
@@ -65,7 +66,8 @@ def test_label_image_mismatch_is_one_line(tmp_path, dataset):
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:-2], image.affine), str(broken / spec["training"][0]["label"]))
     assert_one_line_error(run("train", "--data", str(broken), "--output", str(tmp_path / "r")),
                           spec["training"][0]["label"][2:], "does not match image")
-    nib.save(nib.Nifti1Image(np.full(image.shape, 7, np.uint8), image.affine), str(broken / spec["training"][0]["label"]))
+    nib.save(nib.Nifti1Image(np.full(image.shape, 7, np.uint8), image.affine),
+             str(broken / spec["training"][0]["label"]))
     result = run("train", "--data", str(broken), "--output", str(tmp_path / "r2"), "--epochs", "1",
                  "--set", "data.spacing=[4,4,4]", "--set", "data.patch_size=[16,16,16]",
                  "--set", "model.channels=[8,16,32]")

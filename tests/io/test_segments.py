@@ -52,8 +52,8 @@ def test_seg_nrrd_reads_back_in_slicerio_with_names_colours_values(tmp_path):
 
 def test_dicom_seg_has_snomed_codes_and_display_colours(tmp_path):
     import highdicom as hd
-
     from dicom_factory import write_series
+
     from medseg_attn.io.dicom import select_series
     from medseg_attn.io.dicom_seg import write_dicom_seg
 

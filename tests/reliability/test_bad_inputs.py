@@ -8,10 +8,10 @@ import os
 import nibabel as nib
 import numpy as np
 import torch
-
 from cli_helpers import assert_one_line_error, run
-from medseg_attn.classification.predictor import collect_images
 from reliability_helpers import digest, volume
+
+from medseg_attn.classification.predictor import collect_images
 
 
 def test_odd_cases_of_a_batch_are_named_in_failures_csv(tmp_path, segmentation_model):

@@ -15,9 +15,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from cli_helpers import assert_one_line_error
 from reliability_helpers import run_limited, volume
+
 from medseg_attn.config import ConfigError, load_config
 from medseg_attn.io.pictures import read_image
 from medseg_attn.io.volumes import read_geometry

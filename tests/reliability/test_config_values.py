@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import assert_one_line_error, run
+
 from medseg_attn.cli.arguments import train_config_from_args
 from medseg_attn.config import ClassifyConfig, Config, ConfigError, load_config
 

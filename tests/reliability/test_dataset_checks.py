@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from cli_helpers import assert_one_line_error
 from reliability_helpers import cli, dataset
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-
 from cli_helpers import run
 from dicom_factory import write_series
+
 from medseg_attn.io.dicom import find_series, read_dicom, select_series
 from medseg_attn.io.dicom_seg import check_seg_source
 from medseg_attn.io.volumes import read_geometry

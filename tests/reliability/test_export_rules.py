@@ -7,7 +7,6 @@ import hashlib
 import shutil
 
 import pytest
-
 from cli_helpers import assert_one_line_error
 from reliability_helpers import cli
 

@@ -8,10 +8,10 @@ import logging
 
 import nibabel as nib
 import numpy as np
+from reliability_helpers import cli, volume
 
 from medseg_attn.io.readers import LoadVolumed
 from medseg_attn.io.volumes import read_geometry
-from reliability_helpers import cli, volume
 
 
 def mismatched(path, shape=(20, 22, 16)):
@@ -32,7 +32,8 @@ def test_every_reader_follows_the_sform_and_warns(tmp_path, caplog):
         loaded = LoadVolumed("image")({"image": str(path)})["image"]
     assert np.allclose(geometry.affine, expected) and geometry.spacing == (3.0, 3.0, 3.0)
     assert np.allclose(np.asarray(loaded.affine), expected) and np.allclose(np.asarray(loaded.pixdim), 3.0)
-    warnings = [r.getMessage() for r in caplog.records if "sform (code 2) and qform (code 1) disagree" in r.getMessage()]
+    disagree = "sform (code 2) and qform (code 1) disagree"
+    warnings = [r.getMessage() for r in caplog.records if disagree in r.getMessage()]
     assert len(warnings) == 1 and "mixed.nii.gz" in warnings[0] and "using the sform" in warnings[0]
 
 

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from cli_helpers import assert_one_line_error
-from medseg_attn.io.model_files import sniff_model
 from reliability_helpers import cli, volume
+
+from medseg_attn.io.model_files import sniff_model
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import sys
 import time
 
 import pytest
-
 from cli_helpers import assert_one_line_error, command, run
+from reliability_helpers import digest, volume
+
 from medseg_attn.io.files import atomic_write_text, remove_stale_temporaries
 from medseg_attn.io.lock import LOCK_NAME, OutputLock
-from reliability_helpers import digest, volume
 
 
 def _dead_pid() -> int:

@@ -7,9 +7,8 @@ import csv
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
-
 from cli_helpers import assert_one_line_error, run
+from PIL import Image
 from reliability_helpers import digest, volume
 
 

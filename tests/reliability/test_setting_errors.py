@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from cli_helpers import assert_one_line_error
-from medseg_attn.config import ConfigError, load_config
 from reliability_helpers import cli, dataset, volume
+
+from medseg_attn.config import ConfigError, load_config
 
 
 def test_a_patch_of_two_sides_on_3d_data_names_the_patch(capsys, tmp_path):

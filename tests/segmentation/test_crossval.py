@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-
 import shutil
 import sys
 from pathlib import Path
@@ -19,8 +18,12 @@ from medseg_attn.segmentation.crossval import fold_splits, train_cv
 from medseg_attn.segmentation.data.datasets import load_dataset, split_cases
 from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.segmentation.evaluation.cross_validation import choose_postprocessing, describe_choice
-from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, read_postprocessing,
-                                                      voxel_ml)
+from medseg_attn.segmentation.inference.cvrun import (
+    ClassPostprocessing,
+    apply_postprocessing,
+    read_postprocessing,
+    voxel_ml,
+)
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.train import train
 from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint

@@ -173,7 +173,8 @@ def test_output_dir_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_demo_command_runs_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
-    """``medseg-attn demo`` (run_demo) through main(argv): data, a few seconds of training, prediction and evaluation at 1 mm, the report; a tiny network so it takes seconds, not minutes."""
+    """``medseg-attn demo`` (run_demo) through main(argv): data, a few seconds of training, prediction and
+    evaluation at 1 mm, the report; a tiny network so it takes seconds, not minutes."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io.suffixes import VOLUME_SUFFIXES
-from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_geometry
+from medseg_attn.segmentation.data.folds import assign_folds
 
 logger = logging.getLogger(__name__)
 

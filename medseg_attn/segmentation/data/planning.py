@@ -163,7 +163,7 @@ class IntensityStats:
     KEYS = ("mean", "std", "p0.5", "p99.5")  # the keys in plan.json, in the order of the fields
 
     def to_dict(self) -> dict[str, float]:
-        return dict(zip(self.KEYS, (self.mean, self.std, self.p0_5, self.p99_5)))
+        return dict(zip(self.KEYS, (self.mean, self.std, self.p0_5, self.p99_5), strict=True))
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "plan") -> IntensityStats:
@@ -229,10 +229,12 @@ def _case_fingerprint(case: dict[str, Any], ct: bool, rng: np.random.Generator) 
     spacing = [float(v) for v in np.asarray(data["image"].pixdim)[: image.ndim - 1]]
     mask = body_mask(image, ct=ct)
     box = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
-    cropped = [int(b[-1] - b[0] + 1) if b.size else int(n) for b, n in zip(box, mask.shape)]
+    cropped = [int(b[-1] - b[0] + 1) if b.size else int(n) for b, n in zip(box, mask.shape, strict=True)]
     inside = image[0][mask]
     labelled = image[0][label > 0]
-    sample = rng.choice(labelled, size=min(SAMPLES_PER_CASE, labelled.size), replace=False) if labelled.size else labelled
+    if labelled.size:
+        labelled = rng.choice(labelled, size=min(SAMPLES_PER_CASE, labelled.size), replace=False)
+    sample = labelled
     record = {
         "case": case["case"], "shape": list(mask.shape), "spacing": [round(v, 4) for v in spacing],
         "body_fraction": round(float(mask.mean()), 4),

@@ -95,7 +95,7 @@ def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], jo
 
     Under DDP every rank builds its share of the missing entries, then all wait for each other."""
     entries = [entry_path(folder, case["case"], entry_key(case, keys, **depends)) for case in cases]
-    mine = list(zip(cases, entries))
+    mine = list(zip(cases, entries, strict=True))
     if dist is not None and dist.enabled:
         mine = shard(mine, dist)  # the same cases on every rank: every entry has one rank that builds it
     missing = [(case, entry, *extra) for case, entry in mine if not entry.is_dir()]
@@ -190,7 +190,7 @@ def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_d
     entries = _cached(cache_root(cache_dir) / "fingerprint", cases, ("image", "label"), _fingerprint_job, (ct,),
                       {"kind": "fingerprint", "ct": ct}, workers, "fingerprint", progress, dist)
     records = []
-    for case, entry in zip(cases, entries):
+    for case, entry in zip(cases, entries, strict=True):
         records.append({**json.loads((entry / "record.json").read_text()), "case": case["case"]})
     samples = [np.load(entry / "sample.npy") for entry in entries]
     return pooled_fingerprint(records, samples, modality)
@@ -246,7 +246,7 @@ def preprocess_cases(cases: list[dict[str, Any]], prep: Any, data: Any, num_clas
     entries = _cached(cache_root(data.cache_dir) / "cases", unique, ("image", "label"), _preprocess_job,
                       (prep, data, num_classes, label_values), depends, data.preprocess_workers, "preprocess",
                       progress, dist, counts)
-    return {case["case"]: entry for case, entry in zip(unique, entries)}
+    return {case["case"]: entry for case, entry in zip(unique, entries, strict=True)}
 
 
 def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) -> dict[str, Any]:

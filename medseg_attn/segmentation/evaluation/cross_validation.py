@@ -28,8 +28,14 @@ from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders, mask_dice
-from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, components, fold_dir,
-                                                      is_cv_run, voxel_ml)
+from medseg_attn.segmentation.inference.cvrun import (
+    ClassPostprocessing,
+    apply_postprocessing,
+    components,
+    fold_dir,
+    is_cv_run,
+    voxel_ml,
+)
 from medseg_attn.segmentation.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -123,7 +129,8 @@ def _plot(table: list[dict], names: list[str], folds: int, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(1.2 + 1.6 * len(names), 3.5))
     width = 0.8 / (folds + 1)
     for offset, group in enumerate([*range(folds), "pooled"]):
-        values = [next((r["dice"] or 0.0) for r in table if r["fold"] == group and r["class"] == name) for name in names]
+        values = [next((r["dice"] or 0.0) for r in table if r["fold"] == group and r["class"] == name)
+                  for name in names]
         axis.bar(np.arange(len(names)) + offset * width, values, width, label=f"fold {group}" if group != "pooled"
                  else "pooled", color="black" if group == "pooled" else None)
     axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
@@ -160,7 +167,8 @@ def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, 
                  *(ClassPostprocessing(min_size_ml=size) for size in sizes)]
         found = [{index: components(pred, index)} for _, pred, _ in cases]  # labelled once, judged per rule
         means = [float(np.mean([mask_dice(apply_postprocessing(pred, {index: rule}, ml, labelled) == index,
-                                          ref == index) for (ref, pred, ml), labelled in zip(cases, found)]))
+                                          ref == index)
+                               for (ref, pred, ml), labelled in zip(cases, found, strict=True)]))
                  if cases else 0.0 for rule in rules]
         best = 0
         for position, mean in enumerate(means):
@@ -170,7 +178,8 @@ def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, 
         choice[str(index)] = {"name": labels[index], "largest_component": rule.largest_component,
                               "min_size_ml": rule.min_size_ml, "dice_before": round(means[0], 5),
                               "dice_after": round(means[best], 5),
-                              "candidates": {rule.describe(): round(mean, 5) for rule, mean in zip(rules, means)}}
+                              "candidates": {rule.describe(): round(mean, 5)
+                                             for rule, mean in zip(rules, means, strict=True)}}
     record = {"rule": "per class, the largest connected component kept or components below a size removed, where "
                       "it raises the mean out-of-fold Dice most", "cases": len(cases), "classes": choice}
     atomic_write_text(run / "postprocessing.json", json.dumps(record, indent=2) + "\n")

@@ -25,9 +25,9 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 from scipy import ndimage
 from tqdm import tqdm
 
+from medseg_attn.io.files import atomic_write, atomic_write_text, check_output_location
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.manifest import RunManifest
-from medseg_attn.io.files import atomic_write, atomic_write_text, check_output_location
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
@@ -126,7 +126,8 @@ def evaluate_case(
         elif not boxes:
             pred_mask = label_mask = np.zeros((0,) * pred.ndim, dtype=bool)
         else:  # the union of the two bounding boxes holds every voxel of the class
-            region = tuple(slice(min(b.start for b in axis), max(b.stop for b in axis)) for axis in zip(*boxes))
+            region = tuple(slice(min(b.start for b in axis), max(b.stop for b in axis))
+                           for axis in zip(*boxes, strict=True))
             pred_mask, label_mask = pred[region] == index, label[region] == index
         results[index] = _class_metrics(pred_mask, label_mask, spacing, tolerance_mm)
     return results
@@ -300,8 +301,9 @@ def evaluate_folders(
         include_background: also evaluate class 0 (everything not in another evaluated class).
         progress: show a progress bar over cases on stderr.
         statistics: also write ``statistics.csv``: per case, structure and ``source`` (reference, prediction) the
-            label-map statistics of :mod:`medseg_attn.segmentation.evaluation.structure_statistics` on the reference's grid (no image
-            here, so no intensity values), so predicted and reference volumes sit side by side.
+            label-map statistics of :mod:`medseg_attn.segmentation.evaluation.structure_statistics` on the
+            reference's grid (no image here, so no intensity values), so predicted and reference volumes sit side
+            by side.
 
     Returns:
         The summary written to ``summary.json`` (NaN as None).

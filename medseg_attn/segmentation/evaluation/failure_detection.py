@@ -87,7 +87,7 @@ def risk_coverage(scores: Sequence[float] | np.ndarray, risks: Sequence[float] |
     order = np.argsort(scores, kind="stable")
     ordered_scores, ordered = scores[order], risks[order].copy()
     _, starts, counts = np.unique(ordered_scores, return_index=True, return_counts=True)
-    for start, count in zip(starts, counts):
+    for start, count in zip(starts, counts, strict=True):
         ordered[start:start + count] = ordered[start:start + count].mean()  # a tie: no threshold splits it
     accepted = np.arange(1, scores.size + 1)
     return accepted / scores.size, np.cumsum(ordered) / accepted
@@ -119,7 +119,7 @@ def evaluate_signals(records: Sequence[CaseRecord], signals: Sequence[str] | Non
         for name in names:
             usable = np.array([not math.isnan(r.dice) and not math.isnan(r.signals.get(name, math.nan))
                                for r in kept], dtype=bool)
-            cases = [r for r, use in zip(kept, usable) if use]
+            cases = [r for r, use in zip(kept, usable, strict=True) if use]
             fails = failed[usable] if usable.size else np.zeros(0, dtype=bool)
             notes = [target_note] if target_note else []
             if len(cases) < len(kept):

@@ -219,7 +219,7 @@ def volume_variants(image: np.ndarray, label: np.ndarray, affine: np.ndarray, se
     motion = _motion(centre, (0.0, 0.0, 10.0), (6.0, -4.0, 0.0))
     spacing = np.array([1.2, 1.2, 2.5])
     extent = np.array(image.shape) * np.linalg.norm(affine[:3, :3], axis=0)
-    shape = tuple(int(math.ceil(e / s)) for e, s in zip(extent, spacing))
+    shape = tuple(int(math.ceil(e / s)) for e, s in zip(extent, spacing, strict=True))
     ras = np.diag([*spacing, 1.0])
     ras[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2
     yield "as_is", image, label, affine

@@ -134,11 +134,11 @@ def structure_rows(
             row.update(voxels=voxels, volume_ml=voxels * voxel_mm3 / 1000.0, components=int(count),
                        largest_component_share=_round(sizes.max() / voxels, 6))
             row.update(zip(("bbox_rl_mm", "bbox_ap_mm", "bbox_si_mm"),
-                           (_round(e, 3) for e in _world_extent(box, affine))))
+                           (_round(e, 3) for e in _world_extent(box, affine)), strict=True))
             if image is not None:
                 values = np.asarray(image[box], dtype=np.float64)[mask]
                 stats = [values.mean(), values.std(), *np.percentile(values, PERCENTILES)]
-                row.update(zip(intensity_keys, (_round(v) for v in stats)))
+                row.update(zip(intensity_keys, (_round(v) for v in stats), strict=True))
             if uncertainty is not None:
                 row["uncertainty_mean"] = _round(float(np.asarray(uncertainty[box], dtype=np.float64)[mask].mean()), 6)
         row["volume_ml"] = _round(row["volume_ml"], 6)
@@ -166,12 +166,12 @@ def case_statistics(labels: np.ndarray, affine: np.ndarray, names: dict[int, str
         "case": case, "input": str(source) if source is not None else None,
         "shape": [int(s) for s in np.shape(labels)], "spacing_mm": [_round(s, 6) for s in spacing],
         "voxel_volume_ml": _round(abs(float(np.linalg.det(full[:3, :3]))) / 1000.0, 9),
-        "extent_mm": [_round(s * n, 3) for s, n in zip(spacing, np.shape(labels))], "intensity_unit": unit,
+        "extent_mm": [_round(s * n, 3) for s, n in zip(spacing, np.shape(labels), strict=True)], "intensity_unit": unit,
         "uncertainty_mean": None, "uncertainty_foreground_mean": None,
     }
     if image is not None:
         values = np.percentile(np.asarray(image, dtype=np.float32), IMAGE_PERCENTILES)
-        record.update({f"image_p{p:g}": _round(float(v)) for p, v in zip(IMAGE_PERCENTILES, values)})
+        record.update({f"image_p{p:g}": _round(float(v)) for p, v in zip(IMAGE_PERCENTILES, values, strict=True)})
     if uncertainty is not None:
         foreground = np.asarray(labels) > 0
         record["uncertainty_mean"] = _round(float(np.mean(uncertainty)), 6)

@@ -198,7 +198,8 @@ def write_bundle(network: nn.Module, payload: dict[str, Any], source: Path, outp
     atomic_write(output / "models" / "model.pt", lambda tmp: torch.save(kept, tmp))
     atomic_write_text(output / "configs" / "inference.json", json.dumps(inference_config(payload), indent=2))
     atomic_write_text(output / "configs" / "metadata.json", json.dumps(bundle_metadata(payload), indent=2))
-    readme = ["# medseg-attn model (MONAI bundle)", "", "```", *format_card(model_card(payload, TASK), str(source)), "```",
+    card = format_card(model_card(payload, TASK), str(source))
+    readme = ["# medseg-attn model (MONAI bundle)", "", "```", *card, "```",
               "", "Run it (torch and MONAI only):", "",
               "```", "python -m monai.bundle run --config_file configs/inference.json --bundle_root . "
               "--dataset_dir IN --output_dir OUT", "```", "",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_attn.config import from_dict
+from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.networks.export import (
     OnnxNetwork,
     example_input,
@@ -24,11 +25,10 @@ from medseg_attn.networks.export import (
     export_torchscript,
     read_metadata,
 )
-from medseg_attn.io.model_files import sniff_model, wrong_model_message
+from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.inference.cvrun import is_cv_run, parse_postprocessing
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.task import TASK
-from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.training.card import export_metadata
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 

@@ -51,7 +51,8 @@ from medseg_attn.segmentation.qc.qc_report import Review
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CaseInput", "Explain", "OUTPUT_FORMATS", "REPORT_COLUMNS", "check_output_dir", "collect_cases", "predict_files"]
+__all__ = ["CaseInput", "Explain", "OUTPUT_FORMATS", "REPORT_COLUMNS", "check_output_dir", "collect_cases",
+           "predict_files"]
 
 OUTPUT_FORMATS = ("nifti", "dicom-seg", "seg-nrrd", "both", "all")  # and comma lists: see segmentation.outputs
 REPORT_COLUMNS = ("case", "input", "output", "status", "seconds", "uncertainty_mean", "uncertainty_foreground_mean",

@@ -40,14 +40,20 @@ from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed, is_nifti
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import affine_4x4, case_name, read_geometry
-from medseg_attn.segmentation.inference.cvrun import (ClassPostprocessing, apply_postprocessing, cv_members,
-                                                      is_cv_run, read_postprocessing, voxel_ml)
+from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
+from medseg_attn.segmentation.inference.cvrun import (
+    ClassPostprocessing,
+    apply_postprocessing,
+    cv_members,
+    is_cv_run,
+    read_postprocessing,
+    voxel_ml,
+)
 from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
 from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
-from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 from medseg_attn.segmentation.task import TASK
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.calibration import apply_temperature
+from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.device import inference_dtype, precision_name, precision_reason, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -199,7 +205,7 @@ class Predictor:
                 MONAI architecture), or ensemble members with different levels; one line naming the checkpoint.
         """
         levels = None
-        for network, source in zip(self.networks, self.sources):
+        for network, source in zip(self.networks, self.sources, strict=True):
             found = list(getattr(network, "attention_levels", []) or [])
             if not found:
                 what = ("was trained with attention off (model.attention: false)"
@@ -253,10 +259,11 @@ class Predictor:
                 if len(set(self.temperatures)) == 1:  # one network, or members with one temperature
                     out = blended(forwards, self.temperatures[0])
                 else:  # members calibrated apart: each blended with its own temperature, then the mean
-                    out = mean_of_blends((blended([f], t) for f, t in zip(forwards, self.temperatures)), attention)
+                    members = zip(forwards, self.temperatures, strict=True)
+                    out = mean_of_blends((blended([f], t) for f, t in members), attention)
             return out
         finally:
-            for network, mode in zip(self.networks, was_training):
+            for network, mode in zip(self.networks, was_training, strict=True):
                 network.train(mode)
 
     def _autocast(self) -> torch.autocast:
@@ -319,8 +326,9 @@ class Predictor:
             if geometry.channels > 1 and self.in_channels == 1:
                 last = geometry.channels - 1
                 if volume_index is None:
-                    raise ValueError(f"{file}: 4D image {(*geometry.shape, geometry.channels)} with {geometry.channels} "
-                                     f"volumes along axis 4; choose one with --volume-index (0..{last})")
+                    raise ValueError(f"{file}: 4D image {(*geometry.shape, geometry.channels)} with "
+                                     f"{geometry.channels} volumes along axis 4; choose one with --volume-index "
+                                     f"(0..{last})")
                 if not 0 <= volume_index <= last:
                     raise ValueError(f"{file}: --volume-index {volume_index} is outside 0..{last} (axis 4 holds "
                                      f"{geometry.channels} volumes)")

@@ -102,7 +102,8 @@ def resample_prediction(
     labels = np.zeros(tuple(target_shape), dtype=label_dtype)
     probabilities = np.zeros((channels, *target_shape), dtype=np.float32) if keep_values else None
     entropy = np.zeros(tuple(target_shape), dtype=np.float32) if uncertainty else None
-    resampled = {name: np.zeros((size, *target_shape), dtype=np.float32) for name, size in zip(maps, sizes)}
+    resampled = {name: np.zeros((size, *target_shape), dtype=np.float32)
+                 for name, size in zip(maps, sizes, strict=True)}
     stacked = torch.cat([values.float(), *[m.to(values.device, torch.float32) for m in maps.values()]]) \
         if maps else values  # (C + sum(c), *S_src)
     if maps or uncertainty:  # half-size slabs: their coordinates, extra channels and entropy fit the same memory
@@ -120,7 +121,7 @@ def resample_prediction(
             h = torch.special.entr(sampled.clamp(min=0)).sum(0) / math.log(max(channels, 2))  # (P,)
             entropy[..., start:stop] = h.clamp(0, 1).reshape(shape).cpu().numpy()
         first = 0
-        for (name, out), size in zip(resampled.items(), sizes):
+        for out, size in zip(resampled.values(), sizes, strict=True):
             out[..., start:stop] = extra[first:first + size].reshape(size, *shape)
             first += size
     return Resampled(labels, probabilities, entropy, resampled)

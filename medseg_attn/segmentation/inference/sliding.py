@@ -75,16 +75,16 @@ def sliding_window_probabilities(
     device = torch.device(device) if device is not None else image.device
     spatial = tuple(image.shape[1:])
     window = tuple(int(w) for w in window)
-    padded = tuple(max(s, w) for s, w in zip(spatial, window))
-    before = [(p - s) // 2 for s, p in zip(spatial, padded)]
+    padded = tuple(max(s, w) for s, w in zip(spatial, window, strict=True))
+    before = [(p - s) // 2 for s, p in zip(spatial, padded, strict=True)]
     if padded != spatial:
         pad = []
-        for s, p, b in zip(reversed(spatial), reversed(padded), reversed(before)):
+        for s, p, b in zip(reversed(spatial), reversed(padded), reversed(before), strict=True):
             pad += [b, p - s - b]
         image = torch.nn.functional.pad(image, pad, value=pad_value)
     importance = compute_importance_map(window, mode=blend, sigma_scale=0.125, device=device).to(torch.float32)
     overlaps = [float(overlap)] * len(window) if isinstance(overlap, (int, float)) else [float(o) for o in overlap]
-    starts = [window_starts(s, w, o) for s, w, o in zip(padded, window, overlaps)]
+    starts = [window_starts(s, w, o) for s, w, o in zip(padded, window, overlaps, strict=True)]
     corners = list(itertools.product(*starts))
     accumulator: torch.Tensor | None = None
     map_accumulators: dict[str, torch.Tensor] = {}
@@ -92,7 +92,7 @@ def sliding_window_probabilities(
     runs = len(forwards) * len(flips)
     for first in range(0, len(corners), batch_size):
         batch_corners = corners[first:first + batch_size]
-        slices = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in batch_corners]
+        slices = [tuple(slice(c, c + w) for c, w in zip(corner, window, strict=True)) for corner in batch_corners]
         batch = torch.stack([image[(slice(None),) + s] for s in slices]).to(device)  # (B, C, *window)
         probabilities = None
         maps: dict[str, torch.Tensor] = {}
@@ -113,13 +113,13 @@ def sliding_window_probabilities(
         for name, m in maps.items():
             if name not in map_accumulators:
                 map_accumulators[name] = torch.zeros((m.shape[1], *padded), dtype=torch.float32, device=image.device)
-            for one, s in zip((m * (importance / runs)).to(image.device), slices):
+            for one, s in zip((m * (importance / runs)).to(image.device), slices, strict=True):
                 map_accumulators[name][(slice(None),) + s] += one
-        for p, s in zip(probabilities.to(image.device), slices):
+        for p, s in zip(probabilities.to(image.device), slices, strict=True):
             accumulator[(slice(None),) + s] += p.to(dtype)
             weights[s] += importance.to(image.device)
     assert accumulator is not None
-    crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))
+    crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
     for buffer in [accumulator, *map_accumulators.values()]:
         for channel in buffer:  # in place, one channel at a time: no second full-size buffer
             channel.div_(weights.to(channel.dtype))

@@ -78,7 +78,8 @@ def case_features(image: np.ndarray, affine: np.ndarray, ct: bool, rows: Sequenc
         image: (*S) the case's first channel as stored (HU for CT).
         affine: its voxel-to-world RAS affine.
         ct: a CT model (HU thresholds and units).
-        rows: the case's structure rows (:func:`~medseg_attn.segmentation.evaluation.structure_statistics.structure_rows`).
+        rows: the case's structure rows
+            (:func:`~medseg_attn.segmentation.evaluation.structure_statistics.structure_rows`).
     """
     from medseg_attn.segmentation.data.foreground import body_mask
 
@@ -157,7 +158,7 @@ def fingerprint_flags(case: dict[str, Any], fingerprint: dict[str, Any], toleran
     low, high = fingerprint["spacing"]["min"], fingerprint["spacing"]["max"]
     if len(case["spacing"]) == len(low):
         ratios = [max(lo / s / tol["fine_factor"], s / hi / tol["spacing_factor"], 0.0)
-                  for s, lo, hi in zip(case["spacing"], low, high)]
+                  for s, lo, hi in zip(case["spacing"], low, high, strict=True)]
         if max(ratios) > 1.0:
             flag("geometry", max(ratios),
                  f"spacing {_listing(case['spacing'])} mm (RAS) outside the training's "
@@ -169,7 +170,7 @@ def fingerprint_flags(case: dict[str, Any], fingerprint: dict[str, Any], toleran
                  f"flipped in the header (stored upside down)?", "orientation")
     low, high = fingerprint["intensity"]["min"], fingerprint["intensity"]["max"]
     scale = max((high[-1] + low[-1]) / 2 - (high[0] + low[0]) / 2, 1e-6)  # the training's typical p1 .. p99 span
-    offs = [max(lo - v, v - hi, 0.0) / scale for v, lo, hi in zip(case["intensity"], low, high)]
+    offs = [max(lo - v, v - hi, 0.0) / scale for v, lo, hi in zip(case["intensity"], low, high, strict=True)]
     if max(offs) > tol["intensity_margin"]:
         unit = " HU" if fingerprint.get("ct") else " (/ p99)"
         flag("intensity", max(offs) / tol["intensity_margin"],
@@ -199,7 +200,7 @@ def flip_scores(profile: Sequence[Sequence[float]], mean: Sequence[Sequence[floa
                 ) -> list[tuple[int, float, float]]:
     """Per axis: (axis, distance to the mean profile - distance to its reversal, the mean's own asymmetry)."""
     out = []
-    for axis, (p, m) in enumerate(zip(np.asarray(profile), np.asarray(mean))):
+    for axis, (p, m) in enumerate(zip(np.asarray(profile), np.asarray(mean), strict=True)):
         reversed_mean = np.concatenate([m[:BINS][::-1], m[BINS:][::-1]])
         out.append((axis, float(np.abs(p - m).mean() - np.abs(p - reversed_mean).mean()),
                     float(np.abs(m - reversed_mean).mean())))

@@ -25,10 +25,14 @@ import numpy as np
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.volumes import affine_4x4
+from medseg_attn.segmentation.evaluation.structure_statistics import (
+    case_statistics,
+    read_case_statistics,
+    write_case_statistics,
+    write_statistics_csv,
+)
 from medseg_attn.segmentation.qc.fingerprint import case_features, fingerprint_flags
 from medseg_attn.segmentation.qc.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
-from medseg_attn.segmentation.evaluation.structure_statistics import (case_statistics, read_case_statistics, write_case_statistics,
-                                                 write_statistics_csv)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,8 @@ class Review:
         unknown = [name for name in self.settings.expected_volume_ml if name not in self.names.values()]
         if unknown:  # a misspelt structure would never be checked: refused, as unknown keys are
             close = difflib.get_close_matches(unknown[0], list(self.names.values()), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; the model's classes: {', '.join(self.names.values())}"
+            known = ", ".join(self.names.values())
+            hint = f"; did you mean {close[0]!r}?" if close else f"; the model's classes: {known}"
             raise ValueError(f"--review-config/--review-set: expected_volume_ml.{unknown[0]}: the model has no class "
                              f"{unknown[0]!r}{hint}")
         self.statistics = statistics
@@ -94,7 +99,8 @@ class Review:
         return {"statistics": record, "plan_flags": [f.to_dict() for f in flags]}
 
     def case(self, result: Any, name: str, source: Path, output_dir: Path) -> dict[str, Any]:
-        """Measure a :class:`~medseg_attn.segmentation.inference.predictor.Prediction` (its ``image``: original values)."""
+        """Measure a :class:`~medseg_attn.segmentation.inference.predictor.Prediction` (its ``image``: original
+        values)."""
         return self.measure(name, result.labels, result.affine, result.image, result.uncertainty, source, output_dir)
 
     def skipped(self, name: str, files: list[Path], series_uid: str | None, output_dir: Path,

@@ -173,7 +173,8 @@ def plan_flags(record: dict[str, Any], plan_spacing: Sequence[float] | None, pat
     """Flags of one case's grid and image range against the model's plan (``geometry``, CT ``intensity``).
 
     Args:
-        record: the case's statistics (:func:`medseg_attn.segmentation.evaluation.structure_statistics.case_statistics`).
+        record: the case's statistics
+            (:func:`medseg_attn.segmentation.evaluation.structure_statistics.case_statistics`).
         plan_spacing: the model's target spacing (mm; None: each input's own).
         patch_size: the sliding-window patch (voxels on the network grid).
         intensity: the model's intensity preset ('ct', 'zscore', 'none').
@@ -182,14 +183,14 @@ def plan_flags(record: dict[str, Any], plan_spacing: Sequence[float] | None, pat
     spacing = [s for s in record.get("spacing_mm") or [] if s]
     extent = record.get("extent_mm") or []
     if plan_spacing and len(plan_spacing) == len(spacing):
-        ratios = [max(s / p, p / s) for s, p in zip(spacing, plan_spacing)]
+        ratios = [max(s / p, p / s) for s, p in zip(spacing, plan_spacing, strict=True)]
         if max(ratios) > settings.spacing_factor:
             flags.append(Flag("geometry", min(CAP, max(ratios) / settings.spacing_factor),
                               f"spacing {_listing(spacing)} mm vs the model's {_listing(plan_spacing)} mm",
                               measure="spacing"))
     network_spacing = plan_spacing if plan_spacing and len(plan_spacing) == len(spacing) else spacing
-    patch_mm = [p * s for p, s in zip(patch_size, network_spacing)]
-    small = [e / p for e, p in zip(extent, patch_mm) if e and p]
+    patch_mm = [p * s for p, s in zip(patch_size, network_spacing, strict=True)]
+    small = [e / p for e, p in zip(extent, patch_mm, strict=True) if e and p]
     if small and min(small) < settings.min_patch_fraction:
         flags.append(Flag("geometry", min(CAP, settings.min_patch_fraction / max(min(small), 1e-3)),
                           f"field of view {_listing(extent)} mm vs a patch of {_listing(patch_mm)} mm",

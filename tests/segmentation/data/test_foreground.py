@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
 from monai import transforms as mt
+from monai.data import MetaTensor
 
 from medseg_attn.demo_data import generate_case
 from medseg_attn.segmentation.data.foreground import body_mask

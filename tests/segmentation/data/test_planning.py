@@ -11,14 +11,22 @@ import pytest
 
 from medseg_attn.config import load_config
 from medseg_attn.demo_data import build_demo_dataset
+from medseg_attn.io.manifest import json_sha256
 from medseg_attn.segmentation.data.cache import entry_key
 from medseg_attn.segmentation.data.datasets import load_dataset, split_cases
-from medseg_attn.io.manifest import json_sha256
-from medseg_attn.segmentation.data.planning import (IntensityStats, Plan, PlanValues, _target_spacing,
-                                                    dataset_fingerprint, describe_plan, make_plan, save_plan)
+from medseg_attn.segmentation.data.planning import (
+    IntensityStats,
+    Plan,
+    PlanValues,
+    _target_spacing,
+    dataset_fingerprint,
+    describe_plan,
+    make_plan,
+    save_plan,
+)
+from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.train import train
-from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.training.checkpoint import load_checkpoint
 
 
@@ -51,7 +59,8 @@ def test_fingerprint_and_plan_of_real_brains(brain):
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict(), allow_nan=False))) == plan  # plain JSON, and back
 
     overridden = make_plan(fingerprint, load_config(overrides=[
-        f"data.dataset={brain}", "model.channels=[8,16,32,64]", "data.patch_size=[16,24,32]", "train.batch_size=3", "data.normalisation_mask=false",
+        f"data.dataset={brain}", "model.channels=[8,16,32,64]", "data.patch_size=[16,24,32]", "train.batch_size=3",
+        "data.normalisation_mask=false",
         "data.spacing=[5,5,5]", "data.intensity=none"]), "cpu")
     assert overridden.resolved == PlanValues((5.0, 5.0, 5.0), (16, 24, 32), 3, "none", False)
     assert set(overridden.source.to_dict().values()) == {"config"}

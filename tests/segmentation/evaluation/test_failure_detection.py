@@ -8,8 +8,19 @@ import numpy as np
 import pytest
 
 from medseg_attn.segmentation.evaluation.failure_detection import (
-    CaseRecord, Severity, aurc, auroc, candidate_severities, choose_severity, evaluate_signals, false_alarm_rate,
-    good_cases, risk_coverage, with_severity, write_failure_detection)
+    CaseRecord,
+    Severity,
+    aurc,
+    auroc,
+    candidate_severities,
+    choose_severity,
+    evaluate_signals,
+    false_alarm_rate,
+    good_cases,
+    risk_coverage,
+    with_severity,
+    write_failure_detection,
+)
 
 
 def test_auroc_by_hand():

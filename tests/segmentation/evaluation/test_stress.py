@@ -6,7 +6,12 @@ import numpy as np
 from scipy import ndimage
 
 from medseg_attn.segmentation.evaluation.stress import (
-    BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants, dice_scores, volume_variants)
+    BRAIN_VARIANTS,
+    FAILURE_VARIANTS,
+    brain_variants,
+    dice_scores,
+    volume_variants,
+)
 
 
 def test_brain_variants():
@@ -35,7 +40,8 @@ def test_failure_mode_variants():
     as_is, label, affine = variants["as_is"]
     brain_mean = float(variants["no_noise"][0][label > 0].mean())
     flipped, flipped_label, flipped_affine = variants["flipped_header"]
-    assert np.array_equal(flipped, as_is[:, :, ::-1]) and flipped_label is label and np.array_equal(flipped_affine, affine)
+    assert np.array_equal(flipped, as_is[:, :, ::-1]) and flipped_label is label
+    assert np.array_equal(flipped_affine, affine)
     assert dice_scores(label[:, :, ::-1], label, {1: "grey_matter", 2: "white_matter"})["white_matter"] < 0.8
     noisy, noisy_label, noisy_affine = variants["heavy_noise"]
     background = ~ndimage.binary_dilation(variants["no_noise"][0] > 0, iterations=3)

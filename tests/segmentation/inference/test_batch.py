@@ -20,13 +20,13 @@ from torch import nn
 
 from medseg_attn.config import InferenceConfig
 from medseg_attn.io.dicom import select_series
+from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.inference.batch import check_output_dir, collect_cases, predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.data.transforms import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from oracles import IntensityOracle  # noqa: E402
 from dicom_factory import write_series  # noqa: E402
+from oracles import IntensityOracle  # noqa: E402
 
 
 def phantom(shape=(30, 34, 24)) -> np.ndarray:
@@ -264,8 +264,14 @@ def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
     import slicerio
 
     from medseg_attn.segmentation.inference.predictor import Prediction
-    from medseg_attn.segmentation.inference.writers import (Explain, Output, OutputKind, plan_outputs, write_output,
-                                                            write_outputs)
+    from medseg_attn.segmentation.inference.writers import (
+        Explain,
+        Output,
+        OutputKind,
+        plan_outputs,
+        write_output,
+        write_outputs,
+    )
 
     shape = (16, 12, 6)
     labels = np.zeros(shape, np.uint8)

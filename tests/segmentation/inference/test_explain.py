@@ -21,10 +21,10 @@ from torch import nn
 from medseg_attn.config import InferenceConfig
 from medseg_attn.networks import AttentionSkipUNet
 from medseg_attn.networks.attention import MultiHeadAttention
+from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.explain import validation_attention_images
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from explain_factory import LABELS, grids, write_checkpoint, write_volume  # noqa: E402

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from medseg_attn.config import InferenceConfig
-from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.data.transforms import Preprocessing
+from medseg_attn.segmentation.inference.predictor import Predictor
 
 
 class CountingNetwork(nn.Module):

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from medseg_attn.config import InferenceConfig
+from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import resample_to_grid
-from medseg_attn.segmentation.data.transforms import Preprocessing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from oracles import IntensityOracle  # noqa: E402
@@ -83,7 +83,7 @@ def test_outputs_keep_input_geometry_and_labels(tmp_path, predictor):
              for name, (labels, affine) in _variants(tmp_path).items()}
     records = predict_files(predictor, list(paths.values()), tmp_path / "out", probabilities=True, progress=False)
     assert [r["status"] for r in records] == ["ok"] * 4
-    for name, (labels, affine) in _variants(tmp_path).items():
+    for name, (labels, _) in _variants(tmp_path).items():
         source = nib.load(str(paths[name]))
         output = nib.load(str(tmp_path / "out" / f"{name}.nii.gz"))
         assert output.shape == source.shape

@@ -16,7 +16,8 @@ from scipy import ndimage
 from medseg_attn.segmentation.inference.resample import resample_prediction
 
 
-def _affine(spacing, origin, rotation=np.eye(3)) -> np.ndarray:
+def _affine(spacing, origin, rotation=None) -> np.ndarray:
+    rotation = np.eye(3) if rotation is None else rotation
     affine = np.eye(4)
     affine[:3, :3] = rotation @ np.diag(spacing)
     affine[:3, 3] = origin
