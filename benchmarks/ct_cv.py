@@ -4,7 +4,7 @@
 
 The CT task is the one shared abdominal series (tests/data/totalseg_example_ct: 512 x 512 x 20, spleen / liver /
 stomach from its TotalSegmentator labels 1, 5, 6). One series cannot be split into folds, so the training set is
-that series and five acquisitions of it (:func:`medseg_attn.segmentation.evaluation.stress.volume_variants`,
+that series and five acquisitions of it (:func:`medseg_attn.segmentation.workflows.stress.volume_variants`,
 seed 0: moved, resampled to 1.2 x 1.2 x 2.5 mm, noised, +40 HU, all combined) and the held-out set is five more
 (seed 1: the same kinds with other noise draws, a second move and HU offset), each written as NIfTI in its own
 geometry. Every case is the same patient: this checks that CV, the out-of-fold report, the postprocessing choice
@@ -42,7 +42,7 @@ def build(root: Path, labels: dict[str, str] = LABELS, source_values: dict[int, 
     from monai import transforms as mt
 
     from medseg_attn.io.readers import LoadVolumed
-    from medseg_attn.segmentation.evaluation.stress import volume_variants
+    from medseg_attn.segmentation.workflows.stress import volume_variants
 
     data = LoadVolumed(["image", "label"])({"image": CT / "dicom", "label": CT / "example_seg_dicom.nii.gz"})
     data = mt.Orientationd(["image", "label"], axcodes="RAS")(data)

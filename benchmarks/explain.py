@@ -30,7 +30,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import torch
-from medseg_attn.segmentation.inference.batch import predict_files
+from medseg_attn.segmentation.workflows.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
 
 model, source, out, explain, device = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]

@@ -130,10 +130,10 @@ def window_gflops(network: torch.nn.Module) -> float:
 
 def _pipeline(key: str, overlap: float, device: torch.device) -> Callable[[torch.Tensor], Any]:
     from medseg_attn.config import InferenceConfig
+    from medseg_attn.runtime.device import inference_dtype
     from medseg_attn.segmentation.data.transforms import Preprocessing
     from medseg_attn.segmentation.inference.predictor import Predictor
     from medseg_attn.segmentation.inference.resample import class_labels
-    from medseg_attn.training.device import inference_dtype
 
     _, pipeline, kind, arithmetic = PIPELINES[key]
     network = inference_network(kind).to(device).eval()
@@ -190,7 +190,7 @@ def benchmark_inference(
     """
     import multiprocessing
 
-    from medseg_attn.training.device import inference_dtype
+    from medseg_attn.runtime.device import inference_dtype
 
     device = device or torch.device("cpu")
     context = multiprocessing.get_context("spawn")
@@ -225,8 +225,8 @@ def benchmark_data_pipeline(work: Path, epochs: int = 2, device: torch.device | 
     import shutil
 
     from medseg_attn.demo_data import build_demo_dataset
-    from medseg_attn.segmentation.demo import demo_config
-    from medseg_attn.segmentation.train import train
+    from medseg_attn.segmentation.workflows.demo import demo_config
+    from medseg_attn.segmentation.workflows.train import train
     from medseg_attn.training.loop import read_history
 
     shutil.rmtree(work, ignore_errors=True)

@@ -95,8 +95,8 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 CHILD = """
 import json, resource, sys, time
 start = float(sys.argv[1])
-import medseg_attn.segmentation.train
-training = sys.modules["medseg_attn.segmentation.train"]
+import medseg_attn.segmentation.workflows.train
+training = sys.modules["medseg_attn.segmentation.workflows.train"]
 first = {}
 fit = training.fit
 def timed_fit(task, *args, **kwargs):

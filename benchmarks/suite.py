@@ -301,7 +301,7 @@ def _ratio(results: list[NetworkResult], top: str, bottom: str, field: str) -> f
 
 def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     """Run everything, write ``benchmark.json`` and a PNG into ``output``; returns the report dict."""
-    from medseg_attn.training.device import resolve_device
+    from medseg_attn.runtime.device import resolve_device
 
     resolved = resolve_device(device)
     torch.set_grad_enabled(True)

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import nibabel as nib
 
-    from medseg_attn.segmentation.evaluation.stress import brain_variants, dice_scores
     from medseg_attn.segmentation.inference.predictor import Predictor
+    from medseg_attn.segmentation.workflows.stress import brain_variants, dice_scores
 
     results = {}
     for precision in ("fp32", args.precision):

@@ -21,10 +21,10 @@ from torch import nn
 from medseg_attn.config import InferenceConfig
 from medseg_attn.io.readers import LoadVolumed
 from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.qc.qc_report import Review
 from medseg_attn.segmentation.qc.review import load_review_settings
+from medseg_attn.segmentation.workflows.batch import predict_files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example_ct" / "dicom"
 

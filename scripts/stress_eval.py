@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("monai", "nibabel"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from medseg_attn.segmentation.evaluation.stress import (
+    from medseg_attn.segmentation.inference.predictor import Predictor
+    from medseg_attn.segmentation.workflows.stress import (
         BRAIN_VARIANTS,
         FAILURE_VARIANTS,
         brain_variants,
@@ -68,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         run_stress,
         volume_variants,
     )
-    from medseg_attn.segmentation.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     if args.image:
@@ -109,7 +109,7 @@ def _report_choice(folder: str, rows: list, classes: list, output: str) -> None:
         false_alarm_rate,
         with_severity,
     )
-    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, failure_records, read_stress_csv
+    from medseg_attn.segmentation.workflows.stress import BRAIN_VARIANTS, failure_records, read_stress_csv
 
     chosen_on = failure_records(read_stress_csv(Path(folder) / "stress.csv"), classes)
     severity, candidates = choose_severity(chosen_on)

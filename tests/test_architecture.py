@@ -100,6 +100,57 @@ def test_arrows_point_one_way_cli_to_tasks_to_core():
     assert not wrong, "\n".join(sorted(wrong))
 
 
+# Layers inside segmentation/ (issue 33): each sub-package (or top-level module) may import only from layers below
+# its own, or from inside itself; siblings of one level never import each other. Imports inside functions count.
+SEGMENTATION_LAYERS = {
+    "measures": 0,  # Dice and surface primitives, connected components and postprocessing rules, statistics
+    "data": 1,  # datasets, folds, planning, the cache, preprocessing, the training fingerprint
+    "model": 2, "task": 2, "losses": 2,  # the model: its task, its folder layout, its loss
+    "inference": 3,  # the predictor, sliding window, resampling, member agreement, the ONNX network
+    "evaluation": 4, "qc": 4, "outputs": 4,  # siblings: metrics, review, writers
+    "workflows": 5, "export": 5,  # predict batch, train, CV, fine-tune, stress, demo; export
+    "": 6,  # medseg_attn.segmentation itself (its public names)
+}
+
+
+def _segmentation_part(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[:2] != ["medseg_attn", "segmentation"]:
+        return None
+    return parts[2] if len(parts) > 2 else ""
+
+
+def _layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for module, targets in graph.items():
+        source = _segmentation_part(module)
+        if source is None:
+            continue
+        assert source in SEGMENTATION_LAYERS, f"{module}: its sub-package {source!r} has no layer in the table"
+        for target in targets:
+            part = _segmentation_part(target)
+            if part is None or part == source:
+                continue
+            if SEGMENTATION_LAYERS[part] >= SEGMENTATION_LAYERS[source]:
+                wrong.append(f"{module} ({source}, layer {SEGMENTATION_LAYERS[source]}) imports {target} "
+                             f"({part}, layer {SEGMENTATION_LAYERS[part]})")
+    return sorted(wrong)
+
+
+def test_the_layer_check_finds_a_planted_upward_import():
+    planted = {"medseg_attn.segmentation.data.x": {"medseg_attn.segmentation.inference.y"},
+               "medseg_attn.segmentation.qc.a": {"medseg_attn.segmentation.evaluation.b"},
+               "medseg_attn.segmentation.workflows.c": {"medseg_attn.segmentation.data.x"}}
+    assert len(_layer_violations(planted)) == 2
+
+
+def test_segmentation_imports_follow_the_layers():
+    """measures < data < model < inference < evaluation | qc | outputs < workflows | export, imports inside
+    functions included (``_imports()`` walks the whole module)."""
+    wrong = _layer_violations(_imports())
+    assert not wrong, "imports against the layers of medseg_attn/segmentation:\n" + "\n".join(wrong)
+
+
 def test_no_module_over_the_line_limit():
     long = {str(path.relative_to(PACKAGE.parent)): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
@@ -126,7 +177,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 def test_every_module_is_named_in_docs_architecture():
     """A module added without a line in docs/architecture.md's tree fails here (path relative to the package,
-    e.g. ``segmentation/inference/batch.py``; package __init__ files and resources excepted)."""
+    e.g. ``segmentation/workflows/batch.py``; package __init__ files and resources excepted)."""
     text = ARCHITECTURE.read_text()
     modules = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                      if path.name not in ("__init__.py", "__main__.py") and "resources" not in path.parts)

@@ -112,7 +112,7 @@ def test_demo_config_is_the_shipped_one():
 
     shipped = resources.files("medseg_attn.resources.configs").joinpath("demo.yaml").read_text()
     assert yaml.safe_load(shipped) == yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    from medseg_attn.segmentation.demo import demo_config
+    from medseg_attn.segmentation.workflows.demo import demo_config
 
     assert demo_config().model.attention is True and demo_config(["train.minutes=1"]).train.minutes == 1.0
 

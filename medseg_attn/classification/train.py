@@ -45,9 +45,9 @@ from medseg_attn.config import ClassifyConfig, save_config
 from medseg_attn.io.pictures import read_image
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.networks.factory import build_classifier
+from medseg_attn.runtime.device import resolve_device
+from medseg_attn.runtime.distributed import partition, setup, shard
 from medseg_attn.training.card import training_card
-from medseg_attn.training.device import resolve_device
-from medseg_attn.training.distributed import partition, setup, shard
 from medseg_attn.training.loop import (
     TrainResult,
     TrainTask,

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medseg-attn: error: {cause}", file=sys.stderr)
         return 2
     finally:
-        if "medseg_attn.training.distributed" in sys.modules:  # torch is not imported for nothing (inspect)
-            from medseg_attn.training.distributed import teardown
+        if "medseg_attn.runtime.distributed" in sys.modules:  # torch is not imported for nothing (inspect)
+            from medseg_attn.runtime.distributed import teardown
 
             teardown()
 

@@ -44,7 +44,7 @@ def add_train_cv_arguments(train: argparse.ArgumentParser) -> None:
 
 
 def is_cv_request(args: argparse.Namespace) -> bool:
-    from medseg_attn.segmentation.inference.cvrun import is_cv_run
+    from medseg_attn.segmentation.model.layout import is_cv_run
 
     return args.folds is not None or (args.resume and is_cv_run(args.output))
 
@@ -52,7 +52,7 @@ def is_cv_request(args: argparse.Namespace) -> bool:
 def run_cv_train(args: argparse.Namespace, config) -> int:
     import json
 
-    from medseg_attn.segmentation.crossval import train_cv
+    from medseg_attn.segmentation.workflows.crossval import train_cv
 
     folds = args.folds
     if folds is None:
@@ -71,7 +71,7 @@ def run_cv_train(args: argparse.Namespace, config) -> int:
 
 
 def _run_cv(args: argparse.Namespace) -> int:
-    from medseg_attn.segmentation.evaluation.cross_validation import cross_validate
+    from medseg_attn.segmentation.workflows.cross_validation import cross_validate
 
     summary = cross_validate(args.run, device=args.device, progress=not args.quiet, tolerance_mm=args.tolerance)
     _print_summary(summary, args.run)
@@ -80,7 +80,7 @@ def _run_cv(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict, run: Path) -> None:
     print(f"{summary['line']} -> {run / 'cv'}")
-    from medseg_attn.segmentation.evaluation.cross_validation import describe_choice
+    from medseg_attn.segmentation.workflows.cross_validation import describe_choice
 
     choices = [f"{entry['name']}: {describe_choice(entry)} ({entry['dice_before']:.4f} -> {entry['dice_after']:.4f})"
                for entry in summary["postprocessing"]["classes"].values()]

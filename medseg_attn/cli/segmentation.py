@@ -184,7 +184,7 @@ def add_parsers(command) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from medseg_attn.segmentation.train import train
+    from medseg_attn.segmentation.workflows.train import train
 
     config = with_cache(train_config_from_args(args, "data.dataset"), args)
     if args.init_from:
@@ -230,62 +230,18 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from medseg_attn.io.files import check_output_beside_models
-    from medseg_attn.io.limits import check_file_size
+    from medseg_attn.segmentation.workflows.predict import PredictOptions, predict_batch
 
-    for item in args.input:  # an oversized file named on the command line: one line before the model loads
-        check_file_size(Path(item).expanduser())
-    check_output_beside_models(args.output, args.model)  # never into the run, bundle or checkpoint folder read
-    from medseg_attn.segmentation.inference.batch import check_output_dir, collect_cases, predict_files, write_reports
-    from medseg_attn.segmentation.inference.predictor import Predictor
-    from medseg_attn.segmentation.qc.qc_report import Review
-    from medseg_attn.segmentation.qc.review import load_review_settings
-    from medseg_attn.training.device import resolve_device
-    from medseg_attn.training.distributed import setup, shard
-
-    if args.volume_index is not None and args.volume_index < 0:
-        raise ValueError(f"--volume-index {args.volume_index}: expected 0 or more")
-    dist = setup(resolve_device(args.device))  # under torchrun every rank predicts its share, on its own GPU
-    options = {"tta": args.tta or None, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size,
-               "precision": args.precision}
-    if args.engine == "onnxruntime" or any(str(m).endswith(".onnx") for m in args.model):
-        from medseg_attn.segmentation.export.models import predictor_from_onnx
-
-        if len(args.model) != 1 or not str(args.model[0]).endswith(".onnx"):
-            raise ValueError(f"--engine onnxruntime: give one .onnx file as --model (medseg-attn export --format "
-                             f"onnx), got {' '.join(map(str, args.model))}")
-        predictor = predictor_from_onnx(args.model[0], **options)
-    else:
-        predictor = Predictor.from_checkpoint(args.model, device=str(dist.device(resolve_device(args.device))),
-                                              folds=args.folds, **options)
-    if args.attention_maps or args.attention_heads:
-        predictor.attention_levels()  # a model without attention: one-line error before any case
-    review = Review.for_predictor(predictor, load_review_settings(args.review_config, args.review_set),
-                                  statistics=args.statistics)
-    cases = collect_cases(args.input, predictor.in_channels, args.series_uid)
-    check_output_dir(cases, args.output, args.input)
-    records = predict_files(predictor, shard(cases, dist), args.output, probabilities=args.probabilities,
-                            overwrite=args.overwrite, progress=not args.quiet, output_format=args.output_format,
-                            resample_uneven=args.resample_uneven, volume_index=args.volume_index,
-                            reports=not dist.enabled, attention_maps=args.attention_maps,
-                            attention_heads=args.attention_heads, uncertainty=args.uncertainty, review=review,
-                            lock=not dist.enabled)
-    if dist.enabled:  # rank 0 writes the merged reports, every rank returns the same exit code
-        order = {case.name: index for index, case in enumerate(cases)}
-        records = sorted((record for part in dist.gather(records) for record in part),
-                         key=lambda record: order.get(record["case"], len(order)))
-        if dist.is_main:
-            write_reports(records, args.output, review)
-    done = sum(r["status"] == "ok" for r in records)
-    skipped = sum(r["status"].startswith("skipped") for r in records)
-    failed = [r for r in records if r["status"] == "failed"]
-    for record in failed if dist.is_main else []:
+    names = ("folds", "engine", "device", "tta", "overlap", "sw_batch_size", "precision", "probabilities", "overwrite",
+             "output_format", "series_uid", "resample_uneven", "volume_index", "attention_maps", "attention_heads",
+             "uncertainty", "statistics", "review_config", "review_set")
+    options = PredictOptions(model=args.model, inputs=args.input, output=args.output, progress=not args.quiet,
+                             **{name: getattr(args, name) for name in names})
+    result = predict_batch(options)
+    for record in result.failed if result.is_main else []:
         print(f"medseg-attn: failed: {record['case']}: {record['error']}", file=sys.stderr)
-    summary = f"predicted {done} case(s), skipped {skipped} existing"
-    if failed:
-        summary += f", failed {len(failed)} (see {args.output / 'failures.csv'})"
-    print(f"{summary} -> {args.output} (review: {args.output / 'report.html'})")
-    return 1 if failed else 0
+    print(result.summary())
+    return 1 if result.failed else 0
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -338,7 +294,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from medseg_attn.io.files import check_output_location
     from medseg_attn.io.manifest import recorded_run
-    from medseg_attn.segmentation.demo import run_demo
+    from medseg_attn.segmentation.workflows.demo import run_demo
 
     check_output_location(args.output, [], folder=True)
     with recorded_run(args.output, "demo"):  # run.json; each sub-folder (run, predictions ...) has its own

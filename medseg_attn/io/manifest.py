@@ -75,8 +75,8 @@ class RunManifest:
     def __init__(self, folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> None:
         import torch
 
+        from medseg_attn.runtime.device import cpu_model
         from medseg_attn.training.card import package_versions
-        from medseg_attn.training.device import cpu_model
 
         self.folder = Path(folder) if folder is not None else None  # None: record nothing (other DDP ranks)
         self.outcome: str | None = None

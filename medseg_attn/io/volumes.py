@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -220,3 +221,12 @@ def on_grid(array: np.ndarray, mapping: tuple[tuple[int, ...], tuple[int, ...]])
     axes, flips = mapping
     moved = np.transpose(array, axes + tuple(range(len(axes), array.ndim)))
     return np.flip(moved, flips) if flips else moved
+
+
+def spatial_affine(affine: Any, dims: int) -> np.ndarray:
+    """(dims+1, dims+1) voxel-to-world affine from MONAI's (possibly 4x4) affine (an array or a tensor)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape[0] == dims + 1:
+        return a
+    keep = list(range(dims)) + [a.shape[0] - 1]
+    return a[np.ix_(keep, keep)]

@@ -7,8 +7,8 @@ Public API::
 
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Prediction, Predictor
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.workflows.batch import predict_files
+from medseg_attn.segmentation.workflows.train import train
 
 __all__ = ["Prediction", "Predictor", "evaluate_folders", "load_dataset", "predict_files", "train"]

@@ -1,6 +1,6 @@
 """The training loop both tasks share: schedule, seeding, budget, checkpoints, history, TensorBoard, early stopping.
 
-A task (segmentation in :mod:`medseg_attn.segmentation.train`, classification in
+A task (segmentation in :mod:`medseg_attn.segmentation.workflows.train`, classification in
 :mod:`medseg_attn.classification.train`) builds its network, optimizer, data and validation, describes them in a
 :class:`TrainTask`, and calls :func:`fit`, which owns everything else:
 
@@ -15,7 +15,7 @@ A task (segmentation in :mod:`medseg_attn.segmentation.train`, classification in
   decides the budget and the wall-clock part of the learning rate for every rank, the epoch loss is averaged over
   ranks, and only rank 0 writes checkpoints (the unwrapped network, so a run resumes with any number of
   processes), history and TensorBoard. The task shards its own data and reduces its own validation
-  (:mod:`medseg_attn.training.distributed`).
+  (:mod:`medseg_attn.runtime.distributed`).
 
 The state of a run (counters, seconds, best value, history) is a :class:`~medseg_attn.training.state.TrainState`.
 """
@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from medseg_attn import __version__
 from medseg_attn.config import TrainConfig, from_dict
+from medseg_attn.runtime.distributed import Distributed
 from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
-from medseg_attn.training.distributed import Distributed
 from medseg_attn.training.state import Best, TrainState, read_history, write_history
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medseg_attn.io.tables import read_csv_rows
-from medseg_attn.segmentation.evaluation.structure_statistics import statistics_columns
+from medseg_attn.segmentation.measures.structure_statistics import statistics_columns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import assert_one_line_error, run  # noqa: E402

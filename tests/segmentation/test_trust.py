@@ -20,10 +20,10 @@ from scipy import ndimage
 from medseg_attn.cli import main
 from medseg_attn.config import load_config
 from medseg_attn.demo_data import build_demo_dataset
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.qc.qc_report import Review
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.workflows.batch import predict_files
+from medseg_attn.segmentation.workflows.train import train
 from medseg_attn.training.checkpoint import load_checkpoint
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medseg_attn.config import TrainConfig
-from medseg_attn.training.distributed import Distributed, setup, teardown
+from medseg_attn.runtime.distributed import Distributed, setup, teardown
 from medseg_attn.training.loop import TrainTask, fit
 
 ROWS = 8

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from medseg_attn.demo_data import build_demo_dataset
+from medseg_attn.runtime.distributed import Distributed, partition, setup, shard
 from medseg_attn.training.checkpoint import load_checkpoint
-from medseg_attn.training.distributed import Distributed, partition, setup, shard
 
 
 def test_single_process_is_a_no_op():

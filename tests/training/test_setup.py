@@ -92,7 +92,7 @@ def test_an_unwritable_cache_means_fp32_not_a_per_process_timing(monkeypatch, tm
 
 
 def test_the_bf16_probe_measures_something():
-    from medseg_attn.training.device import cpu_bf16_speedup
+    from medseg_attn.runtime.device import cpu_bf16_speedup
 
     assert cpu_bf16_speedup() > 0.0  # a ratio of two measured times (0.0 only on builds without bf16 convolutions)
 
@@ -112,7 +112,7 @@ def test_optimizers_are_fused():
 
 
 def test_the_bf16_probe_leaves_the_seeded_random_stream_alone():
-    from medseg_attn.training.device import cpu_bf16_speedup
+    from medseg_attn.runtime.device import cpu_bf16_speedup
 
     cpu_bf16_speedup.cache_clear()
     torch.manual_seed(5)

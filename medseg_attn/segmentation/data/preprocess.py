@@ -11,7 +11,7 @@ DDP rank) reads the results instead of recomputing them, and an interrupted run 
 - :func:`preprocess_cases`: the deterministic preprocessing of training (orientation, spacing, body crop,
   normalisation) written as ``.npy`` files, plus the class locations the foreground sampling needs;
 - :func:`cached_case_features` / :func:`training_fingerprint`: each training case's QC features on its original
-  grid (:mod:`medseg_attn.segmentation.qc.fingerprint`), summarised into the fingerprint a checkpoint keeps.
+  grid (:mod:`medseg_attn.segmentation.data.fingerprint`), summarised into the fingerprint a checkpoint keeps.
 
 Work runs in ``data.preprocess_workers`` processes (0: every core, divided by the processes torchrun starts on
 the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case.
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.runtime.distributed import Distributed, shard
 from medseg_attn.segmentation.data.cache import cache_root, ensure_entry, entry_key, entry_path
-from medseg_attn.training.distributed import Distributed, shard
 
 __all__ = ["cached_case_features", "checked_cases", "fingerprint_cases", "preprocess_cases", "training_fingerprint",
            "workers_for"]
@@ -134,7 +134,7 @@ def _features_job(job: tuple) -> bool:
     case, entry, labels, ct = job
 
     def build(tmp: Path) -> None:
-        from medseg_attn.segmentation.qc.fingerprint import training_case_features
+        from medseg_attn.segmentation.data.fingerprint import training_case_features
 
         (tmp / "features.json").write_text(json.dumps(training_case_features(case, labels, ct)))
 
@@ -144,9 +144,9 @@ def _features_job(job: tuple) -> bool:
 def cached_case_features(cases: list[dict[str, Any]], labels: dict[int, str], ct: bool, cache_dir: str | None = None,
                          workers: int = 0, progress: bool = False, dist: Distributed | None = None
                          ) -> list[dict[str, Any]]:
-    """Each case's QC features (:func:`~medseg_attn.segmentation.qc.fingerprint.training_case_features`), one case
+    """Each case's QC features (:func:`~medseg_attn.segmentation.data.fingerprint.training_case_features`), one case
     per worker, remembered per case in ``CACHE/qc/`` (an unchanged case is not read again)."""
-    from medseg_attn.segmentation.qc.fingerprint import FINGERPRINT_VERSION
+    from medseg_attn.segmentation.data.fingerprint import FINGERPRINT_VERSION
 
     labels = {int(k): str(v) for k, v in labels.items()}
     depends = {"kind": "qc", "labels": {str(k): v for k, v in sorted(labels.items())}, "ct": bool(ct),
@@ -159,9 +159,9 @@ def cached_case_features(cases: list[dict[str, Any]], labels: dict[int, str], ct
 def training_fingerprint(cases: list[dict[str, Any]], labels: dict[int, str], ct: bool, progress: bool = False,
                          cache_dir: str | None = None, workers: int = 0, dist: Distributed | None = None
                          ) -> dict[str, Any]:
-    """The training set's QC fingerprint (:func:`medseg_attn.segmentation.qc.fingerprint.summarise` of every case's
+    """The training set's QC fingerprint (:func:`medseg_attn.segmentation.data.fingerprint.summarise` of every case's
     cached features). Under DDP every rank computes its share: call it on every rank."""
-    from medseg_attn.segmentation.qc.fingerprint import summarise
+    from medseg_attn.segmentation.data.fingerprint import summarise
 
     return summarise(cached_case_features(cases, labels, ct, cache_dir, workers, progress, dist), ct)
 

@@ -31,7 +31,8 @@ from medseg_attn.io.manifest import RunManifest
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
-from medseg_attn.segmentation.evaluation.structure_statistics import case_statistics, write_statistics_csv
+from medseg_attn.segmentation.measures.overlap import mask_dice
+from medseg_attn.segmentation.measures.structure_statistics import case_statistics, write_statistics_csv
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ def _present_boxes(array: np.ndarray, source: object) -> dict[int, tuple[slice, 
 def _check_tolerance(tolerance_mm: float) -> None:
     if not (math.isfinite(tolerance_mm) and tolerance_mm > 0):
         raise ValueError(f"surface Dice tolerance {tolerance_mm} mm must be a positive number")
-
-
-def mask_dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks in exact integer counts, with :func:`evaluate_case`'s convention: both empty -> 1,
-    exactly one empty -> 0. (The case metrics themselves come from MONAI, the independent reference.)"""
-    total = int(pred.sum()) + int(ref.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
 
 
 def _class_metrics(pred: np.ndarray, label: np.ndarray, spacing: list[float], tolerance_mm: float) -> dict:
@@ -301,7 +295,7 @@ def evaluate_folders(
         include_background: also evaluate class 0 (everything not in another evaluated class).
         progress: show a progress bar over cases on stderr.
         statistics: also write ``statistics.csv``: per case, structure and ``source`` (reference, prediction) the
-            label-map statistics of :mod:`medseg_attn.segmentation.evaluation.structure_statistics` on the
+            label-map statistics of :mod:`medseg_attn.segmentation.measures.structure_statistics` on the
             reference's grid (no image here, so no intensity values), so predicted and reference volumes sit side
             by side.
 

@@ -26,8 +26,9 @@ from medseg_attn.networks.export import (
     read_metadata,
 )
 from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.inference.cvrun import is_cv_run, parse_postprocessing
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.measures.postprocessing import parse_postprocessing
+from medseg_attn.segmentation.model.layout import is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg_attn.segmentation.evaluation.evaluate import mask_dice
 from medseg_attn.segmentation.inference.sliding import sliding_window_probabilities
+from medseg_attn.segmentation.measures.overlap import mask_dice
 
 __all__ = ["member_labels", "pairwise_dice", "member_agreement"]
 

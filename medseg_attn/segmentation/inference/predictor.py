@@ -15,7 +15,7 @@ the predictive entropy of the averaged class probabilities (over flip TTA and ov
 Inputs are read by :class:`medseg_attn.io.readers.VolumeReader`: NIfTI, NRRD, MetaImage and DICOM (series
 folders and multi-frame files). Each input is checked before the network runs (header, dimensions, channels,
 finite voxels), with one-line errors naming the file. Batches over folders are run by
-:mod:`medseg_attn.segmentation.inference.batch`, which reports and skips bad cases.
+:mod:`medseg_attn.segmentation.workflows.batch`, which reports and skips bad cases.
 """
 
 from __future__ import annotations
@@ -40,21 +40,15 @@ from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed, is_nifti
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import affine_4x4, case_name, read_geometry
+from medseg_attn.runtime.device import inference_dtype, precision_name, precision_reason, resolve_device
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
-from medseg_attn.segmentation.inference.cvrun import (
-    ClassPostprocessing,
-    apply_postprocessing,
-    cv_members,
-    is_cv_run,
-    read_postprocessing,
-    voxel_ml,
-)
 from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
 from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
+from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, apply_postprocessing, voxel_ml
+from medseg_attn.segmentation.model.layout import cv_members, is_cv_run, read_postprocessing
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.calibration import apply_temperature
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
-from medseg_attn.training.device import inference_dtype, precision_name, precision_reason, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +127,7 @@ class Predictor:
                         folds: Sequence[int] | None = None, **inference: Any) -> Predictor:
         """Load a run folder or checkpoint (several: an ensemble); ``inference`` overrides keys of the saved
         inference config (the first model's). A cross-validation run folder is the ensemble of its folds (or of
-        ``folds``), with the postprocessing its CV chose (:mod:`medseg_attn.segmentation.inference.cvrun`).
+        ``folds``), with the postprocessing its CV chose (:mod:`medseg_attn.segmentation.measures.postprocessing`).
 
         Raises:
             FileNotFoundError: no checkpoint at a path.

@@ -11,17 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg_attn.io.volumes import spatial_affine
+
 __all__ = ["Resampled", "class_labels", "normalise_maximum", "resample_prediction", "resample_to_grid",
            "spatial_affine"]
-
-
-def spatial_affine(affine: torch.Tensor | np.ndarray, dims: int) -> np.ndarray:
-    """(dims+1, dims+1) voxel-to-world affine from MONAI's (possibly 4x4) affine."""
-    a = np.asarray(affine, dtype=np.float64)
-    if a.shape[0] == dims + 1:
-        return a
-    keep = list(range(dims)) + [a.shape[0] - 1]
-    return a[np.ix_(keep, keep)]
 
 
 def _resampled_slabs(

@@ -25,13 +25,14 @@ import numpy as np
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.volumes import affine_4x4
-from medseg_attn.segmentation.evaluation.structure_statistics import (
+from medseg_attn.segmentation.data.fingerprint import case_features
+from medseg_attn.segmentation.measures.structure_statistics import (
     case_statistics,
     read_case_statistics,
     write_case_statistics,
     write_statistics_csv,
 )
-from medseg_attn.segmentation.qc.fingerprint import case_features, fingerprint_flags
+from medseg_attn.segmentation.qc.fingerprint import fingerprint_flags
 from medseg_attn.segmentation.qc.review import FLAG_KINDS, ReviewSettings, flag_cases, plan_flags
 
 logger = logging.getLogger(__name__)

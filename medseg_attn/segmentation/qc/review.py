@@ -174,7 +174,7 @@ def plan_flags(record: dict[str, Any], plan_spacing: Sequence[float] | None, pat
 
     Args:
         record: the case's statistics
-            (:func:`medseg_attn.segmentation.evaluation.structure_statistics.case_statistics`).
+            (:func:`medseg_attn.segmentation.measures.structure_statistics.case_statistics`).
         plan_spacing: the model's target spacing (mm; None: each input's own).
         patch_size: the sliding-window patch (voxels on the network grid).
         intensity: the model's intensity preset ('ct', 'zscore', 'none').

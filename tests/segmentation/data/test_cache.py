@@ -61,7 +61,7 @@ def entries(cache: Path) -> list[str]:
 
 
 def test_disk_cache_gives_the_same_batches_as_memory(tmp_path):
-    from medseg_attn.segmentation.train import _datasets, _loader_batch, _Run
+    from medseg_attn.segmentation.workflows.train import _datasets, _loader_batch, _Run
     from medseg_attn.training.setup import seeded_loader
 
     dataset = make_dataset(tmp_path / "data", 4)
@@ -194,7 +194,7 @@ def test_cache_location(tmp_path, monkeypatch):
 RSS_CHILD = """
 import json, resource, sys
 from medseg_attn.config import load_config
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.workflows.train import train
 config = load_config(overrides=sys.argv[3:])
 train(config, sys.argv[2], progress=False)
 # VmHWM is this process's own peak (ru_maxrss would carry pytest's peak across fork + exec)

@@ -26,7 +26,7 @@ from medseg_attn.segmentation.data.planning import (
 )
 from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.workflows.train import train
 from medseg_attn.training.checkpoint import load_checkpoint
 
 

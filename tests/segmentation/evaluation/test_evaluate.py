@@ -312,7 +312,7 @@ def test_every_class_matches_monais_metrics_on_the_full_one_hot_arrays():
 
 
 def test_mask_dice_follows_the_case_metrics_convention():
-    from medseg_attn.segmentation.evaluation.evaluate import mask_dice
+    from medseg_attn.segmentation.measures.overlap import mask_dice
 
     rng = np.random.default_rng(3)
     pred, label = rng.random((6, 7, 5)) < 0.3, rng.random((6, 7, 5)) < 0.4

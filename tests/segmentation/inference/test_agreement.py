@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from medseg_attn.io.tables import read_csv_rows
-from medseg_attn.segmentation.evaluation.stress import SIGNAL_COLUMNS, run_stress
 from medseg_attn.segmentation.inference.agreement import member_labels, pairwise_dice
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.workflows.stress import SIGNAL_COLUMNS, run_stress
+from medseg_attn.segmentation.workflows.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from blob_dataset import tiny_config, write_blob_dataset  # noqa: E402

@@ -22,9 +22,9 @@ from medseg_attn.config import InferenceConfig
 from medseg_attn.networks import AttentionSkipUNet
 from medseg_attn.networks.attention import MultiHeadAttention
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
-from medseg_attn.segmentation.inference.batch import predict_files
-from medseg_attn.segmentation.inference.explain import validation_attention_images
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.workflows.batch import predict_files
+from medseg_attn.segmentation.workflows.tensorboard_images import validation_attention_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from explain_factory import LABELS, grids, write_checkpoint, write_volume  # noqa: E402

@@ -16,9 +16,9 @@ import torch
 
 from medseg_attn.config import InferenceConfig
 from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import resample_to_grid
+from medseg_attn.segmentation.workflows.batch import predict_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from oracles import IntensityOracle  # noqa: E402
@@ -127,7 +127,7 @@ def test_resample_identity_and_shift():
 
 
 def test_group_cases_follows_nnunet_names(tmp_path):
-    from medseg_attn.segmentation.inference.batch import group_cases
+    from medseg_attn.segmentation.workflows.batch import group_cases
 
     single = [tmp_path / "a_0000.nii.gz", tmp_path / "b_0000.nii.gz"]
     assert [name for name, _ in group_cases(single)] == ["a", "b"]  # nnU-Net imagesTs: suffix dropped

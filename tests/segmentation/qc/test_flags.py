@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import medseg_attn.plots
-from medseg_attn.segmentation.evaluation.structure_statistics import case_statistics
+from medseg_attn.segmentation.measures.structure_statistics import case_statistics
 from medseg_attn.segmentation.qc.qc_report import Review
 from medseg_attn.segmentation.qc.review import Flag, ReviewSettings, flag_cases, load_review_settings, plan_flags
 

@@ -14,10 +14,10 @@ import pytest
 from medseg_attn.config import InferenceConfig
 from medseg_attn.io.tables import read_csv_rows
 from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.qc.qc_report import Review
 from medseg_attn.segmentation.qc.review import ReviewSettings, load_review_settings
+from medseg_attn.segmentation.workflows.batch import predict_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from browser import open_browser  # noqa: E402

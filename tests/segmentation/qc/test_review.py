@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg_attn.segmentation.evaluation.structure_statistics import case_statistics
+from medseg_attn.segmentation.measures.structure_statistics import case_statistics
 from medseg_attn.segmentation.qc.review import ReviewSettings, flag_cases, load_review_settings
 
 

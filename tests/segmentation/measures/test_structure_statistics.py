@@ -20,10 +20,10 @@ from medseg_attn.io.tables import read_csv_rows
 from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
-from medseg_attn.segmentation.evaluation.structure_statistics import case_statistics, statistics_columns, structure_rows
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.measures.structure_statistics import case_statistics, statistics_columns, structure_rows
 from medseg_attn.segmentation.qc.qc_report import Review
+from medseg_attn.segmentation.workflows.batch import predict_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from explain_factory import grids, write_volume  # noqa: E402

@@ -1,7 +1,7 @@
 """The files of one predicted case, each a typed :class:`Output`, and the writer of each kind.
 
 A case ``<case>`` gets, in this order: its label maps (``<case>.nii.gz``, ``<case>.seg.dcm``, ``<case>.seg.nrrd``;
-see :mod:`~medseg_attn.segmentation.inference.outputs`), ``<case>_probabilities.nii.gz`` on request, the
+see :mod:`~medseg_attn.segmentation.outputs.formats`), ``<case>_probabilities.nii.gz`` on request, the
 explanation maps on the input's grid (``<case>_attention_<level>.nii.gz`` per attention level,
 ``<case>_uncertainty.nii.gz``) and, with either map, ``<case>_overlay.png`` drawn from them.
 
@@ -79,7 +79,7 @@ class Explain:
 def plan_outputs(output_dir: Path, name: str, formats: Sequence[str], probabilities: bool = False,
                  explain: Explain = Explain()) -> list[Output]:
     """The outputs of case ``name`` in the order they are written (``formats``: the case's label-map formats,
-    see :func:`~medseg_attn.segmentation.inference.outputs.case_formats`)."""
+    see :func:`~medseg_attn.segmentation.outputs.formats.case_formats`)."""
     outputs = [Output(kind, output_dir / f"{name}{LABEL_MAP_SUFFIXES[kind]}") for kind in map(OutputKind, formats)]
     if probabilities:
         outputs.append(Output(OutputKind.PROBABILITIES, output_dir / f"{name}_probabilities.nii.gz"))

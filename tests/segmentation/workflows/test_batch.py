@@ -21,8 +21,8 @@ from torch import nn
 from medseg_attn.config import InferenceConfig
 from medseg_attn.io.dicom import select_series
 from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.inference.batch import check_output_dir, collect_cases, predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.workflows.batch import check_output_dir, collect_cases, predict_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dicom_factory import write_series  # noqa: E402
@@ -264,7 +264,7 @@ def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
     import slicerio
 
     from medseg_attn.segmentation.inference.predictor import Prediction
-    from medseg_attn.segmentation.inference.writers import (
+    from medseg_attn.segmentation.outputs.writers import (
         Explain,
         Output,
         OutputKind,

@@ -4,9 +4,9 @@ The folds are drawn once (:func:`medseg_attn.segmentation.data.folds.assign_fold
 fold) and recorded in ``RUN/splits.json``; fold k trains with ``data.folds = N, data.fold = k``, so its own
 ``split.json`` holds the same cases. Training a fold ends with ``RUN/fold_<k>/finished.json``: an interrupted CV
 resumed skips the finished folds, continues the one that was running from its last checkpoint and starts the
-rest. When every fold has finished, :func:`medseg_attn.segmentation.evaluation.cross_validation.cross_validate`
+rest. When every fold has finished, :func:`medseg_attn.segmentation.workflows.cross_validation.cross_validate`
 predicts each case with the fold that did not see it. The layout is described in
-:mod:`medseg_attn.segmentation.inference.cvrun`.
+:mod:`medseg_attn.segmentation.measures.postprocessing`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from medseg_attn.config import Config, save_config
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.folds import assign_folds
-from medseg_attn.segmentation.inference.cvrun import fold_dir, is_cv_run
-from medseg_attn.segmentation.train import TrainResult, train
+from medseg_attn.segmentation.model.layout import fold_dir, is_cv_run
+from medseg_attn.segmentation.workflows.train import TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def train_cv(config: Config, output: str | Path, folds: int, fold: int | None = 
             "stopped": result.stopped, "best_metric": result.best_metric, "best_epoch": result.best_epoch}, indent=2))
         results[k] = result
     if evaluate and all((fold_dir(output, k) / "finished.json").is_file() for k in range(folds)):
-        from medseg_attn.segmentation.evaluation.cross_validation import cross_validate
+        from medseg_attn.segmentation.workflows.cross_validation import cross_validate
 
         cross_validate(output, device=config.train.device, progress=progress)
     return results

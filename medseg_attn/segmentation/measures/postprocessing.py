@@ -1,31 +1,17 @@
-"""A cross-validation run folder as one model: its folds, and the postprocessing its CV chose.
-
-Layout (written by :mod:`medseg_attn.segmentation.crossval`)::
-
-    RUN/cv.json                 folds, seed, dataset
-    RUN/splits.json             every fold's training and validation cases (patients never cross folds)
-    RUN/config.yaml             the configuration every fold trains with
-    RUN/fold_<k>/               a normal run folder per fold (checkpoints/best.pt, plan.json, split.json, ...)
-    RUN/fold_<k>/finished.json  written when fold k's training ended
-    RUN/cv/                     out-of-fold predictions, metrics per fold and pooled, summary (``medseg-attn cv``)
-    RUN/postprocessing.json     per class: keep the largest connected component, or remove components below a
-                                size (each chosen where it raised the out-of-fold Dice)
-
-``predict --model RUN`` ensembles the folds (their class probabilities averaged) and applies the postprocessing.
-"""
+"""Postprocessing rules of a label map: per class, keep the largest connected component or remove the components
+below a size (what a cross-validation run chose, ``postprocessing.json``; read by
+:func:`medseg_attn.segmentation.model.layout.read_postprocessing`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["ClassPostprocessing", "apply_postprocessing", "components", "cv_members", "fold_dir", "is_cv_run",
-           "keep_largest_component", "parse_postprocessing", "read_postprocessing", "voxel_ml"]
+__all__ = ["ClassPostprocessing", "apply_postprocessing", "components", "parse_postprocessing",
+           "voxel_ml"]
 
 
 @dataclass(frozen=True)
@@ -72,49 +58,6 @@ class ClassPostprocessing:
         return gone if gone.any() else None
 
 
-def is_cv_run(path: str | Path) -> bool:
-    """Whether ``path`` is a cross-validation run folder (it holds ``cv.json``)."""
-    return (Path(path) / "cv.json").is_file()
-
-
-def fold_dir(run: str | Path, fold: int) -> Path:
-    return Path(run) / f"fold_{fold}"
-
-
-def cv_members(run: str | Path, folds: list[int] | None = None) -> list[Path]:
-    """The run folders of the folds of ``run`` (all, or ``folds``), each with a trained checkpoint.
-
-    Raises:
-        ValueError: a fold outside the run, or one without a checkpoint yet.
-    """
-    run = Path(run)
-    count = int(json.loads((run / "cv.json").read_text())["folds"])
-    chosen = list(range(count)) if folds is None else list(folds)
-    members = []
-    for fold in chosen:
-        if not 0 <= fold < count:
-            raise ValueError(f"{run}: --folds {fold}: this cross-validation run has folds 0..{count - 1}")
-        path = fold_dir(run, fold)
-        if not any((path / "checkpoints" / name).is_file() for name in ("best.pt", "last.pt")):
-            raise ValueError(f"{path}: fold {fold} has no checkpoint yet; train it (medseg-attn train --output {run} "
-                             f"--resume) or choose trained folds with --folds")
-        members.append(path)
-    return members
-
-
-def read_postprocessing(run: str | Path) -> dict[int, ClassPostprocessing]:
-    """Per class index, what to do after the argmax ({} when the run chose nothing). Records written before
-    ``min_size_ml`` existed read as largest-component choices only."""
-    path = Path(run) / "postprocessing.json"
-    if not path.is_file():
-        return {}
-    try:
-        classes = json.loads(path.read_text())["classes"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a postprocessing record ({error})") from None
-    return parse_postprocessing(classes, str(path))
-
-
 def parse_postprocessing(classes: dict[str, Any], where: str) -> dict[int, ClassPostprocessing]:
     """The ``classes`` of a postprocessing record (``postprocessing.json``, an exported ensemble's metadata).
 
@@ -157,11 +100,6 @@ def _apply_rule(labels: np.ndarray, index: int, rule: ClassPostprocessing, ml_pe
     result[gone[ids]] = 0
     return result
 
-
-def keep_largest_component(labels: np.ndarray, index: int) -> np.ndarray:
-    """``labels`` with every voxel of class ``index`` outside its largest connected component (26-/8-connected)
-    set to background (0)."""
-    return _apply_rule(labels, index, ClassPostprocessing(largest_component=True), None, components(labels, index))
 
 
 def apply_postprocessing(labels: np.ndarray, choice: dict[int, ClassPostprocessing], ml_per_voxel: float | None = None,

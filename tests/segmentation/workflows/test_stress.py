@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medseg_attn.segmentation.evaluation.stress import (
+from medseg_attn.segmentation.workflows.stress import (
     BRAIN_VARIANTS,
     FAILURE_VARIANTS,
     brain_variants,
@@ -94,7 +94,7 @@ def test_volume_variants_of_the_real_ct(ct_dir):
 
 def test_run_stress_writes_the_scores(tmp_path):
     from medseg_attn.io.tables import read_csv_rows
-    from medseg_attn.segmentation.evaluation.stress import run_stress
+    from medseg_attn.segmentation.workflows.stress import run_stress
 
     class Threshold:  # a stand-in model: liver wherever the image is above 0 HU
         labels = {0: "background", 1: "liver"}
@@ -117,7 +117,7 @@ def test_run_stress_writes_the_scores(tmp_path):
 def test_labels_are_resampled_as_class_shares_not_nearest_voxels():
     """A ball moved to a 1.2 mm grid: the resampled reference matches the ball drawn on that grid (a nearest-voxel
     sample of the 1 mm ball jitters its boundary by up to half a voxel)."""
-    from medseg_attn.segmentation.evaluation.stress import resample_to
+    from medseg_attn.segmentation.workflows.stress import resample_to
 
     def ball(spacing, shape, radius=9.0):
         centre = np.array([20.0, 20.0, 20.0])

@@ -6,7 +6,7 @@
 2. train the attention-skip U-Net within the budget (and, with ``baseline``, the same U-Net without attention);
 3. predict the held-out 1 mm cases (probabilities resampled to 1 mm before the argmax);
 4. evaluate Dice, HD95 and surface Dice, draw an overlay, and write ``summary.md``;
-5. stress test (:mod:`medseg_attn.segmentation.evaluation.stress`): new unseen deformations under acquisition variants
+5. stress test (:mod:`medseg_attn.segmentation.workflows.stress`): new unseen deformations under acquisition variants
    (zero background, skull-stripped, bias, gamma, noise, low resolution, rigid moves, an oblique LPS grid) and
    failure modes (flipped header, heavy noise, ghosting, truncated field of view, 6 mm slices, CT into the MR
    model), Dice per variant in ``stress/stress.csv`` and ``stress/stress.png``; each case's failure signals (QC
@@ -32,9 +32,9 @@ from medseg_attn.demo_data import LABELS, build_demo_dataset
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.plots import save_overlay_png
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
-from medseg_attn.segmentation.inference.batch import predict_files
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.workflows.batch import predict_files
+from medseg_attn.segmentation.workflows.train import train
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _stress(output: Path, variant: dict[str, Any], cases: int) -> list[dict[str,
     """The stress test of the first model on ``cases`` new unseen deformations (nothing when 0)."""
     if cases <= 0:
         return []
-    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants, run_stress
+    from medseg_attn.segmentation.workflows.stress import BRAIN_VARIANTS, FAILURE_VARIANTS, brain_variants, run_stress
 
     names = BRAIN_VARIANTS + FAILURE_VARIANTS
     logger.info("stress test: %d unseen case(s) x %d variants and failure modes", cases, len(names))
@@ -201,7 +201,7 @@ def _stress_report(output: Path, rows: list[dict[str, Any]], label: str) -> str:
     means = _stress_means(rows)
     base = means["as_is"]
     cases = len({row["case"] for row in rows})
-    from medseg_attn.segmentation.evaluation.stress import BRAIN_VARIANTS
+    from medseg_attn.segmentation.workflows.stress import BRAIN_VARIANTS
 
     flagged = {name: sum(1 for r in rows if r["variant"] == name and r.get("qc_score", 0) > 0) for name in means}
     lines = ["", f"## Stress test ({label}, {cases} unseen deformation(s) at 1 mm)", "",

@@ -16,12 +16,12 @@ from medseg_attn.cli import main
 from medseg_attn.config import load_config
 from medseg_attn.networks.factory import build_network
 from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
-from medseg_attn.segmentation.finetune import load_initial_weights
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.workflows.finetune import load_initial_weights
+from medseg_attn.segmentation.workflows.train import train
 from medseg_attn.training.checkpoint import load_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from blob_dataset import TINY, tiny_config, write_blob_dataset  # noqa: E402
 
 

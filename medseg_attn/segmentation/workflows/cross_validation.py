@@ -27,16 +27,16 @@ from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
-from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders, mask_dice
-from medseg_attn.segmentation.inference.cvrun import (
+from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
+from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.measures.overlap import mask_dice
+from medseg_attn.segmentation.measures.postprocessing import (
     ClassPostprocessing,
     apply_postprocessing,
     components,
-    fold_dir,
-    is_cv_run,
     voxel_ml,
 )
-from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.model.layout import fold_dir, is_cv_run
 
 logger = logging.getLogger(__name__)
 

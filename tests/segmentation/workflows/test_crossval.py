@@ -14,21 +14,17 @@ import pytest
 import torch
 
 from medseg_attn.cli import main
-from medseg_attn.segmentation.crossval import fold_splits, train_cv
 from medseg_attn.segmentation.data.datasets import load_dataset, split_cases
 from medseg_attn.segmentation.data.folds import assign_folds
-from medseg_attn.segmentation.evaluation.cross_validation import choose_postprocessing, describe_choice
-from medseg_attn.segmentation.inference.cvrun import (
-    ClassPostprocessing,
-    apply_postprocessing,
-    read_postprocessing,
-    voxel_ml,
-)
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.train import train
+from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, apply_postprocessing, voxel_ml
+from medseg_attn.segmentation.model.layout import read_postprocessing
+from medseg_attn.segmentation.workflows.cross_validation import choose_postprocessing, describe_choice
+from medseg_attn.segmentation.workflows.crossval import fold_splits, train_cv
+from medseg_attn.segmentation.workflows.train import train
 from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from blob_dataset import tiny_config, write_blob_dataset  # noqa: E402
 
 

@@ -233,7 +233,7 @@ def volume_variants(image: np.ndarray, label: np.ndarray, affine: np.ndarray, se
 
 def dice_scores(prediction: np.ndarray, reference: np.ndarray, labels: dict[int, str]) -> dict[str, float]:
     """Dice per foreground class (NaN where both are empty)."""
-    from medseg_attn.segmentation.evaluation.evaluate import mask_dice
+    from medseg_attn.segmentation.measures.overlap import mask_dice
 
     scores = {}
     for index, name in sorted(labels.items()):

@@ -37,6 +37,8 @@ from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
+from medseg_attn.runtime.device import resolve_device
+from medseg_attn.runtime.distributed import Distributed, partition, setup, shard
 from medseg_attn.segmentation.data.cached import disk_datasets
 from medseg_attn.segmentation.data.datasets import (
     check_resume_data,
@@ -55,16 +57,14 @@ from medseg_attn.segmentation.data.preprocess import (
 from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.segmentation.evaluation.calibration import calibrate_run
-from medseg_attn.segmentation.finetune import load_initial_weights
-from medseg_attn.segmentation.inference.explain import validation_attention_images
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss
 from medseg_attn.segmentation.task import TASK
+from medseg_attn.segmentation.workflows.finetune import load_initial_weights
+from medseg_attn.segmentation.workflows.tensorboard_images import validation_attention_images
 from medseg_attn.training.card import training_card
 from medseg_attn.training.checkpoint import load_checkpoint
-from medseg_attn.training.device import resolve_device
-from medseg_attn.training.distributed import Distributed, partition, setup, shard
 from medseg_attn.training.loop import (
     TrainResult,
     TrainTask,

@@ -177,7 +177,7 @@ def test_demo_command_runs_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     evaluation at 1 mm, the report; a tiny network so it takes seconds, not minutes."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from cli_helpers import run
 
     result = run("-q", "demo", "--output", str(tmp_path / "demo"), "--minutes", "0.05",

@@ -23,7 +23,7 @@ With a :class:`~medseg_attn.segmentation.qc.qc_report.Review` (the CLI always pa
 ``OUT/report.html``, its cases ranked for review (and ``statistics.csv`` with ``--statistics``).
 
 The batch runs in stages: collect the cases, then per case plan its outputs (typed
-:class:`~medseg_attn.segmentation.inference.writers.Output` records), check it, skip it when done, infer, write
+:class:`~medseg_attn.segmentation.outputs.writers.Output` records), check it, skip it when done, infer, write
 the outputs, review and record, then write the reports.
 """
 
@@ -44,9 +44,9 @@ from medseg_attn.io.lock import OutputLock
 from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
-from medseg_attn.segmentation.inference.outputs import case_formats, parse_output_formats, write_label_tables
 from medseg_attn.segmentation.inference.predictor import Prediction, Predictor
-from medseg_attn.segmentation.inference.writers import Explain, Output, OutputKind, plan_outputs, write_outputs
+from medseg_attn.segmentation.outputs.formats import case_formats, parse_output_formats, write_label_tables
+from medseg_attn.segmentation.outputs.writers import Explain, Output, OutputKind, plan_outputs, write_outputs
 from medseg_attn.segmentation.qc.qc_report import Review
 
 logger = logging.getLogger(__name__)
@@ -292,12 +292,12 @@ def predict_files(
     ``labels.itksnap.txt`` + ``labels.ctbl`` beside NIfTI maps, ``<case>_probabilities.nii.gz`` (on request);
     with ``attention_maps`` ``<case>_attention_<level>.nii.gz`` per attention level, with ``uncertainty``
     ``<case>_uncertainty.nii.gz``, and with either ``<case>_overlay.png``
-    (:mod:`~medseg_attn.segmentation.inference.writers`).
+    (:mod:`~medseg_attn.segmentation.outputs.writers`).
 
     Args:
         inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
         output_format: 'nifti' (default), 'dicom-seg', 'seg-nrrd', a comma list, 'both' or 'all'
-            (see :mod:`medseg_attn.segmentation.inference.outputs`).
+            (see :mod:`medseg_attn.segmentation.outputs.formats`).
         series_uid, resample_uneven, volume_index: see :meth:`Predictor.load`.
         reports: write ``report.csv`` / ``failures.csv`` (off when the caller merges several runs' records, as
             the CLI does for the ranks of a torchrun job).

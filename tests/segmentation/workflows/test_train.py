@@ -10,7 +10,7 @@ import torch
 
 from medseg_attn.config import load_config
 from medseg_attn.demo_data import build_demo_dataset
-from medseg_attn.segmentation.train import learning_rate, train
+from medseg_attn.segmentation.workflows.train import learning_rate, train
 from medseg_attn.training.checkpoint import load_checkpoint
 
 
