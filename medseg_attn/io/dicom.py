@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,9 @@ class DicomSeries:
     origin: tuple[float, ...] = (0.0, 0.0, 0.0)  # LPS position of the first slice (ascending order)
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # row, column, normal (columns)
     pixel_spacing: tuple[float, float] = (1.0, 1.0)  # (x = between columns, y = between rows) in mm
+    # the files' headers (pydicom, no pixels) in ``files`` order, kept so that writers referencing the series
+    # (DICOM-SEG) never read them again
+    headers: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -188,7 +191,7 @@ def _series_from_headers(folder: Path, uid: str, files: list[Path], headers: lis
                        len(positions), int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0), multiframe,
                        step, tuple(problems), resamplable, tuple(float(v) for v in positions @ normal), tuple(blank),
                        tuple(float(v) for v in positions[0]), tuple(float(v) for v in direction.reshape(-1)),
-                       _pixel_spacing(first, where))
+                       _pixel_spacing(first, where), tuple(headers))
 
 
 def _identity_problem(where: Path, files: list[Path], headers: list) -> str | None:
@@ -240,8 +243,10 @@ def _has_pixels(path: Path) -> bool:
     return "PixelData" in pydicom.dcmread(path, specific_tags=["PixelData"])
 
 
-def find_series(folder: str | Path) -> list[DicomSeries]:
-    """Every image series whose files lie directly in ``folder`` (GDCM discovery), with header checks.
+def find_series(folder: str | Path, keep_headers: bool = False) -> list[DicomSeries]:
+    """Every image series whose files lie directly in ``folder`` (GDCM discovery), with header checks; with
+    ``keep_headers`` each keeps its files' headers (for a writer that references them: memory grows with the
+    number of slices, so a batch listing many series keeps none).
 
     Raises:
         FileNotFoundError: no such folder.
@@ -278,11 +283,11 @@ def find_series(folder: str | Path) -> list[DicomSeries]:
     ignored = len(entries) - sum(len(s.files) for s in series)
     if ignored:
         logger.info("%s: %d file(s) that are not DICOM images ignored", folder, ignored)
-    return series
+    return series if keep_headers else [replace(s, headers=()) for s in series]
 
 
-def select_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
-    """The series to read from a folder (or a multi-frame file).
+def select_series(path: str | Path, series_uid: str | None = None, keep_headers: bool = False) -> DicomSeries:
+    """The series to read from a folder (or a multi-frame file); ``keep_headers``: see :func:`find_series`.
 
     Raises:
         ValueError: ``series_uid`` not there, or several series and none chosen (the message lists them).
@@ -291,7 +296,7 @@ def select_series(path: str | Path, series_uid: str | None = None) -> DicomSerie
     if path.is_file():
         series = [_single_file(path)]
     else:
-        series = find_series(path)
+        series = find_series(path, keep_headers)
     if series_uid is not None:  # '' picks the series with a blank SeriesInstanceUID
         chosen = [s for s in series if s.uid == series_uid]
         if not chosen:

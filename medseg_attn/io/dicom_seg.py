@@ -70,7 +70,7 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, class_names: dict[i
     foreground = sorted(index for index in class_names if index > 0)
     if foreground != list(range(1, len(foreground) + 1)):
         raise ValueError(f"{path}: class indices {foreground} must be 1..N for DICOM-SEG segment numbers")
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    sources = list(series.headers) or [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
     pixels = np.ascontiguousarray(np.transpose(labels, (2, 1, 0))).astype(np.uint8)  # (slices, rows, columns)
     algorithm = hd.AlgorithmIdentificationSequence(name="medseg-attn", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)

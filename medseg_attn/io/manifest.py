@@ -98,9 +98,10 @@ class RunManifest:
 
     def add_input(self, path: str | Path, *, name: str | None = None, shape: Sequence[int] | None = None,
                   spacing: Sequence[float] | None = None, error: str | None = None, series_uid: str | None = None,
-                  geometry: bool = False, checksum: bool = True) -> None:
+                  geometry: bool = False, checksum: bool = True, series: Any = None) -> None:
         """One input: its checksum (None where it cannot be read), and its shape and spacing when known (with
-        ``geometry``: read from the header of an image file or DICOM folder)."""
+        ``geometry``: read from the header of an image file or DICOM folder, or from its ``series`` when the
+        caller has found it)."""
         from medseg_attn.io.volumes import read_geometry
 
         path = Path(path)
@@ -110,7 +111,7 @@ class RunManifest:
             digest = None
         if geometry and shape is None and not error:
             try:
-                found = read_geometry(path, series_uid)
+                found = read_geometry(path, series_uid, series)
                 shape, spacing = found.shape, found.spacing
             except (ValueError, OSError):  # the case fails later with its own message
                 pass

@@ -31,7 +31,7 @@ def _spatial_shape(image: nib.Nifti1Image) -> tuple[int, ...]:
 
 
 def write_nifti(array: np.ndarray, path: str | Path, *, affine: np.ndarray | None = None,
-                reference: str | Path | None = None, dtype: type | np.dtype | None = None,
+                reference: str | Path | nib.Nifti1Image | None = None, dtype: type | np.dtype | None = None,
                 unit_interval: bool = False, description: str = "", intent: str | None = None) -> Path:
     """Write ``array`` as NIfTI, atomically (temporary file in the same folder, then rename).
 
@@ -39,7 +39,7 @@ def write_nifti(array: np.ndarray, path: str | Path, *, affine: np.ndarray | Non
         array: (*S) or (*S, C) values; with a ``reference`` the spatial part must match its grid.
         path: the output file (``.nii.gz`` compresses).
         affine: voxel-to-world (RAS) affine, (4, 4) or a 2D grid's (3, 3); used when there is no ``reference``.
-        reference: a NIfTI whose header and grid the output keeps.
+        reference: a NIfTI (a path, or its nibabel image) whose header and grid the output keeps.
         dtype: stored data type (default: the array's).
         unit_interval: values in [0, 1] (maps, probabilities) stored as uint8 with the scale factor
             :data:`UNIT_SLOPE`, clipped, NaN as 0.
@@ -55,12 +55,12 @@ def write_nifti(array: np.ndarray, path: str | Path, *, affine: np.ndarray | Non
         dtype = np.uint8
     else:
         data = np.asarray(array, dtype=dtype) if dtype is not None else np.asarray(array)
-    if reference is not None:
-        ref = nib.load(str(reference))
+    if reference is not None:  # a path, or the input's header image already read (voxels not needed)
+        ref = reference if isinstance(reference, nib.spatialimages.SpatialImage) else nib.load(str(reference))
         spatial = _spatial_shape(ref)
         if tuple(data.shape[: len(spatial)]) != spatial:
             raise ValueError(f"{path}: array shape {data.shape} does not match the input grid {spatial} of "
-                             f"{reference}")
+                             f"{ref.get_filename() or reference}")
         header = ref.header.copy()
         image_class = nib.Nifti2Image if isinstance(ref, nib.Nifti2Image) else nib.Nifti1Image
         image = image_class(data, ref.affine, header)

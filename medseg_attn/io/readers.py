@@ -94,13 +94,18 @@ class VolumeReader(ImageReader):
         series_uid: the series to read from a DICOM folder holding several.
         resample_uneven: resample a DICOM series with missing slices or uneven spacing onto a regular grid
             (otherwise it is an error).
+        series: the DICOM series already found (:func:`medseg_attn.io.dicom.find_series`) for a DICOM path.
     """
 
-    def __init__(self, series_uid: str | None = None, resample_uneven: bool = False) -> None:
+    def __init__(self, series_uid: str | None = None, resample_uneven: bool = False,
+                 series: dicom.DicomSeries | None = None) -> None:
         super().__init__()
         self.series_uid = series_uid
         self.resample_uneven = resample_uneven
         self._nibabel = NibabelReader()
+        self._given = series  # decoded without reading its headers again (a read of that one path only)
+        self.series: dicom.DicomSeries | None = None  # after a read: the DICOM series read (the last one)
+        self.nifti: Any = None  # after a read: the NIfTI file's header image (nibabel; the voxels not cached)
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
         names = [filename] if isinstance(filename, (str, Path)) else list(filename)
@@ -110,6 +115,7 @@ class VolumeReader(ImageReader):
         """Read each file; returns (array, meta) pairs (the reading is done here, ``get_data`` stacks)."""
         names = [data] if isinstance(data, (str, Path)) else list(data)
         loaded = []
+        self.series = self.nifti = None
         for name in names:
             path = Path(name)
             if not path.exists():
@@ -123,6 +129,12 @@ class VolumeReader(ImageReader):
                 except Exception as error:  # truncated gzip, short data ...
                     raise ValueError(f"{path}: cannot read the voxel data ({type(error).__name__}: {error})") from None
                 loaded.append((np.asarray(array), dict(meta)))
+                if name is names[0]:  # the first channel's header: the one an output keeps
+                    self.nifti = image
+            elif format_of(path) is DICOM:
+                given = self._given if len(names) == 1 and self._given is not None else None
+                self.series = given or dicom.select_series(path, self.series_uid)
+                loaded.append(self._from_sitk(dicom.read_series(self.series, self.resample_uneven)))
             else:
                 loaded.append(self._from_sitk(read_sitk(path, self.series_uid, self.resample_uneven)))
         return loaded
@@ -164,9 +176,10 @@ class LoadVolumed(mt.MapTransform):
     """
 
     def __init__(self, keys: Sequence[Hashable] | Hashable, series_uid: str | None = None,
-                 resample_uneven: bool = False, allow_missing_keys: bool = False) -> None:
+                 resample_uneven: bool = False, allow_missing_keys: bool = False,
+                 series: dicom.DicomSeries | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.reader = VolumeReader(series_uid, resample_uneven)
+        self.reader = VolumeReader(series_uid, resample_uneven, series)
         self._channel_first = mt.EnsureChannelFirst()
 
     def load(self, filename: str | Path | Sequence[str | Path]) -> MetaTensor:

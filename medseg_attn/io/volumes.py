@@ -74,7 +74,7 @@ class Geometry:
     channels: int = 1
 
 
-def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
+def read_geometry(path: str | Path, series_uid: str | None = None, series: Any = None) -> Geometry:
     """Read a header (NIfTI, NRRD/MetaImage, DICOM series) and check that it describes a usable 2D/3D grid.
 
     A 4th axis of length 1 counts as 3D (scanners and converters often write it); a longer 4th axis is
@@ -83,6 +83,8 @@ def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
     Args:
         path: a NIfTI/NRRD/MetaImage file, a DICOM folder or a multi-frame DICOM file.
         series_uid: the series of a DICOM folder holding several.
+        series: that series, when the caller has found it already (:class:`medseg_attn.io.dicom.DicomSeries`:
+            its headers are not read again).
 
     Raises:
         FileNotFoundError: no such file.
@@ -93,7 +95,7 @@ def read_geometry(path: str | Path, series_uid: str | None = None) -> Geometry:
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
     if format_of(path) is not NIFTI:  # NRRD/MetaImage, DICOM (folders too), or an unknown file for SimpleITK
-        return _sitk_geometry(path, series_uid)
+        return _sitk_geometry(path, series_uid, series)
     try:
         image = load_nifti(path)
     except Exception as error:  # nibabel raises many kinds for broken files
@@ -138,13 +140,13 @@ def _checked(path: Path, shape: tuple[int, ...], affine: np.ndarray, zooms: tupl
     return Geometry(path, shape, affine, zooms, channels)
 
 
-def _sitk_geometry(path: Path, series_uid: str | None) -> Geometry:
+def _sitk_geometry(path: Path, series_uid: str | None, series: Any = None) -> Geometry:
     """Header geometry of a DICOM series/file (pydicom headers) or an NRRD/MetaImage file (SimpleITK)."""
     from medseg_attn.io import dicom
     from medseg_attn.io.readers import lps_to_ras
 
     if format_of(path) is DICOM:
-        series = dicom.select_series(path, series_uid)
+        series = series or dicom.select_series(path, series_uid)
         if series.problems:
             raise ValueError(series.problems[0])
         spacing = (*series.pixel_spacing, float(series.spacing or 1.0))

@@ -35,11 +35,11 @@ def cases(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_onnxruntime_predictor_equals_pytorch_in_process(cases, tmp_path):
     """The fast check: the same Predictor pipeline on the ONNX file (onnxruntime) and on the checkpoint."""
-    from medseg_attn.segmentation.export.models import export_segmentation, predictor_from_onnx
+    from medseg_attn.segmentation.export.models import export_segmentation
     from medseg_attn.segmentation.inference.predictor import Predictor
 
     model, inputs = cases
-    onnx_predictor = predictor_from_onnx(export_segmentation(model, "onnx", tmp_path / "m.onnx"))
+    onnx_predictor = Predictor.from_checkpoint(export_segmentation(model, "onnx", tmp_path / "m.onnx"))
     torch_predictor = Predictor.from_checkpoint(model, device="cpu", precision="fp32")  # ONNX runs fp32
     assert onnx_predictor.colors == torch_predictor.colors == {0: [0, 0, 0], 1: [31, 119, 180], 2: [255, 127, 14]}
     for name in ("ras", "aniso"):

@@ -33,23 +33,19 @@ def sample_voxels(predictor: Any, dataset: Any, max_voxels: int = 400_000, seed:
     labelled ``ignore``: sparse labels)."""
     generator = torch.Generator().manual_seed(seed)
     per_case = max(1, max_voxels // max(1, len(dataset)))
-    kept_temperatures, predictor.temperatures = predictor.temperatures, [1.0] * len(predictor.temperatures)
     probabilities, targets = [], []
-    try:
-        for index in range(len(dataset)):
-            item = dataset[index]
-            item = item[0] if isinstance(item, list) else item
-            p = predictor.infer(item["image"]).cpu()  # (K, *S)
-            p = p.reshape(p.shape[0], -1).T
-            label = torch.as_tensor(item["label"][0]).reshape(-1).long().cpu()
-            chosen = torch.randperm(label.numel(), generator=generator)
-            if ignore is not None:  # unannotated voxels have no reference class
-                chosen = chosen[label[chosen] != ignore]
-            chosen = chosen[:per_case]
-            probabilities.append(p[chosen].float())
-            targets.append(label[chosen])
-    finally:
-        predictor.temperatures = kept_temperatures
+    for index in range(len(dataset)):
+        item = dataset[index]
+        item = item[0] if isinstance(item, list) else item
+        p = predictor.infer(item["image"], calibrated=False).cpu()  # (K, *S)
+        p = p.reshape(p.shape[0], -1).T
+        label = torch.as_tensor(item["label"][0]).reshape(-1).long().cpu()
+        chosen = torch.randperm(label.numel(), generator=generator)
+        if ignore is not None:  # unannotated voxels have no reference class
+            chosen = chosen[label[chosen] != ignore]
+        chosen = chosen[:per_case]
+        probabilities.append(p[chosen].float())
+        targets.append(label[chosen])
     return torch.cat(probabilities), torch.cat(targets)
 
 

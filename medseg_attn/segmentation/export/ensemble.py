@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
-from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.model.loading import load_model
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata
 from medseg_attn.training.checkpoint import load_checkpoint
@@ -64,12 +64,12 @@ def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int
                          f"(--model {run / 'fold_0'}), or the fold ensemble as --format onnx or torchscript")
     # the folds as predict --model RUN loads them: their checkpoints, temperatures, postprocessing, and the check
     # that they share preprocessing, classes and input channels
-    members = Predictor.from_checkpoint(run, device="cpu", folds=folds, precision="fp32")
+    members = load_model(run, folds, device="cpu", precision="fp32")
     paths = [Path(source) for source in members.sources]
     if not all(hasattr(network, "divisor") for network in members.networks):
         raise ValueError(f"{paths[0]}: export supports the attention_skip_unet architecture")
     temperatures = [float(t) for t in members.temperatures]
-    ensemble = FoldEnsemble(members.networks, temperatures).eval()
+    ensemble = FoldEnsemble(list(members.networks), temperatures).eval()
     target = export_target(run, paths[0], fmt, output)
     first = load_checkpoint(paths[0])
     metadata = export_metadata(first, str(run), TASK)

@@ -1,10 +1,9 @@
-"""``medseg-attn export`` for segmentation models, and prediction with an exported ONNX file.
+"""``medseg-attn export`` for segmentation models (an exported ONNX file is predicted with through
+:func:`medseg_attn.segmentation.model.loading.load_model`, like every other model).
 
 * :func:`export_segmentation`: a run folder or checkpoint -> TorchScript (``.ts``), ONNX (``.onnx``) or a MONAI
   bundle (a folder, see :mod:`medseg_attn.segmentation.export.bundle`); every export carries the model card, labels,
   colours, preprocessing and config (see :mod:`medseg_attn.networks.export`).
-* :func:`predictor_from_onnx`: a :class:`~medseg_attn.segmentation.inference.predictor.Predictor` whose network is the
-  ONNX file run by onnxruntime: the same preprocessing, sliding window, resampling and writers as PyTorch.
 
 See ``docs/export.md``.
 """
@@ -15,19 +14,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from medseg_attn.config import from_dict
-from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.networks.export import (
-    OnnxNetwork,
     example_input,
     export_onnx,
     export_target,
     export_torchscript,
-    read_metadata,
 )
-from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.measures.postprocessing import parse_postprocessing
 from medseg_attn.segmentation.model.layout import is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata
@@ -35,7 +27,7 @@ from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_FORMATS", "export_segmentation", "load_segmentation", "predictor_from_onnx"]
+__all__ = ["EXPORT_FORMATS", "export_segmentation", "load_segmentation"]
 
 EXPORT_FORMATS = ("torchscript", "onnx", "bundle")
 
@@ -88,39 +80,3 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
     writer(network, example, target, metadata)
     logger.info("exported %s as %s: %s", path, fmt, target)
     return target
-
-
-def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) -> Predictor:
-    """A predictor running an ONNX file exported by :func:`export_segmentation` with onnxruntime (CPU).
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: onnxruntime intra-op threads (0 = its default).
-        inference: overrides of the saved inference config (``tta``, ``overlap``, ``sw_batch_size``).
-
-    Raises:
-        FileNotFoundError: no such file. ValueError: not a medseg-attn segmentation export.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX file not found")
-    kind = sniff_model(path)
-    if kind != "onnx":
-        raise ValueError(wrong_model_message(path, kind, "an ONNX file"))
-    metadata = read_metadata(path)
-    if not TASK.owns(metadata):
-        raise ValueError(f"{path}: is a {metadata['task']} model; use `medseg-attn classify predict` for it")
-    config = from_dict(metadata["config"])
-    if inference:
-        config = config.replace(inference={k: v for k, v in inference.items() if v is not None})
-    prep = Preprocessing.from_dict(metadata["preprocessing"])
-    labels = {int(k): v for k, v in metadata["labels"].items()}
-    patch = config.inference.patch_size or config.data.patch_size
-    predictor = Predictor(OnnxNetwork(path, threads), prep, labels, patch, config.inference, "cpu",
-                          int(metadata["in_channels"]), [str(path)])
-    predictor.colors.update({int(k): list(v) for k, v in (metadata.get("colors") or {}).items()})
-    predictor.temperatures = [float((metadata.get("calibration") or {}).get("temperature", 1.0))]  # as PyTorch
-    predictor.postprocessing = parse_postprocessing(metadata.get("postprocessing") or {}, str(path))  # a CV export
-    predictor.model_info = {k: metadata.get(k) for k in ("card", "plan", "epoch", "best_metric", "labels",
-                                                         "calibration", "training_fingerprint")}
-    return predictor

@@ -17,28 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg_attn.segmentation.inference.sliding import sliding_window_probabilities
 from medseg_attn.segmentation.measures.overlap import mask_dice
 
 __all__ = ["member_labels", "pairwise_dice", "member_agreement"]
 
 
 def member_labels(predictor: Any, image: torch.Tensor) -> list[np.ndarray]:
-    """Each member's label map (*S) for a preprocessed image (C, *S) on the network grid."""
-    spatial = image.ndim - 1
-    flips: list[tuple[int, ...]] = [(), *((axis,) for axis in range(2, spatial + 2))]  # (B, C, *S): axes 2..
-    members = []
-    with torch.no_grad(), predictor._weight_casts_kept():
-        for network in predictor.networks:
-            network.eval()
-            for flip in flips:
-                probs = sliding_window_probabilities(
-                    [lambda x, n=network: predictor._forward(x, n)], image, predictor.patch_size,
-                    overlap=predictor.inference.overlap, batch_size=predictor.inference.sw_batch_size,
-                    blend=predictor.inference.blend, flips=[flip], device=predictor.device,
-                    pad_value=predictor.prep.background() if predictor.prep.use_mask else 0.0)  # (K, *S)
-                members.append(probs.argmax(0).numpy().astype(np.uint8))
-    return members
+    """Each (network, flip) member's label map (*S) for a preprocessed image (C, *S) on the network grid."""
+    return [probs.argmax(0).numpy().astype(np.uint8) for probs in predictor.member_probabilities(image)]
 
 
 def pairwise_dice(labels: Sequence[np.ndarray], classes: Sequence[int]) -> float:
@@ -55,6 +41,6 @@ def pairwise_dice(labels: Sequence[np.ndarray], classes: Sequence[int]) -> float
 def member_agreement(predictor: Any, image: np.ndarray | torch.Tensor, affine: np.ndarray | None = None) -> float:
     """The agreement (0..1, 1 = every member gives the same labels) of one in-memory case (*S) or (C, *S)."""
     loaded = predictor.load_array(image, affine)
-    network_image = predictor._pre({"image": loaded})["image"]  # (C, *S_network)
+    network_image = predictor.preprocess(loaded)  # (C, *S_network)
     classes = [k for k in predictor.labels if int(k) > 0]
     return pairwise_dice(member_labels(predictor, torch.as_tensor(network_image)), classes)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -34,21 +34,18 @@ import torch
 from monai import transforms as mt
 from torch import nn
 
-from medseg_attn.config import Config, InferenceConfig, from_dict
-from medseg_attn.io.dicom import is_dicom_file
-from medseg_attn.io.limits import check_segmentable
-from medseg_attn.io.readers import LoadVolumed, is_nifti
+from medseg_attn.config import InferenceConfig
+from medseg_attn.io.cases import LoadedCase, ReadOptions, check_content, read_case
+from medseg_attn.io.dicom import DicomSeries
 from medseg_attn.io.segments import resolve_colors
-from medseg_attn.io.volumes import affine_4x4, case_name, read_geometry
+from medseg_attn.io.volumes import affine_4x4
 from medseg_attn.runtime.device import inference_dtype, precision_name, precision_reason, resolve_device
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
 from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, apply_postprocessing, voxel_ml
-from medseg_attn.segmentation.model.layout import cv_members, is_cv_run, read_postprocessing
-from medseg_attn.segmentation.task import TASK
+from medseg_attn.segmentation.model.loading import SegmentationModel, load_model
 from medseg_attn.training.calibration import apply_temperature
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +62,12 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (C, *S_input) when asked for
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-    reference: Path | None = None  # the NIfTI input whose header the output copies (None: write from ``affine``)
+    reference: Any = None  # the NIfTI input's header image the outputs keep (None: written from ``affine``)
     # attention received per level ('level0' finest ...): (*S_input), or (heads, *S_input) per head; maximum 1
     attention: dict[str, np.ndarray] | None = None
     uncertainty: np.ndarray | None = None  # (*S_input) normalised predictive entropy in [0, 1]
     image: np.ndarray | None = None  # (*S_input) the input's first channel, kept for overlays with the maps
+    source: LoadedCase | None = None  # the input as read (its files, DICOM series, NIfTI header): for writers
 
     def uncertainty_means(self) -> tuple[float, float]:
         """Mean uncertainty over the whole volume and inside the predicted foreground (NaN when empty)."""
@@ -105,6 +103,11 @@ class Predictor:
         device: torch.device | str = "cpu",
         in_channels: int = 1,
         sources: Sequence[str] | None = None,
+        *,
+        colors: Mapping[int, Sequence[int]] | None = None,
+        temperatures: Sequence[float] | None = None,
+        postprocessing: Mapping[int, ClassPostprocessing] | None = None,
+        model_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.networks = list(network) if isinstance(network, (list, tuple)) else [network]
         self.network = self.networks[0]
@@ -112,77 +115,42 @@ class Predictor:
         self.in_channels = in_channels
         self.prep = prep
         self.labels = dict(labels)
-        self.colors = resolve_colors(self.labels)  # class -> 0..255 RGB; from_checkpoint sets the model's own
+        self.colors = {**resolve_colors(self.labels), **{int(k): list(v) for k, v in (colors or {}).items()}}
         self.patch_size = tuple(patch_size)
         self.inference = inference or InferenceConfig()
         self.device = torch.device(device)
         self.dtype = inference_dtype(self.inference.precision, self.device)  # autocast dtype; None = fp32
         self._pre = mt.Compose(preprocessing(prep, keys=("image",), load=False))
-        self.temperatures = [1.0] * len(self.networks)  # per network; > 1 softens (fitted after training)
-        self.model_info: dict[str, Any] = {}  # the first checkpoint's card, plan, calibration ... (run manifests)
-        self.postprocessing: dict[int, ClassPostprocessing] = {}  # a CV run's choice per class
+        # per network; > 1 softens (fitted after training); each member blended with its own, then averaged
+        self.temperatures = tuple(temperatures) if temperatures else (1.0,) * len(self.networks)
+        if len(self.temperatures) != len(self.networks):
+            raise ValueError(f"{len(self.temperatures)} temperature(s) for {len(self.networks)} network(s)")
+        self.model_info = dict(model_info or {})  # the first checkpoint's card, plan, calibration ... (run.json)
+        self.postprocessing = dict(postprocessing or {})  # a CV run's choice per class
+
+    @classmethod
+    def from_model(cls, model: SegmentationModel, device: torch.device | str = "cpu") -> Predictor:
+        """The predictor of a loaded :class:`~medseg_attn.segmentation.model.loading.SegmentationModel` (an ONNX
+        model runs on the CPU, whatever ``device`` says)."""
+        return cls(list(model.networks), model.prep, dict(model.labels), model.patch_size, model.inference,
+                   "cpu" if model.engine == "onnxruntime" else device, model.in_channels, model.sources,
+                   colors=model.colors, temperatures=model.temperatures, postprocessing=model.postprocessing,
+                   model_info=model.info)
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto",
                         folds: Sequence[int] | None = None, **inference: Any) -> Predictor:
-        """Load a run folder or checkpoint (several: an ensemble); ``inference`` overrides keys of the saved
-        inference config (the first model's). A cross-validation run folder is the ensemble of its folds (or of
-        ``folds``), with the postprocessing its CV chose (:mod:`medseg_attn.segmentation.measures.postprocessing`).
+        """Load what ``model`` names (a run folder, checkpoint, bundle, CV run or ``.onnx`` file; several: an
+        ensemble) with :func:`~medseg_attn.segmentation.model.loading.load_model`; ``inference`` overrides keys
+        of the saved inference config (the first model's).
 
         Raises:
             FileNotFoundError: no checkpoint at a path.
-            ValueError: not a segmentation checkpoint, or ensemble members that differ in preprocessing, classes
-                or input channels.
+            ValueError: not a segmentation model, or ensemble members that differ in preprocessing, classes or
+                input channels.
         """
-        models = [model] if isinstance(model, (str, Path)) else list(model)
-        if not models:
-            raise ValueError("no model given")
-        runs = [item for item in models if is_cv_run(item)]
-        if folds is not None and not runs:
-            raise ValueError(f"--folds {' '.join(map(str, folds))}: choose folds of a cross-validation run folder "
-                             f"(one with cv.json), got {' '.join(map(str, models))}")
-        models = [member for item in models for member in (cv_members(item, folds) if is_cv_run(item) else [item])]
         resolved = resolve_device(device)
-        networks, sources = [], []
-        first: dict[str, Any] = {}
-        temperatures: list[float] = []
-        for item in models:
-            path = find_checkpoint(item)
-            payload = load_checkpoint(path)
-            if not TASK.owns(payload):
-                raise ValueError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
-            network = TASK.network(payload, path)
-            try:
-                config = from_dict(payload["config"])
-                prep = Preprocessing.from_dict(payload["preprocessing"])
-                labels = {int(k): v for k, v in payload["labels"].items()}
-            except (KeyError, RuntimeError, TypeError) as error:
-                raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
-            found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
-            if not first:
-                first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
-                         "info": {k: payload.get(k) for k in ("card", "plan", "epoch", "best_metric", "labels",
-                                                               "calibration", "training_fingerprint")}}
-            temperatures.append(float((payload.get("calibration") or {}).get("temperature", 1.0)))
-            for key, value in found.items():
-                if value != first[key]:
-                    raise ValueError(f"{path}: ensemble member differs from {first['path']} in its {key} "
-                                     f"({value} vs {first[key]}); an ensemble needs models trained the same way")
-            logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
-                        payload.get("best_metric"))
-            networks.append(network.to(resolved).eval())
-            sources.append(str(path))
-        config = first["config"]
-        if inference:
-            config = config.replace(inference={k: v for k, v in inference.items() if v is not None})
-        patch = config.inference.patch_size or config.data.patch_size
-        predictor = cls(networks, first["preprocessing"], first["classes"], patch, config.inference, resolved,
-                        first["input channels"], sources)
-        predictor.colors.update({int(k): list(v) for k, v in (first["colors"] or {}).items()})
-        predictor.model_info = first["info"]
-        predictor.temperatures = temperatures  # each member calibrated as it was fitted, then averaged
-        predictor.postprocessing = read_postprocessing(runs[0]) if len(runs) == 1 else {}
-        return predictor
+        return cls.from_model(load_model(model, folds, device=resolved, **inference), resolved)
 
     def provenance(self) -> dict[str, Any]:
         """What a run manifest records of this predictor (:meth:`medseg_attn.io.manifest.RunManifest.add_model`)."""
@@ -212,7 +180,7 @@ class Predictor:
         return levels or []
 
     @torch.no_grad()
-    def infer(self, image: torch.Tensor, attention: bool = False, per_head: bool = False
+    def infer(self, image: torch.Tensor, attention: bool = False, per_head: bool = False, calibrated: bool = True
               ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Class probabilities (K, *S) for a preprocessed image (C, *S), by sliding window (+ flip TTA), averaged
         over the ensemble.
@@ -225,6 +193,7 @@ class Predictor:
             attention: also return, per attention level, the attention each voxel receives (blended like the
                 probabilities, averaged over flips and networks): {level: (1 or heads, *S)}; not normalised.
             per_head: keep the heads apart in those maps.
+            calibrated: apply each network's temperature (False: the raw softmax, what calibration fits on).
         """
         image = torch.as_tensor(image)
         if attention:
@@ -248,17 +217,40 @@ class Predictor:
             apply_temperature(out[0] if attention else out, temperature)  # in place; this blend's argmax unchanged
             return out
 
+        temperatures = self.temperatures if calibrated else (1.0,) * len(self.networks)
         try:
             with self._weight_casts_kept():
-                if len(set(self.temperatures)) == 1:  # one network, or members with one temperature
-                    out = blended(forwards, self.temperatures[0])
+                if len(set(temperatures)) == 1:  # one network, or members with one temperature
+                    out = blended(forwards, temperatures[0])
                 else:  # members calibrated apart: each blended with its own temperature, then the mean
-                    members = zip(forwards, self.temperatures, strict=True)
+                    members = zip(forwards, temperatures, strict=True)
                     out = mean_of_blends((blended([f], t) for f, t in members), attention)
             return out
         finally:
             for network, mode in zip(self.networks, was_training, strict=True):
                 network.train(mode)
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """A loaded image (C, *S_input) (:meth:`load`, :meth:`load_array`) on the network grid: (C, *S)."""
+        return self._pre({"image": image})["image"]
+
+    @torch.no_grad()
+    def member_probabilities(self, image: torch.Tensor, flips: Sequence[tuple[int, ...]] | None = None
+                             ) -> Iterator[torch.Tensor]:
+        """Each (network, flip) member's own class probabilities (K, *S), uncalibrated, for a preprocessed image
+        (C, *S): what :meth:`infer` averages (``flips`` None: no flip, then each spatial axis alone)."""
+        image = torch.as_tensor(image)
+        if flips is None:
+            flips = [(), *((axis,) for axis in range(2, image.ndim + 1))]  # (B, C, *S): spatial axes 2..
+        with self._weight_casts_kept():
+            for network in self.networks:
+                network.eval()
+                for flip in flips:
+                    yield sliding_window_probabilities(
+                        [lambda x, n=network: self._forward(x, n)], image, self.patch_size,
+                        overlap=self.inference.overlap, batch_size=self.inference.sw_batch_size,
+                        blend=self.inference.blend, flips=[flip], device=self.device,
+                        pad_value=self.prep.background() if self.prep.use_mask else 0.0)
 
     def _autocast(self) -> torch.autocast:
         """The forward pass's arithmetic (``inference.precision``): autocast to ``self.dtype``, or plain fp32."""
@@ -288,67 +280,21 @@ class Predictor:
             logits, maps = network.forward_with_attention(torch.as_tensor(x), per_head=per_head)
         return logits.float(), maps
 
-    def load(self, path: str | Path | Sequence[str | Path], series_uid: str | None = None,
-             resample_uneven: bool = False, volume_index: int | None = None) -> torch.Tensor:
-        """Check and read one case: (C, *S) MetaTensor with its RAS affine, ready for preprocessing.
-
-        Headers are checked first (readable, 2D/3D as the model expects, channels, spacing, affine), then the
-        voxels are read and checked for NaN/Inf.
-
-        Args:
-            path: an image file or DICOM folder, or one file per channel (``_0000``, ``_0001``, ...).
-            series_uid: the series of a DICOM folder holding several.
-            resample_uneven: resample a DICOM series with missing slices or uneven spacing onto a regular grid.
-            volume_index: the volume of a 4D image (X, Y, Z, T) to segment with a single-channel model.
+    def read(self, path: str | Path | Sequence[str | Path], options: ReadOptions | None = None,
+             series: DicomSeries | None = None) -> LoadedCase:
+        """Check and read one case for this model (:func:`medseg_attn.io.cases.read_case`): the image, and what
+        outputs need of the input (its DICOM series, its NIfTI header), so nothing reads it again.
 
         Raises:
             ValueError, FileNotFoundError: one line naming the file and the problem.
         """
-        files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
-        first = files[0]
-        dims = self.prep.spatial_dims
-        axes = "(X, Y, Z)" if dims == 3 else "(X, Y)"
-        for file in files:
-            if not file.exists():
-                raise FileNotFoundError(f"{file}: file not found")
-            if file.is_dir() or is_dicom_file(file):
-                continue  # DICOM: the reader checks the series' headers before decoding (and may resample)
-            geometry = read_geometry(file, series_uid)
-            if len(geometry.shape) != dims:
-                raise ValueError(f"{file}: {len(geometry.shape)}D image of shape {geometry.shape}; this model expects "
-                                 f"{dims}D images {axes}")
-            if geometry.channels > 1 and self.in_channels == 1:
-                last = geometry.channels - 1
-                if volume_index is None:
-                    raise ValueError(f"{file}: 4D image {(*geometry.shape, geometry.channels)} with "
-                                     f"{geometry.channels} volumes along axis 4; choose one with --volume-index "
-                                     f"(0..{last})")
-                if not 0 <= volume_index <= last:
-                    raise ValueError(f"{file}: --volume-index {volume_index} is outside 0..{last} (axis 4 holds "
-                                     f"{geometry.channels} volumes)")
-        loader = LoadVolumed("image", series_uid=series_uid, resample_uneven=resample_uneven)
-        loaded = loader.load(files if len(files) > 1 else files[0])
-        if volume_index is not None and loaded.shape[0] > 1 and self.in_channels == 1:
-            loaded = loaded[volume_index: volume_index + 1]
-        if loaded.shape[0] != self.in_channels:
-            raise ValueError(f"{first}: image has {loaded.shape[0]} channel(s), the model expects {self.in_channels}"
-                             + (" (give one _0000, _0001, ... file per channel)" if self.in_channels > 1 else ""))
-        shape = tuple(loaded.shape[1:])
-        if len(shape) != dims:
-            raise ValueError(f"{first}: {len(shape)}D image of shape {shape}; this model expects {dims}D images {axes}")
-        bad = int((~torch.isfinite(loaded)).sum())
-        if bad:
-            raise ValueError(f"{first}: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
-        self._check_content(first, loaded)
-        return loaded
+        return read_case(path, options, spatial_dims=self.prep.spatial_dims, in_channels=self.in_channels,
+                         target_spacing=self.prep.spacing, series=series)
 
-    def _check_content(self, source: Any, image: torch.Tensor) -> None:
-        """Blank, one-voxel or absurdly spaced images: one line, before any network runs."""
-        affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
-        dims = image.ndim - 1
-        spacing = np.sqrt((affine[:dims, :dims] ** 2).sum(0))
-        check_segmentable(source, tuple(image.shape[1:]), float(image.min()), float(image.max()), spacing,
-                          self.prep.spacing)
+    def load(self, path: str | Path | Sequence[str | Path], series_uid: str | None = None,
+             resample_uneven: bool = False, volume_index: int | None = None) -> torch.Tensor:
+        """The image of :meth:`read`: (C, *S) MetaTensor with its RAS affine, ready for preprocessing."""
+        return self.read(path, ReadOptions(series_uid, resample_uneven, volume_index)).image
 
     def load_array(self, array: np.ndarray | torch.Tensor, affine: np.ndarray | None = None) -> torch.Tensor:
         """Check an in-memory image and give it the form :meth:`load` gives files: (C, *S) MetaTensor.
@@ -381,18 +327,20 @@ class Predictor:
         if bad:
             raise ValueError(f"array: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
         image = MetaTensor(data, affine=torch.as_tensor(full), meta={"space": "RAS"})
-        self._check_content("array", image)
+        check_content("array", image, self.prep.spacing)
         return image
 
-    def predict(self, path: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor, probabilities: bool = False,
-                *, attention_maps: bool = False, attention_heads: bool = False, uncertainty: bool = False,
-                affine: np.ndarray | None = None, series_uid: str | None = None, resample_uneven: bool = False,
-                volume_index: int | None = None, keep_image: bool = False) -> Prediction:
+    def predict(self, path: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor | LoadedCase,
+                probabilities: bool = False, *, attention_maps: bool = False, attention_heads: bool = False,
+                uncertainty: bool = False, affine: np.ndarray | None = None, series_uid: str | None = None,
+                resample_uneven: bool = False, volume_index: int | None = None, keep_image: bool = False
+                ) -> Prediction:
         """Predict one case; the result (and every map) is on the input's own grid.
 
         Args:
             path: an image file or DICOM folder, or one file per channel (nnU-Net ``_0000``, ``_0001``, ...
-                files) for multi-channel models; or an array (*S) / (C, *S) with its ``affine``.
+                files) for multi-channel models; a case already read (:meth:`read`); or an array (*S) / (C, *S)
+                with its ``affine``.
             probabilities: also return the class probabilities on the input grid.
             attention_maps: also return, per attention level, the attention each voxel receives (summed over
                 the queries, averaged over heads, maximum 1); see ``docs/explainability.md``.
@@ -410,15 +358,16 @@ class Predictor:
         if attention_maps or attention_heads:
             self.attention_levels()  # before any heavy work
         if isinstance(path, (np.ndarray, torch.Tensor)):
-            files: list[Path] = []
+            case = None
             loaded = self.load_array(path, affine)
         else:
-            files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
-            loaded = self.load(files, series_uid, resample_uneven, volume_index)
+            case = path if isinstance(path, LoadedCase) else \
+                self.read(path, ReadOptions(series_uid, resample_uneven, volume_index))
+            loaded = case.image
         dims = self.prep.spatial_dims
         original_shape = tuple(loaded.shape[1:])
         original_affine = spatial_affine(loaded.affine, dims)
-        image = self._pre({"image": loaded})["image"]
+        image = self.preprocess(loaded)
         maps: dict[str, torch.Tensor] = {}
         if attention_maps or attention_heads:
             probs, maps = self.infer(image, attention=True, per_head=attention_heads)  # (K, *S_net), {level: ..}
@@ -433,14 +382,9 @@ class Predictor:
             attention = {level: normalise_maximum(values) if attention_heads else normalise_maximum(values)[0]
                          for level, values in result.maps.items()}
         explained = keep_image or attention is not None or result.uncertainty is not None
-        reference = files[0] if files and is_nifti(files[0]) and files[0].is_file() else None
-        name = case_name(files[0], strip_channel=len(files) > 1) if files else "array"
         labels = apply_postprocessing(result.labels, self.postprocessing, voxel_ml(affine_4x4(original_affine)))
-        return Prediction(name, labels, original_affine, result.probabilities, time.perf_counter() - start,
-                          reference=reference, attention=attention, uncertainty=result.uncertainty,
+        return Prediction(case.name if case else "array", labels, original_affine, result.probabilities,
+                          time.perf_counter() - start, reference=case.nifti if case else None, attention=attention,
+                          uncertainty=result.uncertainty, source=case,
                           image=np.asarray(loaded[0], dtype=np.float32) if explained else None)
 
-
-def config_from_checkpoint(payload: dict[str, Any]) -> Config:
-    """The :class:`Config` stored in a checkpoint."""
-    return from_dict(payload["config"])

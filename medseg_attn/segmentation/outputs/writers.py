@@ -123,7 +123,8 @@ def write_output(result: Prediction, output: Output, predictor: Predictor, sourc
     elif kind is OutputKind.DICOM_SEG:
         from medseg_attn.io.dicom_seg import write_dicom_seg
 
-        series = dicom.select_series(source, series_uid)
+        series = result.source.series if result.source and result.source.series else \
+            dicom.select_series(source, series_uid)  # the series read for the prediction, else found again
         write_dicom_seg(result.labels, series, predictor.labels, path, colors=predictor.colors)
     elif kind is OutputKind.SEG_NRRD:
         write_seg_nrrd(result.labels, result.affine, predictor.labels, predictor.colors, path)

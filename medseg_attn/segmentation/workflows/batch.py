@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.io import dicom
+from medseg_attn.io.cases import ReadOptions
 from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.lock import OutputLock
 from medseg_attn.io.manifest import recorded_run
@@ -69,6 +70,7 @@ class CaseInput:
     error: str | None = None
     dicom: bool = False
     notes: list[str] = field(default_factory=list)
+    series: dicom.DicomSeries | None = None  # found when the folder was listed: its headers are not read again
 
 
 def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
@@ -86,7 +88,7 @@ def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
         found = chosen
     if len(found) == 1:
         series = found[0]
-        return [CaseInput(path.name, [path], series.uid or None, dicom=True)]
+        return [CaseInput(path.name, [path], series.uid or None, dicom=True, series=series)]
     cases = []
     uids = [s.uid for s in found]
     for index, series in enumerate(found):
@@ -95,7 +97,8 @@ def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
                                    f"share the SeriesInstanceUID {series.uid or '(blank)'}; put each in its own folder",
                                    dicom=True))
             continue
-        cases.append(CaseInput(f"{path.name}_{series.uid or 'blank-uid'}", [path], series.uid, dicom=True))
+        cases.append(CaseInput(f"{path.name}_{series.uid or 'blank-uid'}", [path], series.uid, dicom=True,
+                               series=series))
     logger.info("%s holds %d series; each is predicted as its own case: %s (choose one with --series-uid)", path,
                 len(found), ", ".join(c.name for c in cases))
     return cases
@@ -331,7 +334,7 @@ def predict_files(
         manifest.add_model(**predictor.provenance())  # run.json: model, arithmetic, inputs, outcome
         for case in cases:
             manifest.add_input(case.files[0], name=case.name, error=case.error, series_uid=case.series_uid,
-                               geometry=True)
+                               geometry=True, series=case.series)
         try:
             for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
                 records.append(_run_case(predictor, case, output_dir, settings).row())
@@ -410,16 +413,18 @@ def _skip(record: CaseRecord, case: CaseInput, output_dir: Path, settings: _Sett
 def _infer(predictor: Predictor, case: CaseInput, outputs: list[Output], settings: _Settings) -> Prediction:
     """The prediction on the input's grid, with what the outputs and the review need; a DICOM-SEG source is
     checked first (before the heavy work)."""
+    series = case.series
     if case.dicom and any(o.kind is OutputKind.DICOM_SEG for o in outputs):
         from medseg_attn.io.dicom_seg import check_seg_source
 
-        check_seg_source(dicom.select_series(case.files[0], case.series_uid))
+        series = dicom.select_series(case.files[0], case.series_uid, keep_headers=True)  # the SEG references them
+        check_seg_source(series)
+    options = ReadOptions(case.series_uid, settings.resample_uneven, settings.volume_index)
+    loaded = predictor.read(case.files if len(case.files) > 1 else case.files[0], options, series)  # read once
     explain = settings.explain
-    return predictor.predict(case.files if len(case.files) > 1 else case.files[0],
-                             probabilities=settings.probabilities, series_uid=case.series_uid,
-                             resample_uneven=settings.resample_uneven, volume_index=settings.volume_index,
-                             attention_maps=bool(explain.levels), attention_heads=explain.heads,
-                             uncertainty=explain.uncertainty, keep_image=settings.review is not None)
+    return predictor.predict(loaded, probabilities=settings.probabilities, attention_maps=bool(explain.levels),
+                             attention_heads=explain.heads, uncertainty=explain.uncertainty,
+                             keep_image=settings.review is not None)
 
 
 def _review(result: Prediction, case: CaseInput, output_dir: Path, review: Review | None) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from medseg_attn.io.limits import check_file_size
 from medseg_attn.runtime.device import resolve_device
 from medseg_attn.runtime.distributed import Distributed, setup, shard
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.model.loading import ENGINES, load_model
 from medseg_attn.segmentation.qc.qc_report import Review
 from medseg_attn.segmentation.qc.review import load_review_settings
 from medseg_attn.segmentation.workflows.batch import check_output_dir, collect_cases, predict_files, write_reports
@@ -27,9 +28,6 @@ from medseg_attn.segmentation.workflows.batch import check_output_dir, collect_c
 logger = logging.getLogger(__name__)
 
 __all__ = ["BatchResult", "PredictOptions", "load_predictor", "predict_batch"]
-
-ENGINES = ("torch", "onnxruntime")
-
 
 @dataclass(frozen=True)
 class PredictOptions:
@@ -74,10 +72,6 @@ class PredictOptions:
         return {"tta": self.tta or None, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size,
                 "precision": self.precision}
 
-    @property
-    def onnx(self) -> bool:
-        return self.engine == "onnxruntime" or any(str(m).endswith(".onnx") for m in self.model)
-
 
 @dataclass
 class BatchResult:
@@ -107,19 +101,13 @@ class BatchResult:
 
 
 def load_predictor(options: PredictOptions, dist: Distributed | None = None) -> Predictor:
-    """The model of ``options``: an ONNX file through onnxruntime, else PyTorch runs on this rank's device."""
-    if options.onnx:
-        from medseg_attn.segmentation.export.models import predictor_from_onnx
-
-        if len(options.model) != 1 or not str(options.model[0]).endswith(".onnx"):
-            raise ValueError(f"--engine onnxruntime: give one .onnx file as --model (medseg-attn export --format "
-                             f"onnx), got {' '.join(map(str, options.model))}")
-        return predictor_from_onnx(options.model[0], **options.inference)
+    """The model of ``options`` (:func:`~medseg_attn.segmentation.model.loading.load_model`) on this rank's device."""
     device = resolve_device(options.device)
     if dist is not None:
         device = dist.device(device)
     folds = None if options.folds is None else list(options.folds)
-    return Predictor.from_checkpoint(list(options.model), device=str(device), folds=folds, **options.inference)
+    model = load_model(list(options.model), folds, engine=options.engine, device=device, **options.inference)
+    return Predictor.from_model(model, device)
 
 
 def predict_batch(options: PredictOptions) -> BatchResult:

@@ -68,7 +68,7 @@ def test_one_member_per_flip_and_network(blob_model):
     run, data = blob_model
     predictor = Predictor.from_checkpoint(run)
     predictor.networks = [Pointwise(), Ramp()]
-    image = predictor._pre({"image": predictor.load_array(_case(data, 0)[0], AFFINE)})["image"]  # (1, *S)
+    image = predictor.preprocess(predictor.load_array(_case(data, 0)[0], AFFINE))  # (1, *S)
     members = member_labels(predictor, image)
     assert len(members) == 8 and all(m.shape == tuple(image.shape[1:]) for m in members)  # 2 networks x 4 flips
     pointwise, ramp = members[:4], members[4:]

@@ -341,3 +341,39 @@ def test_a_case_named_like_an_output_suffix_keeps_its_label_map_and_report_row(t
         assert next(csv.DictReader(handle))["output"] == records[0]["output"]
     again = predict_files(predictor, [path], out, probabilities=True, uncertainty=True, progress=False)
     assert again[0]["status"] == "skipped (exists)" and again[0]["output"] == records[0]["output"]
+
+
+@pytest.mark.parametrize("output_format", ["nifti", "all"])
+def test_a_dicom_case_is_read_once(predictor, tmp_path, monkeypatch, output_format):
+    """Issue 33: each slice's header is parsed once per case (twice with a DICOM-SEG, which references the
+    headers: the batch's listing keeps none, so memory stays flat over many series) and the pixels are decoded
+    once, whatever the outputs (NIfTI, seg.nrrd, DICOM-SEG, the review)."""
+    from medseg_attn.io import dicom
+
+    labels = phantom()
+    files = write_series(tmp_path / "series", labels.astype(np.float64) * 100, (1.5, 1.5, 2.0))
+    parsed: dict[str, int] = {}
+    decoded = []
+    real_headers, real_decode = dicom._headers, dicom.read_series
+
+    def counting_headers(paths):
+        for path in paths:
+            parsed[Path(path).name] = parsed.get(Path(path).name, 0) + 1
+        return real_headers(paths)
+
+    def counting_decode(series, resample_uneven=False):
+        decoded.append(series.folder)
+        return real_decode(series, resample_uneven)
+
+    monkeypatch.setattr(dicom, "_headers", counting_headers)
+    monkeypatch.setattr(dicom, "read_series", counting_decode)
+    records = predict_files(predictor, [tmp_path / "series"], tmp_path / "out", progress=False,
+                            output_format=output_format)
+    assert [r["status"] for r in records] == ["ok"]
+    expected = 2 if output_format == "all" else 1  # the DICOM-SEG's own read of the headers it references
+    assert parsed == {path.name: expected for path in files}
+    assert decoded == [tmp_path / "series"]
+    written = nib.load(str(tmp_path / "out" / "series.nii.gz"))
+    assert dice(np.asarray(written.dataobj), labels, 2) > 0.9
+    if output_format == "all":
+        assert (tmp_path / "out" / "series.seg.dcm").is_file() and (tmp_path / "out" / "series.seg.nrrd").is_file()

@@ -225,11 +225,10 @@ def test_a_cv_run_exports_as_one_ensemble_network(cv_run, tmp_path, capsys):
         np.testing.assert_allclose(torch.softmax(traced(x), 1).numpy(), expected.numpy(), atol=1e-4)
     assert main(["-q", "export", "--model", str(run), "--format", "onnx", "--output", str(tmp_path / "cv.onnx")]) == 0
     from medseg_attn.networks.export import read_metadata
-    from medseg_attn.segmentation.export.models import predictor_from_onnx
 
     metadata = read_metadata(tmp_path / "cv.onnx")
     assert metadata["ensemble"]["folds"] == ["fold_0", "fold_1", "fold_2"]
-    onnx = predictor_from_onnx(tmp_path / "cv.onnx")
+    onnx = Predictor.from_checkpoint(tmp_path / "cv.onnx")
     assert onnx.postprocessing == {1: ClassPostprocessing(largest_component=True), 2: ClassPostprocessing()}
     ensemble = Predictor.from_checkpoint(run, device="cpu", precision="fp32")
     ours, theirs = ensemble.predict(image, probabilities=True), onnx.predict(image, probabilities=True)
@@ -245,7 +244,7 @@ def test_a_cv_run_exports_as_one_ensemble_network(cv_run, tmp_path, capsys):
     assert main(["-q", "export", "--model", str(uncalibrated), "--format", "onnx", "--output",
                  str(tmp_path / "plain.onnx")]) == 0
     ours = Predictor.from_checkpoint(uncalibrated, device="cpu", precision="fp32").predict(image, probabilities=True)
-    theirs = predictor_from_onnx(tmp_path / "plain.onnx").predict(image, probabilities=True)
+    theirs = Predictor.from_checkpoint(tmp_path / "plain.onnx").predict(image, probabilities=True)
     np.testing.assert_allclose(theirs.probabilities, ours.probabilities, atol=1e-4)
     assert main(["-q", "export", "--model", str(run), "--format", "bundle", "--output", str(tmp_path / "b")]) == 2
     assert "a MONAI bundle holds one model: export one fold" in capsys.readouterr().err
