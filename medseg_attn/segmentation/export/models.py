@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_attn.config import from_dict
+from medseg_attn.errors import UserError
 from medseg_attn.networks.export import (
     OnnxNetwork,
     example_input,
@@ -34,7 +35,7 @@ from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_FORMATS", "export_segmentation", "load_segmentation", "predictor_from_onnx"]
+__all__ = ["EXPORT_FORMATS", "check_onnx_options", "export_segmentation", "load_segmentation", "predictor_from_onnx"]
 
 EXPORT_FORMATS = ("torchscript", "onnx", "bundle")
 
@@ -89,6 +90,23 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
     return target
 
 
+def check_onnx_options(path: str | Path, folds: list[int] | None, device: str) -> None:
+    """Refuse ``predict`` options the onnxruntime engine cannot honour, instead of ignoring them: ``--folds`` (an
+    exported ensemble is one graph holding every fold it was exported with) and a ``--device`` other than auto or
+    cpu (the engine runs on the CPU).
+
+    Raises:
+        UserError: one line naming the option, its value and the way out.
+    """
+    if folds is not None:
+        raise UserError(f"--folds {' '.join(map(str, folds))}: {path} is an exported model run whole by onnxruntime "
+                        f"(an ensemble holds every fold it was exported with); predict with the cross-validation "
+                        f"run folder (--engine torch --model CV_RUN --folds ...) or drop --folds")
+    if str(device).strip().lower() not in ("auto", "cpu"):
+        raise UserError(f"--device {device}: --engine onnxruntime runs on the CPU; drop --device (or give cpu), or "
+                        f"predict with the run folder on {device} (--engine torch)")
+
+
 def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) -> Predictor:
     """A predictor running an ONNX file exported by :func:`export_segmentation` with onnxruntime (CPU).
 
@@ -119,7 +137,8 @@ def predictor_from_onnx(path: str | Path, threads: int = 0, **inference: Any) ->
                           int(metadata["in_channels"]), [str(path)])
     predictor.colors.update({int(k): list(v) for k, v in (metadata.get("colors") or {}).items()})
     predictor.temperatures = [float((metadata.get("calibration") or {}).get("temperature", 1.0))]  # as PyTorch
-    predictor.postprocessing = parse_postprocessing(metadata.get("postprocessing") or {}, str(path))  # a CV export
+    predictor.postprocessing = parse_postprocessing(metadata.get("postprocessing") or {}, str(path),
+                                                  labels)  # a CV export
     predictor.model_info = {k: metadata.get(k) for k in ("card", "plan", "epoch", "best_metric", "labels",
                                                          "calibration", "training_fingerprint")}
     return predictor

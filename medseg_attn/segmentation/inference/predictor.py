@@ -181,7 +181,7 @@ class Predictor:
         predictor.colors.update({int(k): list(v) for k, v in (first["colors"] or {}).items()})
         predictor.model_info = first["info"]
         predictor.temperatures = temperatures  # each member calibrated as it was fitted, then averaged
-        predictor.postprocessing = read_postprocessing(runs[0]) if len(runs) == 1 else {}
+        predictor.postprocessing = read_postprocessing(runs[0], first["classes"]) if len(runs) == 1 else {}
         return predictor
 
     def provenance(self) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+"""Round three: prediction batches, run.json, the output guard, evaluate, postprocessing, ONNX and the device.
+
+Each test builds real files from the tiny checkpoint of ``conftest.py`` (a cross-validation run is that checkpoint
+as every fold, with ``cv.json``) and runs the real command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from cli_helpers import assert_one_line_error, run
+from reliability_helpers import dataset, digest, volume
+
+from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture()
+def image(tmp_path):
+    (tmp_path / "in").mkdir()
+    return volume(tmp_path / "in" / "case.nii.gz")
+
+
+def _cv_run(root, model, folds=2, postprocessing=None):
+    """A cross-validation run folder whose folds are the tiny checkpoint (with ``postprocessing.json``)."""
+    root.mkdir(parents=True)
+    (root / "cv.json").write_text(json.dumps({"folds": folds, "seed": 0, "dataset": "d"}))
+    for fold in range(folds):
+        (root / f"fold_{fold}" / "checkpoints").mkdir(parents=True)
+        shutil.copy(model, root / f"fold_{fold}" / "checkpoints" / "best.pt")
+    if postprocessing is not None:
+        (root / "postprocessing.json").write_text(json.dumps({"classes": postprocessing}))
+    return root
+
+
+def _predict(model, image, output, *extra):
+    return run("-q", "predict", "--model", str(model), "--input", str(image), "--output", str(output), *extra)
+
+
+# 8. the onnxruntime engine refuses --folds and a --device it cannot run on -----------------------------------------
+
+def test_onnx_engine_refuses_folds_and_devices_it_cannot_honour(segmentation_model, image, tmp_path):
+    pytest.importorskip("onnxruntime")
+    cv = _cv_run(tmp_path / "cv", segmentation_model)
+    exported = tmp_path / "ensemble.onnx"
+    result = run("-q", "export", "--model", str(cv), "--format", "onnx", "--output", str(exported))
+    assert result.returncode == 0, result.stderr
+    result = _predict(exported, image, tmp_path / "a", "--engine", "onnxruntime", "--folds", "0")
+    assert_one_line_error(result, "--folds 0", "onnxruntime")
+    result = _predict(exported, image, tmp_path / "b", "--engine", "onnxruntime", "--device", "cuda:1")
+    assert_one_line_error(result, "--device cuda:1", "CPU")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    result = _predict(exported, image, tmp_path / "c", "--device", "cpu")  # what it can do: silent
+    assert result.returncode == 0 and (tmp_path / "c" / "case.nii.gz").is_file(), result.stderr
+
+
+# 10. postprocessing.json is checked as the config loader checks a configuration -------------------------------------
+
+@pytest.mark.parametrize("classes, fragments", [
+    ({"1": {"largest_component": "false"}}, ("class 1", "largest_component", "'false'")),
+    ({"1": {"largest_component": False, "min_size_ml": -2.5}}, ("class 1", "min_size_ml", "-2.5")),
+    ({"1": {"largest_component": False, "min_size_ml": "big"}}, ("class 1", "min_size_ml", "'big'")),
+    ({"9": {"largest_component": True}}, ("class 9", "not a foreground class", "1=liver")),
+    ({"one": {"largest_component": True}}, ("class 'one'", "class index")),
+])
+def test_postprocessing_values_are_checked(segmentation_model, image, tmp_path, classes, fragments):
+    cv = _cv_run(tmp_path / "cv", segmentation_model, postprocessing=classes)
+    result = _predict(cv, image, tmp_path / "out")
+    assert_one_line_error(result, str(cv / "postprocessing.json"), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_postprocessing_is_applied_silently(segmentation_model, image, tmp_path):
+    from medseg_attn.segmentation.inference.cvrun import ClassPostprocessing
+    from medseg_attn.segmentation.inference.predictor import Predictor
+
+    classes = {"1": {"name": "liver", "largest_component": True, "min_size_ml": None, "dice_before": 0.5},
+               "2": {"largest_component": False, "min_size_ml": 0.25}}
+    cv = _cv_run(tmp_path / "cv", segmentation_model, postprocessing=classes)
+    assert Predictor.from_checkpoint(cv, device="cpu").postprocessing == {
+        1: ClassPostprocessing(largest_component=True), 2: ClassPostprocessing(min_size_ml=0.25)}
+    result = _predict(cv, image, tmp_path / "out")
+    assert result.returncode == 0 and "error" not in result.stderr, result.stderr
