@@ -44,6 +44,40 @@ def _predict(model, image, output, *extra):
     return run("-q", "predict", "--model", str(model), "--input", str(image), "--output", str(output), *extra)
 
 
+# 7. evaluate leaves the ignore label of sparse labels out of every metric ------------------------------------------
+
+def test_evaluate_leaves_ignore_voxels_out_of_every_metric(tmp_path):
+    root = dataset(tmp_path / "sparse", cases=2, labels={"0": "background", "1": "organ", "2": "ignore"})
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for path in (root / "labelsTr").glob("*.nii.gz"):
+        label = nib.load(path)
+        data = np.asarray(label.dataobj).copy()
+        data[data == 2] = 1  # unannotated voxels that are organ: a perfect prediction
+        nib.save(nib.Nifti1Image(data, label.affine), pred / path.name)
+    out = tmp_path / "evaluation"
+    result = run("evaluate", "--pred", str(pred), "--label", str(root / "labelsTr"), "--output", str(out),
+                 "--labels", str(root / "dataset.json"), "--include-background")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["classes"]) == {"background", "organ"} and summary["ignore_label"] == 2
+    for name in ("background", "organ"):
+        assert summary["classes"][name]["dice"]["min"] == 1.0
+        assert summary["classes"][name]["surface_dice"]["min"] == 1.0
+        assert summary["classes"][name]["hd95"]["max"] == 0.0
+    assert "not in the class names given" not in result.stderr
+
+
+def test_evaluate_without_an_ignore_label_scores_every_voxel(tmp_path):
+    root = dataset(tmp_path / "dense", cases=2, labels={"0": "background", "1": "a", "2": "b"})
+    out = tmp_path / "evaluation"
+    result = run("-q", "evaluate", "--pred", str(root / "labelsTr"), "--label", str(root / "labelsTr"), "--output",
+                 str(out), "--labels", str(root / "dataset.json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["classes"]) == {"a", "b"} and summary["ignore_label"] is None
+
+
 # 8. the onnxruntime engine refuses --folds and a --device it cannot run on -----------------------------------------
 
 def test_onnx_engine_refuses_folds_and_devices_it_cannot_honour(segmentation_model, image, tmp_path):
