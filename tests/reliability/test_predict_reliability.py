@@ -44,6 +44,27 @@ def _predict(model, image, output, *extra):
     return run("-q", "predict", "--model", str(model), "--input", str(image), "--output", str(output), *extra)
 
 
+# 6. run.json names the model that made the folder: another model's folder is refused -----------------------------
+
+def test_predict_refuses_a_folder_another_model_filled(segmentation_model, image, tmp_path):
+    other = tmp_path / "other.pt"
+    payload = load_checkpoint(segmentation_model)
+    save_checkpoint(payload | {"epoch": 7}, other)  # another model: other bytes, other checksum
+    out = tmp_path / "out"
+    assert _predict(segmentation_model, image, out).returncode == 0
+    first = json.loads((out / "run.json").read_text())["model"]["models"][0]["sha256"]
+    result = _predict(segmentation_model, image, out)  # the same model: resuming keeps working
+    assert result.returncode == 0 and "skipped 1 existing" in result.stdout, result.stderr
+    before = digest(out)
+    result = _predict(other, image, out)
+    assert_one_line_error(result, str(out), "another model", first[:12], "--overwrite")
+    assert digest(out) == before  # run.json, label tables and the case untouched
+    result = _predict(other, image, out, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    models = json.loads((out / "run.json").read_text())["model"]["models"]
+    assert [m["path"] for m in models] == [str(other.resolve())] and models[0]["sha256"] != first
+
+
 # 7. evaluate leaves the ignore label of sparse labels out of every metric ------------------------------------------
 
 def test_evaluate_leaves_ignore_voxels_out_of_every_metric(tmp_path):
@@ -95,6 +116,27 @@ def test_onnx_engine_refuses_folds_and_devices_it_cannot_honour(segmentation_mod
     assert result.returncode == 0 and (tmp_path / "c" / "case.nii.gz").is_file(), result.stderr
 
 
+# 9. predict never writes into a folder its run owns (cv/ with the out-of-fold predictions included) ---------------
+
+def test_predict_never_writes_into_the_folders_a_run_owns(segmentation_model, image, tmp_path):
+    cv = _cv_run(tmp_path / "cv", segmentation_model)
+    (cv / "cv" / "predictions").mkdir(parents=True)
+    volume(cv / "cv" / "predictions" / "case.nii.gz", seed=3)  # the out-of-fold prediction `cv` scored
+    (cv / "fold_0" / "tensorboard").mkdir()
+    (cv / "fold_0" / "tensorboard" / "events").write_text("x")
+    before = digest(cv)
+    for model, output in ((cv, cv / "cv" / "predictions"), (cv, cv / "cv"), (cv / "fold_0", cv / "cv"),
+                          (cv / "fold_0" / "checkpoints" / "best.pt", cv / "cv" / "predictions"),
+                          (cv / "fold_0", cv / "fold_0" / "tensorboard")):
+        result = _predict(model, image, output, "--overwrite")
+        assert_one_line_error(result, str(output), "would write into the model")
+        assert digest(cv) == before
+    for _ in range(2):  # a new folder of the run, then the same one again (an interrupted batch finished)
+        result = _predict(cv, image, cv / "predictions")
+        assert result.returncode == 0, result.stderr
+    assert (cv / "predictions" / "case.nii.gz").is_file()
+
+
 # 10. postprocessing.json is checked as the config loader checks a configuration -------------------------------------
 
 @pytest.mark.parametrize("classes, fragments", [
@@ -122,3 +164,16 @@ def test_good_postprocessing_is_applied_silently(segmentation_model, image, tmp_
         1: ClassPostprocessing(largest_component=True), 2: ClassPostprocessing(min_size_ml=0.25)}
     result = _predict(cv, image, tmp_path / "out")
     assert result.returncode == 0 and "error" not in result.stderr, result.stderr
+
+
+# 15. max_foreground_uncertainty without --uncertainty: said at the start of the batch ------------------------------
+
+def test_an_uncertainty_limit_without_uncertainty_is_said(segmentation_model, image, tmp_path):
+    result = run("predict", "--model", str(segmentation_model), "--input", str(image), "--output",
+                 str(tmp_path / "a"), "--review-set", "max_foreground_uncertainty=0.2")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "max_foreground_uncertainty" in line]
+    assert len(lines) == 1 and "--uncertainty" in lines[0] and "never checked" in lines[0], result.stderr
+    result = run("predict", "--model", str(segmentation_model), "--input", str(image), "--output",
+                 str(tmp_path / "b"), "--review-set", "max_foreground_uncertainty=0.2", "--uncertainty")
+    assert result.returncode == 0 and "max_foreground_uncertainty" not in result.stderr, result.stderr

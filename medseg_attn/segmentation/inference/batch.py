@@ -41,7 +41,7 @@ import numpy as np
 from medseg_attn.io import dicom
 from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.lock import OutputLock
-from medseg_attn.io.manifest import recorded_run
+from medseg_attn.io.manifest import check_same_model, recorded_run
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, is_image_file
 from medseg_attn.segmentation.inference.outputs import case_formats, parse_output_formats, write_label_tables
@@ -312,8 +312,8 @@ def predict_files(
         ``report.csv`` (and failed ones to ``failures.csv``).
 
     Raises:
-        ValueError: unknown output format, an output folder that would write into an input, or attention maps
-            asked of a model without attention (before any case).
+        ValueError: unknown output format, an output folder that would write into an input or that another
+            model's predictions fill (without ``overwrite``), or attention maps asked of a model without attention.
     """
     from tqdm import tqdm
 
@@ -321,13 +321,20 @@ def predict_files(
     levels = tuple(predictor.attention_levels()) if attention_maps or attention_heads else ()
     settings = _Settings(formats, probabilities, overwrite, resample_uneven, volume_index,
                          Explain(levels, attention_heads, uncertainty), review)
+    if review is not None and review.settings.max_foreground_uncertainty > 0 and not uncertainty:
+        logger.warning("review setting max_foreground_uncertainty = %g is never checked in this batch: it needs "
+                       "--uncertainty (uncertainty=True), which measures each case's foreground uncertainty",
+                       review.settings.max_foreground_uncertainty)
     output_dir = Path(output_dir)
     paths = [i for i in inputs if not isinstance(i, CaseInput)]
     cases = collect_cases(paths, predictor.in_channels, series_uid) if paths else list(inputs)
-    _prepare_output_dir(cases, output_dir, paths, formats, predictor)
+    provenance = predictor.provenance()  # another model's folder is refused unless overwrite (run.json names one)
+    models = None if overwrite else provenance["paths"]
+    _prepare_output_dir(cases, output_dir, paths, formats, predictor, models)
     records: list[dict[str, Any]] = []
-    with OutputLock(output_dir) if lock else nullcontext(), recorded_run(output_dir, "predict") as manifest:
-        manifest.add_model(**predictor.provenance())  # run.json: model, arithmetic, inputs, outcome
+    with OutputLock(output_dir) if lock else nullcontext(), recorded_run(output_dir, "predict",
+                                                                         models=models) as manifest:
+        manifest.add_model(**provenance)  # run.json: model, arithmetic, inputs, outcome
         for case in cases:
             manifest.add_input(case.files[0], name=case.name, error=case.error, series_uid=case.series_uid,
                                geometry=True)
@@ -344,9 +351,12 @@ def predict_files(
 
 
 def _prepare_output_dir(cases: list[CaseInput], output_dir: Path, inputs: Sequence[str | Path],
-                        formats: tuple[str, ...], predictor: Predictor) -> None:
-    """Check the output folder against the inputs, create it, and write the label tables beside NIfTI maps."""
+                        formats: tuple[str, ...], predictor: Predictor, models: Sequence[str] | None) -> None:
+    """Check the output folder against the inputs (and its ``run.json`` against ``models``), create it, and write
+    the label tables beside NIfTI maps."""
     check_output_dir(cases, output_dir, inputs)
+    if models is not None:
+        check_same_model(output_dir, models)
     output_dir.mkdir(parents=True, exist_ok=True)
     if "nifti" in formats or "dicom-seg" in formats:  # ITK-SNAP / Slicer label tables beside the NIfTI maps
         write_label_tables(output_dir, predictor.labels, predictor.colors)
