@@ -114,7 +114,7 @@ class RunManifest:
 
     def __init__(self, folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> None:
         from medseg_attn.training.card import package_versions
-        from medseg_attn.training.device import cpu_model
+        from medseg_attn.training.device import cpu_model, mps_available
 
         import torch
 
@@ -128,7 +128,8 @@ class RunManifest:
             "versions": package_versions(),
             "machine": {"host": platform.node(), "system": platform.platform(), "cpu": cpu_model(),
                         "torch_threads": torch.get_num_threads(),
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                        "mps": mps_available()},
             "inputs": [],
         }
 

@@ -177,3 +177,43 @@ def test_an_uncertainty_limit_without_uncertainty_is_said(segmentation_model, im
     result = run("predict", "--model", str(segmentation_model), "--input", str(image), "--output",
                  str(tmp_path / "b"), "--review-set", "max_foreground_uncertainty=0.2", "--uncertainty")
     assert result.returncode == 0 and "max_foreground_uncertainty" not in result.stderr, result.stderr
+
+
+# 23. auto picks Apple's MPS where torch offers it, says so, and lets operations MPS lacks run on the CPU ------------
+
+def test_auto_device_picks_mps_where_torch_reports_it(monkeypatch, caplog, tmp_path):
+    from medseg_attn.errors import UserError
+    from medseg_attn.io.manifest import RunManifest
+    from medseg_attn.training import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="no Apple MPS backend"):
+        device.resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setenv("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    device._announce_mps.cache_clear()
+    with caplog.at_level(logging.INFO, logger="medseg_attn.training.device"):
+        chosen = device.resolve_device("auto")
+        device.resolve_device("auto")
+    assert chosen == torch.device("mps") and device.resolve_device("mps") == torch.device("mps")
+    said = [record.getMessage() for record in caplog.records if "MPS" in record.getMessage()]
+    assert len(said) == 1 and "PYTORCH_ENABLE_MPS_FALLBACK=1" in said[0] and "CPU" in said[0], said
+    assert device.precision_reason("auto", chosen) == "auto on Apple MPS: fp32"
+    manifest = RunManifest(tmp_path, "predict")
+    manifest.add_model([], device=str(chosen))
+    recorded = json.loads(manifest.finish("ok").read_text())
+    assert recorded["machine"]["mps"] is True and recorded["model"]["device"] == "mps"
+    device._announce_mps.cache_clear()
+
+
+def test_importing_medseg_attn_on_macos_turns_the_mps_fallback_on(tmp_path):
+    code = ("import os, sys; sys.platform = 'darwin'; import medseg_attn; "
+            "print(os.environ.get('PYTORCH_ENABLE_MPS_FALLBACK'))")
+    env = {key: value for key, value in os.environ.items() if key != "PYTORCH_ENABLE_MPS_FALLBACK"}
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert found.stdout.strip() == "1"
+    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=env | {"PYTORCH_ENABLE_MPS_FALLBACK": "0"})
+    assert kept.stdout.strip() == "0"  # the user's own setting wins
