@@ -40,7 +40,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, config_help: str, da
                         help=f"override a config key, e.g. --set {set_example} (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --output from checkpoints/last.pt with its saved config")
-    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--device", help="auto (default: CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 
 def train_config_from_args(args: argparse.Namespace, data_key: str, kind: type | None = None) -> Any:

@@ -93,7 +93,8 @@ def add_parsers(command) -> None:
                               "exported, or an exported .onnx (with --engine onnxruntime); several: an ensemble "
                               "(class probabilities averaged; models trained with the same classes and preprocessing)")
     predict.add_argument("--folds", type=int, nargs="+", metavar="K",
-                         help="with a cross-validation run as --model: ensemble only these folds (default all)")
+                         help="with a cross-validation run as --model: ensemble only these folds (default all; "
+                              "refused with an exported .onnx, which holds every fold it was exported with)")
     predict.add_argument("--input", nargs="+", required=True,
                          help="image files (NIfTI, NRRD, MHA/MHD, multi-frame DICOM), DICOM series folders, and "
                               "folders of these (a folder's sub-folders are DICOM series)")
@@ -109,7 +110,8 @@ def add_parsers(command) -> None:
                               "list such as nifti,seg-nrrd; both = nifti,dicom-seg; all = every format")
     predict.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
                          help="torch (default), or onnxruntime: run an exported .onnx file given as --model "
-                              "(pip install 'medseg-attn[onnx]'; CPU); a .onnx --model implies it")
+                              "(pip install 'medseg-attn[onnx]'; CPU only: --device cuda and --folds are refused); "
+                              "a .onnx --model implies it")
     predict.add_argument("--series-uid", help="the SeriesInstanceUID to read from DICOM folders holding several "
                                               "series (default: each series is its own case)")
     predict.add_argument("--resample-uneven", action="store_true",
@@ -148,8 +150,12 @@ def add_parsers(command) -> None:
                               "per structure, fragmentation limits ...; see docs/statistics.md)")
     predict.add_argument("--review-set", action="append", default=[], metavar="KEY=VALUE",
                          help="override one review setting, e.g. volume_mad_k=5 (repeatable)")
-    predict.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
-    predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="redo cases whose output already exists; also predict into a folder another model "
+                              "filled (refused without it)")
+    predict.add_argument("--device", default="auto",
+                         help="auto (default: CUDA, else Apple MPS where torch offers it, else CPU), cpu, cuda, "
+                              "cuda:N, mps")
 
     inspect = command("inspect", "show what the reader sees in a volume, DICOM folder or folder of volumes, or the "
                                  "model card of a run folder, checkpoint, export or bundle")
@@ -164,7 +170,8 @@ def add_parsers(command) -> None:
     evaluate.add_argument("--label", type=Path, required=True, help="folder of reference label maps (same names)")
     evaluate.add_argument("--output", type=Path, required=True, help="folder for metrics.csv, summary.json, PNG")
     evaluate.add_argument("--labels", help="class names: a dataset.json, a run folder or checkpoint, or "
-                                           "'1=liver,2=spleen' (default: label_<k>)")
+                                           "'1=liver,2=spleen' (default: label_<k>); a label named ignore (sparse "
+                                           "labels) marks unannotated voxels, left out of every metric")
     evaluate.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     evaluate.add_argument("--include-background", action="store_true", help="also score class 0")
     evaluate.add_argument("--statistics", action="store_true",

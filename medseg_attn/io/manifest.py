@@ -15,6 +15,7 @@ folder with outputs and no ``run.json`` was made by a run that was killed.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -27,8 +28,8 @@ from typing import Any
 
 from medseg_attn.io.files import atomic_write_text
 
-__all__ = ["MANIFEST_NAME", "RunManifest", "file_sha256", "json_sha256", "path_sha256", "recorded_run",
-           "set_command_line"]
+__all__ = ["MANIFEST_NAME", "RunManifest", "check_same_model", "file_sha256", "json_sha256", "model_sha256",
+           "path_sha256", "recorded_run", "set_command_line"]
 
 MANIFEST_NAME = "run.json"
 _COMMAND_LINE: list[str] | None = None  # set by the CLI (its argv also when called in-process)
@@ -53,6 +54,45 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _model_sha256(path: str, size: int, modified_ns: int) -> str:
+    return file_sha256(path)
+
+
+def model_sha256(path: str | Path) -> str:
+    """:func:`file_sha256` of a model file, computed once per process while the file is unchanged (size, mtime)."""
+    found = Path(path).resolve().stat()
+    return _model_sha256(str(Path(path).resolve()), found.st_size, found.st_mtime_ns)
+
+
+def check_same_model(folder: str | Path, paths: Sequence[str | Path], option: str = "--output") -> None:
+    """Refuse to predict into a folder that an earlier ``predict`` with another model filled (its ``run.json``
+    names other checksums): mixing two models' label maps in one folder, with a ``run.json`` naming only the
+    last, loses which model made which file. The same model (an interrupted batch finished) passes, as does a
+    folder without a ``predict`` record.
+
+    Raises:
+        UserError: one line naming the folder, both models' checksums and the way out.
+    """
+    from medseg_attn.errors import UserError
+
+    try:
+        recorded = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+        before = sorted(str(m["sha256"]) for m in recorded["model"]["models"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if recorded.get("command") != "predict" or not before:
+        return
+    now = sorted(model_sha256(p) for p in paths if Path(p).is_file())
+    if now != before:
+        def shown(digests: list[str]) -> str:
+            return " + ".join(d[:12] for d in digests) or "none"
+
+        raise UserError(f"{folder}: holds the predictions of another model (run.json: sha256 {shown(before)}; this "
+                        f"model: sha256 {shown(now)}); choose another {option}, or pass --overwrite to predict into "
+                        f"it with this model")
+
+
 def path_sha256(path: str | Path) -> str:
     """SHA-256 of a file, or of a folder (a DICOM series): each file's relative name and bytes, in sorted order."""
     path = Path(path)
@@ -75,7 +115,7 @@ class RunManifest:
     def __init__(self, folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> None:
         import torch
 
-        from medseg_attn.runtime.device import cpu_model
+        from medseg_attn.runtime.device import cpu_model, mps_available
         from medseg_attn.training.card import package_versions
 
         self.folder = Path(folder) if folder is not None else None  # None: record nothing (other DDP ranks)
@@ -88,7 +128,8 @@ class RunManifest:
             "versions": package_versions(),
             "machine": {"host": platform.node(), "system": platform.platform(), "cpu": cpu_model(),
                         "torch_threads": torch.get_num_threads(),
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                        "mps": mps_available()},
             "inputs": [],
         }
 
@@ -131,7 +172,7 @@ class RunManifest:
             precision: the resolved arithmetic ('fp32', 'bf16', 'fp16'); precision_reason: why.
             payload: the first checkpoint's contents (its card, plan, temperature), when loaded.
         """
-        models = [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in paths if Path(p).is_file()]
+        models = [{"path": str(Path(p).resolve()), "sha256": model_sha256(p)} for p in paths if Path(p).is_file()]
         record: dict[str, Any] = {"models": models, "device": device, "precision": precision,
                                   "precision_reason": precision_reason}
         if payload is not None:
@@ -155,9 +196,13 @@ class RunManifest:
 
 
 @contextmanager
-def recorded_run(folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> Iterator[RunManifest]:
+def recorded_run(folder: str | Path | None, command: str, argv: Sequence[str] | None = None, *,
+                 models: Sequence[str | Path] | None = None) -> Iterator[RunManifest]:
     """A :class:`RunManifest` written when the block ends: outcome 'ok' (or one the block set in
-    ``manifest.outcome``), 'interrupted', or 'failed: <first line of the error>'."""
+    ``manifest.outcome``), 'interrupted', or 'failed: <first line of the error>'. With ``models``, a folder whose
+    ``run.json`` records other models is refused first (:func:`check_same_model`; nothing written)."""
+    if models is not None and folder is not None:
+        check_same_model(folder, models)
     manifest = RunManifest(folder, command, argv)
     try:
         yield manifest

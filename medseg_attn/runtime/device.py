@@ -24,24 +24,57 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["resolve_device", "inference_dtype", "native_cpu_bf16", "cpu_bf16_speedup", "precision_name",
-           "precision_reason", "cpu_model", "cache_dir"]
+__all__ = ["mps_available", "resolve_device", "inference_dtype", "native_cpu_bf16", "cpu_bf16_speedup",
+           "precision_name", "precision_reason", "cpu_model", "cache_dir"]
 
 logger = logging.getLogger(__name__)
 
+MPS_FALLBACK = "PYTORCH_ENABLE_MPS_FALLBACK"  # torch reads it once, when it loads
 BF16_MIN_SPEEDUP = 1.3  # below this measured gain, auto stays fp32 (bf16 rounding for nothing)
 
 
+def mps_available() -> bool:
+    """Whether torch reports Apple's Metal GPU backend usable here (``torch.backends.mps.is_available()``)."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+@functools.lru_cache(maxsize=1)
+def _announce_mps() -> None:
+    """One log line, once per process: auto chose MPS, and what happens to operations MPS lacks."""
+    if os.environ.get(MPS_FALLBACK) == "1":
+        logger.info("device auto: Apple MPS (torch.backends.mps.is_available()); operations MPS lacks run on the "
+                    "CPU (%s=1)", MPS_FALLBACK)
+    else:
+        logger.warning("device auto: Apple MPS (torch.backends.mps.is_available()); %s is not 1 when torch loaded, "
+                       "so an operation MPS lacks stops the run (export %s=1, or --device cpu)", MPS_FALLBACK,
+                       MPS_FALLBACK)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU."""
+    """'auto' -> CUDA when available, else Apple's MPS when torch reports it (operations MPS lacks run on the CPU:
+    ``PYTORCH_ENABLE_MPS_FALLBACK=1``, which importing medseg_attn sets on macOS unless set already), else CPU.
+
+    Raises:
+        UserError: an unknown device, or CUDA / MPS asked for where torch does not offer it.
+    """
+    from medseg_attn.errors import UserError
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            _announce_mps()
+            return torch.device("mps")
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from None
+        raise UserError(f"unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+        raise UserError(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type == "mps" and not mps_available():
+        raise UserError(f"device {name!r} requested but torch reports no Apple MPS backend on this machine")
     return device
 
 
@@ -166,6 +199,8 @@ def precision_reason(precision: str, device: torch.device) -> str:
         return "set explicitly"
     if device.type == "cuda":
         return "auto on CUDA: fp16"
+    if device.type == "mps":
+        return "auto on Apple MPS: fp32"
     return _cpu_decision()[1]
 
 

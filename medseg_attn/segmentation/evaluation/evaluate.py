@@ -31,6 +31,7 @@ from medseg_attn.io.manifest import RunManifest
 from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
+from medseg_attn.segmentation.data.sparse import ignore_index
 from medseg_attn.segmentation.measures.overlap import mask_dice
 from medseg_attn.segmentation.measures.structure_statistics import case_statistics, write_statistics_csv
 
@@ -77,7 +78,7 @@ def _class_metrics(pred: np.ndarray, label: np.ndarray, spacing: list[float], to
 
 def evaluate_case(
     pred: np.ndarray, label: np.ndarray, spacing: Sequence[float], classes: Sequence[int], tolerance_mm: float = 1.0,
-    *, case: str = "case",
+    *, case: str = "case", ignore: int | None = None,
 ) -> dict[int, dict[str, float]]:
     """Dice, HD95 (mm) and surface Dice of each class for one prediction/label pair.
 
@@ -91,6 +92,8 @@ def evaluate_case(
         classes: class indices to evaluate.
         tolerance_mm: surface Dice tolerance in mm.
         case: name used in messages.
+        ignore: sparse labels' ``ignore`` value (:mod:`medseg_attn.segmentation.data.sparse`): the voxels the label
+            marks with it count in no metric of any class (as in training's validation).
 
     Returns:
         class index -> {"dice", "hd95", "surface_dice", "pred_voxels", "label_voxels"}.
@@ -106,7 +109,11 @@ def evaluate_case(
     for array, role in ((pred, "prediction"), (label, "label")):
         if not np.issubdtype(array.dtype, np.integer) or (array.size and array.min() < 0):
             raise ValueError(f"{case}: {role} ({array.dtype}) must hold integer class indices >= 0")
-    classes = list(dict.fromkeys(int(c) for c in classes))
+    annotated = None
+    if ignore is not None and (label == ignore).any():  # unannotated voxels count nowhere
+        annotated = label != ignore
+        pred, label = np.where(annotated, pred, 0), np.where(annotated, label, 0)
+    classes = list(dict.fromkeys(int(c) for c in classes if c != ignore))
     spacing, foreground = [float(s) for s in spacing], [c for c in classes if c != 0]
     pred_boxes, label_boxes = _present_boxes(pred, case), _present_boxes(label, case)
     ignored = sorted(set(pred_boxes) - set(foreground))
@@ -117,6 +124,8 @@ def evaluate_case(
         boxes = [found[index] for found in (pred_boxes, label_boxes) if index in found]
         if index == 0:
             pred_mask, label_mask = ~np.isin(pred, foreground), ~np.isin(label, foreground)
+            if annotated is not None:
+                pred_mask, label_mask = pred_mask & annotated, label_mask & annotated
         elif not boxes:
             pred_mask = label_mask = np.zeros((0,) * pred.ndim, dtype=bool)
         else:  # the union of the two bounding boxes holds every voxel of the class
@@ -290,7 +299,8 @@ def evaluate_folders(
         label_dir: folder of reference label maps (NIfTI); each needs a prediction.
         output_dir: receives ``metrics.csv``, ``summary.json`` and ``dice_boxplot.png`` (created).
         labels: class index -> name; None: every nonzero value of the label files, named ``label_<k>``; values
-            of the label files missing from ``labels`` are evaluated as ``label_<k>`` too, with a warning.
+            of the label files missing from ``labels`` are evaluated as ``label_<k>`` too, with a warning; a
+            label named ``ignore`` (sparse labels) is no class: the voxels it marks count in no metric.
         tolerance_mm: surface Dice tolerance in mm.
         include_background: also evaluate class 0 (everything not in another evaluated class).
         progress: show a progress bar over cases on stderr.
@@ -323,6 +333,9 @@ def evaluate_folders(
     cases = [(name, pred_files[name], path) for name, path in label_files.items()]
     mappings = {name: _check_geometry(pred_path, label_path) for name, pred_path, label_path in cases}
     names = _class_names(labels, list(label_files.values()), include_background)
+    ignore = ignore_index(labels) if labels else None  # sparse labels: unannotated voxels, never a class
+    if names.pop(ignore, None) is not None:
+        logger.info("label %d (ignore) marks unannotated voxels: they count in no metric", ignore)
     logger.info("evaluating %d cases, classes %s", len(cases), names)
     rows: list[dict] = []
     measured: list[dict] = []
@@ -333,7 +346,7 @@ def evaluate_folders(
                 raise ValueError(f"{pred_path}: a single-slice map stored with other axes than {label_path}; "
                                  "write the prediction on the label's grid")
             pred = np.ascontiguousarray(on_grid(pred, mappings[name]))
-        metrics = evaluate_case(pred, label, spacing, list(names), tolerance_mm, case=pred_path.name)
+        metrics = evaluate_case(pred, label, spacing, list(names), tolerance_mm, case=pred_path.name, ignore=ignore)
         if statistics:
             measured += _label_statistics(name, pred, label, label_path, spacing, names)
         del pred, label  # one case in memory at a time
@@ -341,7 +354,7 @@ def evaluate_folders(
     absent = [names[i] for i in names if not any(r["label_voxels"] for r in rows if r["class_index"] == i)]
     if absent:
         logger.warning("classes %s appear in no label file of %s", absent, label_dir)
-    summary = _summarize(rows, names, len(cases), tolerance_mm)
+    summary = _summarize(rows, names, len(cases), tolerance_mm) | {"ignore_label": ignore}
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(rows, output_dir / "metrics.csv")
     if statistics:

@@ -4,14 +4,20 @@ below a size (what a cross-validation run chose, ``postprocessing.json``; read b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from medseg_attn.errors import UserError
+
 __all__ = ["ClassPostprocessing", "apply_postprocessing", "components", "parse_postprocessing",
            "voxel_ml"]
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -26,10 +32,26 @@ class ClassPostprocessing:
     min_size_ml: float | None = None
 
     @classmethod
-    def from_entry(cls, entry: dict[str, Any]) -> ClassPostprocessing:
-        """One class's entry of ``postprocessing.json`` (``min_size_ml`` absent in records written before it)."""
-        size = entry.get("min_size_ml")
-        return cls(bool(entry["largest_component"]), None if size is None else float(size))
+    def from_entry(cls, entry: dict[str, Any], where: str = "postprocessing.json", index: Any = "?"
+                   ) -> ClassPostprocessing:
+        """One class's entry of ``postprocessing.json`` (``min_size_ml`` absent in records written before it),
+        checked as the config loader checks its values: ``largest_component`` true or false (not the string
+        'false'), ``min_size_ml`` null or a finite number > 0 (ml).
+
+        Raises:
+            UserError: one line naming ``where``, the class ``index``, the key and the bad value.
+        """
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: class {index}: expected a mapping with largest_component, got {entry!r:.80}")
+        largest, size = entry.get("largest_component", _MISSING), entry.get("min_size_ml")
+        if not isinstance(largest, bool):
+            shown = "nothing" if largest is _MISSING else f"{largest!r:.80}"
+            raise UserError(f"{where}: class {index}: largest_component must be true or false, got {shown}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float))
+                                 or not math.isfinite(size) or size <= 0):
+            raise UserError(f"{where}: class {index}: min_size_ml must be null or a number of ml > 0, "
+                            f"got {size!r:.80}")
+        return cls(largest, None if size is None else float(size))
 
     def to_entry(self) -> dict[str, Any]:
         return {"largest_component": self.largest_component, "min_size_ml": self.min_size_ml}
@@ -58,16 +80,28 @@ class ClassPostprocessing:
         return gone if gone.any() else None
 
 
-def parse_postprocessing(classes: dict[str, Any], where: str) -> dict[int, ClassPostprocessing]:
-    """The ``classes`` of a postprocessing record (``postprocessing.json``, an exported ensemble's metadata).
+def parse_postprocessing(classes: dict[str, Any], where: str, labels: dict[int, str] | None = None
+                         ) -> dict[int, ClassPostprocessing]:
+    """The ``classes`` of a postprocessing record (``postprocessing.json``, an exported ensemble's metadata), each
+    entry checked (:meth:`ClassPostprocessing.from_entry`); with ``labels`` (the model's classes) every class must
+    be one of its foreground classes.
 
     Raises:
-        ValueError: naming ``where``.
+        UserError: one line naming ``where``, the class, the key and the bad value.
     """
-    try:
-        return {int(index): ClassPostprocessing.from_entry(entry) for index, entry in classes.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{where}: not a postprocessing record ({error})") from None
+    if not isinstance(classes, dict):
+        raise UserError(f"{where}: not a postprocessing record (classes: expected a mapping, got {classes!r:.80})")
+    choice = {}
+    for key, entry in classes.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: class {key!r:.80}: expected a class index (an integer)") from None
+        if labels is not None and (index not in labels or index == 0):
+            known = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k)
+            raise UserError(f"{where}: class {index}: not a foreground class of the model (its classes: {known})")
+        choice[index] = ClassPostprocessing.from_entry(entry, where, index)
+    return choice
 
 
 def voxel_ml(affine: np.ndarray) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medseg_attn.errors import UserError
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, parse_postprocessing
 
 __all__ = ["cv_members", "fold_dir", "is_cv_run", "read_postprocessing"]
@@ -54,14 +55,15 @@ def cv_members(run: str | Path, folds: list[int] | None = None) -> list[Path]:
     return members
 
 
-def read_postprocessing(run: str | Path) -> dict[int, ClassPostprocessing]:
+def read_postprocessing(run: str | Path, labels: dict[int, str] | None = None) -> dict[int, ClassPostprocessing]:
     """Per class index, what to do after the argmax ({} when the run chose nothing). Records written before
-    ``min_size_ml`` existed read as largest-component choices only."""
+    ``min_size_ml`` existed read as largest-component choices only. ``labels``: the model's classes (see
+    :func:`~medseg_attn.segmentation.measures.postprocessing.parse_postprocessing`)."""
     path = Path(run) / "postprocessing.json"
     if not path.is_file():
         return {}
     try:
         classes = json.loads(path.read_text())["classes"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a postprocessing record ({error})") from None
-    return parse_postprocessing(classes, str(path))
+        raise UserError(f"{path}: not a postprocessing record ({error})") from None
+    return parse_postprocessing(classes, str(path), labels)

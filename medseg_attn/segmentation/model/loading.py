@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from medseg_attn.config import Config, InferenceConfig, from_dict
+from medseg_attn.errors import UserError
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.segmentation.data.transforms import Preprocessing
@@ -25,7 +26,7 @@ from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "INFO_KEYS", "SegmentationModel", "load_model"]
+__all__ = ["ENGINES", "INFO_KEYS", "SegmentationModel", "check_onnx_options", "is_onnx", "load_model"]
 
 ENGINES = ("torch", "onnxruntime")
 INFO_KEYS = ("card", "plan", "epoch", "best_metric", "labels", "calibration", "training_fingerprint")
@@ -104,15 +105,35 @@ def load_model(model: str | Path | Sequence[str | Path], folds: Sequence[int] | 
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
     onnx = [item for item in models if str(item).endswith(".onnx")]
-    if engine == "onnxruntime" or onnx:
+    if is_onnx(models, engine):
         if len(models) != 1 or not onnx:
             raise ValueError(f"--engine onnxruntime: give one .onnx file as --model (medseg-attn export --format "
                              f"onnx), got {' '.join(map(str, models))}")
-        if folds is not None:
-            raise ValueError(f"--folds {' '.join(map(str, folds))}: {onnx[0]} is an exported network; its folds "
-                             f"are fixed at export (export the folds you want from the CV run)")
+        check_onnx_options(onnx[0], folds)
         return _load_onnx(Path(onnx[0]), threads, inference)
     return _load_checkpoints(models, folds, device, inference)
+
+
+def is_onnx(model: Sequence[str | Path], engine: str = "torch") -> bool:
+    """Whether ``model`` runs through onnxruntime (``--engine onnxruntime``, or a ``.onnx`` file, which implies it)."""
+    return engine == "onnxruntime" or any(str(item).endswith(".onnx") for item in model)
+
+
+def check_onnx_options(path: str | Path, folds: Sequence[int] | None, device: str = "cpu") -> None:
+    """Refuse ``predict`` options the onnxruntime engine cannot honour, instead of ignoring them: ``--folds`` (an
+    exported ensemble is one graph holding every fold it was exported with) and a ``--device`` other than auto or
+    cpu (the engine runs on the CPU).
+
+    Raises:
+        UserError: one line naming the option, its value and the way out.
+    """
+    if folds is not None:
+        raise UserError(f"--folds {' '.join(map(str, folds))}: {path} is an exported model run whole by onnxruntime "
+                        f"(an ensemble holds every fold it was exported with); predict with the cross-validation "
+                        f"run folder (--engine torch --model CV_RUN --folds ...) or drop --folds")
+    if str(device).strip().lower() not in ("auto", "cpu"):
+        raise UserError(f"--device {device}: --engine onnxruntime runs on the CPU; drop --device (or give cpu), or "
+                        f"predict with the run folder on {device} (--engine torch)")
 
 
 def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, device: Any,
@@ -154,7 +175,8 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
         config=_with_inference(first["config"], inference), in_channels=first["input channels"],
         sources=tuple(sources), colors=_colors(first["classes"], first["colors"]),
         temperatures=tuple(temperatures),  # each member calibrated as it was fitted, then averaged
-        postprocessing=read_postprocessing(runs[0]) if len(runs) == 1 else {}, info=first["info"], engine="torch")
+        postprocessing=read_postprocessing(runs[0], first["classes"]) if len(runs) == 1 else {},
+        info=first["info"], engine="torch")
 
 
 def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> SegmentationModel:
@@ -176,5 +198,5 @@ def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> Segmen
         labels=labels, config=_with_inference(from_dict(metadata["config"]), inference),
         in_channels=int(metadata["in_channels"]), sources=(str(path),), colors=_colors(labels, metadata.get("colors")),
         temperatures=(float((metadata.get("calibration") or {}).get("temperature", 1.0)),),  # as PyTorch
-        postprocessing=parse_postprocessing(metadata.get("postprocessing") or {}, str(path)),  # a CV export
+        postprocessing=parse_postprocessing(metadata.get("postprocessing") or {}, str(path), labels),  # CV
         info={key: metadata.get(key) for key in INFO_KEYS}, engine="onnxruntime")

@@ -22,6 +22,7 @@ import numpy as np
 
 from medseg_attn.io import dicom
 from medseg_attn.io.files import remove_stale_temporaries
+from medseg_attn.io.layout import OutputLayout
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.segments import write_seg_nrrd
 from medseg_attn.segmentation.inference.predictor import Prediction, Predictor
@@ -44,9 +45,6 @@ class OutputKind(str, Enum):
     def is_map(self) -> bool:
         """An explanation map (written in a worker thread while the other outputs are written)."""
         return self in (OutputKind.ATTENTION, OutputKind.UNCERTAINTY)
-
-
-LABEL_MAP_SUFFIXES = {OutputKind.NIFTI: ".nii.gz", OutputKind.DICOM_SEG: ".seg.dcm", OutputKind.SEG_NRRD: ".seg.nrrd"}
 
 
 @dataclass(frozen=True)
@@ -80,15 +78,15 @@ def plan_outputs(output_dir: Path, name: str, formats: Sequence[str], probabilit
                  explain: Explain = Explain()) -> list[Output]:
     """The outputs of case ``name`` in the order they are written (``formats``: the case's label-map formats,
     see :func:`~medseg_attn.segmentation.outputs.formats.case_formats`)."""
-    outputs = [Output(kind, output_dir / f"{name}{LABEL_MAP_SUFFIXES[kind]}") for kind in map(OutputKind, formats)]
+    layout = OutputLayout(output_dir)
+    outputs = [Output(OutputKind(fmt), layout.label_map(name, fmt)) for fmt in formats]
     if probabilities:
-        outputs.append(Output(OutputKind.PROBABILITIES, output_dir / f"{name}_probabilities.nii.gz"))
-    outputs += [Output(OutputKind.ATTENTION, output_dir / f"{name}_attention_{level}.nii.gz", level)
-                for level in explain.levels]
+        outputs.append(Output(OutputKind.PROBABILITIES, layout.probabilities(name)))
+    outputs += [Output(OutputKind.ATTENTION, layout.attention(name, level), level) for level in explain.levels]
     if explain.uncertainty:
-        outputs.append(Output(OutputKind.UNCERTAINTY, output_dir / f"{name}_uncertainty.nii.gz"))
+        outputs.append(Output(OutputKind.UNCERTAINTY, layout.uncertainty(name)))
     if explain.any:
-        outputs.append(Output(OutputKind.OVERLAY, output_dir / f"{name}_overlay.png"))  # last: drawn from the maps
+        outputs.append(Output(OutputKind.OVERLAY, layout.overlay(name)))  # last: drawn from the maps
     return outputs
 
 

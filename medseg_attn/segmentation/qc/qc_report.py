@@ -24,6 +24,7 @@ import numpy as np
 
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.headers import load_nifti
+from medseg_attn.io.layout import OutputLayout
 from medseg_attn.io.volumes import affine_4x4
 from medseg_attn.segmentation.data.fingerprint import case_features
 from medseg_attn.segmentation.measures.structure_statistics import (
@@ -88,8 +89,8 @@ class Review:
 
         record = case_statistics(labels, affine, self.names, image, uncertainty, self.unit, name, source)
         if self.statistics:
-            write_case_statistics(record, output_dir / f"{name}_statistics.json")
-        thumbnail = output_dir / "qc" / f"{name}.png"
+            write_case_statistics(record, OutputLayout(output_dir).case_statistics(name))
+        thumbnail = OutputLayout(output_dir).thumbnail(name)
         picture = image if image is not None else (labels > 0).astype(np.float32)
         save_thumbnail_png(thumbnail, picture, labels, affine, classes=max(self.names, default=1) + 1)
         flags = plan_flags(record, self.plan_spacing, self.patch_size, self.intensity, self.settings)
@@ -111,7 +112,8 @@ class Review:
 
         A case that cannot be measured (no NIfTI output, unreadable input) is logged and left without numbers.
         """
-        saved, thumbnail = output_dir / f"{name}_statistics.json", output_dir / "qc" / f"{name}.png"
+        layout = OutputLayout(output_dir)
+        saved, thumbnail = layout.case_statistics(name), layout.thumbnail(name)
         if saved.exists() and thumbnail.exists() and not self.fingerprint:  # fingerprint flags need the image
             try:
                 record = read_case_statistics(saved)
@@ -133,25 +135,26 @@ class Review:
         ``score``)."""
         from medseg_attn.plots import save_distributions_png
 
+        layout = OutputLayout(output_dir)
         cases = [{"case": r["case"], "input": r["input"], "output": r.get("output", ""), "status": r["status"],
                   "error": r.get("error", ""), **(r.get("review") or {"statistics": None, "plan_flags": []})}
                  for r in records]
         ranked = flag_cases(cases, self.settings, fingerprinted=bool(self.fingerprint))
         measured = [c["statistics"] for c in cases if c.get("statistics")]
         if self.statistics:
-            write_statistics_csv(measured, output_dir / "statistics.csv", self.unit)
+            write_statistics_csv(measured, layout.statistics_csv, self.unit)
         volumes: dict[str, list[tuple[str, float, bool]]] = {name: [] for name in self.names.values()}
         for case in ranked:
             for row in (case["statistics"] or {}).get("structures", []):
                 if row["voxels"]:
                     flagged = any(f.structure == row["structure"] for f in case["flags"])
                     volumes.setdefault(row["structure"], []).append((case["case"], row["volume_ml"], flagged))
-        (output_dir / "qc").mkdir(parents=True, exist_ok=True)
-        save_distributions_png(output_dir / "qc" / "volumes.png", volumes, "ml",
+        layout.qc_dir.mkdir(parents=True, exist_ok=True)
+        save_distributions_png(layout.volumes_png, volumes, "ml",
                                f"Volume per structure over {len(measured)} case(s); red: flagged")
-        atomic_write_text(output_dir / "report.html", render_report(ranked, self, output_dir))
+        atomic_write_text(layout.report_html, render_report(ranked, self, output_dir))
         flagged = sum(1 for c in ranked if c["flags"])
-        logger.info("QC report: %d of %d case(s) flagged -> %s", flagged, len(ranked), output_dir / "report.html")
+        logger.info("QC report: %d of %d case(s) flagged -> %s", flagged, len(ranked), layout.report_html)
         for line in checks_not_run(ranked, self.settings):
             logger.info("QC report: %s", line)
         return ranked
@@ -163,7 +166,8 @@ def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_d
     from medseg_attn.io.readers import LoadVolumed
     from medseg_attn.io.volumes import grid_mapping, on_grid
 
-    label_path = output_dir / f"{name}.nii.gz"
+    layout = OutputLayout(output_dir)
+    label_path = layout.label_map(name)
     if not label_path.exists():
         raise FileNotFoundError(f"{label_path}: not found (statistics need the NIfTI output)")
     loaded = LoadVolumed("image", series_uid=series_uid, resample_uneven=resample_uneven).load(
@@ -174,7 +178,7 @@ def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_d
     if image.ndim == 2:
         affine = affine_4x4(affine, 2)
     maps = []
-    for path in (label_path, output_dir / f"{name}_uncertainty.nii.gz"):
+    for path in (label_path, layout.uncertainty(name)):
         if not path.exists():
             maps.append(None)
             continue
@@ -203,7 +207,7 @@ def _files(case: dict[str, Any], output_dir: Path) -> list[tuple[str, str]]:
         path = Path(target)
         if path.exists():
             links.append((path.name, path.name if path.parent.resolve() == output_dir.resolve() else path.as_uri()))
-    saved = output_dir / f"{case['case']}_statistics.json"
+    saved = OutputLayout(output_dir).case_statistics(case['case'])
     if saved.exists():
         links.append((saved.name, saved.name))
     source = Path(case["input"])
@@ -243,7 +247,7 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
             cells.append(_cell("" if total is None else f"{total:.4g}", total))
         uncertainty = stats.get("uncertainty_foreground_mean")
         cells.append(_cell("" if uncertainty is None else f"{uncertainty:.4f}", uncertainty))
-        thumbnail = output_dir / "qc" / f"{case['case']}.png"
+        thumbnail = OutputLayout(output_dir).thumbnail(case['case'])
         image = (f'<a href="#{anchor}"><img class="thumb" src="qc/{html.escape(thumbnail.name)}" alt="'
                  f'{html.escape(case["case"])}"></a>' if stats and thumbnail.exists() else "")
         cells.append(f'<td class="text">{image}</td>')
@@ -263,7 +267,7 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
     for line in checks_not_run(ranked, review.settings):
         summary += f'<br><span class="not-run">{html.escape(line)}</span>'
     distributions = ('<img src="qc/volumes.png" alt="volume per structure across the batch">'
-                     if (output_dir / "qc" / "volumes.png").exists() else "<p>no volumes</p>")
+                     if OutputLayout(output_dir).volumes_png.exists() else "<p>no volumes</p>")
     template = Template(resources.files("medseg_attn.resources").joinpath("qc_report.html").read_text())
     settings = json.dumps({k: v for k, v in asdict(review.settings).items()}, separators=(", ", ": "))
     return template.substitute(title="medseg-attn QC report", summary=summary, worst_link=worst_link,
@@ -300,10 +304,10 @@ def _detail(case: dict[str, Any], rank: int, anchor: str, review: Review, output
         items = "".join(f"<li><b>{html.escape(f.kind)}</b> ({f.severity:.2f}): {html.escape(f.detail)}</li>"
                         for f in case["flags"])
         parts.append(f"<ul>{items}</ul>")
-    thumbnail = output_dir / "qc" / f"{case['case']}.png"
+    thumbnail = OutputLayout(output_dir).thumbnail(case['case'])
     if case.get("statistics") and thumbnail.exists():
         parts.append(f'<img src="qc/{html.escape(thumbnail.name)}" alt="thumbnail of {html.escape(case["case"])}">')
-    overlay = output_dir / f"{case['case']}_overlay.png"
+    overlay = OutputLayout(output_dir).overlay(case['case'])
     if overlay.exists():
         parts.append(f'<p>Uncertainty / attention overlay:</p><img src="{html.escape(overlay.name)}" '
                      f'alt="overlay of {html.escape(case["case"])}">')

@@ -33,7 +33,7 @@ from medseg_attn.io.files import atomic_write_text
 from medseg_attn.plots import save_overlay_png
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.workflows.batch import predict_files
+from medseg_attn.segmentation.workflows.predict import PredictOptions, predict_batch
 from medseg_attn.segmentation.workflows.train import train
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,12 @@ def _variant(output: Path, name: str, config: Config, dataset: dict[str, Any], p
     started = time.perf_counter()
     result = train(config, run_dir, progress=progress)
     train_seconds = time.perf_counter() - started
-    predictor = Predictor.from_checkpoint(run_dir, device=config.train.device)
     root = Path(dataset["root"])
     images = [root / p for p in dataset["test"]]
     predictions = output / f"predictions{name}"
-    started = time.perf_counter()
-    predict_files(predictor, images, predictions, overwrite=True, progress=progress)
+    started = time.perf_counter()  # the predict command's own workflow: label maps, report.csv, report.html
+    predict_batch(PredictOptions(model=(run_dir,), inputs=tuple(images), output=predictions, overwrite=True,
+                                 device=config.train.device, progress=progress))
     predict_seconds = time.perf_counter() - started
     summary = evaluate_folders(predictions, root / "labelsTs", output / f"evaluation{name}", labels=LABELS,
                                progress=progress)

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from medseg_attn.io.files import check_output_beside_models
+from medseg_attn.io.layout import OutputLayout
 from medseg_attn.io.limits import check_file_size
 from medseg_attn.runtime.device import resolve_device
 from medseg_attn.runtime.distributed import Distributed, setup, shard
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.model.loading import ENGINES, load_model
+from medseg_attn.segmentation.model.loading import ENGINES, check_onnx_options, is_onnx, load_model
 from medseg_attn.segmentation.qc.qc_report import Review
 from medseg_attn.segmentation.qc.review import load_review_settings
 from medseg_attn.segmentation.workflows.batch import check_output_dir, collect_cases, predict_files, write_reports
@@ -96,8 +97,8 @@ class BatchResult:
     def summary(self) -> str:
         text = f"predicted {self.done} case(s), skipped {self.skipped} existing"
         if self.failed:
-            text += f", failed {len(self.failed)} (see {self.output / 'failures.csv'})"
-        return f"{text} -> {self.output} (review: {self.output / 'report.html'})"
+            text += f", failed {len(self.failed)} (see {OutputLayout(self.output).failures_csv})"
+        return f"{text} -> {self.output} (review: {OutputLayout(self.output).report_html})"
 
 
 def load_predictor(options: PredictOptions, dist: Distributed | None = None) -> Predictor:
@@ -119,6 +120,8 @@ def predict_batch(options: PredictOptions) -> BatchResult:
     for item in options.inputs:  # an oversized file named on the command line: one line before the model loads
         check_file_size(Path(item).expanduser())
     check_output_beside_models(options.output, options.model)  # never into the run, bundle or checkpoint read
+    if is_onnx(options.model, options.engine):  # --folds, --device cuda: refused, before the device is looked at
+        check_onnx_options(options.model[0], options.folds, options.device)
     dist = setup(resolve_device(options.device))  # under torchrun every rank predicts its share, on its own GPU
     predictor = load_predictor(options, dist)
     if options.attention_maps or options.attention_heads:

@@ -127,7 +127,7 @@ def test_resample_identity_and_shift():
 
 
 def test_group_cases_follows_nnunet_names(tmp_path):
-    from medseg_attn.segmentation.workflows.batch import group_cases
+    from medseg_attn.segmentation.workflows.inputs import group_cases
 
     single = [tmp_path / "a_0000.nii.gz", tmp_path / "b_0000.nii.gz"]
     assert [name for name, _ in group_cases(single)] == ["a", "b"]  # nnU-Net imagesTs: suffix dropped
