@@ -14,7 +14,8 @@ DDP rank) reads the results instead of recomputing them, and an interrupted run 
   grid (:mod:`medseg_attn.segmentation.qc.fingerprint`), summarised into the fingerprint a checkpoint keeps.
 
 Work runs in ``data.preprocess_workers`` processes (0: every core, divided by the processes torchrun starts on
-the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case.
+the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case. The
+workers exit when the process that started them is gone, even when it was killed (``kill -9``) and ran no clean-up.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -57,10 +60,37 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _one_thread() -> None:
+def _started(pid: int) -> str | None:
+    """A process's start time ('' where /proc cannot tell), None once it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X", "x") else fields[19]
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def _start_worker(parent: int) -> None:
+    """A worker's set-up: one thread, and a watcher that ends the worker once ``parent`` (the process that started
+    the pool) is gone. The workers are children of the fork server, not of that process, and a ``kill -9`` or
+    ``SIGTERM`` of it runs no clean-up: without the watcher they would keep building entries for minutes."""
     import torch
 
     torch.set_num_threads(1)  # the workers share the cores: one thread each
+    born = _started(parent)
+
+    def watch() -> None:
+        while _started(parent) == born:  # another start time: its process id was reused by another process
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_parallel(function: Callable[[Any], Any], jobs: list[Any], workers: int, desc: str, progress: bool
@@ -75,7 +105,8 @@ def run_parallel(function: Callable[[Any], Any], jobs: list[Any], workers: int, 
                 results[index] = function(job)
                 bar.update()
             return results
-        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_one_thread)
+        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start_worker,
+                                   initargs=(os.getpid(),))
         try:
             futures = {pool.submit(function, job): index for index, job in enumerate(jobs)}
             for future in as_completed(futures):
