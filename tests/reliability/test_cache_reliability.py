@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from cli_helpers import command, run
+from cli_helpers import assert_one_line_error, command, run
 
 SETS = ["--set", "data.patch_size=[16,16,16]", "--set", "model.channels=[8,16]"]
 
@@ -68,6 +68,24 @@ def entries(cache: Path, kind: str = "cases", besides: dict[str, Path] | None = 
             assert name not in found, entry
             found[name] = entry
     return found
+
+
+def test_a_case_of_nothing_but_the_ignore_label_is_refused_naming_it(tmp_path):
+    labels = {"0": "background", "1": "a", "2": "b", "3": "ignore"}
+    data = nifti_dataset(tmp_path / "data", cases=3, labels=labels)
+    sparse = tmp_path / "data" / "labelsTr" / "c0.nii"
+    partly = np.asarray(nib.load(sparse).dataobj).copy()
+    partly[:, :, :2] = 3  # sparse labels: some voxels unannotated is fine
+    write(sparse, partly)
+    cache = tmp_path / "cache"
+    assert counted(preprocess(data, cache)) == "3 built, 0 reused"  # silent on good sparse labels
+
+    write(tmp_path / "data" / "labelsTr" / "c1.nii", np.full((20, 20, 16), 3, np.uint8))
+    assert_one_line_error(preprocess(data, cache), "labelsTr/c1.nii", "every voxel is the 'ignore' label 3")
+    result = run("train", "--data", str(data), "--cache", str(cache), "--output", str(tmp_path / "run"),
+                 "--epochs", "1", *SETS, "--set", "train.steps_per_epoch=1")
+    assert_one_line_error(result, "labelsTr/c1.nii", "every voxel is the 'ignore' label 3")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def group(pgid: int) -> list[str]:

@@ -139,25 +139,26 @@ def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], jo
 
 
 def _check_job(job: tuple) -> bool:
-    case, entry, num_classes, channels = job
+    case, entry, num_classes, channels, ignore = job
 
     def build(tmp: Path) -> None:
         from medseg_attn.segmentation.data.datasets import check_cases
 
-        problems = check_cases([case], num_classes=num_classes, channels=channels)
+        problems = check_cases([case], num_classes=num_classes, channels=channels, ignore=ignore)
         (tmp / "problems.json").write_text(json.dumps(problems))
 
     return ensure_entry(entry, build)
 
 
 def checked_cases(cases: list[dict[str, Any]], num_classes: int, cache_dir: str | None = None, workers: int = 0,
-                  progress: bool = False, dist: Distributed | None = None, channels: int | None = None) -> list[str]:
+                  progress: bool = False, dist: Distributed | None = None, channels: int | None = None,
+                  ignore: int | None = None) -> list[str]:
     """The problems :func:`~medseg_attn.segmentation.data.datasets.check_cases` finds, one case per worker,
     remembered per case (an unchanged case is not read again). ``channels``: the image channels dataset.json
-    declares (None: not checked)."""
-    entries = _cached(cache_root(cache_dir) / "checks", cases, ("image", "label"), _check_job, (num_classes, channels),
-                      {"kind": "check", "num_classes": num_classes, "channels": channels}, workers, "check", progress,
-                      dist)
+    declares (None: not checked); ``ignore``: the sparse labels' ignore value (a case of nothing else is refused)."""
+    depends = {"kind": "check", "num_classes": num_classes, "channels": channels, "ignore": ignore}
+    entries = _cached(cache_root(cache_dir) / "checks", cases, ("image", "label"), _check_job,
+                      (num_classes, channels, ignore), depends, workers, "check", progress, dist)
     return [line for entry in entries for line in json.loads((entry / "problems.json").read_text())]
 
 
@@ -292,6 +293,7 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
 
     from medseg_attn.segmentation.data.datasets import check_training_data, declared_channels, load_dataset
     from medseg_attn.segmentation.data.planning import make_plan
+    from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
     from medseg_attn.segmentation.data.transforms import Preprocessing
 
     start = time.perf_counter()
@@ -301,7 +303,7 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
     data = config.data
     labels = data.labels or dataset.labels
     problems = checked_cases(dataset.training, len(labels), data.cache_dir, data.preprocess_workers, progress,
-                             channels=declared_channels(dataset))
+                             channels=declared_channels(dataset), ignore=ignore_index(labels))
     check_training_data(dataset, labels, problems=problems)  # the same check as `plan` and `train`
     modality = data.modality if data.modality != "auto" else dataset.modality
     fingerprint = fingerprint_cases(dataset.training, modality, data.cache_dir, data.preprocess_workers, progress)
@@ -313,8 +315,6 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
                                 "normalisation_mask": resolved.normalisation_mask}).data
     prep = Preprocessing.from_plan(data, plan)
     counts: dict[str, int] = {}
-    from medseg_attn.segmentation.data.sparse import without_ignore
-
     classes = len(without_ignore(labels))  # the network's classes (sparse labels' ignore value left out)
     entries = preprocess_cases(dataset.training, prep, data, classes, progress=progress, counts=counts,
                                label_values=len(labels))
