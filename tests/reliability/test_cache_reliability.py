@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, command, run
 
+from medseg_attn.segmentation.data.cache import CACHE_ENV
+
 SETS = ["--set", "data.patch_size=[16,16,16]", "--set", "model.channels=[8,16]"]
 
 
@@ -86,6 +88,22 @@ def test_a_case_of_nothing_but_the_ignore_label_is_refused_naming_it(tmp_path):
                  "--epochs", "1", *SETS, "--set", "train.steps_per_epoch=1")
     assert_one_line_error(result, "labelsTr/c1.nii", "every voxel is the 'ignore' label 3")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("make", ["file", "file inside"])
+def test_an_unusable_cache_folder_is_one_line_naming_it(tmp_path, make):
+    data = nifti_dataset(tmp_path / "data")
+    cache = tmp_path / "cache"
+    if make == "file":
+        cache.write_text("not a folder")
+    else:
+        cache.mkdir()
+        (cache / "checks").write_text("not a folder")
+    assert_one_line_error(preprocess(data, cache), str(cache), "--cache", CACHE_ENV)
+    run_env = {**os.environ, CACHE_ENV: str(cache)}
+    result = subprocess.run(command("plan", "--data", str(data), "--output", str(tmp_path / "plan.json"), *SETS),
+                            capture_output=True, text=True, timeout=300, env=run_env)
+    assert_one_line_error(result, str(cache), "--cache", CACHE_ENV)
 
 
 def group(pgid: int) -> list[str]:

@@ -36,7 +36,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_ENV", "CACHE_VERSION", "cache_root", "entry_key", "ensure_entry", "file_identity"]
+from medseg_attn.errors import UserError
+
+__all__ = ["CACHE_ENV", "CACHE_VERSION", "cache_folder", "cache_root", "entry_key", "ensure_entry", "file_identity"]
 
 CACHE_VERSION = 1  # preprocessing code version: bump when what an entry holds changes
 CACHE_ENV = "MEDSEG_ATTN_CACHE"
@@ -51,6 +53,21 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return (Path(base) / "medseg-attn").expanduser().resolve()
+
+
+def _unusable(root: Path, error: OSError) -> UserError:
+    where = f": {error.filename}" if error.filename else ""
+    return UserError(f"{root}: the preprocessing cache cannot be used ({error.strerror or error}{where}); choose "
+                     f"another folder with --cache DIR, data.cache_dir or ${CACHE_ENV}")
+
+
+def cache_folder(root: Path, kind: str) -> Path:
+    """``root/kind``, created; one line naming the cache and how to choose another when it cannot be."""
+    try:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unusable(root, error) from None
+    return root / kind
 
 
 def _paths(value: Any) -> list[Path]:
@@ -84,6 +101,16 @@ def entry_path(folder: Path, case: str, key: str) -> Path:
     return folder / f"{_safe(case)}-{key}"
 
 
+def _locked(entry: Path) -> Any:
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(entry.parent / f".{entry.name}.lock", "a+")  # noqa: SIM115 - closed by the caller
+    except OSError as error:
+        raise _unusable(entry.parent.parent, error) from None
+    fcntl.flock(handle, fcntl.LOCK_EX)  # another writer of this entry: wait for it
+    return handle
+
+
 def ensure_entry(entry: Path, build: Callable[[Path], None]) -> bool:
     """Make ``entry`` with ``build(tmp_folder)`` unless it exists; True when this call built it.
 
@@ -92,17 +119,17 @@ def ensure_entry(entry: Path, build: Callable[[Path], None]) -> bool:
     """
     if entry.is_dir():
         return False
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    lock = entry.parent / f".{entry.name}.lock"
-    with open(lock, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # another writer of this entry: wait for it, then reuse its work
+    with _locked(entry) as handle:
         try:
             if entry.is_dir():
                 return False
             for stale in entry.parent.glob(f".{entry.name}.tmp-*"):  # an interrupted writer's (we hold the lock)
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
+            try:
+                tmp.mkdir()
+            except OSError as error:
+                raise _unusable(entry.parent.parent, error) from None
             try:
                 build(tmp)
                 os.rename(tmp, entry)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_attn.segmentation.data.cache import cache_root, ensure_entry, entry_key, entry_path
+from medseg_attn.segmentation.data.cache import cache_folder, cache_root, ensure_entry, entry_key, entry_path
 from medseg_attn.training.distributed import Distributed, shard
 
 __all__ = ["cached_case_features", "checked_cases", "fingerprint_cases", "preprocess_cases", "training_fingerprint",
@@ -125,6 +125,7 @@ def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], jo
     """Each case's entry under ``folder``, building the missing ones with ``job((case, entry, *extra))``.
 
     Under DDP every rank builds its share of the missing entries, then all wait for each other."""
+    folder = cache_folder(folder.parent, folder.name)
     entries = [entry_path(folder, case["case"], entry_key(case, keys, **depends)) for case in cases]
     mine = list(zip(cases, entries))
     if dist is not None and dist.enabled:
