@@ -96,10 +96,13 @@ def test_an_unusable_cache_folder_is_one_line_naming_it(tmp_path, make):
     cache = tmp_path / "cache"
     if make == "file":
         cache.write_text("not a folder")
+        blocking = cache
     else:
         cache.mkdir()
-        (cache / "checks").write_text("not a folder")
-    assert_one_line_error(preprocess(data, cache), str(cache), "--cache", CACHE_ENV)
+        blocking = cache / "checks"
+        blocking.write_text("not a folder")
+    assert_one_line_error(preprocess(data, cache), f"{cache}: the preprocessing cache cannot be used",
+                          f"{blocking} is a file, not a folder", "--cache", CACHE_ENV)
     run_env = {**os.environ, CACHE_ENV: str(cache)}
     result = subprocess.run(command("plan", "--data", str(data), "--output", str(tmp_path / "plan.json"), *SETS),
                             capture_output=True, text=True, timeout=300, env=run_env)

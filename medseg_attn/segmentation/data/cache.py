@@ -56,9 +56,13 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 def _unusable(root: Path, error: OSError) -> UserError:
-    where = f": {error.filename}" if error.filename else ""
-    return UserError(f"{root}: the preprocessing cache cannot be used ({error.strerror or error}{where}); choose "
-                     f"another folder with --cache DIR, data.cache_dir or ${CACHE_ENV}")
+    reason = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    if error.filename:  # a file where a folder should be: name that file
+        path = Path(error.filename)
+        reason = next((f"{p} is a file, not a folder" for p in [*reversed(path.parents), path]
+                       if p.exists() and not p.is_dir()), reason)
+    return UserError(f"{root}: the preprocessing cache cannot be used ({reason}); choose another folder with "
+                     f"--cache DIR, data.cache_dir or ${CACHE_ENV}")
 
 
 def cache_folder(root: Path, kind: str) -> Path:
