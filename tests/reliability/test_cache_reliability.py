@@ -72,6 +72,120 @@ def entries(cache: Path, kind: str = "cases", besides: dict[str, Path] | None = 
     return found
 
 
+def test_an_input_rewritten_with_its_old_size_and_mtime_is_not_read_from_the_cache(tmp_path):
+    data, cache = nifti_dataset(tmp_path / "data"), tmp_path / "cache"
+    assert counted(preprocess(data, cache)) == "2 built, 0 reused"
+    first = entries(cache)
+    old = np.load(first["c0"] / "image.npy")
+    image = tmp_path / "data" / "imagesTr" / "c0.nii"
+    rewrite_keeping_size_and_mtime(image, np.random.default_rng(7).normal(100, 20, (20, 20, 16)).astype(np.float32))
+
+    assert counted(preprocess(data, cache)) == "1 built, 1 reused"
+    rebuilt = np.load(entries(cache, besides={"c0": first["c0"]})["c0"] / "image.npy")
+    assert rebuilt.shape == old.shape and not np.array_equal(rebuilt, old)  # the new voxels, not the old entry's
+    fresh = tmp_path / "fresh"
+    assert counted(preprocess(data, fresh)) == "2 built, 0 reused"
+    assert np.array_equal(rebuilt, np.load(entries(fresh)["c0"] / "image.npy"))  # as from an empty cache
+    assert counted(preprocess(data, cache)) == "0 built, 2 reused"  # unchanged files are still reused
+
+    # the cached label-value checks: a label map that now holds a 7 is refused, not passed as before
+    label = tmp_path / "data" / "labelsTr" / "c1.nii"
+    values = np.asarray(nib.load(label).dataobj).copy()  # not a map of the file it rewrites
+    values[0, 0, 0] = 7
+    rewrite_keeping_size_and_mtime(label, values)
+    assert_one_line_error(preprocess(data, cache), "c1.nii", "label values [7] are outside the dataset's classes")
+
+
+def test_an_entry_records_its_inputs_and_files_and_is_checked_on_use(tmp_path):
+    from medseg_attn.segmentation.data.cache import entry_inputs, entry_problem
+
+    data, cache = nifti_dataset(tmp_path / "data"), tmp_path / "cache"
+    counted(preprocess(data, cache))
+    entry = entries(cache)["c0"]
+    record = json.loads((entry / "entry.json").read_text())
+    assert set(record["files"]) == {"image.npy", "label.npy", "indices.npz", "meta.json"}
+    case = {"image": str(tmp_path / "data" / "imagesTr" / "c0.nii"), "label": str(tmp_path / "data" / "labelsTr" /
+                                                                                     "c0.nii")}
+    inputs = entry_inputs(case, ("image", "label"))
+    assert record["inputs"] == inputs and len(inputs["image"][0][2]) == 64  # path, size, SHA-256
+    assert entry_problem(entry, inputs) is None  # silent on a good entry
+    other = {**inputs, "image": [[inputs["image"][0][0], inputs["image"][0][1], "0" * 64]]}
+    assert "other input files" in entry_problem(entry, other)
+
+
+def test_a_damaged_entry_is_rebuilt_with_one_line(tmp_path):
+    data, cache = nifti_dataset(tmp_path / "data", cases=3), tmp_path / "cache"
+    counted(preprocess(data, cache))
+    built = entries(cache)
+    originals = {name: {file: (entry / file).read_bytes() for file in ("image.npy", "label.npy")}
+                 for name, entry in built.items()}
+    label = built["c0"] / "label.npy"
+    label.write_bytes(np.random.default_rng(0).bytes(label.stat().st_size))  # garbage, header and all
+    image = built["c1"] / "image.npy"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # truncated
+    flipped = np.load(built["c2"] / "label.npy")
+    flipped[0, 0, 0, 0] = 1 - flipped[0, 0, 0, 0]  # one voxel, valid header, the same size
+    np.save(built["c2"] / "label.npy", flipped)
+
+    result = preprocess(data, cache)
+    assert counted(result) == "3 built, 0 reused", result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "damaged cache entry" in line]
+    assert len(warnings) == 3 and "Traceback" not in result.stderr, result.stderr
+    assert any(str(built["c0"]) in line and "label.npy" in line for line in warnings), warnings
+    assert any(str(built["c1"]) in line and "image.npy holds" in line for line in warnings), warnings
+    assert any(str(built["c2"]) in line and "label.npy: its content changed" in line for line in warnings), warnings
+    for name, entry in entries(cache).items():  # rebuilt as they were
+        assert entry == built[name]
+        assert {file: (entry / file).read_bytes() for file in originals[name]} == originals[name]
+    assert not [p for p in (cache / "cases").iterdir() if ".tmp-" in p.name]
+    again = preprocess(data, cache)
+    assert counted(again) == "0 built, 3 reused" and "damaged" not in again.stderr  # silent on good entries
+
+
+def freeze(entry: Path, frozen: bool) -> bool:
+    """Make ``entry`` impossible to remove or rename (or possible again): ``chattr +i`` as root, else a read-only
+    parent folder. False where neither works here."""
+    if os.geteuid() != 0:
+        entry.parent.chmod(0o555 if frozen else 0o755)
+        return True
+    flag = "+i" if frozen else "-i"
+    return subprocess.run(["chattr", flag, str(entry)], capture_output=True).returncode == 0
+
+
+def test_a_damaged_entry_that_cannot_be_removed_is_one_line_naming_it_and_the_cache(tmp_path):
+    data, cache = nifti_dataset(tmp_path / "data"), tmp_path / "cache"
+    counted(preprocess(data, cache))
+    entry = entries(cache)["c1"]
+    image = entry / "image.npy"
+    image.write_bytes(image.read_bytes()[:300])
+    try:
+        if not freeze(entry, True):
+            pytest.skip("cannot make a folder immutable here (chattr)")
+        result = preprocess(data, cache)
+    finally:
+        freeze(entry, False)
+    assert_one_line_error(result, str(entry), "damaged cache entry (image.npy holds 300 bytes", "cannot be removed",
+                          f"another cache than {cache}", "--cache")
+
+
+def test_an_entry_damaged_during_training_is_named_with_its_cache(tmp_path):
+    """Entries are checked when a run starts; one damaged later (while training maps it) is one line naming the
+    entry and the cache folder."""
+    from medseg_attn.errors import UserError
+    from medseg_attn.segmentation.data.cached import LoadCachedCased
+
+    data, cache = nifti_dataset(tmp_path / "data"), tmp_path / "cache"
+    counted(preprocess(data, cache))
+    entry = entries(cache)["c0"]
+    assert LoadCachedCased(indices=True)({"entry": str(entry)})["image"].ndim == 4  # silent on a good entry
+    image = entry / "image.npy"
+    image.write_bytes(image.read_bytes()[:200])
+    with pytest.raises(UserError) as raised:
+        LoadCachedCased(indices=True)({"entry": str(entry)})
+    message = str(raised.value)
+    assert str(image) in message and str(cache) in message and "\n" not in message, message
+
+
 def test_a_case_of_nothing_but_the_ignore_label_is_refused_naming_it(tmp_path):
     labels = {"0": "background", "1": "a", "2": "b", "3": "ignore"}
     data = nifti_dataset(tmp_path / "data", cases=3, labels=labels)

@@ -16,6 +16,10 @@ DDP rank) reads the results instead of recomputing them, and an interrupted run 
 Work runs in ``data.preprocess_workers`` processes (0: every core, divided by the processes torchrun starts on
 the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case. The
 workers exit when the process that started them is gone, even when it was killed (``kill -9``) and ran no clean-up.
+
+Every entry is checked before it is used (:func:`~medseg_attn.segmentation.data.cache.entry_problem`: the inputs
+it was made from, the size and SHA-256 of its files; for cases also their shapes, types and label values); a
+damaged one is rebuilt, with one warning line.
 """
 
 from __future__ import annotations
@@ -26,13 +30,22 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg_attn.segmentation.data.cache import cache_folder, cache_root, ensure_entry, entry_key, entry_path
+from medseg_attn.segmentation.data.cache import (
+    cache_folder,
+    cache_root,
+    discard_entry,
+    ensure_entry,
+    entry_inputs,
+    entry_path,
+    entry_problem,
+    key_of,
+)
 from medseg_attn.training.distributed import Distributed, shard
 
 __all__ = ["cached_case_features", "checked_cases", "fingerprint_cases", "preprocess_cases", "training_fingerprint",
@@ -121,16 +134,32 @@ def run_parallel(function: Callable[[Any], Any], jobs: list[Any], workers: int, 
 
 def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], job: Callable[[tuple], Any],
             extra: tuple, depends: dict[str, Any], workers: int, desc: str, progress: bool,
-            dist: Distributed | None, counts: dict[str, int] | None = None) -> list[Path]:
-    """Each case's entry under ``folder``, building the missing ones with ``job((case, entry, *extra))``.
+            dist: Distributed | None, counts: dict[str, int] | None = None,
+            check: Callable[[Path], str | None] | None = None) -> list[Path]:
+    """Each case's entry under ``folder``, building the missing ones with ``job((case, entry, inputs, *extra))``.
 
-    Under DDP every rank builds its share of the missing entries, then all wait for each other."""
+    The inputs' content is hashed in ``workers`` threads. Existing entries are checked (:func:`entry_problem`, then
+    ``check(entry)``); a damaged one is removed and built again. Under DDP every rank checks and builds its share,
+    then all wait for each other."""
     folder = cache_folder(folder.parent, folder.name)
-    entries = [entry_path(folder, case["case"], entry_key(case, keys, **depends)) for case in cases]
-    mine = list(zip(cases, entries))
-    if dist is not None and dist.enabled:
-        mine = shard(mine, dist)  # the same cases on every rank: every entry has one rank that builds it
-    missing = [(case, entry, *extra) for case, entry in mine if not entry.is_dir()]
+    with ThreadPoolExecutor(workers_for(workers, len(cases))) as threads:
+        inputs = list(threads.map(lambda case: entry_inputs(case, keys), cases))
+        entries = [entry_path(folder, case["case"], key_of(made, depends))
+                   for case, made in zip(cases, inputs, strict=True)]
+        mine = list(zip(cases, entries, inputs, strict=True))
+        if dist is not None and dist.enabled:
+            mine = shard(mine, dist)  # the same cases on every rank: every entry has one rank that builds it
+
+        def sound(entry: Path, made: dict[str, Any]) -> bool:
+            if not entry.is_dir():
+                return False
+            problem = entry_problem(entry, made) or (check(entry) if check is not None else None)
+            if problem:
+                discard_entry(entry, problem)
+            return not problem
+
+        usable = list(threads.map(lambda item: sound(item[1], item[2]), mine))
+    missing = [(case, entry, made, *extra) for (case, entry, made), ok in zip(mine, usable, strict=True) if not ok]
     built = run_parallel(job, missing, workers_for(workers, len(missing)), desc, progress)
     if counts is not None:
         counts["built"] = sum(bool(b) for b in built)  # by this process (another may have built the rest)
@@ -140,7 +169,7 @@ def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], jo
 
 
 def _check_job(job: tuple) -> bool:
-    case, entry, num_classes, channels, ignore = job
+    case, entry, inputs, num_classes, channels, ignore = job
 
     def build(tmp: Path) -> None:
         from medseg_attn.segmentation.data.datasets import check_cases
@@ -148,7 +177,7 @@ def _check_job(job: tuple) -> bool:
         problems = check_cases([case], num_classes=num_classes, channels=channels, ignore=ignore)
         (tmp / "problems.json").write_text(json.dumps(problems))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
 
 
 def checked_cases(cases: list[dict[str, Any]], num_classes: int, cache_dir: str | None = None, workers: int = 0,
@@ -164,14 +193,14 @@ def checked_cases(cases: list[dict[str, Any]], num_classes: int, cache_dir: str 
 
 
 def _features_job(job: tuple) -> bool:
-    case, entry, labels, ct = job
+    case, entry, inputs, labels, ct = job
 
     def build(tmp: Path) -> None:
         from medseg_attn.segmentation.qc.fingerprint import training_case_features
 
         (tmp / "features.json").write_text(json.dumps(training_case_features(case, labels, ct)))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
 
 
 def cached_case_features(cases: list[dict[str, Any]], labels: dict[int, str], ct: bool, cache_dir: str | None = None,
@@ -200,7 +229,7 @@ def training_fingerprint(cases: list[dict[str, Any]], labels: dict[int, str], ct
 
 
 def _fingerprint_job(job: tuple) -> bool:
-    case, entry, ct = job
+    case, entry, inputs, ct = job
 
     def build(tmp: Path) -> None:
         from medseg_attn.segmentation.data.planning import _case_fingerprint, case_rng
@@ -209,7 +238,7 @@ def _fingerprint_job(job: tuple) -> bool:
         (tmp / "record.json").write_text(json.dumps(record))
         np.save(tmp / "sample.npy", np.asarray(sample, dtype=np.float32))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
 
 
 def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_dir: str | None = None,
@@ -230,7 +259,7 @@ def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_d
 
 
 def _preprocess_job(job: tuple) -> bool:
-    case, entry, prep, data, num_classes, label_values = job
+    case, entry, inputs, prep, data, num_classes, label_values = job
 
     def build(tmp: Path) -> None:
         import torch
@@ -254,7 +283,29 @@ def _preprocess_job(job: tuple) -> bool:
                 "preprocessing": prep.to_dict(), "patch_size": list(data.patch_size), "num_classes": num_classes}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
+
+
+def _case_problem(entry: Path, num_classes: int, label_values: int) -> str | None:
+    """What is wrong with a case entry's arrays (None: nothing): the image float32 (C, *S) of ``meta.json``'s
+    shape, the label (1, *S) of small integers in ``0..label_values-1``, one list of locations per class."""
+    try:
+        shape = json.loads((entry / "meta.json").read_text())["shape"]
+        image = np.load(entry / "image.npy", mmap_mode="r")
+        label = np.load(entry / "label.npy", mmap_mode="r")
+        if image.dtype != np.float32 or list(image.shape) != shape:
+            return f"image.npy is {image.dtype} {list(image.shape)}, expected float32 {shape}"
+        if label.dtype not in (np.uint8, np.int16) or list(label.shape) != [1, *shape[1:]]:
+            return f"label.npy is {label.dtype} {list(label.shape)}, expected uint8 or int16 {[1, *shape[1:]]}"
+        low, high = int(label.min()), int(label.max())
+        if low < 0 or high >= label_values:
+            return f"label.npy holds values {low}..{high}, expected 0..{label_values - 1}"
+        with np.load(entry / "indices.npz") as arrays:
+            if len(arrays.files) != num_classes:
+                return f"indices.npz holds {len(arrays.files)} classes' locations, expected {num_classes}"
+    except Exception as error:  # noqa: BLE001 - whatever numpy or json says of a damaged file
+        return f"unreadable ({type(error).__name__}: {error})"
+    return None
 
 
 def preprocess_cases(cases: list[dict[str, Any]], prep: Any, data: Any, num_classes: int,
@@ -278,7 +329,7 @@ def preprocess_cases(cases: list[dict[str, Any]], prep: Any, data: Any, num_clas
                "patch_size": list(data.patch_size), "max_samples_per_class": MAX_SAMPLES_PER_CLASS}
     entries = _cached(cache_root(data.cache_dir) / "cases", unique, ("image", "label"), _preprocess_job,
                       (prep, data, num_classes, label_values), depends, data.preprocess_workers, "preprocess",
-                      progress, dist, counts)
+                      progress, dist, counts, check=lambda entry: _case_problem(entry, num_classes, label_values))
     return {case["case"]: entry for case, entry in zip(unique, entries)}
 
 
