@@ -266,3 +266,13 @@ def test_killing_a_run_leaves_no_worker_behind(tmp_path, name, kill):
         for line in group(process.pid):
             os.kill(int(line.split()[0]), signal.SIGKILL)
         process.stderr.close()
+
+
+def test_a_worker_whose_run_is_already_gone_exits():
+    """A run killed between starting a worker and the worker's set-up: the worker exits at once."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    code = ("import time\nfrom medseg_attn.segmentation.data.preprocess import _start_worker\n"
+            f"_start_worker({gone.pid})\ntime.sleep(120)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr

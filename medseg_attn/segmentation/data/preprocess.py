@@ -99,7 +99,8 @@ def _start_worker(parent: int) -> None:
     born = _started(parent)
 
     def watch() -> None:
-        while _started(parent) == born:  # another start time: its process id was reused by another process
+        # gone already (None), or another start time: its process id was reused by another process
+        while born is not None and _started(parent) == born:
             time.sleep(0.5)
         os._exit(1)
 
