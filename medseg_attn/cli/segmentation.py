@@ -217,6 +217,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     from medseg_attn.segmentation.data.datasets import check_training_data, declared_channels, load_dataset
     from medseg_attn.segmentation.data.planning import describe_plan, make_plan, save_plan
     from medseg_attn.segmentation.data.preprocess import checked_cases, fingerprint_cases
+    from medseg_attn.segmentation.data.sparse import ignore_index
 
     overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
     config = with_cache(load_config(args.config, overrides), args)
@@ -225,7 +226,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     dataset = load_dataset(config.data.dataset)
     labels = config.data.labels or dataset.labels
     problems = checked_cases(dataset.training, len(labels), config.data.cache_dir, config.data.preprocess_workers,
-                             progress=not args.quiet, channels=declared_channels(dataset))
+                             progress=not args.quiet, channels=declared_channels(dataset),
+                             ignore=ignore_index(labels))
     check_training_data(dataset, labels, problems=problems)  # what `train` checks, before any fingerprint
     modality = config.data.modality if config.data.modality != "auto" else dataset.modality
     fingerprint = fingerprint_cases(dataset.training, modality, config.data.cache_dir, config.data.preprocess_workers,

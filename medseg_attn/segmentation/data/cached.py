@@ -7,11 +7,14 @@ by the loader's working set (the patches of a batch and the pages they touch), n
 
 The transforms after the cached step are the very objects of the in-memory chain (the same random transforms in
 the same order, seeded the same way), so a run draws the same batches from the disk cache as from memory.
-Validation maps one case at a time the same way.
+Validation maps one case at a time the same way. Entries are checked when a run starts
+(:func:`~medseg_attn.segmentation.data.cache.entry_problem`); a file damaged later is one line naming it and the
+cache folder.
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +23,24 @@ import torch
 from monai import transforms as mt
 from monai.data import Dataset
 
+from medseg_attn.errors import UserError
 from medseg_attn.segmentation.data.transforms import Preprocessing, training_augmentation
 
 __all__ = ["LoadCachedCased", "disk_datasets"]
 
 
+def _damaged(path: Path, error: Exception) -> UserError:
+    return UserError(f"{path}: damaged cache entry ({type(error).__name__}: {error}); run again to rebuild it (every "
+                     f"run checks its entries first), or remove the cache {path.parent.parent.parent}")
+
+
 def _mapped(path: Path) -> torch.Tensor:
     # "c" (copy-on-write) rather than "r": torch wraps a writable array without a copy or a warning; pages are
     # still read lazily from the file and nothing is written back
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+    try:
+        return torch.from_numpy(np.load(path, mmap_mode="c"))
+    except (OSError, ValueError, EOFError) as error:
+        raise _damaged(path, error) from None
 
 
 class LoadCachedCased(mt.MapTransform):
@@ -43,8 +55,11 @@ class LoadCachedCased(mt.MapTransform):
         entry = Path(data["entry"])
         data["image"], data["label"] = _mapped(entry / "image.npy"), _mapped(entry / "label.npy")
         if self.indices:
-            with np.load(entry / "indices.npz") as arrays:
-                data["label_indices"] = [torch.from_numpy(arrays[f"arr_{i}"]) for i in range(len(arrays.files))]
+            try:
+                with np.load(entry / "indices.npz") as arrays:
+                    data["label_indices"] = [torch.from_numpy(arrays[f"arr_{i}"]) for i in range(len(arrays.files))]
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+                raise _damaged(entry / "indices.npz", error) from None
         return data
 
 

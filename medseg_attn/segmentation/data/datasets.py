@@ -210,11 +210,13 @@ def check_training_data(dataset: SegmentationDataset, labels: dict[int, str] | N
     Raises:
         ValueError: one line for one problem, else every problem on its own line.
     """
+    from medseg_attn.segmentation.data.sparse import ignore_index
+
     labels = labels or dataset.labels
     check_class_names(labels, f"{dataset.root}: labels")
     if problems is None:
         problems = check_cases(dataset.training, num_classes=len(labels), voxels=voxels,
-                               channels=declared_channels(dataset))
+                               channels=declared_channels(dataset), ignore=ignore_index(labels))
     if len(problems) == 1:
         raise ValueError(problems[0])
     if problems:  # every problem at once, one line each, so a dataset is fixed in one go
@@ -251,7 +253,7 @@ def check_resume_data(payload: dict[str, Any], dataset: SegmentationDataset, lab
 
 
 def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, voxels: bool = True,
-                channels: int | None = None) -> list[str]:
+                channels: int | None = None, ignore: int | None = None) -> list[str]:
     """Checks of every case before training; all problems are collected, not only the first.
 
     Headers: readable, 2D/3D, positive finite spacing, non-singular affine, image and label on the same voxel grid
@@ -259,6 +261,8 @@ def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, vox
     may be NIfTI/NRRD/MetaImage files or DICOM series folders. With ``voxels``, the image voxels are read and
     checked for NaN/Inf, and (with ``num_classes``) the label values for integers in ``0..num_classes-1``. With
     ``channels`` (the modalities dataset.json lists), the image channels (files x 4th-axis volumes) must match.
+    With ``ignore`` (sparse labels' ignore value), a label map of nothing but that value is refused: no patch could
+    be drawn from it.
 
     Returns:
         One line per problem, naming the file; empty when the cases are fine.
@@ -292,7 +296,7 @@ def check_cases(cases: list[dict[str, Any]], num_classes: int | None = None, vox
             elif voxels:
                 problems += _voxel_problems(image_path)
         if voxels:
-            problems += _label_problems(case["label"], num_classes)
+            problems += _label_problems(case["label"], num_classes, ignore)
     return problems
 
 
@@ -311,7 +315,7 @@ def _voxel_problems(path: Path) -> list[str]:
     return []
 
 
-def _label_problems(path: Path, num_classes: int | None) -> list[str]:
+def _label_problems(path: Path, num_classes: int | None, ignore: int | None = None) -> list[str]:
     from medseg_attn.io.readers import VolumeReader
 
     reader = VolumeReader()
@@ -326,6 +330,9 @@ def _label_problems(path: Path, num_classes: int | None) -> list[str]:
         shown = [int(v) if np.isfinite(v) and v == int(v) else v for v in bad[:5]]
         expected = f"0..{num_classes - 1}" if num_classes is not None else "integers >= 0"
         return [f"{path}: label values {shown} are outside the dataset's classes {expected}"]
+    if ignore is not None and values.tolist() == [ignore]:
+        return [f"{path}: every voxel is the 'ignore' label {ignore}, so nothing in this case is annotated (not "
+                f"even background); annotate some voxels or leave the case out of dataset.json"]
     return []
 
 

@@ -14,7 +14,12 @@ DDP rank) reads the results instead of recomputing them, and an interrupted run 
   grid (:mod:`medseg_attn.segmentation.data.fingerprint`), summarised into the fingerprint a checkpoint keeps.
 
 Work runs in ``data.preprocess_workers`` processes (0: every core, divided by the processes torchrun starts on
-the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case.
+the machine); each worker holds one case at a time, so memory per worker is bounded by the largest case. The
+workers exit when the process that started them is gone, even when it was killed (``kill -9``) and ran no clean-up.
+
+Every entry is checked before it is used (:func:`~medseg_attn.segmentation.data.cache.entry_problem`: the inputs
+it was made from, the size and SHA-256 of its files; for cases also their shapes, types and label values); a
+damaged one is rebuilt, with one warning line.
 """
 
 from __future__ import annotations
@@ -22,15 +27,26 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medseg_attn.segmentation.data.cache import (
+    cache_folder,
+    cache_root,
+    discard_entry,
+    ensure_entry,
+    entry_inputs,
+    entry_path,
+    entry_problem,
+    key_of,
+)
 from medseg_attn.runtime.distributed import Distributed, shard
-from medseg_attn.segmentation.data.cache import cache_root, ensure_entry, entry_key, entry_path
 
 __all__ = ["cached_case_features", "checked_cases", "fingerprint_cases", "preprocess_cases", "training_fingerprint",
            "workers_for"]
@@ -57,10 +73,38 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _one_thread() -> None:
+def _started(pid: int) -> str | None:
+    """A process's start time ('' where /proc cannot tell), None once it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X", "x") else fields[19]
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def _start_worker(parent: int) -> None:
+    """A worker's set-up: one thread, and a watcher that ends the worker once ``parent`` (the process that started
+    the pool) is gone. The workers are children of the fork server, not of that process, and a ``kill -9`` or
+    ``SIGTERM`` of it runs no clean-up: without the watcher they would keep building entries for minutes."""
     import torch
 
     torch.set_num_threads(1)  # the workers share the cores: one thread each
+    born = _started(parent)
+
+    def watch() -> None:
+        # gone already (None), or another start time: its process id was reused by another process
+        while born is not None and _started(parent) == born:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_parallel(function: Callable[[Any], Any], jobs: list[Any], workers: int, desc: str, progress: bool
@@ -75,7 +119,8 @@ def run_parallel(function: Callable[[Any], Any], jobs: list[Any], workers: int, 
                 results[index] = function(job)
                 bar.update()
             return results
-        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_one_thread)
+        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start_worker,
+                                   initargs=(os.getpid(),))
         try:
             futures = {pool.submit(function, job): index for index, job in enumerate(jobs)}
             for future in as_completed(futures):
@@ -90,15 +135,32 @@ def run_parallel(function: Callable[[Any], Any], jobs: list[Any], workers: int, 
 
 def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], job: Callable[[tuple], Any],
             extra: tuple, depends: dict[str, Any], workers: int, desc: str, progress: bool,
-            dist: Distributed | None, counts: dict[str, int] | None = None) -> list[Path]:
-    """Each case's entry under ``folder``, building the missing ones with ``job((case, entry, *extra))``.
+            dist: Distributed | None, counts: dict[str, int] | None = None,
+            check: Callable[[Path], str | None] | None = None) -> list[Path]:
+    """Each case's entry under ``folder``, building the missing ones with ``job((case, entry, inputs, *extra))``.
 
-    Under DDP every rank builds its share of the missing entries, then all wait for each other."""
-    entries = [entry_path(folder, case["case"], entry_key(case, keys, **depends)) for case in cases]
-    mine = list(zip(cases, entries, strict=True))
-    if dist is not None and dist.enabled:
-        mine = shard(mine, dist)  # the same cases on every rank: every entry has one rank that builds it
-    missing = [(case, entry, *extra) for case, entry in mine if not entry.is_dir()]
+    The inputs' content is hashed in ``workers`` threads. Existing entries are checked (:func:`entry_problem`, then
+    ``check(entry)``); a damaged one is removed and built again. Under DDP every rank checks and builds its share,
+    then all wait for each other."""
+    folder = cache_folder(folder.parent, folder.name)
+    with ThreadPoolExecutor(workers_for(workers, len(cases))) as threads:
+        inputs = list(threads.map(lambda case: entry_inputs(case, keys), cases))
+        entries = [entry_path(folder, case["case"], key_of(made, depends))
+                   for case, made in zip(cases, inputs, strict=True)]
+        mine = list(zip(cases, entries, inputs, strict=True))
+        if dist is not None and dist.enabled:
+            mine = shard(mine, dist)  # the same cases on every rank: every entry has one rank that builds it
+
+        def sound(entry: Path, made: dict[str, Any]) -> bool:
+            if not entry.is_dir():
+                return False
+            problem = entry_problem(entry, made) or (check(entry) if check is not None else None)
+            if problem:
+                discard_entry(entry, problem)
+            return not problem
+
+        usable = list(threads.map(lambda item: sound(item[1], item[2]), mine))
+    missing = [(case, entry, made, *extra) for (case, entry, made), ok in zip(mine, usable, strict=True) if not ok]
     built = run_parallel(job, missing, workers_for(workers, len(missing)), desc, progress)
     if counts is not None:
         counts["built"] = sum(bool(b) for b in built)  # by this process (another may have built the rest)
@@ -108,37 +170,38 @@ def _cached(folder: Path, cases: list[dict[str, Any]], keys: tuple[str, ...], jo
 
 
 def _check_job(job: tuple) -> bool:
-    case, entry, num_classes, channels = job
+    case, entry, inputs, num_classes, channels, ignore = job
 
     def build(tmp: Path) -> None:
         from medseg_attn.segmentation.data.datasets import check_cases
 
-        problems = check_cases([case], num_classes=num_classes, channels=channels)
+        problems = check_cases([case], num_classes=num_classes, channels=channels, ignore=ignore)
         (tmp / "problems.json").write_text(json.dumps(problems))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
 
 
 def checked_cases(cases: list[dict[str, Any]], num_classes: int, cache_dir: str | None = None, workers: int = 0,
-                  progress: bool = False, dist: Distributed | None = None, channels: int | None = None) -> list[str]:
+                  progress: bool = False, dist: Distributed | None = None, channels: int | None = None,
+                  ignore: int | None = None) -> list[str]:
     """The problems :func:`~medseg_attn.segmentation.data.datasets.check_cases` finds, one case per worker,
     remembered per case (an unchanged case is not read again). ``channels``: the image channels dataset.json
-    declares (None: not checked)."""
-    entries = _cached(cache_root(cache_dir) / "checks", cases, ("image", "label"), _check_job, (num_classes, channels),
-                      {"kind": "check", "num_classes": num_classes, "channels": channels}, workers, "check", progress,
-                      dist)
+    declares (None: not checked); ``ignore``: the sparse labels' ignore value (a case of nothing else is refused)."""
+    depends = {"kind": "check", "num_classes": num_classes, "channels": channels, "ignore": ignore}
+    entries = _cached(cache_root(cache_dir) / "checks", cases, ("image", "label"), _check_job,
+                      (num_classes, channels, ignore), depends, workers, "check", progress, dist)
     return [line for entry in entries for line in json.loads((entry / "problems.json").read_text())]
 
 
 def _features_job(job: tuple) -> bool:
-    case, entry, labels, ct = job
+    case, entry, inputs, labels, ct = job
 
     def build(tmp: Path) -> None:
         from medseg_attn.segmentation.data.fingerprint import training_case_features
 
         (tmp / "features.json").write_text(json.dumps(training_case_features(case, labels, ct)))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
 
 
 def cached_case_features(cases: list[dict[str, Any]], labels: dict[int, str], ct: bool, cache_dir: str | None = None,
@@ -167,7 +230,7 @@ def training_fingerprint(cases: list[dict[str, Any]], labels: dict[int, str], ct
 
 
 def _fingerprint_job(job: tuple) -> bool:
-    case, entry, ct = job
+    case, entry, inputs, ct = job
 
     def build(tmp: Path) -> None:
         from medseg_attn.segmentation.data.planning import _case_fingerprint, case_rng
@@ -176,7 +239,7 @@ def _fingerprint_job(job: tuple) -> bool:
         (tmp / "record.json").write_text(json.dumps(record))
         np.save(tmp / "sample.npy", np.asarray(sample, dtype=np.float32))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
 
 
 def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_dir: str | None = None,
@@ -197,7 +260,7 @@ def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_d
 
 
 def _preprocess_job(job: tuple) -> bool:
-    case, entry, prep, data, num_classes, label_values = job
+    case, entry, inputs, prep, data, num_classes, label_values = job
 
     def build(tmp: Path) -> None:
         import torch
@@ -221,7 +284,29 @@ def _preprocess_job(job: tuple) -> bool:
                 "preprocessing": prep.to_dict(), "patch_size": list(data.patch_size), "num_classes": num_classes}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    return ensure_entry(entry, build)
+    return ensure_entry(entry, build, inputs)
+
+
+def _case_problem(entry: Path, num_classes: int, label_values: int) -> str | None:
+    """What is wrong with a case entry's arrays (None: nothing): the image float32 (C, *S) of ``meta.json``'s
+    shape, the label (1, *S) of small integers in ``0..label_values-1``, one list of locations per class."""
+    try:
+        shape = json.loads((entry / "meta.json").read_text())["shape"]
+        image = np.load(entry / "image.npy", mmap_mode="r")
+        label = np.load(entry / "label.npy", mmap_mode="r")
+        if image.dtype != np.float32 or list(image.shape) != shape:
+            return f"image.npy is {image.dtype} {list(image.shape)}, expected float32 {shape}"
+        if label.dtype not in (np.uint8, np.int16) or list(label.shape) != [1, *shape[1:]]:
+            return f"label.npy is {label.dtype} {list(label.shape)}, expected uint8 or int16 {[1, *shape[1:]]}"
+        low, high = int(label.min()), int(label.max())
+        if low < 0 or high >= label_values:
+            return f"label.npy holds values {low}..{high}, expected 0..{label_values - 1}"
+        with np.load(entry / "indices.npz") as arrays:
+            if len(arrays.files) != num_classes:
+                return f"indices.npz holds {len(arrays.files)} classes' locations, expected {num_classes}"
+    except Exception as error:  # noqa: BLE001 - whatever numpy or json says of a damaged file
+        return f"unreadable ({type(error).__name__}: {error})"
+    return None
 
 
 def preprocess_cases(cases: list[dict[str, Any]], prep: Any, data: Any, num_classes: int,
@@ -245,7 +330,7 @@ def preprocess_cases(cases: list[dict[str, Any]], prep: Any, data: Any, num_clas
                "patch_size": list(data.patch_size), "max_samples_per_class": MAX_SAMPLES_PER_CLASS}
     entries = _cached(cache_root(data.cache_dir) / "cases", unique, ("image", "label"), _preprocess_job,
                       (prep, data, num_classes, label_values), depends, data.preprocess_workers, "preprocess",
-                      progress, dist, counts)
+                      progress, dist, counts, check=lambda entry: _case_problem(entry, num_classes, label_values))
     return {case["case"]: entry for case, entry in zip(unique, entries, strict=True)}
 
 
@@ -261,6 +346,7 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
 
     from medseg_attn.segmentation.data.datasets import check_training_data, declared_channels, load_dataset
     from medseg_attn.segmentation.data.planning import make_plan
+    from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
     from medseg_attn.segmentation.data.transforms import Preprocessing
 
     start = time.perf_counter()
@@ -270,7 +356,7 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
     data = config.data
     labels = data.labels or dataset.labels
     problems = checked_cases(dataset.training, len(labels), data.cache_dir, data.preprocess_workers, progress,
-                             channels=declared_channels(dataset))
+                             channels=declared_channels(dataset), ignore=ignore_index(labels))
     check_training_data(dataset, labels, problems=problems)  # the same check as `plan` and `train`
     modality = data.modality if data.modality != "auto" else dataset.modality
     fingerprint = fingerprint_cases(dataset.training, modality, data.cache_dir, data.preprocess_workers, progress)
@@ -282,8 +368,6 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
                                 "normalisation_mask": resolved.normalisation_mask}).data
     prep = Preprocessing.from_plan(data, plan)
     counts: dict[str, int] = {}
-    from medseg_attn.segmentation.data.sparse import without_ignore
-
     classes = len(without_ignore(labels))  # the network's classes (sparse labels' ignore value left out)
     entries = preprocess_cases(dataset.training, prep, data, classes, progress=progress, counts=counts,
                                label_values=len(labels))

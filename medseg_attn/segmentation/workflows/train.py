@@ -99,7 +99,7 @@ class _Run:
         self.dist: Distributed = setup(resolve_device(config.train.device))
         problems = checked_cases(self.dataset.training, len(labels), config.data.cache_dir,
                                  config.data.preprocess_workers, progress and self.dist.is_main, self.dist,
-                                 channels=declared_channels(self.dataset))
+                                 channels=declared_channels(self.dataset), ignore=ignore_index(labels))
         check_training_data(self.dataset, labels, problems=problems)  # the same check as `plan`
         modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
         device = resolve_device(config.train.device)
