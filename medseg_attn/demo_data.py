@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.nifti import write_nifti
 
@@ -86,7 +87,7 @@ def _template_cached() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if affine is None:
             affine = np.asarray(canonical.affine, dtype=np.float64)
         elif not np.allclose(affine, canonical.affine) or volumes[key].shape != volumes["t1"].shape:
-            raise ValueError(f"packaged template map {key!r} is not on the T1 grid; reinstall medseg-attn")
+            raise UserError(f"packaged template map {key!r} is not on the T1 grid; reinstall medseg-attn")
     t1, gm, wm = volumes["t1"], volumes["gm"] / np.float32(255.0), volumes["wm"] / np.float32(255.0)
     for array in (t1, gm, wm, affine):
         array.flags.writeable = False  # shared by every caller of the cache
@@ -101,7 +102,7 @@ def _read_resource(key: str) -> nib.Nifti1Image:
         try:
             return nib.Nifti1Image.from_bytes(lzma.decompress(packed.read_bytes()))
         except (lzma.LZMAError, ValueError) as error:
-            raise ValueError(f"{packed}: damaged template file ({error}); reinstall medseg-attn") from None
+            raise UserError(f"{packed}: damaged template file ({error}); reinstall medseg-attn") from None
     plain = folder / f"mni152_{key}.nii.gz"
     if plain.is_file():
         with resources.as_file(plain) as path:
@@ -137,7 +138,7 @@ def output_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
     except (TypeError, ValueError):
         value = math.nan
     if isinstance(spacing, bool) or not (math.isfinite(value) and 0.25 <= value <= 10.0):
-        raise ValueError(f"spacing={spacing!r}: expected a voxel size in mm between 0.25 and 10")
+        raise UserError(f"spacing={spacing!r}: expected a voxel size in mm between 0.25 and 10")
     spacing = value
     t1, _, _, affine = _template_cached()
     corners = np.array([[i, j, k, 1.0] for i in (0, t1.shape[0] - 1) for j in (0, t1.shape[1] - 1)
@@ -342,16 +343,16 @@ def build_demo_dataset(
     """
     for name, value in (("train_cases", train_cases), ("test_cases", test_cases)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= TEST_SEED_OFFSET:
-            raise ValueError(f"{name}={value!r}: expected an integer between 0 and {TEST_SEED_OFFSET}")
+            raise UserError(f"{name}={value!r}: expected an integer between 0 and {TEST_SEED_OFFSET}")
     if train_cases + test_cases == 0:
-        raise ValueError("train_cases=0 and test_cases=0: nothing to build")
+        raise UserError("train_cases=0 and test_cases=0: nothing to build")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r}: expected a non-negative integer")
+        raise UserError(f"seed={seed!r}: expected a non-negative integer")
     output_grid(train_spacing)  # validates the spacings before any work
     output_grid(test_spacing)
     root = Path(output_dir)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: exists and is not a folder; expected an output folder for the demo dataset")
+        raise UserError(f"{root}: exists and is not a folder; expected an output folder for the demo dataset")
 
     first_test_id = max(100, int(math.ceil(train_cases / 100)) * 100)
     width = max(3, len(str(first_test_id + test_cases - 1)))

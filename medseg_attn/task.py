@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medseg_attn.errors import UserError
+
 __all__ = ["Task", "TaskRegistry"]
 
 
@@ -56,7 +58,7 @@ class Task:
             ValueError: the task has no exporter, or what the exporter raises (unknown format, wrong model ...).
         """
         if self.export is None:
-            raise ValueError(f"{model}: {self.name} models cannot be exported")
+            raise UserError(f"{model}: {self.name} models cannot be exported")
         module, _, function = self.export.partition(":")
         return getattr(importlib.import_module(module), function)(model, fmt, output)
 
@@ -67,11 +69,11 @@ class Task:
             ValueError: not this task's checkpoint, or one this version cannot rebuild.
         """
         if not self.owns(payload):
-            raise ValueError(f"{source}: is a {payload.get('task')} model, not a {self.name} model")
+            raise UserError(f"{source}: is a {payload.get('task')} model, not a {self.name} model")
         try:
             return self.network_from_checkpoint(payload)
         except (KeyError, RuntimeError, TypeError) as error:
-            raise ValueError(f"{source}: checkpoint does not match this medseg-attn version ({error})") from None
+            raise UserError(f"{source}: checkpoint does not match this medseg-attn version ({error})") from None
 
 
 class TaskRegistry:
@@ -113,11 +115,11 @@ class TaskRegistry:
         for entry in self._entries:
             task = self._load(entry)
             if task.name in found:
-                raise ValueError(f"task {task.name!r} is registered twice")
+                raise UserError(f"task {task.name!r} is registered twice")
             found[task.name] = task
         untagged = [task.name for task in found.values() if task.untagged]
         if len(untagged) > 1:
-            raise ValueError(f"tasks {' and '.join(untagged)} both claim checkpoints without a task")
+            raise UserError(f"tasks {' and '.join(untagged)} both claim checkpoints without a task")
         return found
 
     def get(self, name: str) -> Task:
@@ -131,7 +133,7 @@ class TaskRegistry:
             return tasks[name]
         close = difflib.get_close_matches(str(name), list(tasks), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known tasks: {', '.join(tasks) or 'none'}"
-        raise ValueError(f"unknown task {name!r}; {hint}")
+        raise UserError(f"unknown task {name!r}; {hint}")
 
     def of(self, payload: Mapping[str, Any]) -> Task:
         """The task of a checkpoint payload or an export's metadata (no ``"task"`` key: the untagged task's).
@@ -143,7 +145,7 @@ class TaskRegistry:
             return self.get(payload["task"])
         untagged = [task for task in self.tasks().values() if task.untagged]
         if not untagged:
-            raise ValueError(f"the model names no task; known tasks: {', '.join(self.tasks()) or 'none'}")
+            raise UserError(f"the model names no task; known tasks: {', '.join(self.tasks()) or 'none'}")
         return untagged[0]
 
     @staticmethod
@@ -151,6 +153,6 @@ class TaskRegistry:
         if isinstance(entry[0], str):
             task = getattr(importlib.import_module(entry[0]), "TASK", None)
             if not isinstance(task, Task):
-                raise ValueError(f"{entry[0]}: defines no TASK (a medseg_attn.task.Task)")
+                raise UserError(f"{entry[0]}: defines no TASK (a medseg_attn.task.Task)")
             entry[0] = task
         return entry[0]

@@ -23,6 +23,7 @@ from medseg_attn.classification.demo_data import build_slice_dataset
 from medseg_attn.classification.predictor import Classifier, evaluate_classifier
 from medseg_attn.classification.train import train_classifier
 from medseg_attn.config import ClassifyConfig, apply_overrides, from_dict
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -66,9 +67,9 @@ def run_classify_demo(
     """
     output = Path(output)
     if (output / "run").exists() or (output / "run_baseline").exists():
-        raise ValueError(f"{output}: already holds a demo run; choose another --output or remove it")
+        raise UserError(f"{output}: already holds a demo run; choose another --output or remove it")
     if minutes <= 0:
-        raise ValueError(f"--minutes must be positive, got {minutes}")
+        raise UserError(f"--minutes must be positive, got {minutes}")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = build_slice_dataset(output / "data", seed=seed, progress=progress)

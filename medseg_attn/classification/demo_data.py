@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_attn.demo_data import LICENCE, REFERENCE, generate_case
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def slice_classes(label: np.ndarray) -> dict[int, int]:
     """Axial slice index -> class index for one brain's label map (X, Y, Z) (unambiguous slices only)."""
     heights = np.flatnonzero((label > 0).any(axis=(0, 1)))
     if heights.size < 10:
-        raise ValueError(f"label map of shape {label.shape} holds too little brain to cut into levels")
+        raise UserError(f"label map of shape {label.shape} holds too little brain to cut into levels")
     low, high = int(heights[0]), int(heights[-1])
     out = {}
     for z in range(low, high + 1):
@@ -103,12 +104,12 @@ def build_slice_dataset(
     for name, value in (("train_cases", train_cases), ("val_cases", val_cases), ("test_cases", test_cases),
                         ("slices_per_class", slices_per_class), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
-            raise ValueError(f"{name}={value!r}: expected an integer between 0 and 10000")
+            raise UserError(f"{name}={value!r}: expected an integer between 0 and 10000")
     if train_cases < 1 or slices_per_class < 1:
-        raise ValueError("train_cases and slices_per_class must be at least 1")
+        raise UserError("train_cases and slices_per_class must be at least 1")
     root = Path(output_dir)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: exists and is not a folder")
+        raise UserError(f"{root}: exists and is not a folder")
     from tqdm.auto import tqdm
 
     plan = [(split, i) for split, count in (("train", train_cases), ("val", val_cases), ("test", test_cases))

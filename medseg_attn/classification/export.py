@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medseg_attn.classification.predictor import Classifier
 from medseg_attn.classification.task import TASK
+from medseg_attn.errors import UserError
 from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
 from medseg_attn.training.card import export_metadata
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
@@ -31,7 +32,7 @@ def export_classifier(model: str | Path, fmt: str, output: str | Path) -> Path:
         ValueError: 'bundle' or an unknown format, not a classification model, or an export the checker rejects.
     """
     if fmt not in SUFFIXES:
-        raise ValueError(f"--format {fmt!r}: a classification model exports as torchscript or onnx (MONAI bundles "
+        raise UserError(f"--format {fmt!r}: a classification model exports as torchscript or onnx (MONAI bundles "
                          f"are for segmentation models)")
     classifier = Classifier.from_checkpoint(model, device="cpu")
     path = find_checkpoint(model)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.pictures import ImageInfo, image_info, is_classification_image
 from medseg_attn.io.suffixes import IMAGE_SUFFIXES
 
@@ -108,7 +109,7 @@ def list_image_folder(root: str | Path, classes: list[str] | None = None) -> Ima
     if not root.exists():
         raise FileNotFoundError(f"{root}: image folder not found")
     if not root.is_dir():
-        raise ValueError(f"{root}: expected an ImageFolder root (root/<class>/<image>) or a .csv listing")
+        raise UserError(f"{root}: expected an ImageFolder root (root/<class>/<image>) or a .csv listing")
     hidden: list[Path] = []
     other: list[Path] = []
     folders = []
@@ -120,7 +121,7 @@ def list_image_folder(root: str | Path, classes: list[str] | None = None) -> Ima
         else:
             other.append(entry)
     if not folders:
-        raise ValueError(f"{root}: holds no class folders; expected root/<class_name>/<image> "
+        raise UserError(f"{root}: holds no class folders; expected root/<class_name>/<image> "
                          f"(images: {', '.join(IMAGE_SUFFIXES)})")
     names = [f.name for f in folders]
     if classes is None:
@@ -128,13 +129,13 @@ def list_image_folder(root: str | Path, classes: list[str] | None = None) -> Ima
     else:
         unknown = [n for n in names if n not in classes]
         if unknown:
-            raise ValueError(f"{root / unknown[0]}: class folder {unknown[0]!r} is not one of the model's classes "
+            raise UserError(f"{root / unknown[0]}: class folder {unknown[0]!r} is not one of the model's classes "
                              f"{list(classes)}")
     listing = ImageList(root, list(classes))
     for folder in folders:
         images = _walk_images(folder, hidden, other)
         if not images:
-            raise ValueError(f"{folder}: class folder {folder.name!r} holds no images "
+            raise UserError(f"{folder}: class folder {folder.name!r} holds no images "
                              f"({', '.join(IMAGE_SUFFIXES)}); remove it or add images")
         label = listing.classes.index(folder.name)
         listing.samples += [{"image": str(p.resolve()), "label": label, "name": p.relative_to(root).as_posix()}
@@ -166,16 +167,16 @@ def list_csv(path: str | Path, classes: list[str] | None = None) -> ImageList:
         reader = csv.DictReader(handle)
         columns = {(c or "").strip().lower(): c for c in (reader.fieldnames or [])}
         if "path" not in columns or "label" not in columns:
-            raise ValueError(f"{path}: expected a header with 'path' and 'label' columns, got "
+            raise UserError(f"{path}: expected a header with 'path' and 'label' columns, got "
                              f"{list(reader.fieldnames or [])}")
         rows = [(reader.line_num, (r[columns["path"]] or "").strip(), (r[columns["label"]] or "").strip(),
                  (r.get(columns.get("mask", ""), "") or "").strip()) for r in reader]
     rows = [row for row in rows if row[1] or row[2]]
     if not rows:
-        raise ValueError(f"{path}: lists no images")
+        raise UserError(f"{path}: lists no images")
     for line, image, label, _ in rows:
         if not image or not label:
-            raise ValueError(f"{path}: line {line}: both 'path' and 'label' are needed")
+            raise UserError(f"{path}: line {line}: both 'path' and 'label' are needed")
     order = _class_order([row[2] for row in rows])
     if classes is None:
         classes = order
@@ -183,10 +184,10 @@ def list_csv(path: str | Path, classes: list[str] | None = None) -> ImageList:
     for line, image, label, mask in rows:
         file = _listed(path, image, line)
         if not is_classification_image(file):
-            raise ValueError(f"{file}: not a supported image type (listed in {path}, line {line}); expected one "
+            raise UserError(f"{file}: not a supported image type (listed in {path}, line {line}); expected one "
                              f"of {', '.join(IMAGE_SUFFIXES)}")
         if label not in listing.classes:
-            raise ValueError(f"{path}: line {line}: label {label!r} is not one of the model's classes "
+            raise UserError(f"{path}: line {line}: label {label!r} is not one of the model's classes "
                              f"{listing.classes}")
         sample = {"image": str(file.resolve()), "label": listing.classes.index(label), "name": image}
         if mask:
@@ -194,7 +195,7 @@ def list_csv(path: str | Path, classes: list[str] | None = None) -> ImageList:
         listing.samples.append(sample)
     masks = sum("mask" in s for s in listing.samples)
     if 0 < masks < len(listing.samples):
-        raise ValueError(f"{path}: {masks} of {len(listing.samples)} rows name a mask; give one for every image "
+        raise UserError(f"{path}: {masks} of {len(listing.samples)} rows name a mask; give one for every image "
                          f"or none")
     logger.info("%s: %d images in %d classes", path, len(listing.samples), len(listing.classes))
     return listing
@@ -249,7 +250,7 @@ def load_image_sets(train: str | Path, val: str | Path | None = None, test: str 
     sets = ImageSets(list_images(train_path))
     classes = sets.train.classes
     if len(classes) < 2:
-        raise ValueError(f"{train_path}: found {len(classes)} class ({classes}); classification needs at least 2")
+        raise UserError(f"{train_path}: found {len(classes)} class ({classes}); classification needs at least 2")
     if val is not None:
         sets.val = list_images(val, classes)
     if test is not None:
@@ -302,27 +303,27 @@ def check_images(samples: list[dict[str, Any]], resize: bool) -> list[ImageInfo]
         except (ValueError, FileNotFoundError) as error:
             problems.append(str(error))
     if len(problems) == 1:
-        raise ValueError(problems[0])
+        raise UserError(problems[0])
     if problems:
         listing = "\n  ".join(problems)
-        raise ValueError(f"{len(problems)} unreadable images:\n  {listing}")
+        raise UserError(f"{len(problems)} unreadable images:\n  {listing}")
     dims = {info.spatial_dims for info in infos}
     if len(dims) > 1:
         two = next(i for i in infos if i.spatial_dims == 2)
         three = next(i for i in infos if i.spatial_dims == 3)
-        raise ValueError(f"{three.path}: is a 3D image ({describe_size(three.shape)}) but {two.path} is 2D "
+        raise UserError(f"{three.path}: is a 3D image ({describe_size(three.shape)}) but {two.path} is 2D "
                          f"({describe_size(two.shape)}); a dataset must be all 2D or all 3D")
     if not resize:
         first = infos[0]
         for info in infos[1:]:
             if info.shape != first.shape:
-                raise ValueError(f"{info.path}: image size {describe_size(info.shape)} differs from "
+                raise UserError(f"{info.path}: image size {describe_size(info.shape)} differs from "
                                  f"{describe_size(first.shape)} ({first.path}); set data.image_size "
                                  f"(e.g. {list(first.shape)}) to resize every image to one size")
     if len(dims) == 1 and dims == {3}:
         channels = {info.channels for info in infos}
         if len(channels) > 1:
             odd = next(i for i in infos if i.channels != infos[0].channels)
-            raise ValueError(f"{odd.path}: has {odd.channels} channels but {infos[0].path} has "
+            raise UserError(f"{odd.path}: has {odd.channels} channels but {infos[0].path} has "
                              f"{infos[0].channels}; volumes must have the same channels")
     return infos

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.io.tables import write_csv
 
@@ -75,7 +76,7 @@ def classification_metrics(truth: np.ndarray, probabilities: np.ndarray, classes
     probabilities = np.asarray(probabilities, dtype=np.float64)
     count = len(classes)
     if probabilities.shape != (len(truth), count):
-        raise ValueError(f"probabilities of shape {probabilities.shape} do not match {len(truth)} images and "
+        raise UserError(f"probabilities of shape {probabilities.shape} do not match {len(truth)} images and "
                          f"{count} classes")
     predicted = probabilities.argmax(axis=1)
     matrix = confusion_matrix(truth, predicted, count)

@@ -30,6 +30,7 @@ from medseg_attn.classification.metrics import classification_metrics, write_met
 from medseg_attn.classification.task import TASK
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, from_dict
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.formats import NIFTI, format_of
 from medseg_attn.io.pictures import image_info, is_classification_image
@@ -80,7 +81,7 @@ class Classifier:
         path = find_checkpoint(model)
         payload = load_checkpoint(path)
         if not TASK.owns(payload):
-            raise ValueError(f"{path}: is not a classification checkpoint (train one with "
+            raise UserError(f"{path}: is not a classification checkpoint (train one with "
                              f"'medseg-attn classify train')")
         network = TASK.network(payload, path)
         try:
@@ -89,7 +90,7 @@ class Classifier:
             classes = [str(c) for c in payload["classes"]]
             segmentation_classes = int(payload.get("segmentation_classes", 0))
         except (KeyError, RuntimeError, TypeError) as error:
-            raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
+            raise UserError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
         resolved = resolve_device(device)
         logger.info("loaded %s (%d classes, epoch %s, best %s %s)", path, len(classes), payload.get("epoch"),
                     config.train.monitor, payload.get("best_metric"))
@@ -116,7 +117,7 @@ class Classifier:
     def check_attention(self) -> None:
         """Raise a one-line ValueError naming the checkpoint when the head has no attention to show."""
         if not getattr(getattr(self.network, "head", None), "attention_enabled", False):
-            raise ValueError(f"{self.source}: has no attention maps: this classifier was trained with attention off "
+            raise UserError(f"{self.source}: has no attention maps: this classifier was trained with attention off "
                              f"(model.attention: false)")
 
     @torch.no_grad()
@@ -246,11 +247,11 @@ def collect_images(items: Sequence[str | Path]) -> list[Path]:
             if len(images) < len(files):
                 logger.warning("skipped %d file(s) in %s that are not images", len(files) - len(images), path)
             if not images:
-                raise ValueError(f"{path}: folder holds no images (png, jpg, tif, bmp, dcm, nii, nii.gz, nrrd, mha)")
+                raise UserError(f"{path}: folder holds no images (png, jpg, tif, bmp, dcm, nii, nii.gz, nrrd, mha)")
             found += images
         elif path.is_file():
             if not is_classification_image(path):
-                raise ValueError(f"{path}: not a supported image type")
+                raise UserError(f"{path}: not a supported image type")
             found.append(path)
         else:
             raise FileNotFoundError(f"{path}: input not found")
@@ -296,12 +297,12 @@ def read_predictions(path: str | Path, classes: list[str]) -> tuple[list[str], n
         columns = [f"probability_{name}" for name in classes]
         missing = [c for c in ["file"] + columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing} for classes {classes}")
+            raise UserError(f"{path}: missing column(s) {missing} for classes {classes}")
         rows = list(reader)
     try:
         probabilities = np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float64)
     except ValueError as error:
-        raise ValueError(f"{path}: a probability is not a number ({error})") from None
+        raise UserError(f"{path}: a probability is not a number ({error})") from None
     return [unescape_cell(r["file"]) for r in rows], probabilities.reshape(len(rows), len(classes))
 
 
@@ -326,7 +327,7 @@ def evaluate_classifier(reference: ImageList | str | Path, output: str | Path, c
     class_names = class_names or listing.classes
     samples = listing.samples
     if not samples:
-        raise ValueError(f"{listing.source}: no labelled images to evaluate")
+        raise UserError(f"{listing.source}: no labelled images to evaluate")
     truth = np.array([s["label"] for s in samples])
     files = [s["image"] for s in samples]
     sources = [reference] if isinstance(reference, (str, Path)) else []
@@ -338,10 +339,10 @@ def evaluate_classifier(reference: ImageList | str | Path, output: str | Path, c
         index = {str(Path(f).expanduser().resolve()): i for i, f in enumerate(predicted_files)}
         missing = [f for f in files if f not in index]
         if missing:
-            raise ValueError(f"{predictions}: has no row for {len(missing)} reference image(s), e.g. {missing[0]}")
+            raise UserError(f"{predictions}: has no row for {len(missing)} reference image(s), e.g. {missing[0]}")
         probabilities = predicted[[index[f] for f in files]]
     else:
-        raise ValueError("evaluate needs a model or a predictions CSV")
+        raise UserError("evaluate needs a model or a predictions CSV")
     metrics = classification_metrics(truth, probabilities, class_names)
     output = Path(output)
     write_metrics(metrics, class_names, output)

@@ -42,6 +42,7 @@ from medseg_attn.classification.metrics import (
 from medseg_attn.classification.task import NAME
 from medseg_attn.classification.transforms import ImagePreprocessing, classification_transforms
 from medseg_attn.config import ClassifyConfig, save_config
+from medseg_attn.errors import UserError
 from medseg_attn.io.pictures import read_image
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.networks.factory import build_classifier
@@ -70,7 +71,7 @@ def resolve_preprocessing(config: ClassifyConfig, infos: list) -> ImagePreproces
     data = config.data
     dims = infos[0].spatial_dims
     if data.image_size is not None and len(data.image_size) != dims:
-        raise ValueError(f"data.image_size {list(data.image_size)} has {len(data.image_size)} sides but the images "
+        raise UserError(f"data.image_size {list(data.image_size)} has {len(data.image_size)} sides but the images "
                          f"are {dims}D (e.g. {infos[0].path})")
     if dims == 2:
         channels = {"grayscale": 1, "rgb": 3}.get(data.color) or (3 if any(i.channels == 3 for i in infos) else 1)
@@ -98,7 +99,7 @@ def _check_bottleneck(config: ClassifyConfig, prep: ImagePreprocessing) -> None:
     divisor = model.first_stride * 2 ** (len(model.channels) - 1)
     grid = [math.ceil(s / divisor) for s in prep.image_size]
     if math.prod(grid) < 2:
-        raise ValueError(f"images of {list(prep.image_size)} leave a 1-voxel bottleneck with {len(model.channels)} "
+        raise UserError(f"images of {list(prep.image_size)} leave a 1-voxel bottleneck with {len(model.channels)} "
                          f"levels (first_stride {model.first_stride}); use fewer model.channels levels or a larger "
                          f"data.image_size")
     if any(s % divisor for s in prep.image_size):
@@ -124,10 +125,10 @@ def _segmentation_classes(samples: list[dict]) -> int:
         mask, _ = read_image(sample["mask"])
         values = np.unique(mask)
         if np.any(values < 0) or np.any(values != np.round(values)):
-            raise ValueError(f"{sample['mask']}: mask values must be integer class indices >= 0")
+            raise UserError(f"{sample['mask']}: mask values must be integer class indices >= 0")
         largest = max(largest, int(values.max()))
     if largest < 1:
-        raise ValueError("every multi-task mask is empty (all 0): nothing to segment")
+        raise UserError("every multi-task mask is empty (all 0): nothing to segment")
     return largest + 1
 
 
@@ -148,7 +149,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
     payload = open_run(config, output, resume)
     data, tcfg = config.data, config.train
     if not data.train:
-        raise ValueError("no training images given: set data.train in the config or pass --data")
+        raise UserError("no training images given: set data.train in the config or pass --data")
     sets = load_image_sets(data.train, data.val, data.test)
     classes = sets.train.classes
     train_samples, val_samples = _split(sets, config, output, resume)
@@ -157,7 +158,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
     _check_bottleneck(config, prep)
     multitask = config.model.multitask
     if multitask and not all("mask" in s for s in train_samples + val_samples):
-        raise ValueError(f"{sets.train.source}: model.multitask needs a label map per image: a CSV listing with "
+        raise UserError(f"{sets.train.source}: model.multitask needs a label map per image: a CSV listing with "
                          f"path,label,mask columns")
     segmentation_classes = _segmentation_classes(train_samples) if multitask else 0
     resolved = {key: str(Path(value).expanduser().resolve()) if value else None
@@ -173,7 +174,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
                 len(val_samples))
     if np.any(counts == 0):
         missing = [classes[k] for k in np.flatnonzero(counts == 0)]
-        raise ValueError(f"{sets.train.source}: no training images left for class(es) {missing}")
+        raise UserError(f"{sets.train.source}: no training images left for class(es) {missing}")
 
     has_validation = bool(val_samples)
     if dist.enabled:  # this rank's part: it caches and trains on these, validates on those

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medseg_attn.config import AugmentationConfig
+from medseg_attn.errors import UserError
 from medseg_attn.io.pictures import read_image, to_channels
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class LoadClassificationImaged:
         path = Path(data["image"])
         array, info = read_image(path)
         if info.spatial_dims != self.prep.spatial_dims:
-            raise ValueError(f"{path}: is a {info.spatial_dims}D image; the model takes {self.prep.spatial_dims}D "
+            raise UserError(f"{path}: is a {info.spatial_dims}D image; the model takes {self.prep.spatial_dims}D "
                              f"images")
         array = to_channels(array, self.prep.channels, path)
         if self.prep.intensity == "scale" and info.max_value:
@@ -65,7 +66,7 @@ class LoadClassificationImaged:
         if "mask" in data:
             mask, _ = read_image(data["mask"])
             if mask.shape[1:] != array.shape[1:]:
-                raise ValueError(f"{data['mask']}: mask size {mask.shape[1:]} does not match image {path} "
+                raise UserError(f"{data['mask']}: mask size {mask.shape[1:]} does not match image {path} "
                                  f"{array.shape[1:]}")
             out["mask"] = torch.from_numpy(np.ascontiguousarray(mask[:1]))
         return out

@@ -1,6 +1,7 @@
 """``medseg-attn`` command line: thin wrappers that turn library errors into one-line messages and exit codes.
 
-Exit codes: 0 success, 1 some cases of a batch failed, 2 bad input or configuration, 130 interrupted.
+Exit codes: 0 success, 1 some cases of a batch failed or an internal error (a bug: "internal error", the
+traceback saved beside the outputs), 2 bad input or configuration (one line), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
+import traceback
 import warnings
+from pathlib import Path
 
 from medseg_attn.cli import export
 from medseg_attn.cli.arguments import command_adder
+from medseg_attn.errors import UserError
 from medseg_attn.registry import TASKS
 
 logger = logging.getLogger("medseg_attn.cli")
@@ -91,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medseg-attn: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError) as error:
-        cause = _user_error(error)
-        if cause is None or os.environ.get("MEDSEG_ATTN_DEBUG"):
+    except Exception as error:  # noqa: BLE001 - every failure ends as one line and an exit code
+        if os.environ.get("MEDSEG_ATTN_DEBUG"):
             raise
-        print(f"medseg-attn: error: {cause}", file=sys.stderr)
-        return 2
+        cause = _user_error(error)
+        if cause is not None:  # the user's input or setting: what was wrong, in one line
+            print(f"medseg-attn: error: {cause}", file=sys.stderr)
+            return 2
+        saved = _save_traceback(error, getattr(args, "output", None))
+        print(f"medseg-attn: internal error: {type(error).__name__}: {_first_line(error)} (a bug in medseg-attn, "
+              f"not in your input; the traceback is in {saved}: please report it)", file=sys.stderr)
+        return 1
     finally:
         if "medseg_attn.runtime.distributed" in sys.modules:  # torch is not imported for nothing (inspect)
             from medseg_attn.runtime.distributed import teardown
@@ -104,12 +114,32 @@ def main(argv: list[str] | None = None) -> int:
             teardown()
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# bad input or settings: our own UserError, and a file or folder the user named that is missing or unreadable
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+INTERNAL_ERROR_LOG = "medseg-attn-internal-error.txt"
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
+
+
+def _save_traceback(error: BaseException, output: str | Path | None) -> Path:
+    """Write the traceback of an internal error beside the outputs (the command's output folder when it exists,
+    else the temporary folder); returns where."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    folder = Path(output) if output is not None and Path(output).is_dir() else Path(tempfile.gettempdir())
+    path = folder / INTERNAL_ERROR_LOG
+    try:
+        path.write_text(f"medseg-attn {' '.join(sys.argv[1:])}\n{text}")
+    except OSError:  # an output folder we cannot write: the temporary folder
+        path = Path(tempfile.gettempdir()) / f"medseg-attn-internal-error-{os.getpid()}.txt"
+        path.write_text(text)
+    return path
 
 
 def _user_error(error: BaseException) -> BaseException | None:
     """The user-facing error behind ``error``: MONAI wraps errors raised inside transforms in
-    ``RuntimeError("applying transform ...")``; the ValueError that names the file is further down the chain."""
+    ``RuntimeError("applying transform ...")``; the UserError that names the file is further down the chain."""
     seen = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

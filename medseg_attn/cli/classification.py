@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from medseg_attn.cli.arguments import add_demo_arguments, add_train_arguments, train_config_from_args
+from medseg_attn.errors import UserError
 
 logger = logging.getLogger("medseg_attn.cli")
 
@@ -144,7 +145,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     reference = args.data
     if reference is None:
         if classifier is None:
-            raise ValueError("--predictions needs --data (the labelled images)")
+            raise UserError("--predictions needs --data (the labelled images)")
         reference = _run_test_set(args.model, classifier.classes)
     metrics = evaluate_classifier(reference, args.output, classifier=classifier, predictions=args.predictions,
                                   progress=not args.quiet)
@@ -167,7 +168,7 @@ def _run_test_set(model: str, classes: list[str]):
     layout = split_layout(Path(data.train)) if data.train else None
     if layout and "test" in layout:
         return list_images(layout["test"], classes)
-    raise ValueError(f"{path}: the run has no test set (data.test); pass --data with labelled images")
+    raise UserError(f"{path}: the run has no test set (data.test); pass --data with labelled images")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medseg_attn.errors import UserError
+
 __all__ = ["EXAMPLES", "RUNNERS", "add_parsers", "model_card_lines"]
 
 EXAMPLES = {
@@ -65,7 +67,7 @@ def _run_config(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {description}")
         return 0
     if not args.name:
-        raise ValueError("config show: give the config's name, e.g. `medseg-attn config show ct_spleen`")
+        raise UserError("config show: give the config's name, e.g. `medseg-attn config show ct_spleen`")
     print(shipped_config_text(args.name), end="")
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medseg_attn.cli.arguments import add_dataset_arguments
+from medseg_attn.errors import UserError
 
 __all__ = ["EXAMPLES", "RUNNERS", "add_parsers", "cache_option"]
 
@@ -49,7 +50,7 @@ def with_cache(config, args: argparse.Namespace):
         values["cache_dir"] = str(args.cache)
     if getattr(args, "workers", None) is not None:
         if args.workers < 0:
-            raise ValueError(f"--workers {args.workers}: expected 0 (every core) or more")
+            raise UserError(f"--workers {args.workers}: expected 0 (every core) or more")
         values["preprocess_workers"] = args.workers
     return config.replace(data=values) if values else config
 

@@ -18,6 +18,7 @@ from medseg_attn.cli.arguments import (
 )
 from medseg_attn.cli.cv import add_train_cv_arguments, is_cv_request, run_cv_train
 from medseg_attn.cli.preprocess import cache_option, with_cache
+from medseg_attn.errors import UserError
 
 __all__ = ["EXAMPLES", "RUNNERS", "add_parsers"]
 
@@ -199,7 +200,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if is_cv_request(args):
         return run_cv_train(args, config)
     if args.fold is not None:
-        raise ValueError("--fold K: give --folds N too (the number of folds of the cross-validation)")
+        raise UserError("--fold K: give --folds N too (the number of folds of the cross-validation)")
     result = train(config, args.output, resume=args.resume, progress=not args.quiet)
     if args.resume and result.epochs_run == 0:
         print(f"nothing trained: the run already has {result.epochs} epochs and {result.seconds / 60:.1f} min "
@@ -222,7 +223,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
     config = with_cache(load_config(args.config, overrides), args)
     if not config.data.dataset:
-        raise ValueError("no dataset given: pass --data or set data.dataset")
+        raise UserError("no dataset given: pass --data or set data.dataset")
     dataset = load_dataset(config.data.dataset)
     labels = config.data.labels or dataset.labels
     problems = checked_cases(dataset.training, len(labels), config.data.cache_dir, config.data.preprocess_workers,
@@ -278,9 +279,9 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
     for part in spec.split(","):
         key, _, name = part.partition("=")
         if not key.strip().isdigit() or not name.strip():
-            raise ValueError(f"--labels {spec!r}: expected a dataset.json, a run folder, or '1=liver,2=spleen'")
+            raise UserError(f"--labels {spec!r}: expected a dataset.json, a run folder, or '1=liver,2=spleen'")
         if int(key) in labels and int(key) != 0:
-            raise ValueError(f"--labels {spec!r}: class {int(key)} is named twice ({labels[int(key)]}, "
+            raise UserError(f"--labels {spec!r}: class {int(key)} is named twice ({labels[int(key)]}, "
                              f"{name.strip()}); give each class once")
         labels[int(key)] = name.strip()
     from medseg_attn.segmentation.data.datasets import check_class_names

@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from medseg_attn.errors import UserError
+
 __all__ = ["shipped_configs", "shipped_config_text", "resolve_config_path"]
 
 PACKAGE = "medseg_attn.resources.configs"
@@ -39,7 +41,7 @@ def shipped_config_text(name: str) -> str:
     key = _name(name)
     names = shipped_configs()
     if key not in names:
-        raise ValueError(f"config {name!r}: no shipped config of that name; shipped: {', '.join(names)}")
+        raise UserError(f"config {name!r}: no shipped config of that name; shipped: {', '.join(names)}")
     return resources.files(PACKAGE).joinpath(f"{key}.yaml").read_text()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.dicom import DicomSeries, is_dicom_file
 from medseg_attn.io.limits import check_segmentable
 from medseg_attn.io.readers import LoadVolumed
@@ -33,7 +34,7 @@ class ReadOptions:
 
     def __post_init__(self) -> None:
         if self.volume_index is not None and self.volume_index < 0:
-            raise ValueError(f"--volume-index {self.volume_index}: expected 0 or more")
+            raise UserError(f"--volume-index {self.volume_index}: expected 0 or more")
 
 
 @dataclass(frozen=True)
@@ -95,16 +96,16 @@ def read_case(path: str | Path | Sequence[str | Path], options: ReadOptions | No
             continue  # DICOM: the reader checks the series' headers before decoding (and may resample)
         geometry = read_geometry(file, options.series_uid)
         if len(geometry.shape) != spatial_dims:
-            raise ValueError(f"{file}: {len(geometry.shape)}D image of shape {geometry.shape}; this model expects "
+            raise UserError(f"{file}: {len(geometry.shape)}D image of shape {geometry.shape}; this model expects "
                              f"{spatial_dims}D images {axes}")
         if geometry.channels > 1 and in_channels == 1:
             last = geometry.channels - 1
             if options.volume_index is None:
-                raise ValueError(f"{file}: 4D image {(*geometry.shape, geometry.channels)} with "
+                raise UserError(f"{file}: 4D image {(*geometry.shape, geometry.channels)} with "
                                  f"{geometry.channels} volumes along axis 4; choose one with --volume-index "
                                  f"(0..{last})")
             if not 0 <= options.volume_index <= last:
-                raise ValueError(f"{file}: --volume-index {options.volume_index} is outside 0..{last} (axis 4 "
+                raise UserError(f"{file}: --volume-index {options.volume_index} is outside 0..{last} (axis 4 "
                                  f"holds {geometry.channels} volumes)")
     loader = LoadVolumed("image", series_uid=options.series_uid, resample_uneven=options.resample_uneven,
                          series=series)
@@ -112,15 +113,15 @@ def read_case(path: str | Path | Sequence[str | Path], options: ReadOptions | No
     if options.volume_index is not None and loaded.shape[0] > 1 and in_channels == 1:
         loaded = loaded[options.volume_index: options.volume_index + 1]
     if loaded.shape[0] != in_channels:
-        raise ValueError(f"{first}: image has {loaded.shape[0]} channel(s), the model expects {in_channels}"
+        raise UserError(f"{first}: image has {loaded.shape[0]} channel(s), the model expects {in_channels}"
                          + (" (give one _0000, _0001, ... file per channel)" if in_channels > 1 else ""))
     shape = tuple(loaded.shape[1:])
     if len(shape) != spatial_dims:
-        raise ValueError(f"{first}: {len(shape)}D image of shape {shape}; this model expects {spatial_dims}D "
+        raise UserError(f"{first}: {len(shape)}D image of shape {shape}; this model expects {spatial_dims}D "
                          f"images {axes}")
     bad = int((~torch.isfinite(loaded)).sum())
     if bad:
-        raise ValueError(f"{first}: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
+        raise UserError(f"{first}: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
     check_content(first, loaded, target_spacing)
     return LoadedCase(case_name(first, strip_channel=len(files) > 1), files, loaded, loader.reader.series,
                       loader.reader.nifti)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io import dicom
 from medseg_attn.io.formats import DICOM, NIFTI, format_of
 from medseg_attn.io.volumes import affine_4x4, is_image_file, read_geometry
@@ -133,7 +134,7 @@ def describe(path: str | Path, series_uid: str | None = None, resample_uneven: b
     volumes = [p for p in entries if is_image_file(p)]
     if not volumes:
         listing = ", ".join(p.name for p in entries[:5]) or "nothing"
-        raise ValueError(f"{path}: no image files or DICOM series in this folder (found {listing})")
+        raise UserError(f"{path}: no image files or DICOM series in this folder (found {listing})")
     lines.append(f"image files: {len(volumes)}")
     for volume in volumes:
         try:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.formats import is_dicom_file  # the DICOM content test belongs to the format registry
 from medseg_attn.io.limits import check_declared_size
 
@@ -95,7 +96,7 @@ def _headers(files: list[Path]) -> list:
         try:
             headers.append(pydicom.dcmread(path, stop_before_pixels=True))
         except Exception as error:  # pydicom raises many kinds for broken files
-            raise ValueError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})") from None
+            raise UserError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})") from None
     return headers
 
 
@@ -110,12 +111,12 @@ def _frame_geometry(header, path: Path) -> tuple[np.ndarray, np.ndarray]:
             turn = item.get("PlaneOrientationSequence") or (
                 shared.get("PlaneOrientationSequence") if shared else None)
             if not plane or not turn:
-                raise ValueError(f"{path}: multi-frame image without per-frame plane position/orientation")
+                raise UserError(f"{path}: multi-frame image without per-frame plane position/orientation")
             positions.append([float(v) for v in plane[0].ImagePositionPatient])
             orientation = [float(v) for v in turn[0].ImageOrientationPatient]
         return np.asarray(orientation), np.asarray(positions)
     if "ImageOrientationPatient" not in header or "ImagePositionPatient" not in header:
-        raise ValueError(f"{path}: no ImagePositionPatient/ImageOrientationPatient; not a volume slice")
+        raise UserError(f"{path}: no ImagePositionPatient/ImageOrientationPatient; not a volume slice")
     return (np.asarray([float(v) for v in header.ImageOrientationPatient]),
             np.asarray([[float(v) for v in header.ImagePositionPatient]] * frames))
 
@@ -214,7 +215,7 @@ def _pixel_spacing(header, where: Path) -> tuple[float, float]:
         measures = header.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence")
         spacing = measures[0].get("PixelSpacing") if measures else None
     if spacing is None or len(spacing) != 2:
-        raise ValueError(f"{where}: no PixelSpacing; cannot place the voxels in millimetres")
+        raise UserError(f"{where}: no PixelSpacing; cannot place the voxels in millimetres")
     return float(spacing[1]), float(spacing[0])
 
 
@@ -231,9 +232,9 @@ def _single_file(path: Path) -> DicomSeries:
     header = _headers([path])[0]
     frames = int(header.get("NumberOfFrames", 1) or 1)
     if frames < 2:
-        raise ValueError(f"{path}: a single DICOM slice is not a volume; give the folder holding its series")
+        raise UserError(f"{path}: a single DICOM slice is not a volume; give the folder holding its series")
     if "PixelData" not in header and "FloatPixelData" not in header and not _has_pixels(path):
-        raise ValueError(f"{path}: DICOM file without pixel data")
+        raise UserError(f"{path}: DICOM file without pixel data")
     return _series_from_headers(path.parent, str(header.get("SeriesInstanceUID", "") or ""), [path], [header], True)
 
 
@@ -257,7 +258,7 @@ def find_series(folder: str | Path, keep_headers: bool = False) -> list[DicomSer
         raise FileNotFoundError(f"{folder}: folder not found")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     if not entries:
-        raise ValueError(f"{folder}: empty folder, expected DICOM files of a series")
+        raise UserError(f"{folder}: empty folder, expected DICOM files of a series")
     with _quiet_itk():
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
         listed = {uid: [Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)]
@@ -279,7 +280,7 @@ def find_series(folder: str | Path, keep_headers: bool = False) -> list[DicomSer
     if not series:
         others = [p.name for p in entries[:3]]
         more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
-        raise ValueError(f"{folder}: no DICOM image series in this folder (found {', '.join(others)}{more})")
+        raise UserError(f"{folder}: no DICOM image series in this folder (found {', '.join(others)}{more})")
     ignored = len(entries) - sum(len(s.files) for s in series)
     if ignored:
         logger.info("%s: %d file(s) that are not DICOM images ignored", folder, ignored)
@@ -301,11 +302,11 @@ def select_series(path: str | Path, series_uid: str | None = None, keep_headers:
         chosen = [s for s in series if s.uid == series_uid]
         if not chosen:
             listing = "; ".join(series_label(s) for s in series)
-            raise ValueError(f"{path}: no series with SeriesInstanceUID {series_uid} (found: {listing})")
+            raise UserError(f"{path}: no series with SeriesInstanceUID {series_uid} (found: {listing})")
         series = chosen
     if len(series) > 1:
         listing = "; ".join(series_label(s) for s in series)
-        raise ValueError(f"{path}: holds {len(series)} series ({listing}); choose one with --series-uid")
+        raise UserError(f"{path}: holds {len(series)} series ({listing}); choose one with --series-uid")
     return series[0]
 
 
@@ -322,7 +323,7 @@ def read_series(series: DicomSeries, resample_uneven: bool = False) -> sitk.Imag
     """
     if series.problems and not (resample_uneven and series.resamplable):
         hint = "; use --resample-uneven to interpolate onto a regular grid" if series.resamplable else ""
-        raise ValueError(series.problems[0] + hint)
+        raise UserError(series.problems[0] + hint)
     check_declared_size(series.files[0] if series.multiframe else series.folder,
                         (series.columns, series.rows, series.slices), 2)
     try:
@@ -335,7 +336,7 @@ def read_series(series: DicomSeries, resample_uneven: bool = False) -> sitk.Imag
                 image = reader.Execute()
     except RuntimeError as error:
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "unknown error")
-        raise ValueError(f"{series.files[0]}: SimpleITK cannot decode this DICOM series ({reason[:200]})") from None
+        raise UserError(f"{series.files[0]}: SimpleITK cannot decode this DICOM series ({reason[:200]})") from None
     if series.problems:
         logger.warning("%s; resampled onto a regular grid of %.3g mm slices", series.problems[0], series.spacing)
         return _resample_regular(image, np.asarray(series.positions), float(series.spacing))
@@ -346,7 +347,7 @@ def read_series(series: DicomSeries, resample_uneven: bool = False) -> sitk.Imag
 def _check_grid(image: sitk.Image, series: DicomSeries) -> None:
     """Every slice of the decoded image must sit at its header's position along the normal."""
     if image.GetDimension() != 3 or image.GetSize()[2] != series.slices:
-        raise ValueError(f"{series.files[0]}: decoded {image.GetSize()} but the headers list {series.slices} slices")
+        raise UserError(f"{series.files[0]}: decoded {image.GetSize()} but the headers list {series.slices} slices")
     if series.slices < 2:
         return
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
@@ -357,7 +358,7 @@ def _check_grid(image: sitk.Image, series: DicomSeries) -> None:
         along = along[::-1]
     tolerance = max(0.01, 0.01 * float(series.spacing or 1.0))
     if np.abs(along - expected).max() > tolerance:
-        raise ValueError(f"{series.files[0]}: the decoded grid does not place the slices at their positions "
+        raise UserError(f"{series.files[0]}: the decoded grid does not place the slices at their positions "
                          f"(largest error {np.abs(along - expected).max():.3g} mm)")
 
 

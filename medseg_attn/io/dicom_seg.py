@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.dicom import DicomSeries
 from medseg_attn.io.files import atomic_write
 from medseg_attn.io.segments import resolve_colors, structure_code
@@ -29,15 +30,15 @@ def check_seg_source(series: DicomSeries) -> None:
     """Raise ValueError (one line) when a DICOM-SEG cannot reference this series."""
     where = series.files[0] if series.multiframe else series.folder
     if series.missing_uids:
-        raise ValueError(f"{where}: the series has blank {', '.join(series.missing_uids)} (anonymised?); a DICOM-SEG "
+        raise UserError(f"{where}: the series has blank {', '.join(series.missing_uids)} (anonymised?); a DICOM-SEG "
                          f"must reference them, so only NIfTI can be written (--output-format nifti)")
     if series.multiframe:
-        raise ValueError(f"{where}: DICOM-SEG output for a multi-frame source file is not supported; use "
+        raise UserError(f"{where}: DICOM-SEG output for a multi-frame source file is not supported; use "
                          f"--output-format nifti")
     if series.problems and not series.resamplable:
-        raise ValueError(series.problems[0])
+        raise UserError(series.problems[0])
     if series.problems:
-        raise ValueError(f"{where}: the series was resampled onto a regular grid ({series.problems[0]}); a DICOM-SEG "
+        raise UserError(f"{where}: the series was resampled onto a regular grid ({series.problems[0]}); a DICOM-SEG "
                          f"must lie on the source slices, use --output-format nifti")
 
 
@@ -66,10 +67,10 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, class_names: dict[i
     check_seg_source(series)
     expected = (series.columns, series.rows, series.slices)
     if tuple(labels.shape) != expected:
-        raise ValueError(f"{path}: label map {labels.shape} is not on the grid {expected} of {series.folder}")
+        raise UserError(f"{path}: label map {labels.shape} is not on the grid {expected} of {series.folder}")
     foreground = sorted(index for index in class_names if index > 0)
     if foreground != list(range(1, len(foreground) + 1)):
-        raise ValueError(f"{path}: class indices {foreground} must be 1..N for DICOM-SEG segment numbers")
+        raise UserError(f"{path}: class indices {foreground} must be 1..N for DICOM-SEG segment numbers")
     sources = list(series.headers) or [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
     pixels = np.ascontiguousarray(np.transpose(labels, (2, 1, 0))).astype(np.uint8)  # (slices, rows, columns)
     algorithm = hd.AlgorithmIdentificationSequence(name="medseg-attn", version=__version__,

@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from medseg_attn.errors import UserError
+
 __all__ = ["atomic_write", "atomic_write_text", "check_output_beside_models", "check_output_location", "not_regular",
            "process_alive", "remove_stale_temporaries"]
 
@@ -129,9 +131,9 @@ def check_output_location(output: str | Path, inputs: Iterable[str | Path], *, f
     given = Path(output).expanduser()
     resolved = given.resolve()
     if folder and given.exists() and not given.is_dir():
-        raise ValueError(f"{given}: is an existing file; {option} must name a folder")
+        raise UserError(f"{given}: is an existing file; {option} must name a folder")
     if not folder and given.is_dir():
-        raise ValueError(f"{given}: is a folder; {option} must name a file")
+        raise UserError(f"{given}: is a folder; {option} must name a file")
     where = resolved if folder else resolved.parent
     for item in inputs:
         path = Path(item).expanduser()
@@ -140,12 +142,12 @@ def check_output_location(output: str | Path, inputs: Iterable[str | Path], *, f
         source = path.resolve()
         if path.is_dir():
             if where == source or source in where.parents:
-                raise ValueError(f"{given}: lies in the input folder {path}; choose another {option}")
+                raise UserError(f"{given}: lies in the input folder {path}; choose another {option}")
         elif not folder and resolved == source:
-            raise ValueError(f"{given}: is the input file {path}; refusing to overwrite an input, choose another "
+            raise UserError(f"{given}: is the input file {path}; refusing to overwrite an input, choose another "
                              f"{option}")
         elif folder and source.parent == resolved:
-            raise ValueError(f"{given}: is the folder of input {path}; choose another {option}")
+            raise UserError(f"{given}: is the folder of input {path}; choose another {option}")
 
 
 MODEL_PARTS = ("checkpoints", "models", "configs")  # folders of a run / MONAI bundle that hold the model itself
@@ -187,7 +189,6 @@ def check_output_beside_models(output: str | Path, models: Iterable[str | Path],
     Raises:
         UserError: one line naming the output, the model and the folder of the run.
     """
-    from medseg_attn.errors import UserError
 
     given = Path(output).expanduser()
     resolved = given.resolve()

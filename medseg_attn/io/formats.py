@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, SITK_SUFFIXES
 
 __all__ = ["DICOM", "FORMATS", "FileFormat", "ITK", "NIFTI", "PICTURE", "format_of", "format_of_name",
@@ -102,7 +103,7 @@ def require_format(path: str | Path, accepted: tuple[FileFormat, ...] = FORMATS)
     fmt = format_of_name(path)
     if fmt not in accepted:
         endings = ", ".join(suffix for accepted_format in accepted for suffix in accepted_format.suffixes)
-        raise ValueError(f"{path}: not a supported image type (expected one of {endings})")
+        raise UserError(f"{path}: not a supported image type (expected one of {endings})")
     return fmt
 
 

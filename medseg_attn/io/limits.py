@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.formats import format_of_name
 
 __all__ = ["DEFAULT_MAX_VOXELS", "MAX_VOXELS_ENV", "check_declared_size", "max_voxels"]
@@ -36,7 +37,7 @@ def max_voxels() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{MAX_VOXELS_ENV}={raw!r}: expected a positive number of voxels (e.g. 2000000000)")
+        raise UserError(f"{MAX_VOXELS_ENV}={raw!r}: expected a positive number of voxels (e.g. 2000000000)")
     return value
 
 
@@ -53,12 +54,12 @@ def check_declared_size(path: str | Path, shape: Sequence[int], itemsize: int | 
     """
     dims = [int(s) for s in shape]
     if any(s < 0 for s in dims):
-        raise ValueError(f"{path}: the header declares a negative size {tuple(dims)}; the file is broken")
+        raise UserError(f"{path}: the header declares a negative size {tuple(dims)}; the file is broken")
     voxels = math.prod(dims)
     limit = max_voxels()
     if voxels > limit:
         size = f", {voxels * itemsize / 2 ** 30:.1f} GiB stored" if itemsize else ""
-        raise ValueError(f"{path}: the header declares {' x '.join(map(str, dims))} = {voxels} voxels{size}, above "
+        raise UserError(f"{path}: the header declares {' x '.join(map(str, dims))} = {voxels} voxels{size}, above "
                          f"the limit of {limit} voxels; refusing to read it (raise the limit with --max-voxels or "
                          f"{MAX_VOXELS_ENV} if the image is real)")
 
@@ -80,16 +81,16 @@ def check_segmentable(path: str | Path, shape: Sequence[int], minimum: float, ma
     """
     dims = [int(s) for s in shape]
     if sum(side > 1 for side in dims) < 2:
-        raise ValueError(f"{path}: image of shape {tuple(dims)} has fewer than two axes longer than one voxel; "
+        raise UserError(f"{path}: image of shape {tuple(dims)} has fewer than two axes longer than one voxel; "
                          f"nothing to segment")
     if minimum == maximum:
-        raise ValueError(f"{path}: every voxel is {minimum:g} (a blank image); nothing to segment")
+        raise UserError(f"{path}: every voxel is {minimum:g} (a blank image); nothing to segment")
     if target_spacing:
         target = list(target_spacing) * (len(dims) if len(target_spacing) == 1 else 1)
         voxels = math.prod(math.ceil(side * mm / goal) for side, mm, goal in zip(dims, spacing, target, strict=True))
         if voxels > max_voxels():
             shown = " x ".join(f"{mm:.4g}" for mm in spacing)
-            raise ValueError(f"{path}: voxel spacing {shown} mm resampled to the model's "
+            raise UserError(f"{path}: voxel spacing {shown} mm resampled to the model's "
                              f"{' x '.join(f'{mm:g}' for mm in target)} mm would give {voxels:.3g} voxels, above the "
                              f"limit of {max_voxels()}; is the spacing in the header right?")
 

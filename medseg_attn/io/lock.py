@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import process_alive
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _wait_limit() -> float:
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{WAIT_ENV}={raw!r}: expected a number of seconds >= 0")
+        raise UserError(f"{WAIT_ENV}={raw!r}: expected a number of seconds >= 0")
     return value
 
 
@@ -121,7 +122,7 @@ class OutputLock:
             now = time.monotonic()
             who = f"process {owner.get('pid', '?')} on {owner.get('host', '?')} (since {owner.get('started', '?')})"
             if now >= deadline:
-                raise ValueError(f"{self.folder}: another medseg-attn run, {who}, is writing into this folder; "
+                raise UserError(f"{self.folder}: another medseg-attn run, {who}, is writing into this folder; "
                                  f"waited {self.wait:g} s (set {WAIT_ENV} to wait longer), choose another output "
                                  f"folder, or delete {self.path} if that run is dead")
             if now - announced >= 60.0:

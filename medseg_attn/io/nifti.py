@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write
 from medseg_attn.io.volumes import affine_4x4
 
@@ -59,7 +60,7 @@ def write_nifti(array: np.ndarray, path: str | Path, *, affine: np.ndarray | Non
         ref = reference if isinstance(reference, nib.spatialimages.SpatialImage) else nib.load(str(reference))
         spatial = _spatial_shape(ref)
         if tuple(data.shape[: len(spatial)]) != spatial:
-            raise ValueError(f"{path}: array shape {data.shape} does not match the input grid {spatial} of "
+            raise UserError(f"{path}: array shape {data.shape} does not match the input grid {spatial} of "
                              f"{ref.get_filename() or reference}")
         header = ref.header.copy()
         image_class = nib.Nifti2Image if isinstance(ref, nib.Nifti2Image) else nib.Nifti1Image
@@ -73,7 +74,7 @@ def write_nifti(array: np.ndarray, path: str | Path, *, affine: np.ndarray | Non
         image.header.set_sform(full, code=1)
         image.header.set_xyzt_units("mm")
     else:
-        raise ValueError(f"{path}: write_nifti needs an affine or a reference image")
+        raise UserError(f"{path}: write_nifti needs an affine or a reference image")
     image.header.set_data_dtype(data.dtype)
     if unit_interval:
         image.header.set_slope_inter(UNIT_SLOPE, 0.0)

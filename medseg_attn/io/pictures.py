@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.formats import format_of_name, require_format
 from medseg_attn.io.limits import check_declared_size
 
@@ -74,11 +75,11 @@ def _open_picture(path: Path):
     try:
         image = Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+        raise UserError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
         image.close()
-        raise ValueError(f"{path}: holds {frames} frames (multi-page image); classification reads single "
+        raise UserError(f"{path}: holds {frames} frames (multi-page image); classification reads single "
                          f"images; save volumes as NIfTI")
     return image
 
@@ -94,7 +95,7 @@ def _sitk_reader(path: Path):
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = next((line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line),
                       lines[-1] if lines else "unreadable")
-        raise ValueError(f"{path}: not a readable {'DICOM' if _kind(path) == 'dicom' else 'image'} file "
+        raise UserError(f"{path}: not a readable {'DICOM' if _kind(path) == 'dicom' else 'image'} file "
                          f"({reason[:160]})") from None
     return reader
 
@@ -134,7 +135,7 @@ def _image_info(path: Path) -> ImageInfo:
         try:
             header = nib.load(str(path)).header
         except Exception as error:  # nibabel raises many kinds for broken files
-            raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
+            raise UserError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
         shape = tuple(int(s) for s in header.get_data_shape())
         spatial, channels = _nifti_axes(shape, path)
         dtype = header.get_data_dtype()
@@ -156,7 +157,7 @@ def _nifti_axes(shape: tuple[int, ...], path: Path) -> tuple[tuple[int, ...], in
     elif len(shape) in (2, 3):
         spatial, channels = shape, 1
     else:
-        raise ValueError(f"{path}: has {len(shape)} axes {shape}; expected a 2D or 3D image (or 4D with channels)")
+        raise UserError(f"{path}: has {len(shape)} axes {shape}; expected a 2D or 3D image (or 4D with channels)")
     if len(spatial) == 3 and spatial[2] == 1:
         spatial = spatial[:2]  # one slice: a 2D image
     return tuple(spatial), int(channels)
@@ -198,9 +199,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
     except ValueError:
         raise
     except Exception as error:  # truncated data, decoder errors
-        raise ValueError(f"{path}: image data cannot be decoded ({type(error).__name__}: {error})") from None
+        raise UserError(f"{path}: image data cannot be decoded ({type(error).__name__}: {error})") from None
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{path}: holds NaN or infinite values")
+        raise UserError(f"{path}: holds NaN or infinite values")
     return array, info
 
 
@@ -256,6 +257,6 @@ def to_channels(array: np.ndarray, channels: int, path: Path | str = "image") ->
         return np.repeat(array, 3, axis=0)
     if have == 3 and channels == 1:
         return np.tensordot(LUMINANCE, array, axes=(0, 0))[None].astype(np.float32)
-    raise ValueError(f"{path}: has {have} channels where the model expects {channels}")
+    raise UserError(f"{path}: has {have} channels where the model expects {channels}")
 
 

@@ -29,6 +29,7 @@ from monai.data import ImageReader, MetaTensor, NibabelReader
 from monai.transforms.io.array import switch_endianness
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
+from medseg_attn.errors import UserError
 from medseg_attn.io import dicom
 from medseg_attn.io.formats import DICOM, NIFTI, format_of, format_of_name
 from medseg_attn.io.headers import load_nifti
@@ -84,7 +85,7 @@ def read_sitk(path: str | Path, series_uid: str | None = None, resample_uneven: 
     except RuntimeError as error:
         reason = next((line.strip() for line in str(error).splitlines() if "ERROR" not in line and line.strip()),
                       "unreadable")
-        raise ValueError(f"{path}: not a readable image ({reason[:160]})") from None
+        raise UserError(f"{path}: not a readable image ({reason[:160]})") from None
 
 
 class VolumeReader(ImageReader):
@@ -127,7 +128,7 @@ class VolumeReader(ImageReader):
                 try:
                     array, meta = self._nibabel.get_data(image)
                 except Exception as error:  # truncated gzip, short data ...
-                    raise ValueError(f"{path}: cannot read the voxel data ({type(error).__name__}: {error})") from None
+                    raise UserError(f"{path}: cannot read the voxel data ({type(error).__name__}: {error})") from None
                 loaded.append((np.asarray(array), dict(meta)))
                 if name is names[0]:  # the first channel's header: the one an output keeps
                     self.nifti = image
@@ -161,7 +162,7 @@ class VolumeReader(ImageReader):
             return arrays[0], meta
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
-            raise ValueError(f"channel files have different shapes {sorted(shapes)}; expected one grid")
+            raise UserError(f"channel files have different shapes {sorted(shapes)}; expected one grid")
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
         return np.stack(arrays, axis=0), meta
 

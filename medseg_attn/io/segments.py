@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, atomic_write_text
 
 __all__ = ["label_palette", "resolve_colors", "structure_code", "write_itksnap_labels", "write_color_table",
@@ -63,7 +64,7 @@ def _parse_color(key: Any, value: Any, source: str) -> list[int]:
         if all(0 <= v <= 255 for v in numbers):
             scale = 255.0 if all(v <= 1 for v in numbers) and any(0 < v < 1 for v in numbers) else 1.0
             return [int(round(v * scale)) for v in numbers]
-    raise ValueError(f"{source}: colour {value!r} of class {key}: expected '#rrggbb' or [r, g, b] in 0..255")
+    raise UserError(f"{source}: colour {value!r} of class {key}: expected '#rrggbb' or [r, g, b] in 0..255")
 
 
 def resolve_colors(labels: Mapping[int, str], given: Mapping[Any, Any] | None = None, source: str = "colors"
@@ -80,7 +81,7 @@ def resolve_colors(labels: Mapping[int, str], given: Mapping[Any, Any] | None = 
     for key, value in (given or {}).items():
         index = int(key) if str(key).isdigit() else by_name.get(str(key).lower())
         if index not in colours:
-            raise ValueError(f"{source}: colour for {key!r}, which is not a class ({dict(labels)})")
+            raise UserError(f"{source}: colour for {key!r}, which is not a class ({dict(labels)})")
         colours[index] = _parse_color(key, value, source)
     return colours
 
@@ -170,5 +171,5 @@ def colors_from_dataset(path: str | Path | None) -> dict[str, Any]:
         return {}
     colors = json.loads(file.read_text()).get("colors") or {}
     if not isinstance(colors, dict):
-        raise ValueError(f"{file}: 'colors' must map class index or name to '#rrggbb' or [r, g, b], got {colors!r}")
+        raise UserError(f"{file}: 'colors' must map class index or name to '#rrggbb' or [r, g, b], got {colors!r}")
     return colors

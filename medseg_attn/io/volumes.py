@@ -17,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.formats import DICOM, NIFTI, format_of
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.limits import check_declared_size
@@ -99,9 +100,9 @@ def read_geometry(path: str | Path, series_uid: str | None = None, series: Any =
     try:
         image = load_nifti(path)
     except Exception as error:  # nibabel raises many kinds for broken files
-        raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
+        raise UserError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ValueError(f"{path}: expected a NIfTI image, got {type(image).__name__}")
+        raise UserError(f"{path}: expected a NIfTI image, got {type(image).__name__}")
     check_declared_size(path, image.shape, image.header.get_data_dtype().itemsize)  # before any voxel is read
     shape = tuple(int(s) for s in image.shape)
     channels = 1
@@ -109,12 +110,12 @@ def read_geometry(path: str | Path, series_uid: str | None = None, series: Any =
         channels = shape[3]
         shape = shape[:3]
     elif len(shape) not in (2, 3):
-        raise ValueError(f"{path}: has {len(shape)} axes {shape}; expected a 2D or 3D volume (or 4D with channels)")
+        raise UserError(f"{path}: has {len(shape)} axes {shape}; expected a 2D or 3D volume (or 4D with channels)")
     affine = np.asarray(image.affine, dtype=np.float64)
     zooms = tuple(float(z) for z in image.header.get_zooms()[: len(shape)])
     raw = _raw_pixdim(path, image)[: len(shape)]  # nibabel turns zero pixdim into 1 while loading
     if int(image.header["sform_code"]) == 0 and not all(np.isfinite(z) and z > 0 for z in raw):
-        raise ValueError(f"{path}: voxel spacing (pixdim) {tuple(float(z) for z in raw)} must be positive and "
+        raise UserError(f"{path}: voxel spacing (pixdim) {tuple(float(z) for z in raw)} must be positive and "
                          f"finite (no sform to take the grid from)")
     return _checked(path, shape, affine, zooms, channels)
 
@@ -130,13 +131,13 @@ def _raw_pixdim(path: Path, image: nib.Nifti1Image) -> np.ndarray:
 def _checked(path: Path, shape: tuple[int, ...], affine: np.ndarray, zooms: tuple[float, ...], channels: int
              ) -> Geometry:
     if min(shape) < 1:
-        raise ValueError(f"{path}: empty volume of shape {shape}")
+        raise UserError(f"{path}: empty volume of shape {shape}")
     if not np.all(np.isfinite(affine)):
-        raise ValueError(f"{path}: the affine holds non-finite values")
+        raise UserError(f"{path}: the affine holds non-finite values")
     if not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise ValueError(f"{path}: voxel spacing {zooms} must be positive and finite")
+        raise UserError(f"{path}: voxel spacing {zooms} must be positive and finite")
     if abs(np.linalg.det(affine[:-1, :-1])) < 1e-12:
-        raise ValueError(f"{path}: the affine is singular (voxel axes collapse); the header is broken")
+        raise UserError(f"{path}: the affine is singular (voxel axes collapse); the header is broken")
     return Geometry(path, shape, affine, zooms, channels)
 
 
@@ -148,7 +149,7 @@ def _sitk_geometry(path: Path, series_uid: str | None, series: Any = None) -> Ge
     if format_of(path) is DICOM:
         series = series or dicom.select_series(path, series_uid)
         if series.problems:
-            raise ValueError(series.problems[0])
+            raise UserError(series.problems[0])
         spacing = (*series.pixel_spacing, float(series.spacing or 1.0))
         shape = (series.columns, series.rows, series.slices)
         check_declared_size(path, shape)
@@ -160,7 +161,7 @@ def _sitk_geometry(path: Path, series_uid: str | None, series: Any = None) -> Ge
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        raise ValueError(f"{path}: not a readable image (expected NIfTI, NRRD, MetaImage or DICOM)") from None
+        raise UserError(f"{path}: not a readable image (expected NIfTI, NRRD, MetaImage or DICOM)") from None
     dims = reader.GetDimension()
     shape = tuple(int(s) for s in reader.GetSize())
     channels = int(reader.GetNumberOfComponents())
@@ -168,7 +169,7 @@ def _sitk_geometry(path: Path, series_uid: str | None, series: Any = None) -> Ge
     if dims == 4:
         channels, shape = shape[3], shape[:3]
     elif dims not in (2, 3):
-        raise ValueError(f"{path}: has {dims} axes {shape}; expected a 2D or 3D volume (or 4D with channels)")
+        raise UserError(f"{path}: has {dims} axes {shape}; expected a 2D or 3D volume (or 4D with channels)")
     dims = len(shape)
     direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(-1)
     full = int(round(np.sqrt(direction.size)))

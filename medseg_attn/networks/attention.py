@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medseg_attn.errors import UserError
+
 __all__ = [
     "MultiHeadAttention",
     "reference_attention",
@@ -52,7 +54,7 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % heads != 0:
-            raise ValueError(f"attention dim {dim} is not divisible by heads={heads}")
+            raise UserError(f"attention dim {dim} is not divisible by heads={heads}")
         self.dim = dim
         self.heads = heads
         self.head_dim = dim // heads

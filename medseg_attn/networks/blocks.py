@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medseg_attn.errors import UserError
+
 __all__ = ["ConvBlock", "UpsampleHead", "conv_class", "conv_function", "norm_layer"]
 
 
@@ -24,7 +26,7 @@ def norm_layer(spatial_dims: int, kind: str, channels: int) -> nn.Module:
         return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[spatial_dims](channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
-    raise ValueError(f"unknown norm {kind!r}; expected one of 'instance', 'batch', 'group'")
+    raise UserError(f"unknown norm {kind!r}; expected one of 'instance', 'batch', 'group'")
 
 
 class UpsampleHead(nn.Module):

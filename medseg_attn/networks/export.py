@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, check_output_location
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
@@ -140,7 +141,7 @@ def export_target(model: str | Path, checkpoint: Path, fmt: str, output: str | P
     run = source if source.is_dir() else (checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None)
     if fmt == "bundle":
         if given.exists() and not given.is_dir():
-            raise ValueError(f"{given}: is an existing file; --format bundle writes a folder, give a new or existing "
+            raise UserError(f"{given}: is an existing file; --format bundle writes a folder, give a new or existing "
                              f"folder as --output")
         target = given
     elif given.is_dir():
@@ -151,7 +152,7 @@ def export_target(model: str | Path, checkpoint: Path, fmt: str, output: str | P
     elif given.suffix.lower() not in EXPORT_SUFFIXES[fmt]:
         other = next((f for f, suffixes in EXPORT_SUFFIXES.items() if given.suffix.lower() in suffixes), None)
         what = f"is the suffix of {other} files" if other else "is not an export suffix"
-        raise ValueError(f"{given}: {given.suffix} {what}; --format {fmt} writes "
+        raise UserError(f"{given}: {given.suffix} {what}; --format {fmt} writes "
                          f"{' or '.join(EXPORT_SUFFIXES[fmt])} files, change --output or --format")
     else:
         target = given
@@ -164,7 +165,7 @@ def export_target(model: str | Path, checkpoint: Path, fmt: str, output: str | P
         protected.append(run)  # a bundle inside the run folder would make it read as a bundle
     check_output_location(target, protected, folder=fmt == "bundle")
     if run is not None and fmt != "bundle" and target.exists() and run.resolve() in target.resolve().parents:
-        raise ValueError(f"{target}: is a file of the run folder {run}; refusing to overwrite it, choose another "
+        raise UserError(f"{target}: is a file of the run folder {run}; refusing to overwrite it, choose another "
                          f"--output")
     return target
 
@@ -180,7 +181,7 @@ def check_onnx(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as error:  # onnx raises ValidationError / InferenceError
-        raise ValueError(f"{path}: not a valid ONNX model ({str(error).splitlines()[0][:200]})") from None
+        raise UserError(f"{path}: not a valid ONNX model ({str(error).splitlines()[0][:200]})") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -198,23 +199,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as error:  # protobuf DecodeError for truncated or random bytes
-            raise ValueError(f"{path}: not a valid ONNX file, truncated or not ONNX ({type(error).__name__}: "
+            raise UserError(f"{path}: not a valid ONNX file, truncated or not ONNX ({type(error).__name__}: "
                              f"{str(error)[:120]})") from None
         if not model.graph.node:
-            raise ValueError(f"{path}: not a valid ONNX file (no graph); truncated or not ONNX")
+            raise UserError(f"{path}: not a valid ONNX file (no graph); truncated or not ONNX")
         found = {entry.key: entry.value for entry in model.metadata_props}
         if METADATA_KEY not in found:
-            raise ValueError(f"{path}: ONNX file without medseg-attn metadata (was it exported by medseg-attn?)")
+            raise UserError(f"{path}: ONNX file without medseg-attn metadata (was it exported by medseg-attn?)")
         return json.loads(found[METADATA_KEY])
     if kind != "torchscript":
-        raise ValueError(wrong_model_message(path, kind, "an ONNX or TorchScript export"))
+        raise UserError(wrong_model_message(path, kind, "an ONNX or TorchScript export"))
     extra = {f"{METADATA_KEY}.json": ""}
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:  # a damaged archive
-        raise ValueError(f"{path}: not a loadable TorchScript file ({str(error).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a loadable TorchScript file ({str(error).splitlines()[0][:120]})") from None
     if not extra[f"{METADATA_KEY}.json"]:
-        raise ValueError(f"{path}: TorchScript file without medseg-attn metadata (was it exported by medseg-attn?)")
+        raise UserError(f"{path}: TorchScript file without medseg-attn metadata (was it exported by medseg-attn?)")
     return json.loads(extra[f"{METADATA_KEY}.json"])
 
 
@@ -234,7 +235,7 @@ class OnnxNetwork(nn.Module):
         try:
             import onnxruntime
         except ImportError:
-            raise ValueError("--engine onnxruntime needs onnxruntime: pip install 'medseg-attn[onnx]'") from None
+            raise UserError("--engine onnxruntime needs onnxruntime: pip install 'medseg-attn[onnx]'") from None
         self.path = Path(path)
         options = onnxruntime.SessionOptions()
         if threads:
@@ -242,7 +243,7 @@ class OnnxNetwork(nn.Module):
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own Fail / InvalidGraph types
-            raise ValueError(f"{self.path}: onnxruntime cannot load it ({str(error)[:200]})") from None
+            raise UserError(f"{self.path}: onnxruntime cannot load it ({str(error)[:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

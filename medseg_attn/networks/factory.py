@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from medseg_attn.config import ClassifyModelConfig, ModelConfig
+from medseg_attn.errors import UserError
 from medseg_attn.networks.heads import AttentionClassifier
 from medseg_attn.networks.unet import AttentionSkipUNet
 
@@ -34,7 +35,7 @@ def build_network(model: ModelConfig, spatial_dims: int, in_channels: int, out_c
         return UNet(spatial_dims, in_channels, out_channels, channels, strides, num_res_units=2, norm="instance")
     if model.architecture == "monai_attention_unet":
         return AttentionUnet(spatial_dims, in_channels, out_channels, channels, strides)
-    raise ValueError(f"unknown model.architecture {model.architecture!r}")
+    raise UserError(f"unknown model.architecture {model.architecture!r}")
 
 
 def build_classifier(model: ClassifyModelConfig, spatial_dims: int, in_channels: int, num_classes: int,

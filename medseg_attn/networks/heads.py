@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medseg_attn.errors import UserError
 from medseg_attn.networks.attention import MultiHeadAttention
 from medseg_attn.networks.unet import AttentionSkipUNet
 
@@ -100,11 +101,11 @@ class ClassificationHead(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+            raise UserError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if pooling not in ("class_token", "attention"):
-            raise ValueError(f"pooling must be 'class_token' or 'attention', got {pooling!r}")
+            raise UserError(f"pooling must be 'class_token' or 'attention', got {pooling!r}")
         if num_classes < 2:
-            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+            raise UserError(f"a classifier needs at least 2 classes, got {num_classes}")
         self.spatial_dims = spatial_dims
         self.attention_enabled = attention
         self.pooling = pooling
@@ -154,7 +155,7 @@ class ClassificationHead(nn.Module):
         """
         if not self.attention_enabled:
             if return_weights:
-                raise ValueError("this head was built with attention=False: it has no attention weights")
+                raise UserError("this head was built with attention=False: it has no attention weights")
             descriptor = features.flatten(2).mean(-1)  # (B, C): global average pooling
             return self.mlp(self.norm(descriptor))
         tokens, grid = self.tokens(features)  # (B, N, C)

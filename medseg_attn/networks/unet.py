@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from medseg_attn.errors import UserError
 from medseg_attn.networks.attention import (
     MultiHeadAttention,
     add_block_update,
@@ -60,7 +61,7 @@ class SkipAttention(nn.Module):
     ) -> None:
         super().__init__()
         if pool < 1:
-            raise ValueError(f"attention pool must be >= 1, got {pool}")
+            raise UserError(f"attention pool must be >= 1, got {pool}")
         self.spatial_dims = spatial_dims
         self.pool = pool
         self.window = None if window is None else tuple(window)
@@ -206,9 +207,9 @@ class AttentionSkipUNet(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+            raise UserError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if len(channels) < 2:
-            raise ValueError(f"channels needs at least 2 levels, got {list(channels)}")
+            raise UserError(f"channels needs at least 2 levels, got {list(channels)}")
         self.spatial_dims = spatial_dims
         self.channels = tuple(channels)
         self.attention_enabled = attention
@@ -216,7 +217,7 @@ class AttentionSkipUNet(nn.Module):
         self.has_decoder = decoder
         levels = len(channels)
         if first_stride not in (1, 2):
-            raise ValueError(f"first_stride must be 1 or 2, got {first_stride}")
+            raise UserError(f"first_stride must be 1 or 2, got {first_stride}")
         self.divisor = first_stride * 2 ** (levels - 1)
         self.first_stride = first_stride
         skip_levels = levels - 1
@@ -294,7 +295,7 @@ class AttentionSkipUNet(nn.Module):
             ValueError: the network was built with attention=False.
         """
         if not self.attention_levels:
-            raise ValueError("this network was built with attention=False: it has no attention maps")
+            raise UserError("this network was built with attention=False: it has no attention maps")
         received: dict[int, torch.Tensor] = {}
         features = self.encode(x)
         logits = self.decode(features, x.shape[2:], received=received)
@@ -317,7 +318,7 @@ class AttentionSkipUNet(nn.Module):
         inputs: the full matrices are kept.
         """
         if not self.attention_enabled:
-            raise ValueError("this network was built with attention=False: it has no attention weights")
+            raise UserError("this network was built with attention=False: it has no attention weights")
         collected: dict[int, torch.Tensor] = {}
         self._run(x, collected)
         return [collected[level] for level in sorted(collected)]
@@ -358,7 +359,7 @@ class AttentionSkipUNet(nn.Module):
             then coarser ones].
         """
         if not self.has_decoder:
-            raise ValueError("this network was built with decoder=False (encoder only): use encode()")
+            raise UserError("this network was built with decoder=False (encoder only): use encode()")
         skips = list(features)
         h = skips.pop()  # bottleneck
         outputs = []

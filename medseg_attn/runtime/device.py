@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from medseg_attn.errors import UserError
+
 __all__ = ["mps_available", "resolve_device", "inference_dtype", "native_cpu_bf16", "cpu_bf16_speedup",
            "precision_name", "precision_reason", "cpu_model", "cache_dir"]
 
@@ -58,7 +60,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     Raises:
         UserError: an unknown device, or CUDA / MPS asked for where torch does not offer it.
     """
-    from medseg_attn.errors import UserError
 
     if name == "auto":
         if torch.cuda.is_available():
@@ -224,6 +225,6 @@ def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("inference.precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
+            raise UserError("inference.precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
         return torch.float16
-    raise ValueError(f"unknown inference.precision {precision!r} (expected auto, fp32, bf16 or fp16)")
+    raise UserError(f"unknown inference.precision {precision!r} (expected auto, fp32, bf16 or fp16)")

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from medseg_attn.errors import UserError
+
 __all__ = ["apply_temperature", "calibration_metrics", "fit_temperature", "ECE_BINS"]
 
 ECE_BINS = 15
@@ -41,7 +43,7 @@ def fit_temperature(probabilities: torch.Tensor, targets: torch.Tensor, max_iter
         ValueError: no samples, or shapes that do not match.
     """
     if probabilities.ndim != 2 or targets.shape != probabilities.shape[:1] or not len(targets):
-        raise ValueError(f"fit_temperature: expected (N, K) probabilities and (N,) targets with N > 0, got "
+        raise UserError(f"fit_temperature: expected (N, K) probabilities and (N,) targets with N > 0, got "
                          f"{tuple(probabilities.shape)} and {tuple(targets.shape)}")
     logits = probabilities.double().clamp_min(EPS).log()
     targets = targets.long()

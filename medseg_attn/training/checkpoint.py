@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
@@ -92,7 +93,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     kind = sniff_model(path)
     if kind in ("torchscript", "onnx", "other"):  # never handed to torch.load: one line that says what it is
-        raise ValueError(wrong_model_message(path, kind, "a checkpoint"))
+        raise UserError(wrong_model_message(path, kind, "a checkpoint"))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -103,14 +104,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             # never pass on PyTorch's advice to retry with weights_only=False: that would run the file's code
             found = [line for line in lines if "GLOBAL" in line.upper() and "weights_only" not in line]
             what = f" ({found[0][:160]})" if found else ""
-            raise ValueError(f"{path}: refused: the file holds Python objects beyond plain weights{what}; "
+            raise UserError(f"{path}: refused: the file holds Python objects beyond plain weights{what}; "
                              f"medseg-attn checkpoints never do, so it was not written by medseg-attn") from None
         reason = (lines or [type(error).__name__])[0]
-        raise ValueError(f"{path}: not a loadable checkpoint ({reason[:200]})") from None
+        raise UserError(f"{path}: not a loadable checkpoint ({reason[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a medseg-attn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+        raise UserError(f"{path}: not a medseg-attn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint format version {payload['version']} is newer than this "
+        raise UserError(f"{path}: checkpoint format version {payload['version']} is newer than this "
                          f"medseg-attn understands ({CHECKPOINT_VERSION}); upgrade medseg-attn")
     upgrade_config(payload.get("config"))
     return payload

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from medseg_attn import __version__
 from medseg_attn.config import TrainConfig, from_dict
+from medseg_attn.errors import UserError
 from medseg_attn.runtime.distributed import Distributed
 from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg_attn.training.state import Best, TrainState, read_history, write_history
@@ -161,7 +162,7 @@ def open_run(config: Any, output: Path, resume: bool) -> dict[str, Any] | None:
     """
     last = output / "checkpoints" / "last.pt"
     if not resume and last.exists():
-        raise ValueError(f"{output}: already holds a training run; pass --resume to continue it or "
+        raise UserError(f"{output}: already holds a training run; pass --resume to continue it or "
                          f"choose another --output")
     if not resume:
         return None
@@ -170,7 +171,7 @@ def open_run(config: Any, output: Path, resume: bool) -> dict[str, Any] | None:
     payload = load_checkpoint(last)
     saved = from_dict(payload["config"], type(config))
     if saved.model != config.model:
-        raise ValueError(f"{last}: the model section differs from the checkpoint's; "
+        raise UserError(f"{last}: the model section differs from the checkpoint's; "
                          f"resume with the run's own config ({output / 'config.yaml'})")
     return payload
 

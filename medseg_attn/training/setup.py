@@ -13,6 +13,7 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset, ThreadDataLoader
 from monai.transforms import Compose
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def recorded_split(split_file: Path, items: Sequence[dict[str, Any]], key: str, 
         try:
             return [by_name[n] for n in saved["train"]], [by_name[n] for n in saved["validation"]]
         except KeyError as error:
-            raise ValueError(f"{split_file}: {error} is no longer in {source}") from None
+            raise UserError(f"{split_file}: {error} is no longer in {source}") from None
     train, val = draw()
     payload = {**record, "train": [item[key] for item in train], "validation": [item[key] for item in val]}
     if is_main:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.suffixes import VOLUME_SUFFIXES
 from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_geometry
 from medseg_attn.segmentation.data.folds import assign_folds
@@ -51,7 +52,7 @@ def _modality(names: list[str]) -> str | None:
 def _parse_labels(raw: Any, where: Path) -> dict[int, str]:
     """MSD writes {"0": "background"}; nnU-Net v2 writes {"background": 0} (values may be lists for regions)."""
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{where}: 'labels' must be a non-empty mapping of class index to name")
+        raise UserError(f"{where}: 'labels' must be a non-empty mapping of class index to name")
     labels: dict[int, str] = {}
     for key, value in raw.items():
         if str(key).lstrip("-").isdigit():
@@ -59,13 +60,13 @@ def _parse_labels(raw: Any, where: Path) -> dict[int, str]:
         elif isinstance(value, int) and not isinstance(value, bool):
             labels[value] = str(key)
         else:
-            raise ValueError(f"{where}: cannot read label entry {key!r}: {value!r} (expected index -> name)")
+            raise UserError(f"{where}: cannot read label entry {key!r}: {value!r} (expected index -> name)")
     if 0 not in labels:
         labels[0] = "background"
     check_class_names(labels, str(where))
     expected = list(range(len(labels)))
     if sorted(labels) != expected:
-        raise ValueError(f"{where}: label indices must be 0..{len(labels) - 1} without gaps, got {sorted(labels)}")
+        raise UserError(f"{where}: label indices must be 0..{len(labels) - 1} without gaps, got {sorted(labels)}")
     return dict(sorted(labels.items()))
 
 
@@ -80,7 +81,7 @@ def check_class_names(labels: dict[int, str], where: str) -> None:
     for index, name in sorted(labels.items()):
         key = str(name).strip().lower()
         if key in seen:
-            raise ValueError(f"{where}: class name {name!r} is used by labels {seen[key]} and {index}; give each "
+            raise UserError(f"{where}: class name {name!r} is used by labels {seen[key]} and {index}; give each "
                              f"class its own name")
         seen[key] = index
 
@@ -98,7 +99,7 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
     training = []
     for item in spec.get("training", []):
         if not isinstance(item, dict) or "image" not in item or "label" not in item:
-            raise ValueError(f"{json_path}: each 'training' entry needs 'image' and 'label', got {item!r}")
+            raise UserError(f"{json_path}: each 'training' entry needs 'image' and 'label', got {item!r}")
         images = item["image"] if isinstance(item["image"], list) else [item["image"]]
         paths = [_resolve(root, p) for p in images]
         training.append({"image": paths if len(paths) > 1 else paths[0], "label": _resolve(root, item["label"]),
@@ -115,7 +116,7 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
         training = _scan_nnunet(root, channels, json_path)  # nnU-Net v2 dataset.json has no file lists
     patients = spec.get("patients") or {}  # {case: patient}, for layouts without file lists
     if not isinstance(patients, dict):
-        raise ValueError(f"{json_path}: 'patients' must map case names to patient names")
+        raise UserError(f"{json_path}: 'patients' must map case names to patient names")
     for case in training:
         if case["case"] in patients:
             case["patient"] = str(patients[case["case"]])
@@ -127,7 +128,7 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
 def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]:
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise ValueError(f"{where}: no 'training' list and no imagesTr/ + labelsTr/ folders beside it")
+        raise UserError(f"{where}: no 'training' list and no imagesTr/ + labelsTr/ folders beside it")
     cases = []
     for label in sorted(p for p in labels_dir.iterdir() if is_image_file(p)):
         name = case_name(label)
@@ -137,10 +138,10 @@ def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]
             images = [images_dir / label.name]  # plain MSD-style names without channel suffix
         missing = [str(p) for p in images if not p.exists()]
         if missing:
-            raise ValueError(f"{label}: no matching image {missing[0]} in {images_dir}")
+            raise UserError(f"{label}: no matching image {missing[0]} in {images_dir}")
         cases.append({"image": images if len(images) > 1 else images[0], "label": label, "case": name})
     if not cases:
-        raise ValueError(f"{labels_dir}: no label files ({', '.join(VOLUME_SUFFIXES)}) found")
+        raise UserError(f"{labels_dir}: no label files ({', '.join(VOLUME_SUFFIXES)}) found")
     return cases
 
 
@@ -162,9 +163,9 @@ def load_dataset(path: str | Path) -> SegmentationDataset:
         try:
             spec = json.loads(json_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{json_path}: not valid JSON ({error})") from None
+            raise UserError(f"{json_path}: not valid JSON ({error})") from None
         if not isinstance(spec, dict):
-            raise ValueError(f"{json_path}: expected a JSON object with 'labels' and 'training'")
+            raise UserError(f"{json_path}: expected a JSON object with 'labels' and 'training'")
         dataset = _from_msd(json_path.resolve(), spec)
     elif path.is_dir():
         cases = _scan_nnunet(path, 1, path)
@@ -178,7 +179,7 @@ def load_dataset(path: str | Path) -> SegmentationDataset:
         labels = {i: ("background" if i == 0 else f"label_{i}") for i in range(int(max(values)) + 1)}
         dataset = SegmentationDataset(path.resolve(), path.name, labels, None, 1, cases, channels_declared=False)
     else:
-        raise ValueError(f"{path}: expected dataset.json or a folder with dataset.json or imagesTr/labelsTr")
+        raise UserError(f"{path}: expected dataset.json or a folder with dataset.json or imagesTr/labelsTr")
     missing = [str(c["label"]) for c in dataset.training if not Path(c["label"]).exists()]
     missing += [str(p) for c in dataset.training for p in _as_list(c["image"]) if not Path(p).exists()]
     if missing:
@@ -218,10 +219,10 @@ def check_training_data(dataset: SegmentationDataset, labels: dict[int, str] | N
         problems = check_cases(dataset.training, num_classes=len(labels), voxels=voxels,
                                channels=declared_channels(dataset), ignore=ignore_index(labels))
     if len(problems) == 1:
-        raise ValueError(problems[0])
+        raise UserError(problems[0])
     if problems:  # every problem at once, one line each, so a dataset is fixed in one go
         listing = "\n  ".join(problems)
-        raise ValueError(f"{len(problems)} problems in the training data:\n  {listing}")
+        raise UserError(f"{len(problems)} problems in the training data:\n  {listing}")
 
 
 def check_resume_data(payload: dict[str, Any], dataset: SegmentationDataset, labels: dict[int, str],
@@ -242,7 +243,7 @@ def check_resume_data(payload: dict[str, Any], dataset: SegmentationDataset, lab
             listed = ", ".join(f"{k}={v}" for k, v in sorted(classes.items()) if k)
             return f"classes {listed}; {spatial}D"
 
-        raise ValueError(f"{where}: this run was trained on {saved_data} ({said(saved_labels, saved_dims)}); this "
+        raise UserError(f"{where}: this run was trained on {saved_data} ({said(saved_labels, saved_dims)}); this "
                          f"data is {dataset.root} ({said(names, dims)}); resume with the run's own data or start a "
                          f"new --output")
     here = str(Path(dataset.root).resolve())
@@ -340,7 +341,7 @@ def median_spacing(cases: list[dict[str, Any]]) -> tuple[float, ...]:
     """Median voxel spacing (mm) over the cases' images, read from headers only (nnU-Net's target spacing)."""
     spacings = [read_geometry(_as_list(c["image"])[0]).spacing for c in cases]
     if not spacings:
-        raise ValueError("no cases to compute a target spacing from")
+        raise UserError("no cases to compute a target spacing from")
     return tuple(float(round(v, 4)) for v in np.median(np.array(spacings), axis=0))
 
 
@@ -353,7 +354,7 @@ def split_cases(
     random.Random(seed).shuffle(order)
     if folds > 1:
         if not 0 <= fold < folds:
-            raise ValueError(f"data.fold {fold}: expected 0..{folds - 1} for {folds}-fold cross-validation")
+            raise UserError(f"data.fold {fold}: expected 0..{folds - 1} for {folds}-fold cross-validation")
         validation = assign_folds(cases, folds, seed)[fold]
     else:
         count = int(round(len(order) * validation_fraction))

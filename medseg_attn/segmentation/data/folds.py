@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from medseg_attn.errors import UserError
+
 __all__ = ["assign_folds", "patient_of"]
 
 
@@ -31,7 +33,7 @@ def assign_folds(cases: list[dict[str, Any]], folds: int, seed: int) -> list[lis
         groups.setdefault(patient_of(case), []).append(case)
     if len(groups) < folds:
         what = "cases" if len(groups) == len(cases) else f"patients ({len(cases)} cases)"
-        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} cases, got {len(groups)} {what}")
+        raise UserError(f"{folds}-fold cross-validation needs at least {folds} cases, got {len(groups)} {what}")
     if len(groups) == len(cases):  # one case per patient: the historical order (shuffled cases, round robin)
         order = [group[0] for group in groups.values()]
         random.Random(seed).shuffle(order)

@@ -21,6 +21,8 @@ import torch
 from monai import transforms as mt
 from scipy import ndimage
 
+from medseg_attn.errors import UserError
+
 __all__ = ["CT_BODY_HU", "MASK_KEY", "ForegroundMaskd", "NormaliseIntensityd", "background_value", "body_mask"]
 
 CT_BODY_HU = -500.0  # smoothed HU above this is body (air -1000, lung about -800..-500 is left to hole filling)
@@ -114,9 +116,9 @@ class NormaliseIntensityd(mt.MapTransform):
                  ct_mean: float = 0.0, ct_std: float = 1.0, window: tuple[float, float] = (-1000.0, 1000.0)) -> None:
         super().__init__(["image"])
         if scheme not in ("zscore", "ct", "ct_window", "none"):
-            raise ValueError(f"intensity scheme {scheme!r}: expected zscore, ct, ct_window or none")
+            raise UserError(f"intensity scheme {scheme!r}: expected zscore, ct, ct_window or none")
         if scheme == "ct" and ct_clip is None:
-            raise ValueError("intensity scheme 'ct' needs the dataset's foreground percentiles (ct_clip); "
+            raise UserError("intensity scheme 'ct' needs the dataset's foreground percentiles (ct_clip); "
                              "plan the dataset or use 'ct_window'")
         self.scheme, self.use_mask = scheme, use_mask
         self.ct_clip, self.ct_mean, self.ct_std, self.window = ct_clip, ct_mean, ct_std, window

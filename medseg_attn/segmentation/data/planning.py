@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from medseg_attn.config import Config
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.readers import LoadVolumed
 from medseg_attn.segmentation.data.foreground import body_mask
@@ -69,13 +70,13 @@ def _plain(value: Any) -> Any:
 def _keys(values: Any, known: tuple[str, ...], required: tuple[str, ...], where: str) -> dict[str, Any]:
     """``values`` when it is a mapping with only ``known`` keys and all ``required`` ones, else a ValueError."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise UserError(f"{where}: expected a mapping, got {type(values).__name__}")
     unknown = [key for key in values if key not in known]
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
     missing = [key for key in required if key not in values]
     if missing:
-        raise ValueError(f"{where}: missing key {missing[0]!r}")
+        raise UserError(f"{where}: missing key {missing[0]!r}")
     return values
 
 
@@ -265,7 +266,7 @@ def dataset_fingerprint(cases: list[dict[str, Any]], modality: str | None, progr
     from tqdm.auto import tqdm
 
     if not cases:
-        raise ValueError("no cases to fingerprint")
+        raise UserError("no cases to fingerprint")
     records, samples = [], []
     for case in tqdm(cases, desc="fingerprint", unit="case", disable=not progress):
         record, sample = _case_fingerprint(case, modality == "ct", case_rng(case))
@@ -367,7 +368,7 @@ def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") 
     for key, value in (("data.patch_size", data.patch_size), ("inference.patch_size", config.inference.patch_size),
                        ("data.spacing", data.spacing)):
         if isinstance(value, (list, tuple)) and len(value) not in ((dims, 1) if key == "data.spacing" else (dims,)):
-            raise ValueError(f"{key}={list(value)}: {len(value)} sides, but the data is {dims}-D (e.g. "
+            raise UserError(f"{key}={list(value)}: {len(value)} sides, but the data is {dims}-D (e.g. "
                              f"{cases[0]['case']} has {dims} spatial axes); give {dims} values")
     divisor = config.model.first_stride * 2 ** (len(config.model.channels) - 1)
     budget = int(data.voxel_budget or VOXEL_BUDGET["cuda" if str(device).startswith("cuda") else "cpu"])
@@ -400,7 +401,7 @@ def make_plan(fingerprint: dict[str, Any], config: Config, device: str = "cpu") 
                                                                         planned["normalisation_mask"])
     statistics = fingerprint.get("label_intensity")
     if resolved["intensity"] == "ct" and statistics is None:
-        raise ValueError(f"{data.dataset}: intensity 'ct' needs labelled voxels for its percentiles, and the label "
+        raise UserError(f"{data.dataset}: intensity 'ct' needs labelled voxels for its percentiles, and the label "
                          "maps are empty; use data.intensity: ct_window")
     return Plan(
         dataset=data.dataset, modality=fingerprint["modality"], cases=len(cases), device=str(device),

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.errors import UserError
+from medseg_attn.runtime.distributed import Distributed, shard
 from medseg_attn.segmentation.data.cache import (
     cache_folder,
     cache_root,
@@ -46,7 +48,6 @@ from medseg_attn.segmentation.data.cache import (
     entry_problem,
     key_of,
 )
-from medseg_attn.runtime.distributed import Distributed, shard
 
 __all__ = ["cached_case_features", "checked_cases", "fingerprint_cases", "preprocess_cases", "training_fingerprint",
            "workers_for"]
@@ -248,7 +249,7 @@ def fingerprint_cases(cases: list[dict[str, Any]], modality: str | None, cache_d
     from medseg_attn.segmentation.data.planning import pooled_fingerprint
 
     if not cases:
-        raise ValueError("no cases to fingerprint")
+        raise UserError("no cases to fingerprint")
     ct = modality == "ct"
     entries = _cached(cache_root(cache_dir) / "fingerprint", cases, ("image", "label"), _fingerprint_job, (ct,),
                       {"kind": "fingerprint", "ct": ct}, workers, "fingerprint", progress, dist)
@@ -351,7 +352,7 @@ def prepare_dataset(config: Any, device: str = "cpu", progress: bool = False) ->
 
     start = time.perf_counter()
     if not config.data.dataset:
-        raise ValueError("no dataset given: pass --data or set data.dataset")
+        raise UserError("no dataset given: pass --data or set data.dataset")
     dataset = load_dataset(config.data.dataset)
     data = config.data
     labels = data.labels or dataset.labels

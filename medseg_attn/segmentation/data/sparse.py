@@ -4,6 +4,8 @@ predicts the other classes only."""
 
 from __future__ import annotations
 
+from medseg_attn.errors import UserError
+
 __all__ = ["IGNORE_NAME", "ignore_index", "without_ignore"]
 
 IGNORE_NAME = "ignore"
@@ -19,7 +21,7 @@ def ignore_index(labels: dict[int, str]) -> int | None:
     if not named:
         return None
     if named[0] != max(labels) or named[0] == 0:
-        raise ValueError(f"labels: 'ignore' is label {named[0]}; it must be the highest label value "
+        raise UserError(f"labels: 'ignore' is label {named[0]}; it must be the highest label value "
                          f"({max(labels)}), as in nnU-Net")
     return named[0]
 

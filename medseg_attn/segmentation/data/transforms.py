@@ -15,6 +15,7 @@ from monai import transforms as mt
 
 from medseg_attn.augmentation import augmentation
 from medseg_attn.config import DataConfig
+from medseg_attn.errors import UserError
 from medseg_attn.io.readers import LoadVolumed
 from medseg_attn.segmentation.data.foreground import MASK_KEY, ForegroundMaskd, NormaliseIntensityd, background_value
 
@@ -84,7 +85,7 @@ class Preprocessing:
         if spacing is not None and len(spacing) == 1:
             spacing = spacing * dims
         if resolved.intensity == "ct" and stats is None:
-            raise ValueError("plan: intensity 'ct' needs ct_statistics (the dataset's percentiles), and it has none")
+            raise UserError("plan: intensity 'ct' needs ct_statistics (the dataset's percentiles), and it has none")
         clip = (stats.p0_5, stats.p99_5) if stats is not None and resolved.intensity == "ct" else None
         ct = plan.modality == "ct" or resolved.intensity in ("ct", "ct_window")
         return cls(tuple(spacing) if spacing else None, data.orientation[:dims], resolved.intensity,
@@ -122,7 +123,7 @@ class CheckLabelValuesd(mt.MapTransform):
         bad = [int(v) if v == int(v) else v for v in values.tolist() if v != int(v) or not 0 <= v < self.num_classes]
         if bad:
             source = getattr(label, "meta", {}).get("filename_or_obj", "label")
-            raise ValueError(f"{source}: label values {sorted(bad)[:5]} are outside the dataset's classes "
+            raise UserError(f"{source}: label values {sorted(bad)[:5]} are outside the dataset's classes "
                              f"0..{self.num_classes - 1}")
         return data
 

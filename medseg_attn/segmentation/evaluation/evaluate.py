@@ -25,6 +25,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 from scipy import ndimage
 from tqdm import tqdm
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, atomic_write_text, check_output_location
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.manifest import RunManifest
@@ -50,14 +51,14 @@ def _present_boxes(array: np.ndarray, source: object) -> dict[int, tuple[slice, 
     """Bounding box of every nonzero value of an integer label map, in one pass."""
     top = int(array.max()) if array.size else 0
     if top > 65535:  # find_objects lists every value up to the largest
-        raise ValueError(f"{source}: holds value {top}; expected class indices <= 65535")
+        raise UserError(f"{source}: holds value {top}; expected class indices <= 65535")
     boxes = ndimage.find_objects(array, max_label=top) if top > 0 else []
     return {value: box for value, box in enumerate(boxes, start=1) if box is not None}
 
 
 def _check_tolerance(tolerance_mm: float) -> None:
     if not (math.isfinite(tolerance_mm) and tolerance_mm > 0):
-        raise ValueError(f"surface Dice tolerance {tolerance_mm} mm must be a positive number")
+        raise UserError(f"surface Dice tolerance {tolerance_mm} mm must be a positive number")
 
 
 def _class_metrics(pred: np.ndarray, label: np.ndarray, spacing: list[float], tolerance_mm: float) -> dict:
@@ -103,12 +104,12 @@ def evaluate_case(
     """
     pred, label = (a.astype(np.uint8) if a.dtype == bool else a for a in (np.asarray(pred), np.asarray(label)))
     if pred.shape != label.shape or pred.ndim not in (2, 3) or len(spacing) != pred.ndim:
-        raise ValueError(f"{case}: prediction {pred.shape}, label {label.shape}, spacing {tuple(spacing)}; "
+        raise UserError(f"{case}: prediction {pred.shape}, label {label.shape}, spacing {tuple(spacing)}; "
                          "expected one 2D or 3D shape and one spacing per axis")
     _check_tolerance(tolerance_mm)
     for array, role in ((pred, "prediction"), (label, "label")):
         if not np.issubdtype(array.dtype, np.integer) or (array.size and array.min() < 0):
-            raise ValueError(f"{case}: {role} ({array.dtype}) must hold integer class indices >= 0")
+            raise UserError(f"{case}: {role} ({array.dtype}) must hold integer class indices >= 0")
     annotated = None
     if ignore is not None and (label == ignore).any():  # unannotated voxels count nowhere
         annotated = label != ignore
@@ -145,7 +146,7 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(NIFTI_SUFFIXES):
             name = case_name(path)
             if name in files:
-                raise ValueError(f"{folder}: case {name!r} is there twice ({files[name].name}, {path.name})")
+                raise UserError(f"{folder}: case {name!r} is there twice ({files[name].name}, {path.name})")
             files[name] = path
     return files
 
@@ -155,11 +156,11 @@ def _open(path: Path) -> tuple[nib.Nifti1Image, tuple[int, ...]]:
     try:
         image = load_nifti(path)
     except Exception as error:  # nibabel raises many kinds for broken files
-        raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
+        raise UserError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
     shape = tuple(int(s) for s in image.shape)
     shape = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
     if len(shape) not in (2, 3):
-        raise ValueError(f"{path}: shape {shape}; expected a 2D or 3D label map (or 4D with a 4th axis of 1)")
+        raise UserError(f"{path}: shape {shape}; expected a 2D or 3D label map (or 4D with a 4th axis of 1)")
     return image, shape
 
 
@@ -178,9 +179,9 @@ def _check_geometry(pred_path: Path, label_path: Path) -> tuple[tuple[int, ...],
                     pred_path, label_path)
         return mapping
     if pred_shape != label_shape:
-        raise ValueError(f"{pred_path}: shape {pred_shape} does not match label {label_path} shape {label_shape}")
+        raise UserError(f"{pred_path}: shape {pred_shape} does not match label {label_path} shape {label_shape}")
     difference = float(np.abs(pred.affine - label.affine).max())
-    raise ValueError(f"{pred_path}: affine does not match label {label_path} (largest difference "
+    raise UserError(f"{pred_path}: affine does not match label {label_path} (largest difference "
                      f"{difference:.4g}, tolerance 1e-3); expected the prediction on the label's voxel grid")
 
 
@@ -190,15 +191,15 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     spacing = image.header.get_zooms()[: len(shape)]
     keep = [axis for axis, size in enumerate(shape) if size > 1]
     if len(keep) < 2:
-        raise ValueError(f"{path}: shape {shape} has fewer than 2 axes longer than 1; expected a 2D or 3D map")
+        raise UserError(f"{path}: shape {shape} has fewer than 2 axes longer than 1; expected a 2D or 3D map")
     data = np.asanyarray(image.dataobj).reshape([shape[axis] for axis in keep])
     if not np.issubdtype(data.dtype, np.integer):  # NIfTI has no bool type
         bad = ~np.isfinite(data) | (data != np.round(data))
         if bad.any():
-            raise ValueError(f"{path}: holds non-integer value {data[bad][0]}; expected integer class indices")
+            raise UserError(f"{path}: holds non-integer value {data[bad][0]}; expected integer class indices")
         data = data.astype(np.int32)
     if data.size and data.min() < 0:
-        raise ValueError(f"{path}: holds negative value {data.min()}; expected class indices >= 0")
+        raise UserError(f"{path}: holds negative value {data.min()}; expected class indices >= 0")
     return data, tuple(float(spacing[axis]) for axis in keep)
 
 
@@ -213,7 +214,7 @@ def _class_names(labels: dict[int, str] | None, label_paths: list[Path], include
     if labels is not None:
         given = {int(index): str(name) for index, name in labels.items()}
         if min(given, default=0) < 0:
-            raise ValueError(f"class indices {sorted(given)} must be >= 0")
+            raise UserError(f"class indices {sorted(given)} must be >= 0")
         unnamed = sorted(set(names) - set(given) - {0})
         if unnamed:
             files = [path.name for path, values in present.items() if values & set(unnamed)]
@@ -225,9 +226,9 @@ def _class_names(labels: dict[int, str] | None, label_paths: list[Path], include
     if include_background:
         names[0] = background
     if not names:
-        raise ValueError(f"no classes to evaluate: the label files in {label_paths[0].parent} hold only background")
+        raise UserError(f"no classes to evaluate: the label files in {label_paths[0].parent} hold only background")
     if len(set(names.values())) < len(names):
-        raise ValueError(f"class names {sorted(names.values())} are not unique; summary.json is keyed by name")
+        raise UserError(f"class names {sorted(names.values())} are not unique; summary.json is keyed by name")
     return dict(sorted(names.items()))
 
 
@@ -322,10 +323,10 @@ def evaluate_folders(
     check_output_location(output_dir, [pred_dir, label_dir], folder=True)
     manifest = RunManifest(output_dir, "evaluate")
     if not label_files:
-        raise ValueError(f"{label_dir}: no NIfTI label files (.nii or .nii.gz) found")
+        raise UserError(f"{label_dir}: no NIfTI label files (.nii or .nii.gz) found")
     missing = [path.name for name, path in label_files.items() if name not in pred_files]
     if missing:
-        raise ValueError(f"{pred_dir}: no prediction for {len(missing)} label file(s) of {label_dir}: "
+        raise UserError(f"{pred_dir}: no prediction for {len(missing)} label file(s) of {label_dir}: "
                          f"{', '.join(missing)}")
     extra = sorted(set(pred_files) - set(label_files))
     if extra:
@@ -343,7 +344,7 @@ def evaluate_folders(
         (pred, _), (label, spacing) = _read_label_map(pred_path), _read_label_map(label_path)
         if mappings[name] is not None:
             if pred.ndim != len(mappings[name][0]):
-                raise ValueError(f"{pred_path}: a single-slice map stored with other axes than {label_path}; "
+                raise UserError(f"{pred_path}: a single-slice map stored with other axes than {label_path}; "
                                  "write the prediction on the label's grid")
             pred = np.ascontiguousarray(on_grid(pred, mappings[name]))
         metrics = evaluate_case(pred, label, spacing, list(names), tolerance_mm, case=pred_path.name, ignore=ignore)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
+from medseg_attn.errors import UserError
+
 __all__ = ["CaseRecord", "DetectionRow", "FAILED_DICE", "DROP", "Severity", "TARGETS", "auroc", "aurc",
            "candidate_severities", "choose_severity", "evaluate_signals", "false_alarm_rate", "good_cases",
            "risk_coverage", "with_severity", "write_failure_detection"]
@@ -70,7 +72,7 @@ def auroc(scores: Sequence[float] | np.ndarray, failed: Sequence[bool] | np.ndar
     """AUROC of ``scores`` (n,) for ``failed`` (n,) by average ranks; NaN when either class is empty."""
     scores, failed = np.asarray(scores, dtype=float), np.asarray(failed, dtype=bool)  # (n,), (n,)
     if scores.shape != failed.shape or scores.ndim != 1:
-        raise ValueError(f"scores {scores.shape} and failed {failed.shape} must be the same 1-D shape")
+        raise UserError(f"scores {scores.shape} and failed {failed.shape} must be the same 1-D shape")
     positives, negatives = int(failed.sum()), int((~failed).sum())
     if positives == 0 or negatives == 0:
         return float("nan")
@@ -83,7 +85,7 @@ def risk_coverage(scores: Sequence[float] | np.ndarray, risks: Sequence[float] |
     """Coverage k/n (n,) and selective risk (n,), accepting cases from the lowest score up (ties: mean risk)."""
     scores, risks = np.asarray(scores, dtype=float), np.asarray(risks, dtype=float)  # (n,), (n,)
     if scores.shape != risks.shape or scores.ndim != 1 or scores.size == 0:
-        raise ValueError(f"scores {scores.shape} and risks {risks.shape} must be the same non-empty 1-D shape")
+        raise UserError(f"scores {scores.shape} and risks {risks.shape} must be the same non-empty 1-D shape")
     order = np.argsort(scores, kind="stable")
     ordered_scores, ordered = scores[order], risks[order].copy()
     _, starts, counts = np.unique(ordered_scores, return_index=True, return_counts=True)
@@ -102,7 +104,7 @@ def _failed(records: Sequence[CaseRecord], target: str) -> tuple[list[CaseRecord
     if target == "dice_below_0.80":
         return list(records), np.array([r.dice < FAILED_DICE for r in records], dtype=bool), ""
     if target != "drop_0.05_from_as_is":
-        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+        raise UserError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
     reference = {r.case: r.dice for r in records if r.variant == "as_is"}
     kept = [r for r in records if r.case in reference and not math.isnan(reference[r.case])]
     note = f"{len(records) - len(kept)} records without an as_is Dice left out" if len(kept) < len(records) else ""
@@ -213,7 +215,7 @@ def choose_severity(records: Sequence[CaseRecord], target: str = TARGETS[0]) -> 
         rows.append((candidate, replace(row, signal=candidate.name)))
     usable = [(c, r) for c, r in rows if not math.isnan(r.auroc)]
     if not usable:
-        raise ValueError(f"no signal can be judged on these {len(records)} cases for {target} (none or all failed)")
+        raise UserError(f"no signal can be judged on these {len(records)} cases for {target} (none or all failed)")
     best = min(usable, key=lambda item: (-item[1].auroc, item[1].aurc, item[0].extra is not None))
     return best[0], [r for _, r in rows]
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.networks.export import example_input, export_torchscript
 from medseg_attn.segmentation.task import TASK
@@ -188,7 +189,7 @@ def bundle_metadata(payload: dict[str, Any]) -> dict[str, Any]:
 def write_bundle(network: nn.Module, payload: dict[str, Any], source: Path, output: Path) -> Path:
     """Write the bundle folder ``output`` for ``network`` (eval, CPU) and its checkpoint ``payload``."""
     if not hasattr(network, "divisor"):
-        raise ValueError(f"{source}: export supports the attention_skip_unet architecture")
+        raise UserError(f"{source}: export supports the attention_skip_unet architecture")
     output.mkdir(parents=True, exist_ok=True)
     metadata = export_metadata(payload, str(source), TASK)
     example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medseg_attn.errors import UserError
 from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
 from medseg_attn.segmentation.model.loading import load_model
 from medseg_attn.segmentation.task import TASK
@@ -60,14 +61,14 @@ def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int
     """
     run = Path(run)
     if fmt == "bundle":
-        raise ValueError(f"{run}: is a cross-validation run; a MONAI bundle holds one model: export one fold "
+        raise UserError(f"{run}: is a cross-validation run; a MONAI bundle holds one model: export one fold "
                          f"(--model {run / 'fold_0'}), or the fold ensemble as --format onnx or torchscript")
     # the folds as predict --model RUN loads them: their checkpoints, temperatures, postprocessing, and the check
     # that they share preprocessing, classes and input channels
     members = load_model(run, folds, device="cpu", precision="fp32")
     paths = [Path(source) for source in members.sources]
     if not all(hasattr(network, "divisor") for network in members.networks):
-        raise ValueError(f"{paths[0]}: export supports the attention_skip_unet architecture")
+        raise UserError(f"{paths[0]}: export supports the attention_skip_unet architecture")
     temperatures = [float(t) for t in members.temperatures]
     ensemble = FoldEnsemble(list(members.networks), temperatures).eval()
     target = export_target(run, paths[0], fmt, output)

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medseg_attn.errors import UserError
 from medseg_attn.networks.export import (
     example_input,
     export_onnx,
@@ -59,7 +60,7 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
         ValueError: unknown format, not a segmentation model, or an export the checker rejects.
     """
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+        raise UserError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     if is_cv_run(model):  # the folds as one network
         from medseg_attn.segmentation.export.ensemble import export_cv_run
 
@@ -71,7 +72,7 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
 
         return write_bundle(network, payload, path, target)
     if not hasattr(network, "divisor"):
-        raise ValueError(f"{path}: export supports the attention_skip_unet architecture, not "
+        raise UserError(f"{path}: export supports the attention_skip_unet architecture, not "
                          f"{type(network).__name__}")
     example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
                             network.divisor)

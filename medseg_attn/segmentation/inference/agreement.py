@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg_attn.errors import UserError
 from medseg_attn.segmentation.measures.overlap import mask_dice
 
 __all__ = ["member_labels", "pairwise_dice", "member_agreement"]
@@ -30,7 +31,7 @@ def member_labels(predictor: Any, image: torch.Tensor) -> list[np.ndarray]:
 def pairwise_dice(labels: Sequence[np.ndarray], classes: Sequence[int]) -> float:
     """Mean over member pairs of the mean Dice over ``classes`` present in either member (both empty: 1)."""
     if len(labels) < 2:
-        raise ValueError(f"pairwise Dice needs at least 2 members, got {len(labels)}")
+        raise UserError(f"pairwise Dice needs at least 2 members, got {len(labels)}")
     pairs = []
     for a, b in itertools.combinations(labels, 2):
         scores = [mask_dice(a == k, b == k) for k in classes if (a == k).any() or (b == k).any()]

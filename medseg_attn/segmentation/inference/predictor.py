@@ -35,6 +35,7 @@ from monai import transforms as mt
 from torch import nn
 
 from medseg_attn.config import InferenceConfig
+from medseg_attn.errors import UserError
 from medseg_attn.io.cases import LoadedCase, ReadOptions, check_content, read_case
 from medseg_attn.io.dicom import DicomSeries
 from medseg_attn.io.segments import resolve_colors
@@ -72,7 +73,7 @@ class Prediction:
     def uncertainty_means(self) -> tuple[float, float]:
         """Mean uncertainty over the whole volume and inside the predicted foreground (NaN when empty)."""
         if self.uncertainty is None:
-            raise ValueError(f"{self.case}: predicted without uncertainty=True")
+            raise UserError(f"{self.case}: predicted without uncertainty=True")
         foreground = self.labels > 0
         inside = float(self.uncertainty[foreground].mean()) if foreground.any() else float("nan")
         return float(self.uncertainty.mean()), inside
@@ -124,7 +125,7 @@ class Predictor:
         # per network; > 1 softens (fitted after training); each member blended with its own, then averaged
         self.temperatures = tuple(temperatures) if temperatures else (1.0,) * len(self.networks)
         if len(self.temperatures) != len(self.networks):
-            raise ValueError(f"{len(self.temperatures)} temperature(s) for {len(self.networks)} network(s)")
+            raise UserError(f"{len(self.temperatures)} temperature(s) for {len(self.networks)} network(s)")
         self.model_info = dict(model_info or {})  # the first checkpoint's card, plan, calibration ... (run.json)
         self.postprocessing = dict(postprocessing or {})  # a CV run's choice per class
 
@@ -173,9 +174,9 @@ class Predictor:
                 what = ("was trained with attention off (model.attention: false)"
                         if getattr(network, "attention_enabled", None) is False
                         else f"is a {type(network).__name__}, not an attention_skip_unet with attention")
-                raise ValueError(f"{source}: has no attention maps: this model {what}")
+                raise UserError(f"{source}: has no attention maps: this model {what}")
             if levels is not None and found != levels:
-                raise ValueError(f"{source}: attention levels {found} differ from the other models' {levels}")
+                raise UserError(f"{source}: attention levels {found} differ from the other models' {levels}")
             levels = found
         return levels or []
 
@@ -313,19 +314,19 @@ class Predictor:
         if data.ndim == dims:
             data = data[None]
         if data.ndim != dims + 1 or data.shape[0] != self.in_channels:
-            raise ValueError(f"array: shape {tuple(data.shape)}; this model expects {dims}D images with "
+            raise UserError(f"array: shape {tuple(data.shape)}; this model expects {dims}D images with "
                              f"{self.in_channels} channel(s): (*S) or (C, *S)")
         full = np.eye(4)
         if affine is not None:
             given = np.asarray(affine, dtype=np.float64)
             if given.shape not in ((dims + 1, dims + 1), (4, 4)):
-                raise ValueError(f"array: affine of shape {given.shape}; expected ({dims + 1}, {dims + 1}) or (4, 4)")
+                raise UserError(f"array: affine of shape {given.shape}; expected ({dims + 1}, {dims + 1}) or (4, 4)")
             full = affine_4x4(given)
         if not np.all(np.isfinite(full)) or abs(np.linalg.det(full[:3, :3])) < 1e-12:
-            raise ValueError("array: the affine must be finite and invertible")
+            raise UserError("array: the affine must be finite and invertible")
         bad = int((~torch.isfinite(data)).sum())
         if bad:
-            raise ValueError(f"array: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
+            raise UserError(f"array: {bad} voxel(s) are NaN or Inf; fix or mask them before prediction")
         image = MetaTensor(data, affine=torch.as_tensor(full), meta={"space": "RAS"})
         check_content("array", image, self.prep.spacing)
         return image

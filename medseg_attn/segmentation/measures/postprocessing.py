@@ -73,7 +73,7 @@ class ClassPostprocessing:
             gone[int(sizes.argmax())] = False
         elif self.min_size_ml is not None:
             if not ml_per_voxel:
-                raise ValueError(f"a size rule ({self.min_size_ml:g} ml) needs the volume of a voxel")
+                raise UserError(f"a size rule ({self.min_size_ml:g} ml) needs the volume of a voxel")
             gone = (sizes > 0) & (sizes < self.min_size_ml / ml_per_voxel)
         else:
             return None
@@ -151,5 +151,5 @@ def apply_postprocessing(labels: np.ndarray, choice: dict[int, ClassPostprocessi
                 labels = _apply_rule(labels, int(index), rule, ml_per_voxel,
                                      found[index] if found and index in found else components(labels, int(index)))
             except ValueError as error:
-                raise ValueError(f"postprocessing of class {index}: {error}") from None
+                raise UserError(f"postprocessing of class {index}: {error}") from None
     return labels

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.tables import write_csv
 
@@ -68,7 +69,7 @@ def _full_affine(affine: np.ndarray, dims: int) -> np.ndarray:
     if affine.shape == (dims + 1, dims + 1) and dims == 2:
         return affine_4x4(affine)
     if affine.shape != (4, 4):
-        raise ValueError(f"affine of shape {affine.shape}: expected (4, 4) (or (3, 3) for 2D)")
+        raise UserError(f"affine of shape {affine.shape}: expected (4, 4) (or (3, 3) for 2D)")
     return affine
 
 
@@ -101,18 +102,18 @@ def structure_rows(
     labels = np.asarray(labels)
     dims = labels.ndim
     if dims not in (2, 3):
-        raise ValueError(f"{case}: label map of shape {labels.shape}; expected 2D or 3D")
+        raise UserError(f"{case}: label map of shape {labels.shape}; expected 2D or 3D")
     for array, role in ((image, "image"), (uncertainty, "uncertainty")):
         if array is not None and np.shape(array) != labels.shape:
-            raise ValueError(f"{case}: {role} of shape {np.shape(array)} differs from the label map {labels.shape}")
+            raise UserError(f"{case}: {role} of shape {np.shape(array)} differs from the label map {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.all(labels == np.round(labels)):
-            raise ValueError(f"{case}: label map of type {labels.dtype} holds non-integer values")
+            raise UserError(f"{case}: label map of type {labels.dtype} holds non-integer values")
         labels = labels.astype(np.int32)
     affine = _full_affine(affine, dims)
     voxel_mm3 = abs(float(np.linalg.det(affine[:3, :3])))
     if not voxel_mm3 > 0:
-        raise ValueError(f"{case}: the affine is singular (voxel volume {voxel_mm3} mm^3)")
+        raise UserError(f"{case}: the affine is singular (voxel volume {voxel_mm3} mm^3)")
     top = max([int(labels.max()) if labels.size else 0, *names])
     boxes = ndimage.find_objects(labels, max_label=top) if top > 0 else []
     structure = ndimage.generate_binary_structure(dims, dims)  # 26-connected (3D), 8-connected (2D)
@@ -195,9 +196,9 @@ def read_case_statistics(path: str | Path) -> dict[str, Any]:
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable statistics file ({error})") from None
+        raise UserError(f"{path}: not a readable statistics file ({error})") from None
     if not isinstance(record, dict) or not isinstance(record.get("structures"), list):
-        raise ValueError(f"{path}: not a statistics file (expected a JSON object with 'structures')")
+        raise UserError(f"{path}: not a statistics file (expected a JSON object with 'structures')")
     return record
 
 

@@ -46,10 +46,10 @@ def cv_members(run: str | Path, folds: list[int] | None = None) -> list[Path]:
     members = []
     for fold in chosen:
         if not 0 <= fold < count:
-            raise ValueError(f"{run}: --folds {fold}: this cross-validation run has folds 0..{count - 1}")
+            raise UserError(f"{run}: --folds {fold}: this cross-validation run has folds 0..{count - 1}")
         path = fold_dir(run, fold)
         if not any((path / "checkpoints" / name).is_file() for name in ("best.pt", "last.pt")):
-            raise ValueError(f"{path}: fold {fold} has no checkpoint yet; train it (medseg-attn train --output {run} "
+            raise UserError(f"{path}: fold {fold} has no checkpoint yet; train it (medseg-attn train --output {run} "
                              f"--resume) or choose trained folds with --folds")
         members.append(path)
     return members

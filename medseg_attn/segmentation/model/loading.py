@@ -101,13 +101,13 @@ def load_model(model: str | Path | Sequence[str | Path], folds: Sequence[int] | 
     """
     models = [model] if isinstance(model, (str, Path)) else list(model)
     if not models:
-        raise ValueError("no model given")
+        raise UserError("no model given")
     if engine not in ENGINES:
-        raise ValueError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
+        raise UserError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
     onnx = [item for item in models if str(item).endswith(".onnx")]
     if is_onnx(models, engine):
         if len(models) != 1 or not onnx:
-            raise ValueError(f"--engine onnxruntime: give one .onnx file as --model (medseg-attn export --format "
+            raise UserError(f"--engine onnxruntime: give one .onnx file as --model (medseg-attn export --format "
                              f"onnx), got {' '.join(map(str, models))}")
         check_onnx_options(onnx[0], folds)
         return _load_onnx(Path(onnx[0]), threads, inference)
@@ -140,7 +140,7 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
                       inference: Mapping[str, Any]) -> SegmentationModel:
     runs = [item for item in models if is_cv_run(item)]
     if folds is not None and not runs:
-        raise ValueError(f"--folds {' '.join(map(str, folds))}: choose folds of a cross-validation run folder "
+        raise UserError(f"--folds {' '.join(map(str, folds))}: choose folds of a cross-validation run folder "
                          f"(one with cv.json), got {' '.join(map(str, models))}")
     members = [member for item in models for member in (cv_members(item, folds) if is_cv_run(item) else [item])]
     networks, sources, temperatures = [], [], []
@@ -149,21 +149,21 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
         path = find_checkpoint(item)
         payload = load_checkpoint(path)
         if not TASK.owns(payload):
-            raise ValueError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
+            raise UserError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
         network = TASK.network(payload, path)
         try:
             config = from_dict(payload["config"])
             prep = Preprocessing.from_dict(payload["preprocessing"])
             labels = {int(k): v for k, v in payload["labels"].items()}
         except (KeyError, RuntimeError, TypeError) as error:
-            raise ValueError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
+            raise UserError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
         found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
         if not first:
             first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
                      "info": {key: payload.get(key) for key in INFO_KEYS}}
         for key, value in found.items():
             if value != first[key]:
-                raise ValueError(f"{path}: ensemble member differs from {first['path']} in its {key} "
+                raise UserError(f"{path}: ensemble member differs from {first['path']} in its {key} "
                                  f"({value} vs {first[key]}); an ensemble needs models trained the same way")
         temperatures.append(float((payload.get("calibration") or {}).get("temperature", 1.0)))
         logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
@@ -188,10 +188,10 @@ def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> Segmen
         raise FileNotFoundError(f"{path}: ONNX file not found")
     kind = sniff_model(path)
     if kind != "onnx":
-        raise ValueError(wrong_model_message(path, kind, "an ONNX file"))
+        raise UserError(wrong_model_message(path, kind, "an ONNX file"))
     metadata = read_metadata(path)
     if not TASK.owns(metadata):
-        raise ValueError(f"{path}: is a {metadata['task']} model; use `medseg-attn classify predict` for it")
+        raise UserError(f"{path}: is a {metadata['task']} model; use `medseg-attn classify predict` for it")
     labels = {int(k): v for k, v in metadata["labels"].items()}
     return SegmentationModel(
         networks=(OnnxNetwork(path, threads),), prep=Preprocessing.from_dict(metadata["preprocessing"]),

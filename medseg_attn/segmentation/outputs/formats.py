@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.segments import write_color_table, write_itksnap_labels
 
 __all__ = ["FORMATS", "parse_output_formats", "case_formats", "write_label_tables"]
@@ -34,7 +35,7 @@ def parse_output_formats(spec: str | Sequence[str]) -> tuple[str, ...]:
         elif part in FORMATS:
             chosen.add(part)
         else:
-            raise ValueError(f"output format {part!r}: expected {', '.join(FORMATS)}, a comma list of them, "
+            raise UserError(f"output format {part!r}: expected {', '.join(FORMATS)}, a comma list of them, "
                              f"'both' (nifti,dicom-seg) or 'all'")
     return tuple(f for f in FORMATS if f in chosen)
 

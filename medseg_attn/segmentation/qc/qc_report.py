@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.layout import OutputLayout
@@ -68,7 +69,7 @@ class Review:
             close = difflib.get_close_matches(unknown[0], list(self.names.values()), n=1)
             known = ", ".join(self.names.values())
             hint = f"; did you mean {close[0]!r}?" if close else f"; the model's classes: {known}"
-            raise ValueError(f"--review-config/--review-set: expected_volume_ml.{unknown[0]}: the model has no class "
+            raise UserError(f"--review-config/--review-set: expected_volume_ml.{unknown[0]}: the model has no class "
                              f"{unknown[0]!r}{hint}")
         self.statistics = statistics
         self.unit = "hu" if intensity == "ct" else None
@@ -187,7 +188,7 @@ def _read_outputs(name: str, files: list[Path], series_uid: str | None, output_d
         data = data.reshape(data.shape[:image.ndim]) if data.ndim > image.ndim else data
         mapping = grid_mapping(data.shape, stored.affine, image.shape, affine) if data.ndim == 3 else None
         if mapping is None and data.shape != image.shape:
-            raise ValueError(f"{path}: not on the grid of {files[0]}")
+            raise UserError(f"{path}: not on the grid of {files[0]}")
         maps.append(np.asarray(on_grid(data, mapping) if mapping else data))
     labels = np.rint(maps[0]).astype(np.int32)
     return labels, affine, image, maps[1]

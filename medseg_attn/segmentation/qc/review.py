@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg_attn.errors import UserError
+
 __all__ = ["FLAG_KINDS", "Flag", "ReviewSettings", "flag_cases", "load_review_settings", "plan_flags"]
 
 FLAG_KINDS = ("failed", "empty", "volume", "fragmented", "uncertainty", "geometry", "intensity")
@@ -111,10 +113,10 @@ def load_review_settings(path: str | Path | None = None, overrides: Sequence[str
     if set(values) == {"review"}:
         values = values["review"] or {}
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping of review settings, got {type(values).__name__}")
+        raise UserError(f"{where}: expected a mapping of review settings, got {type(values).__name__}")
     for text in overrides:
         if "=" not in text or not text.split("=", 1)[0].strip():
-            raise ValueError(f"--review-set {text!r}: expected KEY=VALUE, e.g. --review-set volume_mad_k=5")
+            raise UserError(f"--review-set {text!r}: expected KEY=VALUE, e.g. --review-set volume_mad_k=5")
     values = apply_overrides(values, list(overrides))
     check_known_keys(values, [f.name for f in fields(ReviewSettings)], "review setting", where)
     settings = ReviewSettings()
@@ -131,15 +133,15 @@ def _read_review_file(path: Path) -> dict[str, Any]:
     from medseg_attn.config.bounded_yaml import safe_load_bounded
 
     if path.is_dir():
-        raise ValueError(f"{path}: is a folder; --review-config expects a YAML file of review settings")
+        raise UserError(f"{path}: is a folder; --review-config expects a YAML file of review settings")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: --review-config file not found")
     try:
         values = safe_load_bounded(path.read_text(errors="replace"), str(path)) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: --review-config is not valid YAML ({getattr(error, 'problem', error)})") from None
+        raise UserError(f"{path}: --review-config is not valid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: --review-config expects a mapping of review settings (e.g. volume_mad_k: 5), got "
+        raise UserError(f"{path}: --review-config expects a mapping of review settings (e.g. volume_mad_k: 5), got "
                          f"a YAML {type(values).__name__}")
     return values
 
@@ -147,24 +149,24 @@ def _read_review_file(path: Path) -> dict[str, Any]:
 def _checked(key: str, value: Any, where: str) -> Any:
     if key == "expected_volume_ml":
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected_volume_ml must map structure names to [min_ml, max_ml]")
+            raise UserError(f"{where}: expected_volume_ml must map structure names to [min_ml, max_ml]")
         ranges = {}
         for name, bounds in value.items():
             if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                     or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)
                     or not 0 <= bounds[0] <= bounds[1]):
-                raise ValueError(f"{where}: expected_volume_ml.{name} = {bounds!r}; expected [min_ml, max_ml] "
+                raise UserError(f"{where}: expected_volume_ml.{name} = {bounds!r}; expected [min_ml, max_ml] "
                                  "with 0 <= min_ml <= max_ml")
             ranges[str(name)] = (float(bounds[0]), float(bounds[1]))
         return ranges
     integer = key in ("min_batch_cases", "max_components")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and value != int(value)):
-        raise ValueError(f"{where}: {key} = {value!r}; expected {'an integer' if integer else 'a number'}")
+        raise UserError(f"{where}: {key} = {value!r}; expected {'an integer' if integer else 'a number'}")
     share = key in ("min_relative_spread", "min_largest_share", "min_patch_fraction", "uncertainty_min_spread",
                     "max_foreground_uncertainty")
     if not math.isfinite(value) or value < 0 or (share and value > 1) or (key == "spacing_factor" and value < 1):
         limits = "in [0, 1]" if share else (">= 1" if key == "spacing_factor" else ">= 0")
-        raise ValueError(f"{where}: {key} = {value!r}; expected a number {limits}")
+        raise UserError(f"{where}: {key} = {value!r}; expected a number {limits}")
     return int(value) if integer else float(value)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.io.formats import NIFTI, format_of
 from medseg_attn.io.nifti import write_nifti
@@ -52,7 +53,7 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
     """
     run = Path(run)
     if not is_cv_run(run):
-        raise ValueError(f"{run}: not a cross-validation run folder (no cv.json); train one with "
+        raise UserError(f"{run}: not a cross-validation run folder (no cv.json); train one with "
                          f"medseg-attn train --data D --folds 5 --output {run}")
     record = json.loads((run / "cv.json").read_text())
     splits = json.loads((run / "splits.json").read_text())["splits"]
@@ -69,19 +70,19 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
         labels = predictor.labels
         for name in split["validation"]:
             if name not in by_name:
-                raise ValueError(f"{run / 'splits.json'}: case {name} is no longer in {record['dataset']}")
+                raise UserError(f"{run / 'splits.json'}: case {name} is no longer in {record['dataset']}")
             fold_of[name] = fold
             prediction = predictor.predict(by_name[name]["image"])
             reference_path = Path(by_name[name]["label"])
             if format_of(reference_path) is not NIFTI:
-                raise ValueError(f"{reference_path}: medseg-attn cv reads NIfTI reference labels only")
+                raise UserError(f"{reference_path}: medseg-attn cv reads NIfTI reference labels only")
             reference = nib.load(str(reference_path))
             ref = np.asarray(reference.dataobj).astype(np.int16)
             pred = prediction.labels.astype(np.uint8)
             if pred.shape != ref.shape or not np.allclose(prediction.affine, reference.affine, atol=1e-3):
                 mapping = grid_mapping(pred.shape, prediction.affine, ref.shape, reference.affine)
                 if mapping is None:
-                    raise ValueError(f"{reference_path}: not on the voxel grid of its image {by_name[name]['image']}")
+                    raise UserError(f"{reference_path}: not on the voxel grid of its image {by_name[name]['image']}")
                 pred = np.ascontiguousarray(on_grid(pred, mapping))  # the prediction on the reference's grid
             if ignore is not None:  # unannotated voxels count nowhere
                 mask = ref == ignore

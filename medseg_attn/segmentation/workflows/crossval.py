@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_attn.config import Config, save_config
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.folds import assign_folds
@@ -62,11 +63,11 @@ def train_cv(config: Config, output: str | Path, folds: int, fold: int | None = 
     """
     output = Path(output)
     if folds < 2:
-        raise ValueError(f"--folds {folds}: cross-validation needs at least 2 folds")
+        raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds")
     if fold is not None and not 0 <= fold < folds:
-        raise ValueError(f"--fold {fold}: expected 0..{folds - 1} for {folds}-fold cross-validation")
+        raise UserError(f"--fold {fold}: expected 0..{folds - 1} for {folds}-fold cross-validation")
     if not config.data.dataset:
-        raise ValueError("no dataset given: set data.dataset in the config or pass --data")
+        raise UserError("no dataset given: set data.dataset in the config or pass --data")
     config = config.replace(data={"folds": folds, "dataset": str(Path(config.data.dataset).expanduser().resolve())})
     dataset = load_dataset(config.data.dataset)
     splits = fold_splits(dataset.training, folds, config.train.seed)
@@ -101,19 +102,19 @@ def _open_cv(output: Path, config: Config, folds: int, splits: list[dict[str, An
     if is_cv_run(output):
         saved = json.loads((output / "cv.json").read_text())
         if not existing_ok:
-            raise ValueError(f"{output}: already holds a cross-validation run; pass --resume to continue it or "
+            raise UserError(f"{output}: already holds a cross-validation run; pass --resume to continue it or "
                              f"choose another --output")
         for key, value in record.items():
             if saved.get(key) != value:
-                raise ValueError(f"{output / 'cv.json'}: {key} is {saved.get(key)!r}, this run asks for {value!r}; "
+                raise UserError(f"{output / 'cv.json'}: {key} is {saved.get(key)!r}, this run asks for {value!r}; "
                                  f"a CV run keeps its folds, seed and dataset")
         recorded = json.loads((output / "splits.json").read_text())["splits"]
         if recorded != splits:
-            raise ValueError(f"{output / 'splits.json'}: the dataset's cases differ from the recorded splits; "
+            raise UserError(f"{output / 'splits.json'}: the dataset's cases differ from the recorded splits; "
                              f"start a new CV run for the changed dataset")
         return
     if output.exists() and any(output.iterdir()):
-        raise ValueError(f"{output}: not empty and not a cross-validation run; choose another --output")
+        raise UserError(f"{output}: not empty and not a cross-validation run; choose another --output")
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.yaml")
     atomic_write_text(output / "splits.json", json.dumps({"grouped_by": "patient" if grouped else "case",

@@ -29,6 +29,7 @@ import yaml
 
 from medseg_attn.config import Config, apply_overrides, from_dict
 from medseg_attn.demo_data import LABELS, build_demo_dataset
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.plots import save_overlay_png
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
@@ -88,9 +89,9 @@ def run_demo(
     """
     output = Path(output)
     if (output / "run").exists() or (output / "run_baseline").exists():
-        raise ValueError(f"{output}: already holds a demo run; choose another --output or remove it")
+        raise UserError(f"{output}: already holds a demo run; choose another --output or remove it")
     if minutes <= 0 or train_cases < 2 or test_cases < 1:
-        raise ValueError("demo needs --minutes > 0, --train-cases >= 2 and --test-cases >= 1")
+        raise UserError("demo needs --minutes > 0, --train-cases >= 2 and --test-cases >= 1")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     logger.info("building the demo dataset (%d training cases at 2 mm, %d held-out at 1 mm)", train_cases, test_cases)

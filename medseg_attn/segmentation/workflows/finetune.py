@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
+from medseg_attn.errors import UserError
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
@@ -42,9 +43,9 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
     path = find_checkpoint(source)
     payload = load_checkpoint(path)
     if not TASK.owns(payload):
-        raise ValueError(f"{path}: --init-from needs a segmentation model, this is a {payload['task']} model")
+        raise UserError(f"{path}: --init-from needs a segmentation model, this is a {payload['task']} model")
     if int(payload.get("in_channels", in_channels)) != in_channels:
-        raise ValueError(f"{path}: trained on {payload['in_channels']} input channel(s), the new data has "
+        raise UserError(f"{path}: trained on {payload['in_channels']} input channel(s), the new data has "
                          f"{in_channels}")
     old_labels = {int(k): str(v) for k, v in payload["labels"].items()}
     old_index = {name.lower(): index for index, name in old_labels.items()}
@@ -54,7 +55,7 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
     copied, renewed = 0, []
     for key, value in state.items():
         if key not in old:
-            raise ValueError(f"{path}: has no weight {key}: another architecture than model.* of this run "
+            raise UserError(f"{path}: has no weight {key}: another architecture than model.* of this run "
                              f"(fine-tuning needs the same model section)")
         if key.startswith(OUTPUT_LAYERS) and old[key].ndim >= 1:
             axis = _class_axis(network, key)
@@ -66,7 +67,7 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
                 renewed.append(key)
                 continue
         if old[key].shape != value.shape:
-            raise ValueError(f"{path}: weight {key} has shape {tuple(old[key].shape)}, this run's network "
+            raise UserError(f"{path}: weight {key} has shape {tuple(old[key].shape)}, this run's network "
                              f"{tuple(value.shape)}: fine-tuning needs the same model section")
         state[key] = old[key].to(value.dtype)
         copied += 1

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg_attn.errors import UserError
 from medseg_attn.io import dicom
 from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.volumes import case_name, is_image_file
@@ -92,7 +93,7 @@ def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple
         members = sorted(members, key=lambda p: case_name(p))
         expected = [f"{name}_{c:04d}" for c in range(in_channels)]
         if [case_name(p) for p in members] != expected:
-            raise ValueError(f"{members[0]}: case {name!r} needs the files {', '.join(e + '.*' for e in expected)} "
+            raise UserError(f"{members[0]}: case {name!r} needs the files {', '.join(e + '.*' for e in expected)} "
                              f"(one per channel), found {', '.join(p.name for p in members)}")
         cases.append((name, members))
     return cases
@@ -143,7 +144,7 @@ def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid:
     try:
         grouped = group_cases(volumes, in_channels)
     except ValueError as error:
-        raise ValueError(str(error)) from None
+        raise UserError(str(error)) from None
     cases = [CaseInput(name, files) for name, files in grouped] + cases
     if in_channels > 1:
         for case in cases:
@@ -155,7 +156,7 @@ def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid:
             case.error = f"{case.files[0]}: case name {case.name!r} is already used by {seen[case.name].files[0]}"
         seen.setdefault(case.name, case)
     if not cases:
-        raise ValueError(f"{', '.join(str(i) for i in items)}: no image files or DICOM series to predict")
+        raise UserError(f"{', '.join(str(i) for i in items)}: no image files or DICOM series to predict")
     return cases
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medseg_attn.errors import UserError
 from medseg_attn.io.files import check_output_beside_models
 from medseg_attn.io.layout import OutputLayout
 from medseg_attn.io.limits import check_file_size
@@ -63,9 +64,9 @@ class PredictOptions:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "output", Path(self.output))
         if self.engine not in ENGINES:
-            raise ValueError(f"--engine {self.engine}: expected one of {', '.join(ENGINES)}")
+            raise UserError(f"--engine {self.engine}: expected one of {', '.join(ENGINES)}")
         if self.volume_index is not None and self.volume_index < 0:
-            raise ValueError(f"--volume-index {self.volume_index}: expected 0 or more")
+            raise UserError(f"--volume-index {self.volume_index}: expected 0 or more")
 
     @property
     def inference(self) -> dict[str, Any]:

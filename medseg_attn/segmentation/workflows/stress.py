@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medseg_attn.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BRAIN_VARIANTS", "FAILURE_VARIANTS", "SIGNAL_COLUMNS", "brain_variants", "case_signals", "dice_scores",
@@ -168,7 +170,7 @@ def brain_variants(index: int, names: tuple[str, ...] = BRAIN_VARIANTS) -> Itera
             case = generate_case(seed, 1.0)
             yield name, case.image.astype(np.float32), case.label, case.affine
         else:
-            raise ValueError(f"unknown brain stress variant {name!r}; expected one of "
+            raise UserError(f"unknown brain stress variant {name!r}; expected one of "
                              f"{', '.join(BRAIN_VARIANTS + FAILURE_VARIANTS)}")
 
 
@@ -194,7 +196,7 @@ def _failure_mode(name: str, as_is: np.ndarray, label: np.ndarray, clean: np.nda
     if name == "truncated_fov":  # the superior third never acquired: image and label end at 2/3 of Z
         keep = as_is.shape[2] - as_is.shape[2] // 3
         return np.ascontiguousarray(as_is[:, :, :keep]), np.ascontiguousarray(label[:, :, :keep])
-    raise ValueError(f"unknown failure mode {name!r}; expected one of {', '.join(FAILURE_VARIANTS)}")
+    raise UserError(f"unknown failure mode {name!r}; expected one of {', '.join(FAILURE_VARIANTS)}")
 
 
 def _oblique_lps_grid(affine: np.ndarray, shape: tuple[int, ...], centre: np.ndarray

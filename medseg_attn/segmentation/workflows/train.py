@@ -33,6 +33,7 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import compute_dice
 
 from medseg_attn.config import Config, save_config
+from medseg_attn.errors import UserError
 from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
 from medseg_attn.networks.factory import build_network
@@ -91,7 +92,7 @@ class _Run:
         self.checkpoints = output / "checkpoints"
         self.payload: dict[str, Any] | None = open_run(config, output, resume)
         if not config.data.dataset:
-            raise ValueError("no dataset given: set data.dataset in the config or pass --data")
+            raise UserError("no dataset given: set data.dataset in the config or pass --data")
         self.dataset = load_dataset(config.data.dataset)
         labels = config.data.labels or self.dataset.labels
         if self.payload is not None:  # --resume: the run's own classes and dimensionality, or one line
