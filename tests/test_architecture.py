@@ -226,3 +226,15 @@ def test_no_core_module_names_a_task():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and TASK_REFERENCE.fullmatch(node.value):
                 naming.add(str(path.relative_to(PACKAGE)))
     assert not naming, f"core modules naming a task: {sorted(naming)}"
+
+
+def test_the_cli_predict_only_parses_calls_and_prints():
+    """Issue 33: the CLI's predict is parse, options, ``predict_batch``, print (15 lines at most), and ``args`` never
+    travels further (the workflow takes a frozen PredictOptions)."""
+    tree = ast.parse((PACKAGE / "cli" / "segmentation.py").read_text())
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "_run_predict")
+    assert function.end_lineno - function.lineno + 1 <= 15
+    passed = [node for node in ast.walk(function) if isinstance(node, ast.Call)
+              for value in [*node.args, *(keyword.value for keyword in node.keywords)]
+              if isinstance(value, ast.Name) and value.id == "args"]
+    assert not passed, "args passed on whole from the CLI's predict"
