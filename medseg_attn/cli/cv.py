@@ -35,12 +35,14 @@ def add_train_cv_arguments(train: argparse.ArgumentParser) -> None:
                             "of one patient never cross folds), then runs `medseg-attn cv OUTPUT`; --resume continues "
                             "an interrupted CV (see docs/cross-validation.md)")
     train.add_argument("--fold", type=int, metavar="K",
-                       help="with --folds: train only fold K (e.g. one fold per job); the CV evaluation runs once "
-                            "every fold has finished")
+                       help="with --folds: train only fold K (e.g. one fold per job) with the run's configuration "
+                            "and plan (another one is refused, naming the keys); the CV evaluation runs once every "
+                            "fold has finished")
     train.add_argument("--init-from", metavar="RUN|CHECKPOINT|BUNDLE",
                        help="fine-tune: start from the weights of a trained run, checkpoint or MONAI bundle "
-                            "medseg-attn exported; the output layer is "
-                            "re-initialised for classes it does not know (matched by name); sets train.init_from")
+                            "medseg-attn exported, with the same model section (checked); the output layer is "
+                            "re-initialised for classes it does not know (matched by name); sets train.init_from "
+                            "(absolute; a CV run records the checkpoint's SHA-256 and starts every fold from it)")
 
 
 def is_cv_request(args: argparse.Namespace) -> bool:
@@ -58,6 +60,12 @@ def run_cv_train(args: argparse.Namespace, config) -> int:
     if folds is None:
         folds = int(json.loads((args.output / "cv.json").read_text())["folds"])
     results = train_cv(config, args.output, folds, fold=args.fold, resume=args.resume, progress=not args.quiet)
+    if all(result is None for result in results.values()):  # nothing left to train: say so, in one line
+        which = "every fold" if args.fold is None else f"fold {args.fold}"
+        print(f"nothing trained: {which} of this cross-validation run had finished (fold_<k>/finished.json); a "
+              f"finished fold is not trained further, whatever --minutes or --epochs say: start a new CV run "
+              f"(another --output) to train longer; run: {args.output}")
+        results = {}
     for fold, result in results.items():
         status = "finished before" if result is None else (
             f"{result.epochs} epochs, stopped: {result.stopped}, best validation Dice "

@@ -79,15 +79,7 @@ def model_card_lines(path: Path) -> list[str] | None:
 
     path = Path(path)
     if path.is_dir() and (path / "cv.json").is_file():  # a cross-validation run: its folds, then the first one's card
-        from medseg_attn.registry import task_of
-        from medseg_attn.training.checkpoint import load_checkpoint, task_checkpoint
-
-        checkpoint = task_checkpoint(path)
-        payload = load_checkpoint(checkpoint)
-        folds = sorted(p.name for p in path.glob("fold_*") if p.is_dir())
-        return [f"cross-validation run of {len(folds)} folds ({', '.join(folds)}): `predict --model {path}` and "
-                f"`export --model {path}` use them as one ensemble; the card of {checkpoint.parent.parent.name}:",
-                *format_card(model_card(payload, task_of(payload)), str(checkpoint))]
+        return _cv_run_lines(path)
     kind = sniff_model(path)
     model_suffix = path.suffix.lower() in (".onnx", ".ts", ".pt", ".pth")
     if kind == "torchscript" or kind == "onnx" and model_suffix:
@@ -105,6 +97,39 @@ def model_card_lines(path: Path) -> list[str] | None:
     checkpoint = find_checkpoint(path)
     payload = load_checkpoint(checkpoint)
     return format_card(model_card(payload, task_of(payload)), str(checkpoint))
+
+
+def _cv_run_lines(path: Path) -> list[str]:
+    """A cross-validation run: its folds and what they are ready for, then the first trained fold's card."""
+    from medseg_attn.registry import task_of
+    from medseg_attn.segmentation.model.layout import fold_dir, fold_states
+    from medseg_attn.training.card import format_card, model_card
+    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+    states = fold_states(path)
+    names = ", ".join(f"fold_{k}" for k in states)
+    missing = [f"fold_{k}" for k, state in states.items() if state == "missing"]
+    started = [f"fold_{k}" for k, state in states.items() if state == "started"]
+    trained = [k for k, state in states.items() if state != "missing"]
+    if missing:  # predict and export refuse the run whole until every fold has a checkpoint
+        line = (f"cross-validation run of {len(states)} folds ({names}), not complete: no checkpoint yet in "
+                f"{', '.join(missing)} (medseg-attn train --output {path} --resume trains the rest); until then "
+                f"`predict --model {path}` and `export --model {path}` refuse it")
+        if trained:
+            line += f"; `predict --model {path} --folds {' '.join(map(str, trained))}` uses the trained folds"
+        lines = [line]
+    else:
+        lines = [f"cross-validation run of {len(states)} folds ({names}): `predict --model {path}` and `export "
+                 f"--model {path}` use them as one ensemble"]
+    if started:
+        lines.append(f"not finished training (no finished.json): {', '.join(started)}; `medseg-attn cv {path}` "
+                     f"waits for them")
+    if not trained:
+        return lines
+    checkpoint = find_checkpoint(fold_dir(path, trained[0]))
+    payload = load_checkpoint(checkpoint)
+    return [*lines, f"the card of fold_{trained[0]}:", *format_card(model_card(payload, task_of(payload)),
+                                                                    str(checkpoint))]
 
 
 RUNNERS = {"export": _run_export, "config": _run_config}

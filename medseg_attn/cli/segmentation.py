@@ -196,7 +196,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = with_cache(train_config_from_args(args, "data.dataset"), args)
     if args.init_from:
-        config = config.replace(train={"init_from": str(args.init_from)})
+        config = config.replace(train={"init_from": str(Path(args.init_from).expanduser().resolve())})
     if is_cv_request(args):
         return run_cv_train(args, config)
     if args.fold is not None:

@@ -114,15 +114,43 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
         test.append({"image": paths if len(paths) > 1 else paths[0], "case": case_name(paths[0])})
     if not training:
         training = _scan_nnunet(root, channels, json_path)  # nnU-Net v2 dataset.json has no file lists
-    patients = spec.get("patients") or {}  # {case: patient}, for layouts without file lists
-    if not isinstance(patients, dict):
-        raise UserError(f"{json_path}: 'patients' must map case names to patient names")
-    for case in training:
-        if case["case"] in patients:
-            case["patient"] = str(patients[case["case"]])
+    _read_patients(spec.get("patients") or {}, training, json_path)
     name = str(spec.get("name") or root.name)
     return SegmentationDataset(root, name, labels, _modality(modality_names), channels, training, test,
                                channels_declared=bool(modality_names))
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    """A few names, then how many more: ``a, b, c and 5 more``."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _read_patients(patients: Any, training: list[dict[str, Any]], where: Path) -> None:
+    """The top-level ``"patients": {case: patient}`` map into the cases (``case["patient"]``).
+
+    Raises:
+        UserError: not a mapping, keys that name no case (file names instead of case names: the map would be
+            ignored and a patient's cases could land on both sides of a fold), or cases the map leaves out (and
+            whose training entry names no patient either).
+    """
+    if not isinstance(patients, dict):
+        raise UserError(f"{where}: 'patients' must map case names to patient names")
+    if not patients:
+        return
+    names = {case["case"] for case in training}
+    unknown = sorted(str(key) for key in patients if str(key) not in names)
+    if unknown:
+        raise UserError(f"{where}: 'patients' names {len(unknown)} case(s) that are not in the dataset: "
+                        f"{_few(unknown)}; its keys must be case names such as {sorted(names)[0]!r} (file names "
+                        f"without folder and suffix)")
+    missing = sorted(case["case"] for case in training if case["case"] not in patients and "patient" not in case)
+    if missing:
+        raise UserError(f"{where}: 'patients' gives no patient for {len(missing)} case(s): {_few(missing)}; name "
+                        f"the patient of every case (a case that is its own patient: its own name)")
+    for case in training:
+        if case["case"] in patients:
+            case["patient"] = str(patients[case["case"]])
 
 
 def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]:

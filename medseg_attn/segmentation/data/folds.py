@@ -32,8 +32,10 @@ def assign_folds(cases: list[dict[str, Any]], folds: int, seed: int) -> list[lis
     for case in sorted(cases, key=lambda c: c["case"]):
         groups.setdefault(patient_of(case), []).append(case)
     if len(groups) < folds:
-        what = "cases" if len(groups) == len(cases) else f"patients ({len(cases)} cases)"
-        raise UserError(f"{folds}-fold cross-validation needs at least {folds} cases, got {len(groups)} {what}")
+        if len(groups) == len(cases):  # one case per patient: cases are what is counted
+            raise UserError(f"{folds}-fold cross-validation needs at least {folds} cases, got {len(cases)}")
+        raise UserError(f"{folds}-fold cross-validation needs at least {folds} patients (a patient's cases share a "
+                        f"fold), got {len(groups)} patient{'s' if len(groups) != 1 else ''} ({len(cases)} cases)")
     if len(groups) == len(cases):  # one case per patient: the historical order (shuffled cases, round robin)
         order = [group[0] for group in groups.values()]
         random.Random(seed).shuffle(order)

@@ -5,6 +5,8 @@ Layout (written by :mod:`medseg_attn.segmentation.workflows.crossval`)::
     RUN/cv.json                 folds, seed, dataset
     RUN/splits.json             every fold's training and validation cases (patients never cross folds)
     RUN/config.yaml             the configuration every fold trains with
+    RUN/plan.json               the plan every fold trains with (the first fold's)
+    RUN/run.json                how the run was made (io/manifest.py); RUN/cv/run.json likewise for ``cv``
     RUN/fold_<k>/               a normal run folder per fold (checkpoints/best.pt, plan.json, split.json, ...)
     RUN/fold_<k>/finished.json  written when fold k's training ended
     RUN/cv/                     out-of-fold predictions, metrics per fold and pooled, summary (``medseg-attn cv``)
@@ -22,7 +24,7 @@ from pathlib import Path
 from medseg_attn.errors import UserError
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, parse_postprocessing
 
-__all__ = ["cv_members", "fold_dir", "is_cv_run", "read_postprocessing"]
+__all__ = ["cv_members", "fold_dir", "fold_states", "is_cv_run", "read_postprocessing"]
 
 
 def is_cv_run(path: str | Path) -> bool:
@@ -32,6 +34,18 @@ def is_cv_run(path: str | Path) -> bool:
 
 def fold_dir(run: str | Path, fold: int) -> Path:
     return Path(run) / f"fold_{fold}"
+
+
+def fold_states(run: str | Path) -> dict[int, str]:
+    """Per fold of the CV run: 'finished' (``finished.json``), 'started' (a checkpoint, not finished: training or
+    interrupted) or 'missing' (no checkpoint yet)."""
+    run = Path(run)
+    states = {}
+    for fold in range(int(json.loads((run / "cv.json").read_text())["folds"])):
+        path = fold_dir(run, fold)
+        trained = any((path / "checkpoints" / name).is_file() for name in ("best.pt", "last.pt"))
+        states[fold] = "finished" if (path / "finished.json").is_file() else "started" if trained else "missing"
+    return states
 
 
 def cv_members(run: str | Path, folds: list[int] | None = None) -> list[Path]:

@@ -57,7 +57,7 @@ REPORT_COLUMNS = ("case", "input", "output", "status", "seconds", "uncertainty_m
 class _Settings:
     """What every case of one batch is asked for."""
 
-    formats: tuple[str, ...]  # the label-map formats asked (see segmentation.inference.outputs)
+    formats: tuple[str, ...]  # the label-map formats asked (see segmentation.outputs.formats)
     probabilities: bool = False
     overwrite: bool = False
     resample_uneven: bool = False

@@ -23,12 +23,13 @@ import numpy as np
 from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.io.formats import NIFTI, format_of
+from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
-from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
+from medseg_attn.segmentation.evaluation.evaluate import _check_tolerance, evaluate_folders
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.measures.overlap import mask_dice
 from medseg_attn.segmentation.measures.postprocessing import (
@@ -37,7 +38,8 @@ from medseg_attn.segmentation.measures.postprocessing import (
     components,
     voxel_ml,
 )
-from medseg_attn.segmentation.model.layout import fold_dir, is_cv_run
+from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run
+from medseg_attn.training.checkpoint import find_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +50,52 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
                    ) -> dict[str, Any]:
     """Out-of-fold prediction and evaluation of a CV run; returns (and writes) ``RUN/cv/summary.json``.
 
+    Everything is checked before the first case is predicted (the tolerance, every fold finished, every recorded
+    case in the dataset with a NIfTI reference): a refusal leaves ``RUN/cv/`` as it was.
+
     Raises:
-        ValueError: not a CV run, a fold without a checkpoint, or a recorded case missing from the dataset.
+        ValueError: not a CV run, a bad tolerance, a fold not finished, or a recorded case missing from the dataset.
     """
     run = Path(run)
     if not is_cv_run(run):
         raise UserError(f"{run}: not a cross-validation run folder (no cv.json); train one with "
-                         f"medseg-attn train --data D --folds 5 --output {run}")
+                        f"medseg-attn train --data D --folds 5 --output {run}")
+    _check_tolerance(tolerance_mm)  # every argument and fold checked before any case is predicted
     record = json.loads((run / "cv.json").read_text())
     splits = json.loads((run / "splits.json").read_text())["splits"]
+    _check_folds_finished(run)
     dataset = load_dataset(record["dataset"])
     by_name = {case["case"]: case for case in dataset.training}
+    for name in (name for split in splits for name in split["validation"]):
+        if name not in by_name:
+            raise UserError(f"{run / 'splits.json'}: case {name} is no longer in {record['dataset']}")
+        if format_of(Path(by_name[name]["label"])) is not NIFTI:
+            raise UserError(f"{by_name[name]['label']}: medseg-attn cv reads NIfTI reference labels only")
     ignore = ignore_index(dataset.labels)
     out = run / "cv"
+    with recorded_run(out, "cv") as manifest:  # RUN/cv/run.json
+        manifest.add_input(record["dataset"], name="dataset", checksum=Path(record["dataset"]).is_file())
+        manifest.add_model([find_checkpoint(fold_dir(run, int(split["fold"]))) for split in splits], device=device)
+        manifest.update(options={"tolerance_mm": tolerance_mm})
+        summary = _out_of_fold(run, out, splits, by_name, ignore, device, progress, tolerance_mm)
+    logger.info("%s", summary["line"])
+    return summary
+
+
+def _check_folds_finished(run: Path) -> None:
+    """Every fold trained to its end (``finished.json``), or one line naming the ones that are not."""
+    states = fold_states(run)
+    missing = [f"fold {k} has no checkpoint yet" for k, state in states.items() if state == "missing"]
+    started = [f"fold {k} has not finished training" for k, state in states.items() if state == "started"]
+    if missing or started:
+        raise UserError(f"{run}: {'; '.join(missing + started)}; finish them with medseg-attn train --output {run} "
+                        f"--resume, then run medseg-attn cv {run}")
+
+
+def _out_of_fold(run: Path, out: Path, splits: list[dict[str, Any]], by_name: dict[str, dict[str, Any]],
+                 ignore: int | None, device: str, progress: bool, tolerance_mm: float) -> dict[str, Any]:
+    """Every case predicted by the fold that did not see it, scored; ``RUN/cv/summary.json`` and the
+    postprocessing chosen."""
     predictions, references = out / "predictions", out / "references"
     fold_of: dict[str, int] = {}
     labels: dict[int, str] = {}
@@ -69,13 +104,9 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
         predictor = Predictor.from_checkpoint(fold_dir(run, fold), device=device)
         labels = predictor.labels
         for name in split["validation"]:
-            if name not in by_name:
-                raise UserError(f"{run / 'splits.json'}: case {name} is no longer in {record['dataset']}")
             fold_of[name] = fold
             prediction = predictor.predict(by_name[name]["image"])
             reference_path = Path(by_name[name]["label"])
-            if format_of(reference_path) is not NIFTI:
-                raise UserError(f"{reference_path}: medseg-attn cv reads NIfTI reference labels only")
             reference = nib.load(str(reference_path))
             ref = np.asarray(reference.dataobj).astype(np.int16)
             pred = prediction.labels.astype(np.uint8)
@@ -94,7 +125,6 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
     summary = _summarise(out, fold_of, len(splits), pooled)
     summary["postprocessing"] = choose_postprocessing(run, labels)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    logger.info("%s", summary["line"])
     return summary
 
 

@@ -10,17 +10,22 @@ data (the source's plan is not reused). The checkpoint is read with ``torch.load
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from medseg_attn.config import Config
+from medseg_attn.config.loading import from_dict
 from medseg_attn.errors import UserError
+from medseg_attn.io.manifest import file_sha256
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_initial_weights"]
+__all__ = ["check_source", "load_initial_weights"]
 
 OUTPUT_LAYERS = ("head.", "deep_heads.")
 
@@ -32,21 +37,60 @@ def _class_axis(network: nn.Module, key: str) -> int:
     return 1 if transposed and key.endswith("weight") else 0
 
 
-def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[int, str], in_channels: int) -> dict:
-    """Copy the weights of the model at ``source`` into ``network`` (trained for ``labels``); returns what was done.
+FREE_MODEL_KEYS = ("attention_dropout",)  # no weights behind them: may differ from the source's
 
-    Raises:
-        FileNotFoundError: nothing at ``source``.
-        ValueError: another architecture, other channels or input channels than the network's (one line naming the
-            checkpoint and the first mismatching weight).
-    """
+
+def _source(source: str | Path, model: Any | None, in_channels: int | None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint at ``source`` and its payload, checked against the new run's model section and channels."""
     path = find_checkpoint(source)
     payload = load_checkpoint(path)
     if not TASK.owns(payload):
         raise UserError(f"{path}: --init-from needs a segmentation model, this is a {payload['task']} model")
-    if int(payload.get("in_channels", in_channels)) != in_channels:
+    if in_channels is not None and int(payload.get("in_channels", in_channels)) != in_channels:
         raise UserError(f"{path}: trained on {payload['in_channels']} input channel(s), the new data has "
-                         f"{in_channels}")
+                        f"{in_channels}")
+    saved = (payload.get("config") or {}).get("model")
+    if model is not None and saved is not None:
+        old, new = asdict(from_dict({"model": saved}, Config).model), asdict(model)
+        differing = [f"model.{key} (source {old[key]!r}, this run {new[key]!r})" for key in new
+                     if key not in FREE_MODEL_KEYS and _plain(old[key]) != _plain(new[key])]
+        if differing:
+            raise UserError(f"{path}: --init-from needs the source's model section, and this run's differs in "
+                            f"{', '.join(differing)}; set these keys as the source has them")
+    return path, payload
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_source(source: str | Path, model: Any, in_channels: int | None = None) -> dict[str, str]:
+    """Before any work: the model ``--init-from`` names exists, loads, is a segmentation model with this run's
+    model section (and input channels, where known); returns ``{"path", "checkpoint", "sha256"}`` (absolute
+    paths; the SHA-256 of the checkpoint file), what a CV run records to start its remaining folds alike.
+
+    Raises:
+        FileNotFoundError: nothing at ``source``.
+        UserError: another task, model section or input channels (one line naming the keys).
+    """
+    path, _ = _source(source, model, in_channels)
+    return {"path": str(Path(source).expanduser().resolve()), "checkpoint": str(path.resolve()),
+            "sha256": file_sha256(path)}
+
+
+def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[int, str], in_channels: int,
+                         model: Any | None = None) -> dict:
+    """Copy the weights of the model at ``source`` into ``network`` (trained for ``labels``); returns what was done.
+
+    Args:
+        model: the new run's model section (``config.model``): refused when it differs from the source's.
+
+    Raises:
+        FileNotFoundError: nothing at ``source``.
+        ValueError: another architecture, model section, channels or input channels than the network's (one line
+            naming the checkpoint and the differing keys, or the first mismatching weight).
+    """
+    path, payload = _source(source, model, in_channels)
     old_labels = {int(k): str(v) for k, v in payload["labels"].items()}
     old_index = {name.lower(): index for index, name in old_labels.items()}
     kept = {index: old_index[name.lower()] for index, name in labels.items() if name.lower() in old_index}
@@ -71,6 +115,11 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
                              f"{tuple(value.shape)}: fine-tuning needs the same model section")
         state[key] = old[key].to(value.dtype)
         copied += 1
+    unused = sorted(key for key in old if key not in state)
+    if unused:  # the source has weights this network lacks: another architecture (e.g. attention on -> off)
+        raise UserError(f"{path}: {len(unused)} of its weights have no place in this run's network (e.g. "
+                        f"{unused[0]}): another architecture than model.* of this run (fine-tuning needs the same "
+                        f"model section)")
     network.load_state_dict(state)
     new_classes = sorted(name for index, name in labels.items() if index not in kept)
     logger.info("initialised from %s: %d weights copied, output layer: %d classes kept by name, new: %s", path,

@@ -61,11 +61,12 @@ from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss
+from medseg_attn.segmentation.model.layout import is_cv_run
 from medseg_attn.segmentation.task import TASK
-from medseg_attn.segmentation.workflows.finetune import load_initial_weights
+from medseg_attn.segmentation.workflows.finetune import check_source, load_initial_weights
 from medseg_attn.segmentation.workflows.tensorboard_images import validation_attention_images
 from medseg_attn.training.card import training_card
-from medseg_attn.training.checkpoint import load_checkpoint
+from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 from medseg_attn.training.loop import (
     TrainResult,
     TrainTask,
@@ -86,10 +87,15 @@ __all__ = ["TrainResult", "train", "learning_rate"]
 class _Run:
     """State of one training run (kept together so the loop below reads top to bottom)."""
 
-    def __init__(self, config: Config, output: Path, resume: bool, progress: bool) -> None:
+    def __init__(self, config: Config, output: Path, resume: bool, progress: bool, plan: Path | None = None) -> None:
         self.output = output
         self.progress = progress
         self.checkpoints = output / "checkpoints"
+        if is_cv_run(output):  # a plain run would overwrite the CV run's config.yaml (and its later folds)
+            folds = json.loads((output / "cv.json").read_text()).get("folds")
+            raise UserError(f"{output}: holds a cross-validation run ({folds} folds); a plain train would take over "
+                            f"its config.yaml: continue it with medseg-attn train --output {output} --resume, train "
+                            f"one fold with --folds {folds} --fold K, or choose another --output")
         self.payload: dict[str, Any] | None = open_run(config, output, resume)
         if not config.data.dataset:
             raise UserError("no dataset given: set data.dataset in the config or pass --data")
@@ -97,6 +103,9 @@ class _Run:
         labels = config.data.labels or self.dataset.labels
         if self.payload is not None:  # --resume: the run's own classes and dimensionality, or one line
             check_resume_data(self.payload, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
+        elif config.train.init_from:  # fine-tuning: the source checked before any work (nothing written if refused)
+            source = check_source(config.train.init_from, config.model, declared_channels(self.dataset))
+            config = config.replace(train={"init_from": source["path"]})  # absolute: resumable from anywhere
         self.dist: Distributed = setup(resolve_device(config.train.device))
         problems = checked_cases(self.dataset.training, len(labels), config.data.cache_dir,
                                  config.data.preprocess_workers, progress and self.dist.is_main, self.dist,
@@ -107,7 +116,7 @@ class _Run:
         config = config.replace(data={"labels": labels, "modality": modality or "auto",
                                       "dataset": str(Path(config.data.dataset).expanduser().resolve())})
         self.plan = _plan(config, self.dataset.training, modality, device, output, resume,
-                          progress and self.dist.is_main, self.dist)
+                          progress and self.dist.is_main, self.dist, plan)
         resolved = self.plan.resolved
         self.config = config.replace(data={"spacing": resolved.spacing, "patch_size": resolved.patch_size,
                                            "intensity": resolved.intensity,
@@ -162,7 +171,8 @@ def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     return train_ds, val_ds, train_transform
 
 
-def train(config: Config, output: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(config: Config, output: str | Path, resume: bool = False, progress: bool = True,
+          plan: str | Path | None = None) -> TrainResult:
     """Train a segmentation network.
 
     Args:
@@ -170,12 +180,13 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         output: run folder (created).
         resume: continue the run in ``output`` from its last checkpoint.
         progress: show progress bars.
+        plan: a ``plan.json`` to use instead of planning (a cross-validation fold: the CV run's plan).
 
     Raises:
         ValueError / FileNotFoundError: bad data, config or run folder (message names the file).
     """
     output = Path(output)
-    run = _Run(config, output, resume, progress)
+    run = _Run(config, output, resume, progress, None if plan is None else Path(plan))
     cfg, tcfg = run.config, run.config.train
     if run.dist.is_main:
         output.mkdir(parents=True, exist_ok=True)
@@ -187,7 +198,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     seed_everything(tcfg.seed)  # same initial weights for the same seed
     network = build_network(cfg.model, run.prep.spatial_dims, in_channels, len(run.labels)).to(run.device)
     if tcfg.init_from and run.payload is None:  # fine-tuning (a resumed run has its own weights)
-        load_initial_weights(network, tcfg.init_from, run.labels, in_channels)
+        load_initial_weights(network, tcfg.init_from, run.labels, in_channels, cfg.model)
     optimizer = build_optimizer(network, tcfg)
     loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     if run.ignore is not None:
@@ -239,6 +250,8 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     )
     with recorded_run(output if run.dist.is_main else None, "train") as manifest:  # RUN/run.json
         manifest.add_input(cfg.data.dataset, name="dataset", checksum=Path(cfg.data.dataset).is_file())
+        if tcfg.init_from and run.payload is None:  # the weights fine-tuning started from, with their checksum
+            manifest.add_input(find_checkpoint(tcfg.init_from), name="init_from")
         result = fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
         if run.dist.is_main:  # temperature scaling on the validation cases, stored in best.pt
             best = run.checkpoints / "best.pt"
@@ -251,11 +264,19 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
 
 
 def _plan(config: Config, cases: list[dict], modality: str | None, device: torch.device, output: Path, resume: bool,
-          progress: bool, dist: Distributed) -> Plan:
-    """The run's plan: RUN/plan.json when resuming (the run keeps its plan), else fingerprint + plan, written."""
+          progress: bool, dist: Distributed, given: Path | None = None) -> Plan:
+    """The run's plan: RUN/plan.json when resuming (the run keeps its plan), else ``given`` (a CV fold: the CV
+    run's plan, so every fold has the same), else fingerprint + plan, written."""
     path = output / "plan.json"
     if resume and path.exists():
         return Plan.from_dict(json.loads(path.read_text()), str(path))
+    if given is not None:
+        plan = Plan.from_dict(json.loads(given.read_text()), str(given))
+        logger.info("the cross-validation run's plan (%s): %s", given, plan.resolved.to_dict())
+        if dist.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+            save_plan(plan, path)
+        return plan
     fingerprint = fingerprint_cases(cases, modality, config.data.cache_dir, config.data.preprocess_workers, progress,
                                     dist)  # cached per case: a second run reads it
     plan = make_plan(fingerprint, config, device.type)

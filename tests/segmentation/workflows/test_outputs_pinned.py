@@ -55,17 +55,19 @@ def test_predict_writes_what_the_release_before_wrote(batch, tmp_path, monkeypat
         assert np.asarray(mine.dataobj).dtype == np.asarray(theirs.dataobj).dtype
         differing = np.mean(np.asarray(mine.dataobj) != np.asarray(theirs.dataobj))
         assert differing <= 1e-4, f"{reference.name}: {differing:.2e} of the voxels differ"  # identical here
-    report = [{k: r[k] for k in ("case", "status")} | {"outputs": [Path(o).name for o in r["output"].split(";")]}
-              for r in _rows(out / "report.csv")]
-    assert report == [{k: r[k] for k in ("case", "status")} | {"outputs": [Path(o).name for o in r["output"].split(";")]}
-                      for r in _rows(expected / "report.csv")]
+    def report(folder: Path) -> list[dict]:  # the paths differ (this run's folder): their names do not
+        return [{"case": r["case"], "status": r["status"], "outputs": [Path(o).name for o in r["output"].split(";")]}
+                for r in _rows(folder / "report.csv")]
+
+    assert report(out) == report(expected)
     mine_stats, their_stats = _rows(out / "statistics.csv"), _rows(expected / "statistics.csv")
     assert [list(r) for r in mine_stats] == [list(r) for r in their_stats]
     for mine_row, their_row in zip(mine_stats, their_stats, strict=True):
         wrong = {k: (mine_row[k], their_row[k]) for k in their_row if not _same_value(mine_row[k], their_row[k])}
         assert not wrong, f"{their_row['case']} {their_row['structure']}: {wrong}"
     record, reference = json.loads((out / "run.json").read_text()), json.loads((expected / "run.json").read_text())
-    assert [{k: i[k] for k in ("name", "sha256", "shape", "spacing_mm")} for i in record["inputs"]] == reference["inputs"]
+    inputs = [{k: i[k] for k in ("name", "sha256", "shape", "spacing_mm")} for i in record["inputs"]]
+    assert inputs == reference["inputs"]
     assert [m["sha256"] for m in record["model"]["models"]] == reference["models"]
     assert (record["cases"], record["outcome"], record.get("output_format")) == \
         (reference["cases"], reference["outcome"], reference["output_format"])
