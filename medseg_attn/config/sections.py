@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from medseg_attn.errors import UserError
+
 __all__ = [
     "AugmentationConfig",
     "ClassifyDataConfig",
@@ -17,7 +19,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration key or value is wrong; the message says which and what was expected."""
 
 

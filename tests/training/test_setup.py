@@ -45,7 +45,7 @@ def test_pinned_memory_is_asked_only_when_training_on_cuda_and_draws_the_same_ba
 
 
 def _fresh_decision(monkeypatch, tmp_path, flags, speedup):
-    from medseg_attn.training import device as device_module
+    from medseg_attn.runtime import device as device_module
 
     calls = []
 
@@ -63,7 +63,7 @@ def _fresh_decision(monkeypatch, tmp_path, flags, speedup):
 
 
 def test_auto_precision_on_cpu_comes_from_flags_or_a_probe_cached_per_machine(monkeypatch, tmp_path):
-    from medseg_attn.training import device as device_module
+    from medseg_attn.runtime import device as device_module
 
     cpu = torch.device("cpu")
     # no bf16 instructions: fp32 without any timing; AMX: bf16 without any timing
