@@ -57,7 +57,7 @@ def with_cache(config, args: argparse.Namespace):
 
 def _run_preprocess(args: argparse.Namespace) -> int:
     from medseg_attn.config import load_config
-    from medseg_attn.segmentation.data.preprocess import prepare_dataset
+    from medseg_attn.segmentation.data.dataset_plan import prepare_dataset
 
     literals = {"data.dataset": args.data} if args.data else {}
     config = with_cache(load_config(args.config, list(args.overrides), literals=literals), args)

@@ -215,27 +215,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from medseg_attn.config import load_config
-    from medseg_attn.segmentation.data.datasets import check_training_data, declared_channels, load_dataset
-    from medseg_attn.segmentation.data.planning import describe_plan, make_plan, save_plan
-    from medseg_attn.segmentation.data.preprocess import checked_cases, fingerprint_cases
-    from medseg_attn.segmentation.data.sparse import ignore_index
+    from medseg_attn.segmentation.data.dataset_plan import plan_dataset
+    from medseg_attn.segmentation.data.planning import describe_plan, save_plan
 
     overrides = list(args.overrides) + ([f"data.dataset={args.data}"] if args.data else [])
-    config = with_cache(load_config(args.config, overrides), args)
-    if not config.data.dataset:
-        raise UserError("no dataset given: pass --data or set data.dataset")
-    dataset = load_dataset(config.data.dataset)
-    labels = config.data.labels or dataset.labels
-    problems = checked_cases(dataset.training, len(labels), config.data.cache_dir, config.data.preprocess_workers,
-                             progress=not args.quiet, channels=declared_channels(dataset),
-                             ignore=ignore_index(labels))
-    check_training_data(dataset, labels, problems=problems)  # what `train` checks, before any fingerprint
-    modality = config.data.modality if config.data.modality != "auto" else dataset.modality
-    fingerprint = fingerprint_cases(dataset.training, modality, config.data.cache_dir, config.data.preprocess_workers,
-                                    progress=not args.quiet)  # parallel, cached per case (see preprocess)
-    plan = make_plan(fingerprint, config, args.device)
-    print(describe_plan(plan))
-    print(f"plan written to {save_plan(plan, args.output)}")
+    planned = plan_dataset(with_cache(load_config(args.config, overrides), args), args.device, progress=not args.quiet)
+    print(describe_plan(planned.plan))
+    print(f"plan written to {save_plan(planned.plan, args.output)}")
     return 0
 
 

@@ -41,17 +41,15 @@ from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curv
 from medseg_attn.runtime.device import resolve_device
 from medseg_attn.runtime.distributed import Distributed, partition, setup, shard
 from medseg_attn.segmentation.data.cached import disk_datasets
+from medseg_attn.segmentation.data.dataset_plan import plan_dataset
 from medseg_attn.segmentation.data.datasets import (
     check_resume_data,
-    check_training_data,
     declared_channels,
     load_dataset,
     split_cases,
 )
-from medseg_attn.segmentation.data.planning import Plan, describe_plan, make_plan, save_plan
+from medseg_attn.segmentation.data.planning import Plan, describe_plan, save_plan
 from medseg_attn.segmentation.data.preprocess import (
-    checked_cases,
-    fingerprint_cases,
     preprocess_cases,
     training_fingerprint,
 )
@@ -100,30 +98,24 @@ class _Run:
         if not config.data.dataset:
             raise UserError("no dataset given: set data.dataset in the config or pass --data")
         self.dataset = load_dataset(config.data.dataset)
-        labels = config.data.labels or self.dataset.labels
         if self.payload is not None:  # --resume: the run's own classes and dimensionality, or one line
             check_resume_data(self.payload, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
         elif config.train.init_from:  # fine-tuning: the source checked before any work (nothing written if refused)
             source = check_source(config.train.init_from, config.model, declared_channels(self.dataset))
             config = config.replace(train={"init_from": source["path"]})  # absolute: resumable from anywhere
         self.dist: Distributed = setup(resolve_device(config.train.device))
-        problems = checked_cases(self.dataset.training, len(labels), config.data.cache_dir,
-                                 config.data.preprocess_workers, progress and self.dist.is_main, self.dist,
-                                 channels=declared_channels(self.dataset), ignore=ignore_index(labels))
-        check_training_data(self.dataset, labels, problems=problems)  # the same check as `plan`
-        modality = config.data.modality if config.data.modality != "auto" else self.dataset.modality
         device = resolve_device(config.train.device)
-        config = config.replace(data={"labels": labels, "modality": modality or "auto",
-                                      "dataset": str(Path(config.data.dataset).expanduser().resolve())})
-        self.plan = _plan(config, self.dataset.training, modality, device, output, resume,
-                          progress and self.dist.is_main, self.dist, plan)
-        resolved = self.plan.resolved
-        self.config = config.replace(data={"spacing": resolved.spacing, "patch_size": resolved.patch_size,
-                                           "intensity": resolved.intensity,
-                                           "normalisation_mask": resolved.normalisation_mask},
-                                     train={"batch_size": resolved.batch_size})
-        self.labels = without_ignore(labels)  # the classes the network predicts
-        self.ignore = ignore_index(labels)  # sparse labels: this value marks unannotated voxels
+        resumed = resume and (output / "plan.json").exists()  # a resumed run keeps its RUN/plan.json
+        kept = _kept_plan(output / "plan.json" if resumed else plan)  # ... and a CV fold the CV run's plan
+        planned = plan_dataset(config, device.type, progress and self.dist.is_main, self.dist, self.dataset, kept)
+        self.config, self.plan = planned.config, planned.plan
+        if self.dist.is_main and not resumed:
+            logger.info("%s", describe_plan(self.plan) if kept is None else
+                        f"the cross-validation run's plan ({plan}): {self.plan.resolved.to_dict()}")
+            output.mkdir(parents=True, exist_ok=True)
+            save_plan(self.plan, output / "plan.json")
+        self.labels = without_ignore(planned.labels)  # the classes the network predicts
+        self.ignore = ignore_index(planned.labels)  # sparse labels: this value marks unannotated voxels
         self.prep = Preprocessing.from_plan(self.config.data, self.plan)
         self.device = self.dist.device(device)
         self.train_cases, self.val_cases = self._split(resume)
@@ -263,28 +255,10 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     return result
 
 
-def _plan(config: Config, cases: list[dict], modality: str | None, device: torch.device, output: Path, resume: bool,
-          progress: bool, dist: Distributed, given: Path | None = None) -> Plan:
-    """The run's plan: RUN/plan.json when resuming (the run keeps its plan), else ``given`` (a CV fold: the CV
-    run's plan, so every fold has the same), else fingerprint + plan, written."""
-    path = output / "plan.json"
-    if resume and path.exists():
-        return Plan.from_dict(json.loads(path.read_text()), str(path))
-    if given is not None:
-        plan = Plan.from_dict(json.loads(given.read_text()), str(given))
-        logger.info("the cross-validation run's plan (%s): %s", given, plan.resolved.to_dict())
-        if dist.is_main:
-            output.mkdir(parents=True, exist_ok=True)
-            save_plan(plan, path)
-        return plan
-    fingerprint = fingerprint_cases(cases, modality, config.data.cache_dir, config.data.preprocess_workers, progress,
-                                    dist)  # cached per case: a second run reads it
-    plan = make_plan(fingerprint, config, device.type)
-    if dist.is_main:
-        logger.info("%s", describe_plan(plan))
-        output.mkdir(parents=True, exist_ok=True)
-        save_plan(plan, path)
-    return plan
+def _kept_plan(path: Path | None) -> Plan | None:
+    """The plan a run keeps instead of planning (RUN/plan.json when resuming; a CV fold: the CV run's plan, so every
+    fold has the same); None: plan from the dataset's fingerprint."""
+    return Plan.from_dict(json.loads(path.read_text()), str(path)) if path is not None else None
 
 
 def _loader_batch(cfg: Config) -> int:

@@ -20,7 +20,7 @@ from medseg_attn.config import load_config
 from medseg_attn.segmentation.data import cache as cache_module
 from medseg_attn.segmentation.data import transforms as transforms_module
 from medseg_attn.segmentation.data.cache import ensure_entry
-from medseg_attn.segmentation.data.preprocess import prepare_dataset
+from medseg_attn.segmentation.data.dataset_plan import prepare_dataset
 
 
 def write_case(root: Path, name: str, seed: int, shape=(28, 26, 24)) -> None:
