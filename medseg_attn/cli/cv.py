@@ -58,7 +58,9 @@ def run_cv_train(args: argparse.Namespace, config) -> int:
 
     folds = args.folds
     if folds is None:
-        folds = int(json.loads((args.output / "cv.json").read_text())["folds"])
+        from medseg_attn.segmentation.model.layout import fold_count
+
+        folds = fold_count(args.output)
     results = train_cv(config, args.output, folds, fold=args.fold, resume=args.resume, progress=not args.quiet)
     if all(result is None for result in results.values()):  # nothing left to train: say so, in one line
         which = "every fold" if args.fold is None else f"fold {args.fold}"

@@ -24,7 +24,8 @@ from pathlib import Path
 from medseg_attn.errors import UserError
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, parse_postprocessing
 
-__all__ = ["cv_members", "fold_dir", "fold_states", "is_cv_run", "read_postprocessing"]
+__all__ = ["cv_members", "fold_count", "fold_dir", "fold_states", "is_cv_run", "read_cv_record",
+           "read_postprocessing"]
 
 
 def is_cv_run(path: str | Path) -> bool:
@@ -36,12 +37,32 @@ def fold_dir(run: str | Path, fold: int) -> Path:
     return Path(run) / f"fold_{fold}"
 
 
+def read_cv_record(run: str | Path) -> dict:
+    """``RUN/cv.json``: folds, seed, dataset (and the fine-tuning source with its checksum).
+
+    Raises:
+        UserError: not readable as such a record (one line naming the file).
+    """
+    path = Path(run) / "cv.json"
+    try:
+        record = json.loads(path.read_text())
+        int(record["folds"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a cross-validation run record ({type(error).__name__}: {error})") from None
+    return record
+
+
+def fold_count(run: str | Path) -> int:
+    """How many folds the CV run ``run`` has (its ``cv.json``)."""
+    return int(read_cv_record(run)["folds"])
+
+
 def fold_states(run: str | Path) -> dict[int, str]:
     """Per fold of the CV run: 'finished' (``finished.json``), 'started' (a checkpoint, not finished: training or
     interrupted) or 'missing' (no checkpoint yet)."""
     run = Path(run)
     states = {}
-    for fold in range(int(json.loads((run / "cv.json").read_text())["folds"])):
+    for fold in range(fold_count(run)):
         path = fold_dir(run, fold)
         trained = any((path / "checkpoints" / name).is_file() for name in ("best.pt", "last.pt"))
         states[fold] = "finished" if (path / "finished.json").is_file() else "started" if trained else "missing"
@@ -55,7 +76,7 @@ def cv_members(run: str | Path, folds: list[int] | None = None) -> list[Path]:
         ValueError: a fold outside the run, or one without a checkpoint yet.
     """
     run = Path(run)
-    count = int(json.loads((run / "cv.json").read_text())["folds"])
+    count = fold_count(run)
     chosen = list(range(count)) if folds is None else list(folds)
     members = []
     for fold in chosen:

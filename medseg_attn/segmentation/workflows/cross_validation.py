@@ -38,7 +38,7 @@ from medseg_attn.segmentation.measures.postprocessing import (
     components,
     voxel_ml,
 )
-from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run
+from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run, read_cv_record
 from medseg_attn.training.checkpoint import find_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
         raise UserError(f"{run}: not a cross-validation run folder (no cv.json); train one with "
                         f"medseg-attn train --data D --folds 5 --output {run}")
     _check_tolerance(tolerance_mm)  # every argument and fold checked before any case is predicted
-    record = json.loads((run / "cv.json").read_text())
+    record = read_cv_record(run)
     splits = json.loads((run / "splits.json").read_text())["splits"]
     _check_folds_finished(run)
     dataset = load_dataset(record["dataset"])

@@ -28,7 +28,7 @@ from medseg_attn.io.manifest import recorded_run
 from medseg_attn.segmentation.data.datasets import declared_channels, load_dataset
 from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.segmentation.data.planning import Plan
-from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run
+from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run, read_cv_record
 from medseg_attn.segmentation.workflows.finetune import check_source
 from medseg_attn.segmentation.workflows.train import TrainResult, train
 
@@ -177,7 +177,7 @@ def _check_cv(output: Path, config: Config, folds: int, splits: list[dict[str, A
     if not existing_ok:
         raise UserError(f"{output}: already holds a cross-validation run; pass --resume to continue it or "
                         f"choose another --output")
-    saved = json.loads((output / "cv.json").read_text())
+    saved = read_cv_record(output)
     for key, value in {"folds": folds, "seed": config.train.seed, "dataset": config.data.dataset}.items():
         if saved.get(key) != value:
             raise UserError(f"{output / 'cv.json'}: {key} is {saved.get(key)!r}, this run asks for {value!r}; "
@@ -216,7 +216,7 @@ def _check_plans(output: Path, folds: int) -> None:
 def _check_source_record(output: Path, source: dict[str, str] | None) -> None:
     """The folds still to start fine-tune from the checkpoint the run recorded (by SHA-256), or all train from
     scratch. Runs written before cv.json recorded it are not checked."""
-    saved = json.loads((output / "cv.json").read_text())
+    saved = read_cv_record(output)
     if "init_from" not in saved:
         return
     recorded = saved["init_from"]

@@ -59,7 +59,7 @@ from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss
-from medseg_attn.segmentation.model.layout import is_cv_run
+from medseg_attn.segmentation.model.layout import fold_count, is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.segmentation.workflows.finetune import check_source, load_initial_weights
 from medseg_attn.segmentation.workflows.tensorboard_images import validation_attention_images
@@ -90,7 +90,7 @@ class _Run:
         self.progress = progress
         self.checkpoints = output / "checkpoints"
         if is_cv_run(output):  # a plain run would overwrite the CV run's config.yaml (and its later folds)
-            folds = json.loads((output / "cv.json").read_text()).get("folds")
+            folds = fold_count(output)
             raise UserError(f"{output}: holds a cross-validation run ({folds} folds); a plain train would take over "
                             f"its config.yaml: continue it with medseg-attn train --output {output} --resume, train "
                             f"one fold with --folds {folds} --fold K, or choose another --output")
