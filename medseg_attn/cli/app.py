@@ -31,6 +31,9 @@ def _parser(runners: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medseg-attn",
         description="3D medical image segmentation with multi-head attention in the U-Net skip connections.",
+        epilog="exit codes: 0 done; 1 a case of a batch failed, or an internal error (a bug: the traceback is saved as "
+               "medseg-attn-internal-error.txt in the output folder, else in the temporary folder); 2 bad input or "
+               "settings (one line naming the file or option); 130 interrupted. MEDSEG_ATTN_DEBUG=1 shows tracebacks.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
