@@ -15,12 +15,12 @@ folder with outputs and no ``run.json`` was made by a run that was killed.
 from __future__ import annotations
 
 import datetime
-import functools
 import hashlib
 import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 
 from medseg_attn.io.files import atomic_write_text
 
-__all__ = ["MANIFEST_NAME", "RunManifest", "check_same_model", "file_sha256", "json_sha256", "model_sha256",
+__all__ = ["MANIFEST_NAME", "RunManifest", "check_same_model", "file_sha256", "json_sha256",
            "path_sha256", "recorded_run", "set_command_line"]
 
 MANIFEST_NAME = "run.json"
@@ -45,24 +45,30 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+SETTLED_S = 2.0  # a digest is remembered only for a file whose status is older than this (the coarsest clocks)
+_digests: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> SHA-256, in this process only
+
+
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file's bytes (read in 4 MiB blocks): THE content checksum of inputs, models and cache entries.
+
+    Remembered in this process for the file's (device, inode, size, mtime, ctime) when its status changed more
+    than :data:`SETTLED_S` before hashing began: any later write or ``touch`` sets another ctime (no tool can set
+    it back, unlike mtime with ``cp -p``, ``rsync -a`` or ``tar x``), so a remembered digest is never that of a
+    changed file.
+    """
+    path = Path(path)
+    began, stat = time.time(), path.stat()
+    known = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if known in _digests:
+        return _digests[known]
+    digest = hashlib.sha256()  # hardware-accelerated on current x86 and ARM CPUs; releases the GIL
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(4 << 20), b""):
             digest.update(block)
+    if began - stat.st_ctime > SETTLED_S:
+        _digests[known] = digest.hexdigest()
     return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=64)
-def _model_sha256(path: str, size: int, modified_ns: int) -> str:
-    return file_sha256(path)
-
-
-def model_sha256(path: str | Path) -> str:
-    """:func:`file_sha256` of a model file, computed once per process while the file is unchanged (size, mtime)."""
-    found = Path(path).resolve().stat()
-    return _model_sha256(str(Path(path).resolve()), found.st_size, found.st_mtime_ns)
 
 
 def check_same_model(folder: str | Path, paths: Sequence[str | Path], option: str = "--output") -> None:
@@ -83,7 +89,7 @@ def check_same_model(folder: str | Path, paths: Sequence[str | Path], option: st
         return
     if recorded.get("command") != "predict" or not before:
         return
-    now = sorted(model_sha256(p) for p in paths if Path(p).is_file())
+    now = sorted(file_sha256(p) for p in paths if Path(p).is_file())
     if now != before:
         def shown(digests: list[str]) -> str:
             return " + ".join(d[:12] for d in digests) or "none"
@@ -172,7 +178,7 @@ class RunManifest:
             precision: the resolved arithmetic ('fp32', 'bf16', 'fp16'); precision_reason: why.
             payload: the first checkpoint's contents (its card, plan, temperature), when loaded.
         """
-        models = [{"path": str(Path(p).resolve()), "sha256": model_sha256(p)} for p in paths if Path(p).is_file()]
+        models = [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in paths if Path(p).is_file()]
         record: dict[str, Any] = {"models": models, "device": device, "precision": precision,
                                   "precision_reason": precision_reason}
         if payload is not None:

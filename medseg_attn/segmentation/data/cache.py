@@ -37,26 +37,23 @@ import json
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from medseg_attn.errors import UserError
+from medseg_attn.io.manifest import file_sha256
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CACHE_ENV", "CACHE_VERSION", "cache_folder", "cache_root", "discard_entry", "entry_inputs", "entry_key",
-           "entry_problem", "ensure_entry", "file_digest", "file_identity", "key_of"]
+           "entry_problem", "ensure_entry", "file_identity", "key_of"]
 
 CACHE_VERSION = 2  # preprocessing code version: bump when what an entry holds changes (2: content keys, entry.json)
 CACHE_ENV = "MEDSEG_ATTN_CACHE"
 ENTRY_FILE = "entry.json"  # in every entry: its inputs, and the size and SHA-256 of each of its files
-CHUNK = 4 << 20  # bytes hashed at a time
-SETTLED_S = 2.0  # a digest is remembered only for a file whose status is older than this (the coarsest clocks)
 
-_digests: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> SHA-256, in this process only
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -93,34 +90,13 @@ def _paths(value: Any) -> list[Path]:
     return [Path(v) for v in value] if isinstance(value, (list, tuple)) else [Path(value)]
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes.
-
-    Remembered in this process for the file's (device, inode, size, mtime, ctime) when its status changed more
-    than :data:`SETTLED_S` before hashing began: any later write or ``touch`` sets another ctime (no tool can set
-    it back), so a remembered digest is never that of a changed file.
-    """
-    path = Path(path)
-    began, stat = time.time(), path.stat()
-    known = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    if known in _digests:
-        return _digests[known]
-    digest = hashlib.sha256()  # hardware-accelerated on current x86 and ARM CPUs; releases the GIL
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    if began - stat.st_ctime > SETTLED_S:
-        _digests[known] = digest.hexdigest()
-    return digest.hexdigest()
-
-
 def file_identity(paths: Iterable[str | Path]) -> list[list[Any]]:
     """(resolved path, size, SHA-256) of each input; of every file inside a folder (a DICOM series)."""
     identity = []
     for path in paths:
         path = Path(path).resolve()
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        identity += [[str(file), file.stat().st_size, file_digest(file)] for file in files]
+        identity += [[str(file), file.stat().st_size, file_sha256(file)] for file in files]
     return identity
 
 
@@ -149,7 +125,7 @@ def entry_path(folder: Path, case: str, key: str) -> Path:
 
 
 def _seal(folder: Path, inputs: dict[str, Any] | None) -> None:
-    files = {p.name: [p.stat().st_size, file_digest(p)] for p in sorted(folder.iterdir()) if p.is_file()}
+    files = {p.name: [p.stat().st_size, file_sha256(p)] for p in sorted(folder.iterdir()) if p.is_file()}
     (folder / ENTRY_FILE).write_text(json.dumps({"version": CACHE_VERSION, "inputs": inputs, "files": files}))
 
 
@@ -168,7 +144,7 @@ def entry_problem(entry: Path, inputs: dict[str, Any] | None = None) -> str | No
         try:
             if (entry / name).stat().st_size != size:
                 return f"{name} holds {(entry / name).stat().st_size} bytes, {size} when it was written"
-            if file_digest(entry / name) != digest:
+            if file_sha256(entry / name) != digest:
                 return f"{name}: its content changed after it was written"
         except OSError as error:
             return f"{name}: {error.strerror or error}"
