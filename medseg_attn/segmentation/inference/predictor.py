@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ class Prediction:
     attention: dict[str, np.ndarray] | None = None
     uncertainty: np.ndarray | None = None  # (*S_input) normalised predictive entropy in [0, 1]
     image: np.ndarray | None = None  # (*S_input) the input's first channel, kept for overlays with the maps
-    source: LoadedCase | None = None  # the input as read (its files, DICOM series, NIfTI header): for writers
+    source: LoadedCase | None = None  # the input as read, its voxels dropped (files, DICOM series, NIfTI header)
 
     def uncertainty_means(self) -> tuple[float, float]:
         """Mean uncertainty over the whole volume and inside the predicted foreground (NaN when empty)."""
@@ -386,6 +386,6 @@ class Predictor:
         labels = apply_postprocessing(result.labels, self.postprocessing, voxel_ml(affine_4x4(original_affine)))
         return Prediction(case.name if case else "array", labels, original_affine, result.probabilities,
                           time.perf_counter() - start, reference=case.nifti if case else None, attention=attention,
-                          uncertainty=result.uncertainty, source=case,
+                          uncertainty=result.uncertainty, source=replace(case, image=None) if case else None,
                           image=np.asarray(loaded[0], dtype=np.float32) if explained else None)
 
