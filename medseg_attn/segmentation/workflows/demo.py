@@ -168,7 +168,7 @@ def _report(output: Path, variants: list[dict[str, Any]], build_seconds: float, 
         lines += [
             f"- run ({v['name']}): {output / f'run{suffix}'} (checkpoints, history.csv, training_curves.png, "
             "tensorboard/)",
-            f"- predictions: {v['predictions']}",
+            f"- predictions: {v['predictions']} (report.csv, QC report report.html, run.json)",
             f"- metrics: {output / f'evaluation{suffix}' / 'metrics.csv'}, summary.json, dice_boxplot.png",
         ]
     lines += [f"- overlay: {output / 'overlay.png'}", "",

@@ -125,8 +125,6 @@ def predict_batch(options: PredictOptions) -> BatchResult:
         check_onnx_options(options.model[0], options.folds, options.device)
     dist = setup(resolve_device(options.device))  # under torchrun every rank predicts its share, on its own GPU
     predictor = load_predictor(options, dist)
-    if options.attention_maps or options.attention_heads:
-        predictor.attention_levels()  # a model without attention: one-line error before any case
     review = Review.for_predictor(predictor, load_review_settings(options.review_config, options.review_set),
                                   statistics=options.statistics)
     cases = collect_cases(options.inputs, predictor.in_channels, options.series_uid)

@@ -191,3 +191,6 @@ def test_demo_command_runs_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
         assert {"grey_matter", "white_matter"} <= set(variant["classes"])
     report = (tmp_path / "demo" / "summary.md").read_text()
     assert "grey matter Dice" in report and (tmp_path / "demo" / "overlay.png").stat().st_size > 1000
+    predictions = tmp_path / "demo" / "predictions"  # the predict command's own workflow: its reports too
+    assert {"report.csv", "report.html", "run.json"} <= {p.name for p in predictions.iterdir()}
+    assert json.loads((predictions / "run.json").read_text())["outcome"] == "ok"
