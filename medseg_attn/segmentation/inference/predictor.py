@@ -232,7 +232,7 @@ class Predictor:
                 network.train(mode)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """A loaded image (C, *S_input) (:meth:`load`, :meth:`load_array`) on the network grid: (C, *S)."""
+        """A loaded image (C, *S_input) (``read(...).image``, :meth:`load_array`) on the network grid: (C, *S)."""
         return self._pre({"image": image})["image"]
 
     @torch.no_grad()
@@ -292,13 +292,8 @@ class Predictor:
         return read_case(path, options, spatial_dims=self.prep.spatial_dims, in_channels=self.in_channels,
                          target_spacing=self.prep.spacing, series=series)
 
-    def load(self, path: str | Path | Sequence[str | Path], series_uid: str | None = None,
-             resample_uneven: bool = False, volume_index: int | None = None) -> torch.Tensor:
-        """The image of :meth:`read`: (C, *S) MetaTensor with its RAS affine, ready for preprocessing."""
-        return self.read(path, ReadOptions(series_uid, resample_uneven, volume_index)).image
-
     def load_array(self, array: np.ndarray | torch.Tensor, affine: np.ndarray | None = None) -> torch.Tensor:
-        """Check an in-memory image and give it the form :meth:`load` gives files: (C, *S) MetaTensor.
+        """Check an in-memory image and give it the form :meth:`read` gives files: (C, *S) MetaTensor.
 
         Args:
             array: (*S) for single-channel models or (C, *S), in the voxel order the affine describes.
@@ -348,7 +343,7 @@ class Predictor:
             attention_heads: keep the heads apart in those maps ((heads, *S) per level).
             uncertainty: also return the normalised predictive entropy of the averaged probabilities.
             affine: the voxel-to-world (RAS) affine of an array input (default identity).
-            series_uid, resample_uneven, volume_index: see :meth:`load`.
+            series_uid, resample_uneven, volume_index: see :class:`~medseg_attn.io.cases.ReadOptions`.
             keep_image: return the input's first channel as read (original intensities, e.g. HU) in ``image``
                 (always kept with explanation maps).
 

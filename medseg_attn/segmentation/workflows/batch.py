@@ -149,7 +149,7 @@ def predict_files(
         inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
         output_format: 'nifti' (default), 'dicom-seg', 'seg-nrrd', a comma list, 'both' or 'all'
             (see :mod:`medseg_attn.segmentation.outputs.formats`).
-        series_uid, resample_uneven, volume_index: see :meth:`Predictor.load`.
+        series_uid, resample_uneven, volume_index: see :class:`~medseg_attn.io.cases.ReadOptions`.
         reports: write ``report.csv`` / ``failures.csv`` (off when the caller merges several runs' records, as
             the CLI does for the ranks of a torchrun job).
         attention_maps, attention_heads, uncertainty: see :meth:`Predictor.predict`.
