@@ -116,7 +116,7 @@ def predict_batch(options: PredictOptions) -> BatchResult:
     """Predict every input of ``options`` into ``options.output`` (under ``torchrun``, shared among the ranks).
 
     Raises:
-        ValueError / FileNotFoundError: bad options, model, inputs or output folder (before any case runs).
+        UserError / FileNotFoundError: bad options, model, inputs or output folder (before any case runs).
     """
     for item in options.inputs:  # an oversized file named on the command line: one line before the model loads
         check_file_size(Path(item).expanduser())
