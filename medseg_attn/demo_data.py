@@ -237,6 +237,46 @@ def generate_case(seed: int, spacing: float, deform: bool = True, appearance: bo
         The case: ``image`` int16 (X, Y, Z), ``label`` uint8 (X, Y, Z) in {0, 1, 2}, RAS ``affine``.
     """
     generator = torch.Generator().manual_seed(int(seed))
+    t1, gm, wm, out_affine = deformed_template(generator, spacing, deform)
+    label = tissue_label(gm, wm)
+    intensity = t1.clamp(0, 1)
+    if appearance:
+        intensity = mri_appearance(generator, intensity, label > 0)
+    else:
+        intensity = intensity * 1000.0
+    image = intensity.round().clamp(0, np.iinfo(np.int16).max).to(torch.int16)
+    return DemoCase(image.numpy(), label.numpy(), out_affine, int(seed))
+
+
+def tissue_label(gm: torch.Tensor, wm: torch.Tensor) -> torch.Tensor:
+    """``argmax(background, gm, wm)`` as uint8 0/1/2, first class on ties; comparisons beat a strided argmax
+    (docs/benchmarks.md)."""
+    background = (1.0 - gm - wm).clamp_min(0.0)
+    is_grey = gm > background
+    is_white = wm > torch.maximum(background, gm)
+    return is_grey.to(torch.uint8).masked_fill_(is_white, 2)  # (X, Y, Z)
+
+
+def mri_appearance(generator: torch.Generator, intensity: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """A contrast in [0, 1] as an MRI scanner would give it: gamma, a smooth bias field, a global scale and Rician
+    noise relative to the mean intensity inside ``brain``."""
+    shape = tuple(intensity.shape)
+    gamma = float(_uniform(generator, *GAMMA_RANGE))
+    amplitude = float(_uniform(generator, *BIAS_AMPLITUDE))
+    bias = torch.exp(_smooth_random_field(generator, 1, 4, shape)[0] * math.log1p(amplitude))
+    scale = float(_uniform(generator, *INTENSITY_SCALE))
+    intensity = intensity.pow(gamma) * bias * scale
+    brain_mean = float(intensity[brain].mean()) if bool(brain.any()) else scale / 2
+    sigma = float(_uniform(generator, *NOISE_FRACTION)) * brain_mean
+    real = intensity + sigma * torch.randn(shape, generator=generator)
+    imaginary = sigma * torch.randn(shape, generator=generator)
+    return torch.sqrt(real * real + imaginary * imaginary)  # Rician magnitude
+
+
+def deformed_template(generator: torch.Generator, spacing: float, deform: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """The template's T1 / 255, GM and WM maps (X, Y, Z) each, sampled through a random affine + elastic
+    deformation (none without ``deform``) onto the isotropic ``spacing`` mm grid, and that grid's affine."""
     shape, out_affine = output_grid(spacing)
     _, _, _, template_affine = _template_cached()
     template = _template_tensor(float(spacing))  # (1, 3, X', Y', Z')
@@ -277,30 +317,7 @@ def generate_case(seed: int, spacing: float, deform: bool = True, appearance: bo
             grid[0, ..., grid_axis] += (displacement * weights[:, None, None, None]).sum(dim=0)
     sampled = F.grid_sample(template, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     t1, gm, wm = sampled[0], sampled[1].clamp(0, 1), sampled[2].clamp(0, 1)  # (X, Y, Z) each
-    del grid, sampled
-
-    # label = argmax(background, gm, wm), first class on ties; comparisons beat a strided argmax (docs/benchmarks.md)
-    background = (1.0 - gm - wm).clamp_min(0.0)
-    is_grey = gm > background
-    is_white = wm > torch.maximum(background, gm)
-    label = is_grey.to(torch.uint8).masked_fill_(is_white, 2)  # (X, Y, Z)
-
-    intensity = t1.clamp(0, 1)
-    if appearance:
-        gamma = float(_uniform(generator, *GAMMA_RANGE))
-        amplitude = float(_uniform(generator, *BIAS_AMPLITUDE))
-        bias = torch.exp(_smooth_random_field(generator, 1, 4, shape)[0] * math.log1p(amplitude))
-        scale = float(_uniform(generator, *INTENSITY_SCALE))
-        intensity = intensity.pow(gamma) * bias * scale
-        brain_mean = float(intensity[label > 0].mean()) if bool((label > 0).any()) else scale / 2
-        sigma = float(_uniform(generator, *NOISE_FRACTION)) * brain_mean
-        real = intensity + sigma * torch.randn(shape, generator=generator)
-        imaginary = sigma * torch.randn(shape, generator=generator)
-        intensity = torch.sqrt(real * real + imaginary * imaginary)  # Rician magnitude
-    else:
-        intensity = intensity * 1000.0
-    image = intensity.round().clamp(0, np.iinfo(np.int16).max).to(torch.int16)
-    return DemoCase(image.numpy(), label.numpy(), out_affine, int(seed))
+    return t1, gm, wm, out_affine
 
 
 def build_demo_dataset(

@@ -1,5 +1,6 @@
-"""DiceCE with an ignore label (sparse annotations): voxels labelled ``ignore`` add nothing to the loss or its
-gradient; elsewhere it is MONAI's DiceCE (soft Dice over the foreground classes, batch-wise, plus cross-entropy)."""
+"""The losses MONAI lacks: DiceCE with an ignore label (sparse annotations: voxels labelled ``ignore`` add nothing to
+the loss or its gradient; elsewhere it is MONAI's DiceCE), and Dice + BCE over sigmoid regions (MONAI's DiceCELoss
+takes a softmax cross-entropy for several channels, not one binary cross-entropy per region)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from monai.losses import DiceLoss
 from torch import nn
 from torch.nn import functional
 
-__all__ = ["IgnoreDiceCELoss"]
+from medseg_attn.segmentation.measures.regions import Regions
+
+__all__ = ["IgnoreDiceCELoss", "RegionDiceBCELoss"]
 
 
 class IgnoreDiceCELoss(nn.Module):
@@ -34,3 +37,18 @@ class IgnoreDiceCELoss(nn.Module):
             return dice + 0.0 * logits.sum()
         ce_target = torch.where(annotated, label, torch.full_like(label, -100))[:, 0]
         return dice + functional.cross_entropy(logits, ce_target, ignore_index=-100)
+
+
+class RegionDiceBCELoss(nn.Module):
+    """nnU-Net's loss for region-based labels: one sigmoid per region, soft Dice (batch-wise, every region) plus
+    binary cross-entropy, on the region masks of an integer label map (:meth:`Regions.targets`)."""
+
+    def __init__(self, regions: Regions) -> None:
+        super().__init__()
+        self.regions = regions
+        self.dice = DiceLoss(sigmoid=True, batch=True)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """logits (B, R, *S), label (B, 1, *S) integer label values."""
+        target = self.regions.targets(label).to(logits.dtype)  # (B, R, *S)
+        return self.dice(logits, target) + functional.binary_cross_entropy_with_logits(logits, target)

@@ -27,7 +27,9 @@ def network_from_checkpoint(payload: Mapping[str, Any]) -> Any:
 
     config = from_dict(payload["config"])
     prep = Preprocessing.from_dict(payload["preprocessing"])
-    network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), len(payload["labels"]))
+    regions = payload.get("regions")  # a region model: one output per region, not per class
+    outputs = len(regions["names"]) if regions else len(payload["labels"])
+    network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), outputs)
     network.load_state_dict(payload["model"])
     return network.eval()
 

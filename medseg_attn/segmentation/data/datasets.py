@@ -19,6 +19,7 @@ from medseg_attn.errors import UserError
 from medseg_attn.io.suffixes import VOLUME_SUFFIXES
 from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_geometry
 from medseg_attn.segmentation.data.folds import assign_folds
+from medseg_attn.segmentation.measures.regions import Regions
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class SegmentationDataset:
     training: list[dict[str, Any]] = field(default_factory=list)
     test: list[dict[str, Any]] = field(default_factory=list)
     channels_declared: bool = True  # False: no dataset.json said how many modalities (channels) there are
+    regions: Regions | None = None  # region-based labels (nnU-Net v2 lists + regions_class_order); None: classes
+    channel_names: tuple[str, ...] = ()  # dataset.json's channel_names / modality values, in channel order
 
 
 def _modality(names: list[str]) -> str | None:
@@ -93,7 +96,9 @@ def _resolve(root: Path, entry: str) -> Path:
 
 def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
     root = json_path.parent
-    labels = _parse_labels(spec.get("labels"), json_path)
+    raw = spec.get("labels")
+    regions = Regions.from_labels(raw, spec.get("regions_class_order"), json_path) if isinstance(raw, dict) else None
+    labels = _parse_labels(regions.labels if regions else raw, json_path)
     modality_names = list((spec.get("modality") or spec.get("channel_names") or {}).values())
     channels = max(1, len(modality_names))
     training = []
@@ -117,7 +122,8 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
     _read_patients(spec.get("patients") or {}, training, json_path)
     name = str(spec.get("name") or root.name)
     return SegmentationDataset(root, name, labels, _modality(modality_names), channels, training, test,
-                               channels_declared=bool(modality_names))
+                               channels_declared=bool(modality_names), regions=regions,
+                               channel_names=tuple(str(n) for n in modality_names))
 
 
 def _few(names: list[str], shown: int = 3) -> str:

@@ -110,9 +110,17 @@ BODY_MASK = (
 )
 
 
+def _paint_expression(order: list[int]) -> str:
+    """A region model's painting (:meth:`~medseg_attn.segmentation.measures.regions.Regions.paint`) as a bundle
+    expression: (R, *S) probabilities -> (1, *S) labels, each region above 0.5 painted in turn."""
+    return (f"$lambda p: (lambda labels: [labels.__setitem__(p[i:i + 1] > 0.5, value) for i, value in "
+            f"enumerate({list(map(int, order))})] and labels)(torch.zeros_like(p[:1]))")
+
+
 def inference_config(payload: dict[str, Any]) -> dict[str, Any]:
     """configs/inference.json for a checkpoint payload."""
     config = payload["config"]
+    regions = payload.get("regions")  # a region model: sigmoids painted in regions_class_order, not an argmax
     inference = config.get("inference", {})
     patch = inference.get("patch_size") or config["data"]["patch_size"]
     return {
@@ -132,10 +140,11 @@ def inference_config(payload: dict[str, Any]) -> dict[str, Any]:
                     "sw_batch_size": int(inference.get("sw_batch_size", 2)),
                     "overlap": float(inference.get("overlap", 0.5)), "mode": inference.get("blend", "gaussian")},
         "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Activationsd", "keys": "pred", "softmax": not regions, "sigmoid": bool(regions)},
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
              "nearest_interp": False, "to_tensor": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True} if not regions else
+            {"_target_": "Lambdad", "keys": "pred", "func": _paint_expression(regions["order"])},
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "",
              "separate_folder": False, "resample": False, "output_dtype": "$numpy.uint8"},
         ]},

@@ -34,11 +34,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["FoldEnsemble", "export_cv_run"]
 
 class FoldEnsemble(nn.Module):
-    """log(mean_k softmax(network_k(x) / T_k)): the folds' calibrated probabilities averaged, as log-probabilities."""
+    """log(mean_k softmax(network_k(x) / T_k)): the folds' calibrated probabilities averaged, as log-probabilities.
+    For a region model (``sigmoid``): logit(mean_k sigmoid(network_k(x))), whose sigmoid is the folds' mean."""
 
-    def __init__(self, networks: list[nn.Module], temperatures: list[float]) -> None:
+    def __init__(self, networks: list[nn.Module], temperatures: list[float], sigmoid: bool = False) -> None:
         super().__init__()
         self.members = nn.ModuleList(networks)
+        self.sigmoid = bool(sigmoid)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
         self.divisor = max(int(getattr(network, "divisor", 1)) for network in networks)
 
@@ -47,9 +49,13 @@ class FoldEnsemble(nn.Module):
         for index, network in enumerate(self.members):
             out = network(x)
             logits = out[0] if isinstance(out, (list, tuple)) else out  # (B, K, *S)
-            probabilities = torch.softmax(logits.float() / self.temperatures[index], dim=1)
+            if self.sigmoid:
+                probabilities = torch.sigmoid(logits.float())
+            else:
+                probabilities = torch.softmax(logits.float() / self.temperatures[index], dim=1)
             total = probabilities if total is None else total + probabilities
-        return torch.log((total / len(self.members)).clamp_min(1e-12))
+        mean = (total / len(self.members)).clamp(1e-12, 1 - 1e-7)
+        return torch.log(mean / (1 - mean)) if self.sigmoid else torch.log(mean)
 
 
 def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int] | None = None) -> Path:
@@ -70,7 +76,7 @@ def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int
     if not all(hasattr(network, "divisor") for network in members.networks):
         raise UserError(f"{paths[0]}: export supports the attention_skip_unet architecture")
     temperatures = [float(t) for t in members.temperatures]
-    ensemble = FoldEnsemble(list(members.networks), temperatures).eval()
+    ensemble = FoldEnsemble(list(members.networks), temperatures, sigmoid=members.regions is not None).eval()
     target = export_target(run, paths[0], fmt, output)
     first = load_checkpoint(paths[0])
     metadata = export_metadata(first, str(run), TASK)
@@ -78,7 +84,8 @@ def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int
                                "note": "each fold's temperature is applied inside the ensemble network"}
     metadata["ensemble"] = {"run": str(run), "folds": [path.parent.parent.name for path in paths],
                             "checkpoints": [str(path) for path in paths],
-                            "output": "log of the folds' averaged probabilities"}
+                            "output": "logit of the folds' averaged region probabilities" if members.regions else
+                            "log of the folds' averaged probabilities"}
     metadata["postprocessing"] = {str(index): rule.to_entry() for index, rule in members.postprocessing.items()}
     example = example_input(int(first["preprocessing"]["spatial_dims"]), int(first["in_channels"]), ensemble.divisor)
     writer = export_torchscript if fmt == "torchscript" else export_onnx

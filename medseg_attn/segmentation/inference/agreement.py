@@ -25,7 +25,7 @@ __all__ = ["member_labels", "pairwise_dice", "member_agreement"]
 
 def member_labels(predictor: Any, image: torch.Tensor) -> list[np.ndarray]:
     """Each (network, flip) member's label map (*S) for a preprocessed image (C, *S) on the network grid."""
-    return [probs.argmax(0).numpy().astype(np.uint8) for probs in predictor.member_probabilities(image)]
+    return [predictor.labels_of(probs).numpy().astype(np.uint8) for probs in predictor.member_probabilities(image)]
 
 
 def pairwise_dice(labels: Sequence[np.ndarray], classes: Sequence[int]) -> float:

@@ -42,9 +42,15 @@ from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import affine_4x4
 from medseg_attn.runtime.device import inference_dtype, precision_name, precision_reason, resolve_device
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
-from medseg_attn.segmentation.inference.resample import normalise_maximum, resample_prediction, spatial_affine
+from medseg_attn.segmentation.inference.resample import (
+    class_labels,
+    normalise_maximum,
+    resample_prediction,
+    spatial_affine,
+)
 from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, apply_postprocessing, voxel_ml
+from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.model.loading import SegmentationModel, load_model
 from medseg_attn.training.calibration import apply_temperature
 
@@ -92,6 +98,8 @@ class Predictor:
         device: where the network runs.
         in_channels: image channels the network takes.
         sources: where each network came from (checkpoint paths), for error messages.
+        regions: a region model's regions (one sigmoid output each, painted back into a label map); None: the
+            networks give one softmax output per class.
     """
 
     def __init__(
@@ -109,6 +117,7 @@ class Predictor:
         temperatures: Sequence[float] | None = None,
         postprocessing: Mapping[int, ClassPostprocessing] | None = None,
         model_info: Mapping[str, Any] | None = None,
+        regions: Regions | None = None,
     ) -> None:
         self.networks = list(network) if isinstance(network, (list, tuple)) else [network]
         self.network = self.networks[0]
@@ -128,6 +137,10 @@ class Predictor:
             raise UserError(f"{len(self.temperatures)} temperature(s) for {len(self.networks)} network(s)")
         self.model_info = dict(model_info or {})  # the first checkpoint's card, plan, calibration ... (run.json)
         self.postprocessing = dict(postprocessing or {})  # a CV run's choice per class
+        self.regions = regions
+        if regions is not None and any(t != 1.0 for t in self.temperatures):
+            raise UserError(f"{self.sources[0]}: a region model has no temperature (its sigmoids are not calibrated "
+                            f"by temperature scaling)")
 
     @classmethod
     def from_model(cls, model: SegmentationModel, device: torch.device | str = "cpu") -> Predictor:
@@ -136,7 +149,7 @@ class Predictor:
         return cls(list(model.networks), model.prep, dict(model.labels), model.patch_size, model.inference,
                    "cpu" if model.engine == "onnxruntime" else device, model.in_channels, model.sources,
                    colors=model.colors, temperatures=model.temperatures, postprocessing=model.postprocessing,
-                   model_info=model.info)
+                   model_info=model.info, regions=model.regions)
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto",
@@ -214,7 +227,7 @@ class Predictor:
                 members, image, self.patch_size, overlap=self.inference.overlap,
                 batch_size=self.inference.sw_batch_size, blend=self.inference.blend, flips=flips,
                 device=self.device, with_maps=attention,
-                pad_value=self.prep.background() if self.prep.use_mask else 0.0)
+                pad_value=self.prep.background() if self.prep.use_mask else 0.0, activation=self.activation)
             apply_temperature(out[0] if attention else out, temperature)  # in place; this blend's argmax unchanged
             return out
 
@@ -251,7 +264,16 @@ class Predictor:
                         [lambda x, n=network: self._forward(x, n)], image, self.patch_size,
                         overlap=self.inference.overlap, batch_size=self.inference.sw_batch_size,
                         blend=self.inference.blend, flips=[flip], device=self.device,
-                        pad_value=self.prep.background() if self.prep.use_mask else 0.0)
+                        pad_value=self.prep.background() if self.prep.use_mask else 0.0, activation=self.activation)
+
+    @property
+    def activation(self) -> str:
+        """'softmax' over the classes, or 'sigmoid' per region (a region model)."""
+        return "softmax" if self.regions is None else "sigmoid"
+
+    def labels_of(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The label map of (K, *S) probabilities: the argmax, or a region model's painting."""
+        return class_labels(probabilities) if self.regions is None else self.regions.paint(probabilities)
 
     def _autocast(self) -> torch.autocast:
         """The forward pass's arithmetic (``inference.precision``): autocast to ``self.dtype``, or plain fp32."""
@@ -371,7 +393,9 @@ class Predictor:
             probs = self.infer(image)  # (K, *S_network)
         network_affine = spatial_affine(image.affine, dims)
         result = resample_prediction(probs, network_affine, original_affine, original_shape,
-                                     keep_values=probabilities, uncertainty=uncertainty, maps=maps)
+                                     keep_values=probabilities, uncertainty=uncertainty, maps=maps,
+                                     fill_background=self.regions is None,
+                                     decode=None if self.regions is None else self.regions.paint)
         del probs, maps
         attention = None
         if result.maps:  # {level: (1 or heads, *S_input)}, each map scaled to a maximum of 1

@@ -4,7 +4,7 @@ the argmax taken on the target grid (nnU-Net's order: resampling a label map ins
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -70,6 +70,7 @@ def resample_prediction(
     maps: dict[str, torch.Tensor] | None = None,
     fill_background: bool = True,
     max_points: int = 1 << 22,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Resampled:
     """Resample class probabilities (C, *S_src) onto another voxel grid; argmax and entropy are taken there.
 
@@ -87,6 +88,9 @@ def resample_prediction(
         maps: name -> (c, *S_src) maps to resample too (linearly; 0 outside the source grid).
         fill_background: outside the source grid, probability 1 for class 0 (within one voxel of its edge, the
             edge's values).
+        decode: (C, P) probabilities -> (P,) labels (default: the argmax, :func:`class_labels`); a region model
+            paints its regions (:meth:`~medseg_attn.segmentation.measures.regions.Regions.paint`), and its entropy
+            is then the mean binary entropy of the regions' sigmoids, over log 2.
     """
     channels = values.shape[0]
     maps = maps or {}
@@ -107,11 +111,15 @@ def resample_prediction(
         sampled = sampled[:channels]  # (C, P)
         if fill_background:
             sampled[0] += (1.0 - sampled.sum(0)).clamp(min=0)
-        labels[..., start:stop] = class_labels(sampled).reshape(shape).cpu().numpy().astype(label_dtype)
+        labels[..., start:stop] = (decode or class_labels)(sampled).reshape(shape).cpu().numpy().astype(label_dtype)
         if probabilities is not None:
             probabilities[..., start:stop] = sampled.reshape(channels, *shape).cpu().numpy()
         if entropy is not None:
-            h = torch.special.entr(sampled.clamp(min=0)).sum(0) / math.log(max(channels, 2))  # (P,)
+            if decode is None:
+                h = torch.special.entr(sampled.clamp(min=0)).sum(0) / math.log(max(channels, 2))  # (P,)
+            else:  # independent sigmoids: each region's binary entropy, averaged
+                p = sampled.clamp(0, 1)
+                h = (torch.special.entr(p) + torch.special.entr(1 - p)).mean(0) / math.log(2)
             entropy[..., start:stop] = h.clamp(0, 1).reshape(shape).cpu().numpy()
         first = 0
         for out, size in zip(resampled.values(), sizes, strict=True):

@@ -49,8 +49,9 @@ def sliding_window_probabilities(
     dtype: torch.dtype = torch.float32,
     with_maps: bool = False,
     pad_value: float = 0.0,
+    activation: str = "softmax",
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Blend softmax probabilities of overlapping windows over a whole image.
+    """Blend softmax (or, for region models, sigmoid) probabilities of overlapping windows over a whole image.
 
     Args:
         forward: network, (B, C, *window) -> logits (B, K, *window); or a sequence of them (an ensemble,
@@ -66,6 +67,7 @@ def sliding_window_probabilities(
         dtype: accumulator type; float16 halves the buffer for many-class models.
         with_maps: also blend the maps the forwards return.
         pad_value: what padding holds: the preprocessing's background value, as training pads its patches.
+        activation: 'softmax' over the classes, or 'sigmoid' per output (region models).
 
     Returns:
         (K, *S) class probabilities (dtype ``dtype``) on the image's device; with ``with_maps`` also
@@ -101,7 +103,7 @@ def sliding_window_probabilities(
                 x = batch.flip(flip) if flip else batch
                 out = network(x)
                 logits, window_maps = out if with_maps else (out, {})
-                p = logits.float().softmax(1)  # (B, K, *window)
+                p = logits.float().softmax(1) if activation == "softmax" else logits.float().sigmoid()  # (B, K, *w)
                 p = p.flip(flip) if flip else p
                 probabilities = p if probabilities is None else probabilities + p
                 for name, m in window_maps.items():  # (B, c, *window)

@@ -20,6 +20,7 @@ from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, parse_postprocessing
+from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.model.layout import cv_members, is_cv_run, read_postprocessing
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
@@ -48,6 +49,7 @@ class SegmentationModel:
         postprocessing: per class, what to do after the argmax (a CV run's choice).
         info: the first model's card, plan, epoch, best metric, labels, calibration and training fingerprint.
         engine: 'torch' or 'onnxruntime'.
+        regions: a region model's regions (sigmoid outputs painted into a label map); None: softmax classes.
     """
 
     networks: tuple[nn.Module, ...]
@@ -61,6 +63,7 @@ class SegmentationModel:
     postprocessing: Mapping[int, ClassPostprocessing] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)
     engine: str = "torch"
+    regions: Regions | None = None
 
     @property
     def inference(self) -> InferenceConfig:
@@ -157,7 +160,8 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
             labels = {int(k): v for k, v in payload["labels"].items()}
         except (KeyError, RuntimeError, TypeError) as error:
             raise UserError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
-        found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
+        found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"]),
+                 "regions": Regions.from_dict(payload.get("regions"))}
         if not first:
             first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
                      "info": {key: payload.get(key) for key in INFO_KEYS}}
@@ -176,7 +180,7 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
         sources=tuple(sources), colors=_colors(first["classes"], first["colors"]),
         temperatures=tuple(temperatures),  # each member calibrated as it was fitted, then averaged
         postprocessing=read_postprocessing(runs[0], first["classes"]) if len(runs) == 1 else {},
-        info=first["info"], engine="torch")
+        info=first["info"], engine="torch", regions=first["regions"])
 
 
 def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> SegmentationModel:
@@ -199,4 +203,5 @@ def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> Segmen
         in_channels=int(metadata["in_channels"]), sources=(str(path),), colors=_colors(labels, metadata.get("colors")),
         temperatures=(float((metadata.get("calibration") or {}).get("temperature", 1.0)),),  # as PyTorch
         postprocessing=parse_postprocessing(metadata.get("postprocessing") or {}, str(path), labels),  # CV
-        info={key: metadata.get(key) for key in INFO_KEYS}, engine="onnxruntime")
+        info={key: metadata.get(key) for key in INFO_KEYS}, engine="onnxruntime",
+        regions=Regions.from_dict(metadata.get("regions")))

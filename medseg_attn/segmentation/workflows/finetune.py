@@ -20,6 +20,7 @@ from medseg_attn.config import Config
 from medseg_attn.config.loading import from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.io.manifest import file_sha256
+from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
@@ -79,11 +80,13 @@ def check_source(source: str | Path, model: Any, in_channels: int | None = None)
 
 
 def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[int, str], in_channels: int,
-                         model: Any | None = None) -> dict:
+                         model: Any | None = None, regions: Regions | None = None) -> dict:
     """Copy the weights of the model at ``source`` into ``network`` (trained for ``labels``); returns what was done.
 
     Args:
         model: the new run's model section (``config.model``): refused when it differs from the source's.
+        regions: a region run's regions (its outputs are matched by region name); the source must be a region
+            model too, and a class run's source a class model.
 
     Raises:
         FileNotFoundError: nothing at ``source``.
@@ -91,10 +94,18 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
             naming the checkpoint and the differing keys, or the first mismatching weight).
     """
     path, payload = _source(source, model, in_channels)
-    old_labels = {int(k): str(v) for k, v in payload["labels"].items()}
+    old_regions = Regions.from_dict(payload.get("regions"))
+    if (old_regions is None) != (regions is None):
+        kinds = ("a region model (sigmoid outputs)", "a class model (softmax outputs)")
+        raise UserError(f"{path}: is {kinds[old_regions is None]} and this run trains {kinds[regions is None]}; "
+                        f"their output layers mean different things: fine-tune from a model of the same kind")
+    old_labels = dict(enumerate(old_regions.names)) if old_regions else \
+        {int(k): str(v) for k, v in payload["labels"].items()}
+    labels = dict(enumerate(regions.names)) if regions else labels  # the network's outputs, by name
     old_index = {name.lower(): index for index, name in old_labels.items()}
     kept = {index: old_index[name.lower()] for index, name in labels.items() if name.lower() in old_index}
-    kept[0] = 0  # background is background
+    if regions is None:
+        kept[0] = 0  # background is background
     state, old = network.state_dict(), payload["model"]
     copied, renewed = 0, []
     for key, value in state.items():

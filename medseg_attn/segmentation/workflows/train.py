@@ -57,8 +57,7 @@ from medseg_attn.segmentation.data.sparse import ignore_index, without_ignore
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing, training_augmentation
 from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.inference.resample import class_labels
-from medseg_attn.segmentation.losses import IgnoreDiceCELoss
+from medseg_attn.segmentation.losses import IgnoreDiceCELoss, RegionDiceBCELoss
 from medseg_attn.segmentation.model.layout import fold_count, is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.segmentation.workflows.finetune import check_source, load_initial_weights
@@ -116,6 +115,11 @@ class _Run:
             save_plan(self.plan, output / "plan.json")
         self.labels = without_ignore(planned.labels)  # the classes the network predicts
         self.ignore = ignore_index(planned.labels)  # sparse labels: this value marks unannotated voxels
+        self.regions = self.dataset.regions  # region-based labels: one sigmoid output per region
+        if self.regions is not None and (self.ignore is not None or config.data.labels):
+            raise UserError(f"{self.dataset.root}: region-based labels (regions_class_order) take their classes from "
+                            f"dataset.json; an 'ignore' label or data.labels cannot be combined with them")
+        self.outputs = len(self.regions.names) if self.regions else len(self.labels)  # the network's outputs
         self.prep = Preprocessing.from_plan(self.config.data, self.plan)
         self.device = self.dist.device(device)
         self.train_cases, self.val_cases = self._split(resume)
@@ -188,16 +192,19 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     train_ds, val_ds, train_transform = _datasets(run)
     in_channels = _first_channels(train_ds)
     seed_everything(tcfg.seed)  # same initial weights for the same seed
-    network = build_network(cfg.model, run.prep.spatial_dims, in_channels, len(run.labels)).to(run.device)
+    network = build_network(cfg.model, run.prep.spatial_dims, in_channels, run.outputs).to(run.device)
     if tcfg.init_from and run.payload is None:  # fine-tuning (a resumed run has its own weights)
-        load_initial_weights(network, tcfg.init_from, run.labels, in_channels, cfg.model)
+        load_initial_weights(network, tcfg.init_from, run.labels, in_channels, cfg.model, run.regions)
     optimizer = build_optimizer(network, tcfg)
     loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     if run.ignore is not None:
         loss_fn = IgnoreDiceCELoss(run.ignore, len(run.labels))
+    if run.regions is not None:  # nnU-Net's region recipe: Dice + BCE per region
+        loss_fn = RegionDiceBCELoss(run.regions)
     if cfg.model.deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn, weight_mode="exp")
-    predictor = Predictor(network, run.prep, run.labels, cfg.data.patch_size, cfg.inference, run.device)
+    predictor = Predictor(network, run.prep, run.labels, cfg.data.patch_size, cfg.inference, run.device,
+                          regions=run.regions)
 
     def loader(seed: int) -> DataLoader:
         return seeded_loader(train_ds, train_transform, seed, run.dist.rank, _loader_batch(cfg), cfg.data.num_workers,
@@ -231,7 +238,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         validate=validate if val_ds is not None else None, metric="val_dice", curves=save_training_curves,
         payload={"task": TASK.name, "config": cfg.to_dict(),
                  "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
-                 "plan": run.plan.checkpoint_dict(),
+                 "plan": run.plan.checkpoint_dict(), "regions": run.regions and run.regions.to_dict(),
                  "in_channels": in_channels, "colors": resolve_colors(run.labels, colors_from_dataset(
                      cfg.data.dataset), f"{cfg.data.dataset}: colors"),
                  "card": training_card({"dataset": cfg.data.dataset, "training_cases": len(run.train_cases),
@@ -247,7 +254,11 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
         result = fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
         if run.dist.is_main:  # temperature scaling on the validation cases, stored in best.pt
             best = run.checkpoints / "best.pt"
-            manifest.update(calibration=calibrate_run(predictor, val_ds, best, output, tcfg.seed, run.ignore),
+            if run.regions is not None:
+                logger.info("calibration: skipped (temperature scaling is for softmax classes, not region sigmoids)")
+            calibration = None if run.regions else calibrate_run(predictor, val_ds, best, output, tcfg.seed,
+                                                                 run.ignore)
+            manifest.update(calibration=calibration,
                             result={"epochs": result.epochs, "best_metric": result.best_metric,
                                     "stopped": result.stopped})
             if best.exists():
@@ -281,22 +292,27 @@ def _validate(predictor: Predictor, dataset: Dataset, labels: dict[int, str], im
     rank returns the same means as a single process would.
     """
     num_classes = len(labels)
-    names = [labels[i] for i in sorted(labels) if i > 0]
+    regions = predictor.regions
+    names = list(regions.names) if regions else [labels[i] for i in sorted(labels) if i > 0]
     scores = [np.zeros((0, len(names)))]  # (cases, C - 1) per-case Dice, NaN where the reference class is empty
     overlay, attention = None, {}
     for index in range(len(dataset)):
         item = dataset[index]
         probs = predictor.infer(item["image"])  # (K, *S)
-        prediction = class_labels(probs).long()
+        prediction = predictor.labels_of(probs).long()
         label = torch.as_tensor(item["label"][0]).long().to(prediction.device)
         if ignore is not None:  # unannotated voxels count nowhere
             prediction = torch.where(label == ignore, 0, prediction)
             label = torch.where(label == ignore, 0, label)
         one_hot = torch.nn.functional.one_hot
+        if regions is not None:  # Dice of each region: its sigmoid above 0.5 against the label's region mask
+            found, reference = (probs > 0.5)[None].float(), regions.targets(label[None, None])
+        else:
+            found = one_hot(prediction, num_classes).movedim(-1, 0)[None]
+            reference = one_hot(label, num_classes).movedim(-1, 0)[None]
         # the functional form: MONAI's DiceMetric would all_gather by itself under torchrun, on ranks in step or not
-        scores.append(compute_dice(one_hot(prediction, num_classes).movedim(-1, 0)[None],
-                                   one_hot(label, num_classes).movedim(-1, 0)[None],
-                                   include_background=False, ignore_empty=True).cpu().numpy())
+        scores.append(compute_dice(found, reference, include_background=regions is not None,
+                                   ignore_empty=True).cpu().numpy())
         if image and index == 0 and prediction.ndim == 3:
             centre = foreground_centre(label.cpu().numpy())
             picture = np.asarray(item["image"][0])[:, :, centre[2]]
