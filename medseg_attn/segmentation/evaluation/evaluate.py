@@ -6,6 +6,7 @@ from the NIfTI header's voxel spacing. Each class is evaluated on the bounding b
 voxels (MONAI crops there itself: same numbers), one case at a time, so memory stays at one volume pair plus one
 class's crop even for 512x512x300 CT. Empty structures follow fixed conventions (see ``evaluate_case``) where
 MONAI 1.6 gives NaN: all three metrics when both are empty, Dice (default ``ignore_empty``) when the label is.
+With ``lesions`` (``--lesions``), lesion-wise scores too (:mod:`medseg_attn.segmentation.evaluation.lesion_report`).
 """
 
 from __future__ import annotations

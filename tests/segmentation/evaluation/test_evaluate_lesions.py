@@ -133,3 +133,14 @@ def test_cli_lesions_by_subprocess_and_its_one_line_errors(lesion_cases):
     assert_one_line_error(run_subprocess("evaluate", "--pred", str(root / "preds"), "--label", str(root / "labels"),
                                          "--output", str(root / "e3"), "--min-lesion-volume", "1"), "need --lesions")
     assert not any((root / name).exists() for name in ("e1", "e2", "e3"))
+
+
+def test_more_than_65535_lesions_is_refused_with_nothing_written(tmp_path):
+    noise = np.zeros((82, 82, 82), np.uint8)
+    noise[::2, ::2, ::2] = 1  # 68921 isolated voxels: one structure, too many lesions
+    save(tmp_path / "labels" / "case_n.nii.gz", noise)
+    save(tmp_path / "preds" / "case_n.nii.gz", noise)
+    with pytest.raises(UserError, match=r"case_n \(lesion\): reference: 68921 connected components; at most 65535"):
+        evaluate_folders(tmp_path / "preds", tmp_path / "labels", tmp_path / "out", labels={1: "lesion"},
+                         progress=False, lesions=LesionOptions())
+    assert not (tmp_path / "out").exists()

@@ -195,3 +195,12 @@ def test_random_blobs_match_an_independent_computation(seed, connectivity, overl
     assert expected["false_positives"] + expected["false_negatives"] >= 1
     assert {key: result.counts[key] for key in expected} == pytest.approx(expected)
     assert len(result.pairs) == expected["true_positives"] + expected["false_negatives"] + expected["false_positives"]
+
+
+def test_2d_maps_use_4_or_8_connectivity():
+    reference = np.zeros((8, 8), bool)
+    reference[1, 1] = reference[2, 2] = True  # diagonal neighbours
+    assert lesion_scores(reference, reference, (0.5, 0.5), LesionRules(connectivity=26)).counts[
+        "reference_lesions"] == 1
+    assert lesion_scores(reference, reference, (0.5, 0.5), LesionRules(connectivity=6)).counts[
+        "reference_lesions"] == 2
