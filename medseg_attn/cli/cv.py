@@ -16,7 +16,8 @@ EXAMPLES = {
 writes RUN/cv/ (out-of-fold predictions, evaluation/metrics.csv, cv_metrics.csv, cv_dice.png, summary.json) and
 RUN/postprocessing.json (per class: the largest connected component kept, or components below a size removed,
 where that raised the out-of-fold Dice most); see
-docs/cross-validation.md""",
+docs/cross-validation.md; for a lesion dataset, `medseg-attn cv RUN --lesions` also writes
+RUN/cv/evaluation/lesions.csv and lesion_pairs.csv (docs/lesions.md)""",
 }
 
 
@@ -26,6 +27,9 @@ def add_parsers(command) -> None:
     cv.add_argument("run", type=Path, help="a CV run folder (medseg-attn train --folds N)")
     cv.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     cv.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    from medseg_attn.cli.lesions import add_lesion_arguments
+
+    add_lesion_arguments(cv)
 
 
 def add_train_cv_arguments(train: argparse.ArgumentParser) -> None:
@@ -81,15 +85,21 @@ def run_cv_train(args: argparse.Namespace, config) -> int:
 
 
 def _run_cv(args: argparse.Namespace) -> int:
+    from medseg_attn.cli.lesions import lesion_options
     from medseg_attn.segmentation.workflows.cross_validation import cross_validate
 
-    summary = cross_validate(args.run, device=args.device, progress=not args.quiet, tolerance_mm=args.tolerance)
+    summary = cross_validate(args.run, device=args.device, progress=not args.quiet, tolerance_mm=args.tolerance,
+                             lesions=lesion_options(args))
     _print_summary(summary, args.run)
     return 0
 
 
 def _print_summary(summary: dict, run: Path) -> None:
     print(f"{summary['line']} -> {run / 'cv'}")
+    if summary.get("lesions"):
+        print("lesions (pooled): " + "; ".join(
+            f"{name} F1 {v['lesion_f1']:.4f}, lesion-wise Dice {v['lesionwise_dice']:.4f}"
+            for name, v in summary["lesions"].items()) + f" -> {run / 'cv' / 'evaluation' / 'lesions.csv'}")
     from medseg_attn.segmentation.workflows.cross_validation import describe_choice
 
     choices = [f"{entry['name']}: {describe_choice(entry)} ({entry['dice_before']:.4f} -> {entry['dice_after']:.4f})"

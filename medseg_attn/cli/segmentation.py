@@ -17,6 +17,7 @@ from medseg_attn.cli.arguments import (
     train_config_from_args,
 )
 from medseg_attn.cli.cv import add_train_cv_arguments, is_cv_request, run_cv_train
+from medseg_attn.cli.lesions import add_lesion_arguments, lesion_options
 from medseg_attn.cli.preprocess import cache_option, with_cache
 from medseg_attn.errors import UserError
 
@@ -62,7 +63,14 @@ exit codes: 0 every case done (or skipped as existing), 1 some case failed (see 
   medseg-attn inspect dicom/patient_017/            # the series in the folder, then the volume
   medseg-attn inspect export/ --series-uid 1.2.840.113619.2.55.3""",
     "evaluate": """examples:
-  medseg-attn evaluate --pred predictions/ --label labelsTs/ --output evaluation/ --labels dataset.json""",
+  medseg-attn evaluate --pred predictions/ --label labelsTs/ --output evaluation/ --labels dataset.json
+  medseg-attn evaluate --pred predictions/ --label labelsTs/ --output evaluation/ --lesions
+  medseg-attn evaluate --pred p/ --label l/ --output e/ --labels 1=metastasis --lesions metastasis \\
+      --lesion-overlap iou:0.1 --min-lesion-volume 0.01
+
+--lesions adds lesions.csv (per case and structure: reference_lesions, predicted_lesions, true_positives,
+false_positives, false_negatives, lesion_f1, lesionwise_dice, lesionwise_hd95) and lesion_pairs.csv (one row per
+lesion: matched, missed or false_positive, with both volumes, Dice and HD95); see docs/lesions.md""",
     "demo": """examples:
   medseg-attn demo --output demo_out            # about 7 minutes on a 2-core CPU
   medseg-attn demo --output demo_out --minutes 2 --baseline""",
@@ -178,6 +186,7 @@ def add_parsers(command) -> None:
     evaluate.add_argument("--statistics", action="store_true",
                           help="also write statistics.csv: volume, components, bounding box per case, structure and "
                                "source (reference and prediction; see docs/statistics.md)")
+    add_lesion_arguments(evaluate)
 
     demo = command("demo", "build a brain-tissue dataset from the shipped MNI152 MRI, train, predict, evaluate")
     add_demo_arguments(demo, output_help="folder for the dataset, run, predictions, report", minutes=5.0,
@@ -281,8 +290,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_folders(args.pred, args.label, args.output, labels=_labels_from(args.labels),
                                tolerance_mm=args.tolerance, include_background=args.include_background,
-                               progress=not args.quiet, statistics=args.statistics)
+                               progress=not args.quiet, statistics=args.statistics, lesions=lesion_options(args))
     lines = [f"{name}: Dice {values['dice']['mean']:.4f}" for name, values in summary["classes"].items()]
+    for name, values in summary.get("lesions", {}).get("structures", {}).items():
+        lines.append(f"{name} lesions: F1 {values['lesion_f1']:.4f} ({values['true_positives']} found, "
+                     f"{values['false_negatives']} missed, {values['false_positives']} false), lesion-wise Dice "
+                     f"{values['lesionwise_dice']['mean']:.4f}")
     print(f"{summary['cases']} case(s); " + "; ".join(lines) + f" -> {args.output}")
     return 0
 

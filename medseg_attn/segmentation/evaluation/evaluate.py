@@ -6,6 +6,7 @@ from the NIfTI header's voxel spacing. Each class is evaluated on the bounding b
 voxels (MONAI crops there itself: same numbers), one case at a time, so memory stays at one volume pair plus one
 class's crop even for 512x512x300 CT. Empty structures follow fixed conventions (see ``evaluate_case``) where
 MONAI 1.6 gives NaN: all three metrics when both are empty, Dice (default ``ignore_empty``) when the label is.
+With ``lesions`` (``--lesions``), lesion-wise scores too (:mod:`medseg_attn.segmentation.evaluation.lesion_report`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ from medseg_attn.io.suffixes import NIFTI_SUFFIXES
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import case_name, grid_mapping, on_grid
 from medseg_attn.segmentation.data.sparse import ignore_index
+from medseg_attn.segmentation.evaluation.lesion_report import (
+    LesionOptions,
+    case_lesions,
+    check_lesions_found,
+    lesion_structures,
+    summarize_lesions,
+    write_lesion_tables,
+)
 from medseg_attn.segmentation.measures.overlap import mask_dice
 from medseg_attn.segmentation.measures.structure_statistics import case_statistics, write_statistics_csv
 
@@ -270,17 +279,28 @@ def _write_csv(rows: list[dict], path: Path) -> None:
     write_csv(path, rows, CSV_COLUMNS, float_format=".6f")
 
 
-def _plot(rows: list[dict], names: dict[int, str], path: Path, cases: int) -> None:
-    """Box plots of per-class Dice and HD95 (NaN left out), drawn on the Agg canvas (no pyplot state)."""
+def _plot(rows: list[dict], names: dict[int, str], path: Path, cases: int, lesion_rows: list[dict] | None = None,
+          ) -> None:
+    """Box plots of per-class Dice and HD95 (NaN left out), with ``lesion_rows`` a third panel of the per-case
+    lesion-wise Dice per structure; drawn on the Agg canvas (no pyplot state)."""
     positions = list(range(1, len(names) + 1))
-    figure = Figure(figsize=(max(6.0, 0.4 * len(names) + 2.0), 8.0), layout="constrained")
-    dice_axes, hd_axes = figure.subplots(2, 1)
+    panels = 2 if lesion_rows is None else 3
+    figure = Figure(figsize=(max(6.0, 0.4 * len(names) + 2.0), 4.0 * panels), layout="constrained")
+    dice_axes, hd_axes, *lesion_axes = figure.subplots(panels, 1)
     for axes, metric, title, unit in ((dice_axes, "dice", "Dice", ""), (hd_axes, "hd95", "HD95", " (mm)")):
         data = [[r[metric] for r in rows if r["class_index"] == i and not math.isnan(r[metric])] for i in names]
         axes.boxplot(data, positions=positions)
         axes.set_xticks(positions, list(names.values()), rotation=45, ha="right")
         axes.set(title=f"{title} per class ({cases} cases)", xlabel="class", ylabel=f"{title}{unit}")
     dice_axes.set_ylim(-0.02, 1.02)
+    if lesion_rows is not None:
+        structures = list(dict.fromkeys(row["structure"] for row in lesion_rows))
+        where = list(range(1, len(structures) + 1))
+        lesion_axes[0].boxplot([[r["lesionwise_dice"] for r in lesion_rows if r["structure"] == s]
+                                for s in structures], positions=where)
+        lesion_axes[0].set_xticks(where, structures, rotation=45, ha="right")
+        lesion_axes[0].set(title=f"lesion-wise Dice (BraTS 2023) per structure ({cases} cases)", xlabel="structure",
+                           ylabel="lesion-wise Dice", ylim=(-0.02, 1.02))
     figure.suptitle("Segmentation metrics per class")
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
 
@@ -288,6 +308,7 @@ def _plot(rows: list[dict], names: dict[int, str], path: Path, cases: int) -> No
 def evaluate_folders(
     pred_dir: str | Path, label_dir: str | Path, output_dir: str | Path, labels: dict[int, str] | None = None,
     tolerance_mm: float = 1.0, include_background: bool = False, progress: bool = True, statistics: bool = False,
+    lesions: LesionOptions | None = None,
 ) -> dict:
     """Evaluate every label file against the prediction of the same name; write CSV, JSON and a box plot.
 
@@ -309,6 +330,10 @@ def evaluate_folders(
             label-map statistics of :mod:`medseg_attn.segmentation.measures.structure_statistics` on the
             reference's grid (no image here, so no intensity values), so predicted and reference volumes sit side
             by side.
+        lesions: also score lesions (connected components; :mod:`medseg_attn.segmentation.evaluation.lesion_report`):
+            ``lesions.csv``, ``lesion_pairs.csv``, a ``lesions`` entry in the summary and a lesion-wise Dice panel in
+            the box plot. A named structure without a lesion in any case is a UserError, raised before any file is
+            written.
 
     Returns:
         The summary written to ``summary.json`` (NaN as None).
@@ -338,8 +363,11 @@ def evaluate_folders(
     if names.pop(ignore, None) is not None:
         logger.info("label %d (ignore) marks unannotated voxels: they count in no metric", ignore)
     logger.info("evaluating %d cases, classes %s", len(cases), names)
+    structures = lesion_structures(lesions, names) if lesions is not None else {}
     rows: list[dict] = []
     measured: list[dict] = []
+    lesion_rows: list[dict] = []
+    lesion_pairs: list[dict] = []
     for name, pred_path, label_path in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
         (pred, _), (label, spacing) = _read_label_map(pred_path), _read_label_map(label_path)
         if mappings[name] is not None:
@@ -350,22 +378,32 @@ def evaluate_folders(
         metrics = evaluate_case(pred, label, spacing, list(names), tolerance_mm, case=pred_path.name, ignore=ignore)
         if statistics:
             measured += _label_statistics(name, pred, label, label_path, spacing, names)
+        if lesions is not None:
+            found, found_pairs = case_lesions(name, pred, label, spacing, structures, lesions.rules, ignore)
+            lesion_rows += found
+            lesion_pairs += found_pairs
         del pred, label  # one case in memory at a time
         rows += [{"case": name, "class_index": i, "class_name": names[i], **metrics[i]} for i in names]
     absent = [names[i] for i in names if not any(r["label_voxels"] for r in rows if r["class_index"] == i)]
     if absent:
         logger.warning("classes %s appear in no label file of %s", absent, label_dir)
     summary = _summarize(rows, names, len(cases), tolerance_mm) | {"ignore_label": ignore}
+    if lesions is not None:
+        check_lesions_found(lesion_rows, structures, named=bool(lesions.structures))
+        summary["lesions"] = summarize_lesions(lesion_rows, lesion_pairs, structures, lesions.rules)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if lesions is not None:
+        write_lesion_tables(lesion_rows, lesion_pairs, output_dir)
     _write_csv(rows, output_dir / "metrics.csv")
     if statistics:
         write_statistics_csv(measured, output_dir / "statistics.csv", unit=None, extra=("source",))
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _plot(rows, names, output_dir / "dice_boxplot.png", len(cases))
+    _plot(rows, names, output_dir / "dice_boxplot.png", len(cases), lesion_rows if lesions is not None else None)
     for name, pred_path, label_path in cases:
         manifest.add_input(pred_path, name=f"{name} (prediction)", geometry=True)
         manifest.add_input(label_path, name=f"{name} (reference)", geometry=True)
-    manifest.update(tolerance_mm=tolerance_mm, results={"mean_dice": summary.get("mean_dice")})
+    manifest.update(tolerance_mm=tolerance_mm, results={"mean_dice": summary.get("mean_dice")},
+                    **({"lesion_rules": lesions.rules.describe()} if lesions is not None else {}))
     manifest.finish("ok")
     logger.info("mean Dice %s over %d cases; results in %s", summary["mean_dice"], len(cases), output_dir)
     return summary

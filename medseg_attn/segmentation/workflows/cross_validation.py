@@ -30,6 +30,7 @@ from medseg_attn.io.volumes import grid_mapping, on_grid
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
 from medseg_attn.segmentation.evaluation.evaluate import _check_tolerance, evaluate_folders
+from medseg_attn.segmentation.evaluation.lesion_report import LesionOptions, lesion_structures
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.measures.overlap import mask_dice
 from medseg_attn.segmentation.measures.postprocessing import (
@@ -46,9 +47,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["choose_postprocessing", "cross_validate", "describe_choice"]
 
 
-def cross_validate(run: str | Path, device: str = "auto", progress: bool = True, tolerance_mm: float = 1.0
-                   ) -> dict[str, Any]:
+def cross_validate(run: str | Path, device: str = "auto", progress: bool = True, tolerance_mm: float = 1.0,
+                   lesions: LesionOptions | None = None) -> dict[str, Any]:
     """Out-of-fold prediction and evaluation of a CV run; returns (and writes) ``RUN/cv/summary.json``.
+
+    With ``lesions`` (lesion datasets) the evaluation also scores lesions (``RUN/cv/evaluation/lesions.csv`` and
+    ``lesion_pairs.csv``, :mod:`medseg_attn.segmentation.evaluation.lesion_report`) and the summary gains the
+    pooled lesion counts, lesion F1 and lesion-wise Dice / HD95 per structure; the structures named are checked
+    against the dataset's labels before any case is predicted.
 
     Everything is checked before the first case is predicted (the tolerance, every fold finished, every recorded
     case in the dataset with a NIfTI reference): a refusal leaves ``RUN/cv/`` as it was.
@@ -72,12 +78,15 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
         if format_of(Path(by_name[name]["label"])) is not NIFTI:
             raise UserError(f"{by_name[name]['label']}: medseg-attn cv reads NIfTI reference labels only")
     ignore = ignore_index(dataset.labels)
+    if lesions is not None:
+        lesion_structures(lesions, {int(i): n for i, n in dataset.labels.items() if int(i) != ignore})
     out = run / "cv"
     with recorded_run(out, "cv") as manifest:  # RUN/cv/run.json
         manifest.add_input(record["dataset"], name="dataset", checksum=Path(record["dataset"]).is_file())
         manifest.add_model([find_checkpoint(fold_dir(run, int(split["fold"]))) for split in splits], device=device)
-        manifest.update(options={"tolerance_mm": tolerance_mm})
-        summary = _out_of_fold(run, out, splits, by_name, ignore, device, progress, tolerance_mm)
+        manifest.update(options={"tolerance_mm": tolerance_mm,
+                                 "lesions": None if lesions is None else lesions.rules.describe()})
+        summary = _out_of_fold(run, out, splits, by_name, ignore, device, progress, tolerance_mm, lesions)
     logger.info("%s", summary["line"])
     return summary
 
@@ -93,7 +102,8 @@ def _check_folds_finished(run: Path) -> None:
 
 
 def _out_of_fold(run: Path, out: Path, splits: list[dict[str, Any]], by_name: dict[str, dict[str, Any]],
-                 ignore: int | None, device: str, progress: bool, tolerance_mm: float) -> dict[str, Any]:
+                 ignore: int | None, device: str, progress: bool, tolerance_mm: float,
+                 lesions: LesionOptions | None = None) -> dict[str, Any]:
     """Every case predicted by the fold that did not see it, scored; ``RUN/cv/summary.json`` and the
     postprocessing chosen."""
     predictions, references = out / "predictions", out / "references"
@@ -121,8 +131,14 @@ def _out_of_fold(run: Path, out: Path, splits: list[dict[str, Any]], by_name: di
             write_nifti(pred, predictions / f"{name}.nii.gz", reference=reference_path)
             write_nifti(ref, references / f"{name}.nii.gz", reference=reference_path)
     pooled = evaluate_folders(predictions, references, out / "evaluation", labels=labels, tolerance_mm=tolerance_mm,
-                              progress=progress)
+                              progress=progress, lesions=lesions)
     summary = _summarise(out, fold_of, len(splits), pooled)
+    if "lesions" in pooled:
+        summary["lesions"] = {name: {key: values[key] for key in ("true_positives", "false_positives",
+                                                                  "false_negatives", "lesion_f1")}
+                              | {"lesionwise_dice": values["lesionwise_dice"]["mean"],
+                                 "lesionwise_hd95": values["lesionwise_hd95"]["mean"]}
+                              for name, values in pooled["lesions"]["structures"].items()}
     summary["postprocessing"] = choose_postprocessing(run, labels)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary

@@ -189,6 +189,16 @@ def test_cli_cv_command_and_errors(cv_run, tmp_path, capsys):
     assert "3-fold CV Dice" in capsys.readouterr().out
     assert main(["-q", "cv", str(tmp_path)]) == 2
     assert "not a cross-validation run folder" in capsys.readouterr().err
+    # a lesion dataset: --lesions scores the out-of-fold predictions lesion by lesion (a structure name not in the
+    # dataset is refused before any case is predicted)
+    assert main(["-q", "cv", str(run), "--lesions", "tumour"]) == 2
+    assert "tumour: not an evaluated structure" in capsys.readouterr().err
+    assert main(["-q", "cv", str(run), "--lesions", "ball", "--lesion-overlap", "iou:0.1"]) == 0
+    assert "lesions (pooled): ball F1" in capsys.readouterr().out
+    rows = list(csv.DictReader((run / "cv" / "evaluation" / "lesions.csv").open()))
+    assert len(rows) == 6 and {row["structure"] for row in rows} == {"ball"}
+    summary = json.loads((run / "cv" / "summary.json").read_text())
+    assert set(summary["lesions"]) == {"ball"} and "lesion_f1" in summary["lesions"]["ball"]
 
 
 def test_bundle_export_and_inspect_of_a_cv_run(cv_run, tmp_path, capsys):
