@@ -44,6 +44,7 @@ class SegmentationDataset:
     channels_declared: bool = True  # False: no dataset.json said how many modalities (channels) there are
     regions: Regions | None = None  # region-based labels (nnU-Net v2 lists + regions_class_order); None: classes
     channel_names: tuple[str, ...] = ()  # dataset.json's channel_names / modality values, in channel order
+    lesion_structures: tuple[str, ...] = ()  # classes counted lesion by lesion (dataset.json 'lesion_structures')
 
 
 def _modality(names: list[str]) -> str | None:
@@ -123,7 +124,23 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
     name = str(spec.get("name") or root.name)
     return SegmentationDataset(root, name, labels, _modality(modality_names), channels, training, test,
                                channels_declared=bool(modality_names), regions=regions,
-                               channel_names=tuple(str(n) for n in modality_names))
+                               channel_names=tuple(str(n) for n in modality_names),
+                               lesion_structures=_lesion_structures(spec.get("lesion_structures"), labels, json_path))
+
+
+def _lesion_structures(raw: Any, labels: dict[int, str], where: Path) -> tuple[str, ...]:
+    """dataset.json's ``lesion_structures``: class names whose connected components are lesions (counted,
+    measured and evaluated one by one)."""
+    if raw is None:
+        return ()
+    names = {name.lower(): name for index, name in labels.items() if index}
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        raise UserError(f"{where}: 'lesion_structures' must be a list of class names, got {raw!r}")
+    unknown = [n for n in raw if n.lower() not in names]
+    if unknown:
+        raise UserError(f"{where}: lesion_structures names {unknown}, which are not classes "
+                        f"({', '.join(names.values())})")
+    return tuple(names[n.lower()] for n in raw)
 
 
 def _few(names: list[str], shown: int = 3) -> str:

@@ -50,6 +50,7 @@ class SegmentationModel:
         info: the first model's card, plan, epoch, best metric, labels, calibration and training fingerprint.
         engine: 'torch' or 'onnxruntime'.
         regions: a region model's regions (sigmoid outputs painted into a label map); None: softmax classes.
+        lesion_structures: class names whose components are lesions (dataset.json ``lesion_structures``).
     """
 
     networks: tuple[nn.Module, ...]
@@ -64,6 +65,7 @@ class SegmentationModel:
     info: Mapping[str, Any] = field(default_factory=dict)
     engine: str = "torch"
     regions: Regions | None = None
+    lesion_structures: tuple[str, ...] = ()
 
     @property
     def inference(self) -> InferenceConfig:
@@ -164,6 +166,7 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
                  "regions": Regions.from_dict(payload.get("regions"))}
         if not first:
             first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
+                     "lesion_structures": payload.get("lesion_structures"),
                      "info": {key: payload.get(key) for key in INFO_KEYS}}
         for key, value in found.items():
             if value != first[key]:
@@ -180,7 +183,8 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
         sources=tuple(sources), colors=_colors(first["classes"], first["colors"]),
         temperatures=tuple(temperatures),  # each member calibrated as it was fitted, then averaged
         postprocessing=read_postprocessing(runs[0], first["classes"]) if len(runs) == 1 else {},
-        info=first["info"], engine="torch", regions=first["regions"])
+        info=first["info"], engine="torch", regions=first["regions"],
+        lesion_structures=tuple(first["lesion_structures"] or ()))
 
 
 def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> SegmentationModel:
@@ -204,4 +208,5 @@ def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> Segmen
         temperatures=(float((metadata.get("calibration") or {}).get("temperature", 1.0)),),  # as PyTorch
         postprocessing=parse_postprocessing(metadata.get("postprocessing") or {}, str(path), labels),  # CV
         info={key: metadata.get(key) for key in INFO_KEYS}, engine="onnxruntime",
-        regions=Regions.from_dict(metadata.get("regions")))
+        regions=Regions.from_dict(metadata.get("regions")),
+        lesion_structures=tuple(metadata.get("lesion_structures") or ()))
