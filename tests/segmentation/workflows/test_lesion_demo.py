@@ -36,7 +36,8 @@ def test_the_dataset_is_nnunet_v2_with_regions_and_two_channels(lesion_dataset):
     assert dataset.channels == 2 and dataset.lesion_structures == ("lesion",)
     assert dataset.regions.names == ("grey_matter", "white_matter", "lesion")
     assert dataset.regions.values == ((1,), (2, 3), (3,)) and len(dataset.training) == 3
-    assert (root / "imagesTs" / "lesion_100_0001.nii.gz").is_file() and (root / "labelsTs" / "lesion_100.nii.gz").is_file()
+    assert (root / "imagesTs" / "lesion_100_0001.nii.gz").is_file()
+    assert (root / "labelsTs" / "lesion_100.nii.gz").is_file()
 
 
 def test_lesions_sit_in_white_matter_with_their_contrasts():
