@@ -100,6 +100,9 @@ def _from_msd(json_path: Path, spec: dict[str, Any]) -> SegmentationDataset:
     raw = spec.get("labels")
     regions = Regions.from_labels(raw, spec.get("regions_class_order"), json_path) if isinstance(raw, dict) else None
     labels = _parse_labels(regions.labels if regions else raw, json_path)
+    if regions and regions.max_value >= len(labels):  # label maps are checked against the painted classes
+        raise UserError(f"{json_path}: region values go up to {regions.max_value}, but regions_class_order paints "
+                        f"only {sorted(labels)}; each label value of the maps must be painted by one region")
     modality_names = list((spec.get("modality") or spec.get("channel_names") or {}).values())
     channels = max(1, len(modality_names))
     training = []
