@@ -74,6 +74,8 @@ class DataConfig:
     voxel_budget: int | None = None  # batch x patch voxels the plan may use; null = 2 x 64^3 on CPU, 2 x 128^3 CUDA
     samples_per_case: int = 2  # patches drawn from a case each time it is visited
     foreground_fraction: float = 0.67  # fraction of patches centred on a labelled voxel
+    lesion_sampling: str = "auto"  # within a class, centre patches lesion by lesion (each connected component
+    # equally often) or voxel by voxel; auto = by lesion for dataset.json's lesion_structures, lesion = every class
     validation_fraction: float = 0.2  # held out from training when folds == 0
     folds: int = 0  # k-fold cross-validation when > 1 ...
     fold: int = 0  # ... and this fold is the validation set

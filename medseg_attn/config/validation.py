@@ -112,6 +112,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.intensity": ("auto", "ct", "ct_window", "zscore", "none"),
     "data.prefetch": ("auto", "on", "off"),
     "data.cache": ("disk", "memory", "none"),
+    "data.lesion_sampling": ("auto", "lesion", "voxel"),
     "model.architecture": ("attention_skip_unet", "monai_unet", "monai_attention_unet"),
     "model.norm": ("instance", "batch", "group"),
     "train.optimizer": ("adamw", "sgd"),

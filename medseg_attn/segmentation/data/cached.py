@@ -64,8 +64,8 @@ class LoadCachedCased(mt.MapTransform):
 
 
 def disk_datasets(train_items: list[dict[str, Any]], val_items: list[dict[str, Any]], entries: dict[str, Path],
-                  data: Any, num_classes: int, prep: Preprocessing, validation: bool
-                  ) -> tuple[Dataset, Dataset | None, mt.Compose]:
+                  data: Any, num_classes: int, prep: Preprocessing, validation: bool,
+                  lesion_classes: tuple[int, ...] = ()) -> tuple[Dataset, Dataset | None, mt.Compose]:
     """Training and validation datasets over cache entries (case name -> entry folder) and the training chain.
 
     The training chain is :func:`~medseg_attn.segmentation.data.transforms.training_augmentation` with its class
@@ -73,7 +73,7 @@ def disk_datasets(train_items: list[dict[str, Any]], val_items: list[dict[str, A
     it as small integers).
     """
     chain: list[mt.Transform] = [LoadCachedCased(indices=True)]
-    for transform in training_augmentation(data, num_classes, prep):
+    for transform in training_augmentation(data, num_classes, prep, lesion_classes):
         if isinstance(transform, mt.ClassesToIndicesd):
             continue
         chain.append(transform)

@@ -22,7 +22,7 @@ from medseg_attn.segmentation.data.foreground import MASK_KEY, ForegroundMaskd, 
 if TYPE_CHECKING:
     from medseg_attn.segmentation.data.planning import Plan
 
-__all__ = ["Preprocessing", "preprocessing", "training_augmentation", "nonzero", "CheckLabelValuesd"]
+__all__ = ["Preprocessing", "preprocessing", "training_augmentation", "nonzero", "CheckLabelValuesd", "LesionIndicesd"]
 
 
 def nonzero(image: torch.Tensor) -> torch.Tensor:
@@ -167,13 +167,48 @@ def preprocessing(prep: Preprocessing, keys: Sequence[str] = ("image", "label"),
     return chain
 
 
-def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessing | None = None
-                          ) -> list[mt.Transform]:
+class LesionIndicesd(mt.Transform):
+    """Sampling by lesion, not by voxel: for each lesion class, its location list (``label_indices``, what
+    :class:`monai.transforms.RandCropByLabelClassesd` draws a patch centre from) is rebuilt so that every connected
+    component (26-connected) holds the same number of entries (its voxels repeated cyclically to ``per_class`` /
+    lesions). A case with one large and ten small lesions then centres a lesion patch on each lesion equally often,
+    instead of on the large one in proportion to its voxels. Deterministic; runs on the (padded) label the location
+    lists were computed on."""
+
+    def __init__(self, classes: Sequence[int], per_class: int = 20000) -> None:
+        self.classes = tuple(int(c) for c in classes)
+        self.per_class = int(per_class)
+
+    def __call__(self, data: dict) -> dict:
+        import numpy as np
+        from scipy import ndimage
+
+        label = np.asarray(torch.as_tensor(data["label"]))[0]
+        indices = list(data["label_indices"])
+        for c in self.classes:
+            components, count = ndimage.label(label == c, np.ones((3,) * label.ndim, bool))
+            if count <= 1:
+                continue  # one lesion (or none): by voxel and by lesion are the same
+            flat = components.ravel()
+            where = np.flatnonzero(flat)
+            where = where[np.argsort(flat[where], kind="stable")]  # grouped by lesion
+            starts = np.searchsorted(flat[where], np.arange(1, count + 2))
+            share = max(1, self.per_class // count)
+            picked = [np.resize(where[a:b], share) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+            indices[c] = torch.as_tensor(np.concatenate(picked))
+        data = dict(data)
+        data["label_indices"] = indices
+        return data
+
+
+def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessing | None = None,
+                          lesion_classes: Sequence[int] = ()) -> list[mt.Transform]:
     """Random patch sampling with foreground oversampling, then MONAI augmentation.
 
     Patches are drawn by :class:`monai.transforms.RandCropByLabelClassesd`: ``1 - foreground_fraction`` of them
     anywhere, the rest centred on a voxel of a foreground class, classes equally often (small organs get
-    seen). Class locations are computed once per case (cached) and subsampled to bound memory. With ``prep``
+    seen). Class locations are computed once per case (cached) and subsampled to bound memory. Within the
+    ``lesion_classes`` a patch centre is drawn lesion by lesion (:class:`LesionIndicesd`). With ``prep``
     (masked normalisation) the image is padded with its background value, the intensity augmentation keeps that
     value outside the body, and MR-style inputs also get random background masking and the MR bias-field
     strength ('auto').
@@ -189,6 +224,7 @@ def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessin
         mt.ClassesToIndicesd("label", num_classes=num_classes, indices_postfix="_indices",
                              max_samples_per_class=20000),
         mt.EnsureTyped(keys, track_meta=False),  # cached as plain tensors: cropping a MetaTensor costs 2x
+        *([LesionIndicesd(lesion_classes)] if lesion_classes else []),
         mt.RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, ratios=ratios,
                                    num_classes=num_classes, num_samples=data.samples_per_case,
                                    indices_key="label_indices", warn=False),

@@ -155,16 +155,32 @@ def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     label_values = num_classes + (run.ignore is not None)  # sparse labels: the ignore value is the highest
     pre = preprocessing(run.prep, ("image", "label"), num_classes=label_values)
     progress = run.progress and run.dist.is_main
+    lesion_classes = _lesion_classes(run)
     if run.config.data.cache == "disk":  # every case preprocessed once into the cache, then read by memory map
         entries = preprocess_cases(run.dataset.training, run.prep, run.config.data, num_classes,
                                    progress=progress, dist=run.dist, label_values=label_values)
         return disk_datasets(run.train_cases, run.val_cases, entries, run.config.data, num_classes, run.prep,
-                             run.has_validation)
-    train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes, run.prep))
+                             run.has_validation, lesion_classes)
+    train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes, run.prep, lesion_classes))
     val_transform = mt.Compose(pre)
     train_ds, val_ds = build_datasets(run.train_cases, run.val_cases, train_transform, val_transform,
                                       run.config.data.cache == "memory", progress, run.has_validation)
     return train_ds, val_ds, train_transform
+
+
+def _lesion_classes(run: _Run) -> tuple[int, ...]:
+    """The label values whose patches are centred lesion by lesion (``data.lesion_sampling``)."""
+    mode = run.config.data.lesion_sampling
+    if mode == "voxel":
+        return ()
+    if mode == "lesion":
+        return tuple(index for index in sorted(run.labels) if index > 0)
+    named = {name.lower() for name in run.dataset.lesion_structures}
+    chosen = tuple(index for index, name in sorted(run.labels.items()) if index > 0 and name.lower() in named)
+    if chosen:
+        logger.info("lesion sampling: patches centred lesion by lesion in %s",
+                    ", ".join(run.labels[i] for i in chosen))
+    return chosen
 
 
 def train(config: Config, output: str | Path, resume: bool = False, progress: bool = True,
