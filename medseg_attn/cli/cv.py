@@ -103,7 +103,9 @@ def _print_summary(summary: dict, run: Path) -> None:
     from medseg_attn.segmentation.workflows.cross_validation import describe_choice
 
     choices = [f"{entry['name']}: {describe_choice(entry)} ({entry['dice_before']:.4f} -> {entry['dice_after']:.4f})"
-               for entry in summary["postprocessing"]["classes"].values()]
+               if "dice_before" in entry else  # a lesion class: judged on lesion F1 and lesion-wise Dice
+               f"{entry['name']}: {describe_choice(entry)} (lesion F1 {entry['lesion_f1_before']:.4f} -> "
+               f"{entry['lesion_f1_after']:.4f})" for entry in summary["postprocessing"]["classes"].values()]
     print(f"postprocessing (out-of-fold Dice without -> with): {'; '.join(choices)} -> {run / 'postprocessing.json'}")
 
 

@@ -32,6 +32,7 @@ from medseg_attn.segmentation.data.sparse import ignore_index
 from medseg_attn.segmentation.evaluation.evaluate import _check_tolerance, evaluate_folders
 from medseg_attn.segmentation.evaluation.lesion_report import LesionOptions, lesion_structures
 from medseg_attn.segmentation.inference.predictor import Predictor
+from medseg_attn.segmentation.measures.lesions import label_lesions, lesion_scores
 from medseg_attn.segmentation.measures.overlap import mask_dice
 from medseg_attn.segmentation.measures.postprocessing import (
     ClassPostprocessing,
@@ -86,7 +87,8 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
         manifest.add_model([find_checkpoint(fold_dir(run, int(split["fold"]))) for split in splits], device=device)
         manifest.update(options={"tolerance_mm": tolerance_mm,
                                  "lesions": None if lesions is None else lesions.rules.describe()})
-        summary = _out_of_fold(run, out, splits, by_name, ignore, device, progress, tolerance_mm, lesions)
+        summary = _out_of_fold(run, out, splits, by_name, ignore, device, progress, tolerance_mm, lesions,
+                               dataset.lesion_structures)
     logger.info("%s", summary["line"])
     return summary
 
@@ -103,9 +105,9 @@ def _check_folds_finished(run: Path) -> None:
 
 def _out_of_fold(run: Path, out: Path, splits: list[dict[str, Any]], by_name: dict[str, dict[str, Any]],
                  ignore: int | None, device: str, progress: bool, tolerance_mm: float,
-                 lesions: LesionOptions | None = None) -> dict[str, Any]:
+                 lesions: LesionOptions | None = None, lesion_names: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every case predicted by the fold that did not see it, scored; ``RUN/cv/summary.json`` and the
-    postprocessing chosen."""
+    postprocessing chosen (``lesion_names`` and the structures ``lesions`` names: chosen on lesion scores)."""
     predictions, references = out / "predictions", out / "references"
     fold_of: dict[str, int] = {}
     labels: dict[int, str] = {}
@@ -139,7 +141,9 @@ def _out_of_fold(run: Path, out: Path, splits: list[dict[str, Any]], by_name: di
                               | {"lesionwise_dice": values["lesionwise_dice"]["mean"],
                                  "lesionwise_hd95": values["lesionwise_hd95"]["mean"]}
                               for name, values in pooled["lesions"]["structures"].items()}
-    summary["postprocessing"] = choose_postprocessing(run, labels)
+    named = {n.lower() for n in (*lesion_names, *(lesions.structures if lesions else ()))}
+    lesion_classes = {index for index, name in labels.items() if index and {name.lower(), str(index)} & named}
+    summary["postprocessing"] = choose_postprocessing(run, labels, lesion_classes)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
@@ -190,24 +194,37 @@ def _plot(table: list[dict], names: list[str], folds: int, path: Path) -> None:
 
 
 SIZE_FRACTIONS = (0.01, 0.05, 0.1, 0.25)  # candidate minimum sizes, as fractions of the median reference volume
+LESION_SIZE_FRACTIONS = (0.05, 0.1, 0.25, 0.5)  # lesion classes: fractions of the median reference lesion volume
 
 
-def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, Any]:
+def choose_postprocessing(run: str | Path, labels: dict[int, str], lesion_classes: set[int] | None = None
+                          ) -> dict[str, Any]:
     """Per class, the postprocessing that raises the mean out-of-fold Dice of the class most, if any does (nnU-Net's
     rule, with its v1 size filter): keep only the largest connected component, or remove the components below a
     size (candidates: :data:`SIZE_FRACTIONS` of the median volume of the class in the references, in ml). Ties go
-    to the earlier candidate (nothing, then the largest component, then the smallest size). Writes
-    ``RUN/postprocessing.json`` and returns it."""
+    to the earlier candidate (nothing, then the largest component, then the smallest size).
+
+    A lesion class (``lesion_classes``) is judged lesion by lesion instead: the candidates are nothing and minimum
+    lesion volumes (:data:`LESION_SIZE_FRACTIONS` of the median reference lesion's volume; never the largest
+    component, which would keep one lesion), and the one kept raises the pooled out-of-fold lesion F1 most without
+    lowering the mean lesion-wise Dice (:func:`~medseg_attn.segmentation.measures.lesions.lesion_scores`).
+
+    Writes ``RUN/postprocessing.json`` and returns it."""
     run = Path(run)
     out = run / "cv"
     classes = [index for index in sorted(labels) if index > 0]
     cases = []  # (reference, prediction, ml per voxel)
+    spacings = []  # mm per axis of each reference
     for path in sorted((out / "references").glob("*.nii.gz")):
         image = nib.load(str(path))
+        spacings.append([float(z) for z in image.header.get_zooms()[:image.ndim]])
         cases.append((np.asarray(image.dataobj), np.asarray(nib.load(str(out / "predictions" / path.name)).dataobj),
                       voxel_ml(image.affine)))
     choice = {}
     for index in classes:
+        if index in (lesion_classes or set()):
+            choice[str(index)] = _choose_for_lesions(cases, spacings, index, labels[index])
+            continue
         volumes = [float(count) * ml for ref, _, ml in cases if (count := np.count_nonzero(ref == index))]
         sizes = sorted({round(f * float(np.median(volumes)), 4) for f in SIZE_FRACTIONS} - {0.0}) if volumes else []
         rules = [ClassPostprocessing(), ClassPostprocessing(largest_component=True),
@@ -231,9 +248,46 @@ def choose_postprocessing(run: str | Path, labels: dict[int, str]) -> dict[str, 
                       "it raises the mean out-of-fold Dice most", "cases": len(cases), "classes": choice}
     atomic_write_text(run / "postprocessing.json", json.dumps(record, indent=2) + "\n")
     for entry in choice.values():
-        logger.info("postprocessing %s: %s (out-of-fold Dice %.4f -> %.4f)", entry["name"],
-                    describe_choice(entry), entry["dice_before"], entry["dice_after"])
+        if entry.get("judged_by") == "lesions":
+            logger.info("postprocessing %s: %s (out-of-fold lesion F1 %.4f -> %.4f, lesion-wise Dice %.4f -> %.4f)",
+                        entry["name"], describe_choice(entry), entry["lesion_f1_before"], entry["lesion_f1_after"],
+                        entry["lesionwise_dice_before"], entry["lesionwise_dice_after"])
+        else:
+            logger.info("postprocessing %s: %s (out-of-fold Dice %.4f -> %.4f)", entry["name"],
+                        describe_choice(entry), entry["dice_before"], entry["dice_after"])
     return record
+
+
+def _choose_for_lesions(cases: list[tuple[np.ndarray, np.ndarray, float]], spacings: list[list[float]], index: int,
+                        name: str) -> dict[str, Any]:
+    """:func:`choose_postprocessing` for one lesion class: the minimum lesion volume that raises the pooled lesion
+    F1 most without lowering the mean lesion-wise Dice (nothing when none does)."""
+    volumes = []
+    for (ref, _, ml) in cases:
+        ids, count = label_lesions(ref == index, what=name)
+        volumes += (np.bincount(ids.ravel())[1:] * ml).tolist() if count else []
+    sizes = sorted({round(f * float(np.median(volumes)), 5) for f in LESION_SIZE_FRACTIONS} - {0.0}) if volumes else []
+    rules = [ClassPostprocessing(), *(ClassPostprocessing(min_size_ml=size) for size in sizes)]
+    scores = []  # (pooled lesion F1, mean lesion-wise Dice) per rule
+    for rule in rules:
+        tp = fp = fn = 0
+        dice = []
+        for (ref, pred, ml), spacing in zip(cases, spacings, strict=True):
+            kept = apply_postprocessing(pred, {index: rule}, ml) == index
+            counts = lesion_scores(kept, ref == index, spacing, case=name).counts
+            tp, fp, fn = tp + counts["true_positives"], fp + counts["false_positives"], fn + counts["false_negatives"]
+            dice.append(counts["lesionwise_dice"])
+        scores.append((2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0, float(np.mean(dice)) if dice else 1.0))
+    best = 0
+    for position, (f1, dice) in enumerate(scores):
+        if f1 > scores[best][0] + 1e-6 and dice >= scores[0][1] - 1e-6:
+            best = position
+    rule = rules[best]
+    return {"name": name, "largest_component": False, "min_size_ml": rule.min_size_ml, "judged_by": "lesions",
+            "lesion_f1_before": round(scores[0][0], 5), "lesion_f1_after": round(scores[best][0], 5),
+            "lesionwise_dice_before": round(scores[0][1], 5), "lesionwise_dice_after": round(scores[best][1], 5),
+            "candidates": {rule.describe(): {"lesion_f1": round(f1, 5), "lesionwise_dice": round(dice, 5)}
+                           for rule, (f1, dice) in zip(rules, scores, strict=True)}}
 
 
 def describe_choice(entry: dict[str, Any]) -> str:

@@ -258,3 +258,42 @@ def test_a_cv_run_exports_as_one_ensemble_network(cv_run, tmp_path, capsys):
     np.testing.assert_allclose(theirs.probabilities, ours.probabilities, atol=1e-4)
     assert main(["-q", "export", "--model", str(run), "--format", "bundle", "--output", str(tmp_path / "b")]) == 2
     assert "a MONAI bundle holds one model: export one fold" in capsys.readouterr().err
+
+
+def _lesion_cv(tmp_path, speck: int) -> Path:
+    """Three cases of a lesion class: lesions of 125, 64 and 27 voxels (1 mm), predicted exactly, plus two false
+    predicted specks of ``speck`` voxels each."""
+    run = tmp_path / f"run{speck}"
+    for folder in ("predictions", "references"):
+        (run / "cv" / folder).mkdir(parents=True)
+    for i in range(3):
+        ref = np.zeros((30, 30, 30), np.uint8)
+        ref[2:7, 2:7, 2:7] = 1
+        ref[12:16, 12:16, 12:16] = 1
+        ref[22:25, 22:25, 22:25] = 1
+        pred = ref.copy()
+        side = round(speck ** (1 / 3))
+        pred[2:2 + side, 25:25 + side, 2:2 + side] = 1
+        pred[25:25 + side, 2:2 + side, 25:25 + side] = 1
+        nib.save(nib.Nifti1Image(ref, np.eye(4)), run / "cv" / "references" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(pred, np.eye(4)), run / "cv" / "predictions" / f"c{i}.nii.gz")
+    return run
+
+
+def test_a_lesion_class_is_postprocessed_on_lesion_f1_without_losing_lesionwise_dice(tmp_path):
+    labels = {0: "background", 1: "lesion"}
+    run = _lesion_cv(tmp_path, speck=1)  # one-voxel false specks: a minimum lesion volume removes them
+    entry = choose_postprocessing(run, labels, {1})["classes"]["1"]
+    assert entry["judged_by"] == "lesions" and entry["largest_component"] is False
+    assert entry["lesion_f1_before"] == pytest.approx(2 * 9 / (2 * 9 + 6)) and entry["lesion_f1_after"] == 1.0
+    assert entry["lesionwise_dice_after"] >= entry["lesionwise_dice_before"]
+    assert 0.001 <= entry["min_size_ml"] <= 0.027  # above a speck, at most the smallest true lesion
+    assert "largest component kept" not in entry["candidates"]  # never for lesions: it keeps one lesion
+    assert read_postprocessing(run) == {1: ClassPostprocessing(min_size_ml=entry["min_size_ml"])}
+    # the same maps judged as an organ (voxel Dice) also try the largest component, which drops two true lesions
+    organ = choose_postprocessing(run, labels)["classes"]["1"]
+    assert "judged_by" not in organ and organ["candidates"]["largest component kept"] < organ["dice_before"]
+    # false lesions larger than true ones (64 voxels vs 27): a size that drops them drops more true lesions, and
+    # one below them only drops true lesions, so nothing is chosen
+    same = choose_postprocessing(_lesion_cv(tmp_path, speck=64), labels, {1})["classes"]["1"]
+    assert same["min_size_ml"] is None and same["lesion_f1_after"] == same["lesion_f1_before"]
