@@ -289,17 +289,36 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
     return labels
 
 
+def _regions_from(spec: str | None) -> object:
+    """The regions of ``--labels`` when it names a region dataset.json or a region model (None otherwise)."""
+    path = Path(spec) if spec is not None else None
+    if path is None or not path.exists():
+        return None
+    from medseg_attn.segmentation.measures.regions import Regions
+
+    if path.is_dir() and (path / "dataset.json").exists() or path.suffix == ".json":
+        from medseg_attn.segmentation.data.datasets import load_dataset
+
+        return load_dataset(path).regions
+    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+
+    return Regions.from_dict(load_checkpoint(find_checkpoint(path)).get("regions"))
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
 
     summary = evaluate_folders(args.pred, args.label, args.output, labels=_labels_from(args.labels),
                                tolerance_mm=args.tolerance, include_background=args.include_background,
-                               progress=not args.quiet, statistics=args.statistics, lesions=lesion_options(args))
+                               progress=not args.quiet, statistics=args.statistics, lesions=lesion_options(args),
+                               regions=_regions_from(args.labels))
     lines = [f"{name}: Dice {values['dice']['mean']:.4f}" for name, values in summary["classes"].items()]
     for name, values in summary.get("lesions", {}).get("structures", {}).items():
         lines.append(f"{name} lesions: F1 {values['lesion_f1']:.4f} ({values['true_positives']} found, "
                      f"{values['false_negatives']} missed, {values['false_positives']} false), lesion-wise Dice "
                      f"{values['lesionwise_dice']['mean']:.4f}")
+    regions = summary.get("regions", {})
+    lines += [f"{name} region: Dice {values['dice']['mean']:.4f}" for name, values in regions.items()]
     print(f"{summary['cases']} case(s); " + "; ".join(lines) + f" -> {args.output}")
     return 0
 

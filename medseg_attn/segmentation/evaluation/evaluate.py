@@ -43,6 +43,7 @@ from medseg_attn.segmentation.evaluation.lesion_report import (
     write_lesion_tables,
 )
 from medseg_attn.segmentation.measures.overlap import mask_dice
+from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.measures.structure_statistics import case_statistics, write_statistics_csv
 
 logger = logging.getLogger(__name__)
@@ -275,6 +276,22 @@ def _label_statistics(name: str, pred: np.ndarray, label: np.ndarray, label_path
     return records
 
 
+REGION_COLUMNS = ("case", "region", "values", "dice", "pred_voxels", "label_voxels")
+
+
+def _region_rows(case: str, pred: np.ndarray, label: np.ndarray, regions: Regions, ignore: int | None) -> list[dict]:
+    """regions.csv rows of one case: each region's Dice with its values merged in both maps (ignore voxels out)."""
+    annotated = label != ignore if ignore is not None else None
+    rows = []
+    for region, found, truth in zip(regions.names, regions.masks(pred), regions.masks(label), strict=True):
+        if annotated is not None:
+            found, truth = found & annotated, truth & annotated
+        rows.append({"case": case, "region": region, "values": " ".join(map(str, regions.values[len(rows)])),
+                     "dice": mask_dice(found, truth), "pred_voxels": int(found.sum()),
+                     "label_voxels": int(truth.sum())})
+    return rows
+
+
 def _write_csv(rows: list[dict], path: Path) -> None:
     write_csv(path, rows, CSV_COLUMNS, float_format=".6f")
 
@@ -308,7 +325,7 @@ def _plot(rows: list[dict], names: dict[int, str], path: Path, cases: int, lesio
 def evaluate_folders(
     pred_dir: str | Path, label_dir: str | Path, output_dir: str | Path, labels: dict[int, str] | None = None,
     tolerance_mm: float = 1.0, include_background: bool = False, progress: bool = True, statistics: bool = False,
-    lesions: LesionOptions | None = None,
+    lesions: LesionOptions | None = None, regions: Regions | None = None,
 ) -> dict:
     """Evaluate every label file against the prediction of the same name; write CSV, JSON and a box plot.
 
@@ -334,6 +351,9 @@ def evaluate_folders(
             ``lesions.csv``, ``lesion_pairs.csv``, a ``lesions`` entry in the summary and a lesion-wise Dice panel in
             the box plot. A named structure without a lesion in any case is a UserError, raised before any file is
             written.
+        regions: a region dataset's regions (nnU-Net v2; :mod:`medseg_attn.segmentation.measures.regions`): also
+            the Dice of every region (its label values merged, in both maps) per case, ``regions.csv``, and a
+            ``regions`` entry in the summary.
 
     Returns:
         The summary written to ``summary.json`` (NaN as None).
@@ -368,6 +388,7 @@ def evaluate_folders(
     measured: list[dict] = []
     lesion_rows: list[dict] = []
     lesion_pairs: list[dict] = []
+    region_rows: list[dict] = []
     for name, pred_path, label_path in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
         (pred, _), (label, spacing) = _read_label_map(pred_path), _read_label_map(label_path)
         if mappings[name] is not None:
@@ -382,6 +403,8 @@ def evaluate_folders(
             found, found_pairs = case_lesions(name, pred, label, spacing, structures, lesions.rules, ignore)
             lesion_rows += found
             lesion_pairs += found_pairs
+        if regions is not None:
+            region_rows += _region_rows(name, pred, label, regions, ignore)
         del pred, label  # one case in memory at a time
         rows += [{"case": name, "class_index": i, "class_name": names[i], **metrics[i]} for i in names]
     absent = [names[i] for i in names if not any(r["label_voxels"] for r in rows if r["class_index"] == i)]
@@ -394,6 +417,10 @@ def evaluate_folders(
     output_dir.mkdir(parents=True, exist_ok=True)
     if lesions is not None:
         write_lesion_tables(lesion_rows, lesion_pairs, output_dir)
+    if regions is not None:
+        summary["regions"] = {region: {"dice": _statistics([r["dice"] for r in region_rows if r["region"] == region])}
+                              for region in regions.names}
+        write_csv(output_dir / "regions.csv", region_rows, REGION_COLUMNS, float_format=".6f")
     _write_csv(rows, output_dir / "metrics.csv")
     if statistics:
         write_statistics_csv(measured, output_dir / "statistics.csv", unit=None, extra=("source",))

@@ -40,6 +40,7 @@ from medseg_attn.segmentation.measures.postprocessing import (
     components,
     voxel_ml,
 )
+from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run, read_cv_record
 from medseg_attn.training.checkpoint import find_checkpoint
 
@@ -88,7 +89,7 @@ def cross_validate(run: str | Path, device: str = "auto", progress: bool = True,
         manifest.update(options={"tolerance_mm": tolerance_mm,
                                  "lesions": None if lesions is None else lesions.rules.describe()})
         summary = _out_of_fold(run, out, splits, by_name, ignore, device, progress, tolerance_mm, lesions,
-                               dataset.lesion_structures)
+                               dataset.lesion_structures, dataset.regions)
     logger.info("%s", summary["line"])
     return summary
 
@@ -105,7 +106,8 @@ def _check_folds_finished(run: Path) -> None:
 
 def _out_of_fold(run: Path, out: Path, splits: list[dict[str, Any]], by_name: dict[str, dict[str, Any]],
                  ignore: int | None, device: str, progress: bool, tolerance_mm: float,
-                 lesions: LesionOptions | None = None, lesion_names: tuple[str, ...] = ()) -> dict[str, Any]:
+                 lesions: LesionOptions | None = None, lesion_names: tuple[str, ...] = (),
+                 regions: Regions | None = None) -> dict[str, Any]:
     """Every case predicted by the fold that did not see it, scored; ``RUN/cv/summary.json`` and the
     postprocessing chosen (``lesion_names`` and the structures ``lesions`` names: chosen on lesion scores)."""
     predictions, references = out / "predictions", out / "references"
@@ -133,8 +135,10 @@ def _out_of_fold(run: Path, out: Path, splits: list[dict[str, Any]], by_name: di
             write_nifti(pred, predictions / f"{name}.nii.gz", reference=reference_path)
             write_nifti(ref, references / f"{name}.nii.gz", reference=reference_path)
     pooled = evaluate_folders(predictions, references, out / "evaluation", labels=labels, tolerance_mm=tolerance_mm,
-                              progress=progress, lesions=lesions)
+                              progress=progress, lesions=lesions, regions=regions)
     summary = _summarise(out, fold_of, len(splits), pooled)
+    if "regions" in pooled:  # a region dataset: each region's out-of-fold Dice
+        summary["regions"] = {name: values["dice"]["mean"] for name, values in pooled["regions"].items()}
     if "lesions" in pooled:
         summary["lesions"] = {name: {key: values[key] for key in ("true_positives", "false_positives",
                                                                   "false_negatives", "lesion_f1")}

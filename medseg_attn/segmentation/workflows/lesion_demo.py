@@ -18,9 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-
 from medseg_attn.config import Config
 from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
@@ -28,7 +25,6 @@ from medseg_attn.lesion_data import build_lesion_dataset
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.evaluation.evaluate import evaluate_folders
 from medseg_attn.segmentation.evaluation.lesion_report import LesionOptions
-from medseg_attn.segmentation.measures.overlap import mask_dice
 from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.workflows.demo import demo_config
 from medseg_attn.segmentation.workflows.predict import PredictOptions, predict_batch
@@ -39,17 +35,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["run_lesion_demo"]
 
 VARIANTS = ("", "_attention_off", "_attention_on", "_monai_unet")  # run folder suffixes
-
-
-def region_dice(predictions: Path, references: Path, regions: Regions) -> dict[str, list[float]]:
-    """Per region, the Dice of each case (a predicted label map against its reference, both as region masks)."""
-    scores: dict[str, list[float]] = {name: [] for name in regions.names}
-    for reference in sorted(references.glob("*.nii.gz")):
-        truth = regions.masks(np.asarray(nib.load(reference).dataobj))
-        found = regions.masks(np.asarray(nib.load(predictions / reference.name).dataobj))
-        for name, a, b in zip(regions.names, found, truth, strict=True):
-            scores[name].append(mask_dice(a, b))
-    return scores
 
 
 def _variant(output: Path, name: str, config: Config, root: Path, regions: Regions, progress: bool
@@ -63,13 +48,12 @@ def _variant(output: Path, name: str, config: Config, root: Path, regions: Regio
                                  device=config.train.device, progress=progress))
     summary = evaluate_folders(predictions, root / "labelsTs", output / f"evaluation{name}",
                                labels=regions.labels, progress=progress,
-                               lesions=LesionOptions(structures=("lesion",)))
+                               lesions=LesionOptions(structures=("lesion",)), regions=regions)
     model = config.model
     label = "MONAI UNet" if model.architecture == "monai_unet" else \
         f"AttentionSkipUNet, attention {'on' if model.attention else 'off'}"
     return {"name": name.lstrip("_") or "attention", "label": label, "result": result,
-            "train_seconds": train_seconds, "summary": summary,
-            "regions": region_dice(predictions, root / "labelsTs", regions)}
+            "train_seconds": train_seconds, "summary": summary}
 
 
 def run_lesion_demo(output: str | Path, minutes: float = 5.0, attention: bool = True, baseline: bool = False,
@@ -111,7 +95,8 @@ def _numbers(variant: dict[str, Any]) -> dict[str, Any]:
     lesion = variant["summary"]["lesions"]["structures"]["lesion"]
     return {"label": variant["label"], "steps": variant["result"].steps, "epochs": variant["result"].epochs,
             "train_seconds": round(variant["train_seconds"], 1),
-            "region_dice": {name: round(float(np.mean(values)), 4) for name, values in variant["regions"].items()},
+            "region_dice": {name: round(values["dice"]["mean"], 4)
+                            for name, values in variant["summary"]["regions"].items()},
             "lesion_f1": round(lesion["lesion_f1"], 4), "lesionwise_dice": lesion["lesionwise_dice"]["mean"],
             "lesionwise_hd95": lesion["lesionwise_hd95"]["mean"],
             "lesions": {key: lesion[key] for key in ("reference_lesions", "true_positives", "false_positives",
