@@ -152,3 +152,22 @@ def test_more_lesions_than_an_instance_map_holds_fail_the_case_with_nothing_writ
     assert not list((tmp_path / "out").glob("dotted*"))  # nothing of the case: no label map, table or map
     assert [r["voxels"] for r in _rows(tmp_path / "out" / "few_lesions.csv")] == ["27", "8"]
     assert _rows(tmp_path / "out" / "lesion_statistics.csv") == _rows(tmp_path / "out" / "few_lesions.csv")
+
+
+def test_a_region_model_gives_each_lesion_the_probability_of_its_region_and_every_channel_its_mean():
+    from types import SimpleNamespace
+
+    from medseg_attn.segmentation.inference.predictor import Prediction
+    from medseg_attn.segmentation.measures.regions import Regions
+
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[1:3, 1:3, 1:3], labels[5:7, 5:7, 5:7] = 2, 3  # white matter, then a lesion painted inside it
+    probabilities = np.stack([np.full(labels.shape, v, np.float32) for v in (0.9, 0.6, 0.3)])  # one per region
+    channels = np.stack([np.full(labels.shape, 5.0, np.float32), np.full(labels.shape, 7.0, np.float32)])
+    result = Prediction("c", labels, np.eye(4), probabilities, channels=channels)
+    regions = Regions(("grey_matter", "white_matter", "lesion"), ((1,), (2, 3), (3,)), (1, 2, 3))
+    predictor = SimpleNamespace(regions=regions, in_channels=2, prep=SimpleNamespace(intensity="zscore"))
+    (row,) = LesionOutputs({3: "lesion"}, table=True).measure(result, predictor, "c").rows
+    assert (row["voxels"], row["probability_mean"]) == (8, 0.3)  # the region named lesion, not class value 3
+    assert (row["intensity_mean_ch0"], row["intensity_mean_ch1"]) == (5.0, 7.0)
+    assert LesionOutputs({3: "lesion"}).measure(result, predictor, "c").rows[0]["intensity_mean_ch1"] is None
