@@ -154,6 +154,17 @@ def add_parsers(command) -> None:
                          help="also write OUT/<case>_statistics.json and OUT/statistics.csv: per structure voxels, "
                               "volume (ml), intensity mean/sd/percentiles (HU for CT models), connected components, "
                               "bounding box (mm), mean uncertainty (see docs/statistics.md)")
+    predict.add_argument("--lesion-structures", nargs="+", default=(), metavar="NAME",
+                         help="classes whose connected components (26-connected) are lesions, besides those the "
+                              "model's dataset.json named (lesion_structures): report.csv and report.html get each "
+                              "case's lesion count and total lesion volume; with --statistics also "
+                              "OUT/<case>_lesions.csv and OUT/lesion_statistics.csv, one row per lesion (volume, "
+                              "centroid in RAS mm, extent, mean intensity per channel, mean probability and "
+                              "uncertainty; see docs/statistics.md)")
+    predict.add_argument("--instances", action="store_true",
+                         help="also write OUT/<case>_instances.nii.gz: each lesion of the lesion structures its own "
+                              "value (its number in <case>_lesions.csv; uint16, so at most 65,535 lesions per case: "
+                              "a case with more fails and nothing of it is written)")
     predict.add_argument("--review-config", type=Path,
                          help="YAML file of review-flag settings for OUT/report.html (MAD factors, expected volumes "
                               "per structure, fragmentation limits ...; see docs/statistics.md)")
@@ -243,7 +254,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     names = ("folds", "engine", "device", "tta", "overlap", "sw_batch_size", "precision", "probabilities", "overwrite",
              "output_format", "series_uid", "resample_uneven", "volume_index", "attention_maps", "attention_heads",
-             "uncertainty", "statistics", "review_config", "review_set")
+             "uncertainty", "statistics", "lesion_structures", "instances", "review_config", "review_set")
     options = PredictOptions(model=args.model, inputs=args.input, output=args.output, progress=not args.quiet,
                              **{name: getattr(args, name) for name in names})
     result = predict_batch(options)

@@ -2,7 +2,9 @@
 
 ``OUT/`` holds, per case, the label map in each format asked for, the explanation maps, the overlay and the
 statistics; for the batch ``report.csv``, ``failures.csv`` (when a case failed), ``report.html`` with its pictures
-in ``qc/``, ``statistics.csv`` (with ``--statistics``) and ``run.json`` (how the folder was made).
+in ``qc/``, ``statistics.csv`` (with ``--statistics``; for models with lesion structures also
+``lesion_statistics.csv`` and per case ``<case>_lesions.csv``), ``<case>_instances.nii.gz`` (``--instances``) and
+``run.json`` (how the folder was made).
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class OutputLayout:
         return self.root / "statistics.csv"
 
     @property
+    def lesion_statistics_csv(self) -> Path:
+        """One row per lesion of every case (with ``--statistics``, for models with lesion structures)."""
+        return self.root / "lesion_statistics.csv"
+
+    @property
     def qc_dir(self) -> Path:
         return self.root / "qc"
 
@@ -75,6 +82,14 @@ class OutputLayout:
 
     def case_statistics(self, case: str) -> Path:
         return self.root / f"{case}_statistics.json"
+
+    def lesions(self, case: str) -> Path:
+        """The per-lesion table of ``case``."""
+        return self.root / f"{case}_lesions.csv"
+
+    def instances(self, case: str) -> Path:
+        """The instance map of ``case``: each lesion its own value (its number in the table)."""
+        return self.root / f"{case}_instances.nii.gz"
 
     def thumbnail(self, case: str) -> Path:
         return self.qc_dir / f"{case}.png"

@@ -49,6 +49,7 @@ from medseg_attn.segmentation.inference.resample import (
     spatial_affine,
 )
 from medseg_attn.segmentation.inference.sliding import mean_of_blends, sliding_window_probabilities
+from medseg_attn.segmentation.measures.lesion_statistics import LesionTable
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, apply_postprocessing, voxel_ml
 from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.model.loading import SegmentationModel, load_model
@@ -75,6 +76,8 @@ class Prediction:
     uncertainty: np.ndarray | None = None  # (*S_input) normalised predictive entropy in [0, 1]
     image: np.ndarray | None = None  # (*S_input) the input's first channel, kept for overlays with the maps
     source: LoadedCase | None = None  # the input as read, its voxels dropped (files, DICOM series, NIfTI header)
+    channels: np.ndarray | None = None  # (C, *S_input) every input channel as read, with keep_channels
+    lesions: LesionTable | None = None  # the lesions of the lesion structures, when a batch measured them
 
     def uncertainty_means(self) -> tuple[float, float]:
         """Mean uncertainty over the whole volume and inside the predicted foreground (NaN when empty)."""
@@ -100,6 +103,8 @@ class Predictor:
         sources: where each network came from (checkpoint paths), for error messages.
         regions: a region model's regions (one sigmoid output each, painted back into a label map); None: the
             networks give one softmax output per class.
+        lesion_structures: class names whose connected components are lesions (the model's dataset.json
+            ``lesion_structures``).
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class Predictor:
         postprocessing: Mapping[int, ClassPostprocessing] | None = None,
         model_info: Mapping[str, Any] | None = None,
         regions: Regions | None = None,
+        lesion_structures: Sequence[str] = (),
     ) -> None:
         self.networks = list(network) if isinstance(network, (list, tuple)) else [network]
         self.network = self.networks[0]
@@ -138,6 +144,7 @@ class Predictor:
         self.model_info = dict(model_info or {})  # the first checkpoint's card, plan, calibration ... (run.json)
         self.postprocessing = dict(postprocessing or {})  # a CV run's choice per class
         self.regions = regions
+        self.lesion_structures = tuple(lesion_structures)
         if regions is not None and any(t != 1.0 for t in self.temperatures):
             raise UserError(f"{self.sources[0]}: a region model has no temperature (its sigmoids are not calibrated "
                             f"by temperature scaling)")
@@ -149,7 +156,8 @@ class Predictor:
         return cls(list(model.networks), model.prep, dict(model.labels), model.patch_size, model.inference,
                    "cpu" if model.engine == "onnxruntime" else device, model.in_channels, model.sources,
                    colors=model.colors, temperatures=model.temperatures, postprocessing=model.postprocessing,
-                   model_info=model.info, regions=model.regions)
+                   model_info=model.info, regions=model.regions,
+                   lesion_structures=model.lesion_structures)
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto",
@@ -351,8 +359,8 @@ class Predictor:
     def predict(self, path: str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor | LoadedCase,
                 probabilities: bool = False, *, attention_maps: bool = False, attention_heads: bool = False,
                 uncertainty: bool = False, affine: np.ndarray | None = None, series_uid: str | None = None,
-                resample_uneven: bool = False, volume_index: int | None = None, keep_image: bool = False
-                ) -> Prediction:
+                resample_uneven: bool = False, volume_index: int | None = None, keep_image: bool = False,
+                keep_channels: bool = False) -> Prediction:
         """Predict one case; the result (and every map) is on the input's own grid.
 
         Args:
@@ -368,6 +376,7 @@ class Predictor:
             series_uid, resample_uneven, volume_index: see :class:`~medseg_attn.io.cases.ReadOptions`.
             keep_image: return the input's first channel as read (original intensities, e.g. HU) in ``image``
                 (always kept with explanation maps).
+            keep_channels: return every input channel as read in ``channels`` (per-lesion intensities).
 
         Raises:
             ValueError: a bad input (one line naming it), or ``attention_maps`` for a model without attention.
@@ -406,5 +415,6 @@ class Predictor:
         return Prediction(case.name if case else "array", labels, original_affine, result.probabilities,
                           time.perf_counter() - start, reference=case.nifti if case else None, attention=attention,
                           uncertainty=result.uncertainty, source=replace(case, image=None) if case else None,
-                          image=np.asarray(loaded[0], dtype=np.float32) if explained else None)
+                          image=np.asarray(loaded[0], dtype=np.float32) if explained else None,
+                          channels=np.asarray(loaded, dtype=np.float32) if keep_channels else None)
 

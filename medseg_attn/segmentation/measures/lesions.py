@@ -99,18 +99,19 @@ class LesionResult:
     pairs: list[dict]
 
 
-def label_lesions(mask: np.ndarray, connectivity: int = 26, *, what: str = "mask") -> tuple[np.ndarray, int]:
+def label_lesions(mask: np.ndarray, connectivity: int = 26, *, what: str = "mask",
+                  limit: int | None = MAX_LESIONS) -> tuple[np.ndarray, int]:
     """Connected components of a boolean mask (scipy.ndimage.label): int32 labels 1..n and n.
 
     Raises:
-        UserError: more than MAX_LESIONS components (``what`` names the mask in the message).
+        UserError: more than ``limit`` components (``what`` names the mask in the message; None: no limit).
     """
     if connectivity not in CONNECTIVITIES:
         raise UserError(f"lesion connectivity {connectivity}: expected 6, 18 or 26")
     structure = ndimage.generate_binary_structure(mask.ndim, min(CONNECTIVITIES[connectivity], mask.ndim))
     labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=structure)
-    if count > MAX_LESIONS:
-        raise UserError(f"{what}: {count} connected components; at most {MAX_LESIONS} lesions per structure are "
+    if limit is not None and count > limit:
+        raise UserError(f"{what}: {count} connected components; at most {limit} lesions per structure are "
                         "supported (is this a noise map or an instance map rather than a label map?)")
     return labels, int(count)
 

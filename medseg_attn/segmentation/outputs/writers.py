@@ -3,7 +3,10 @@
 A case ``<case>`` gets, in this order: its label maps (``<case>.nii.gz``, ``<case>.seg.dcm``, ``<case>.seg.nrrd``;
 see :mod:`~medseg_attn.segmentation.outputs.formats`), ``<case>_probabilities.nii.gz`` on request, the
 explanation maps on the input's grid (``<case>_attention_<level>.nii.gz`` per attention level,
-``<case>_uncertainty.nii.gz``) and, with either map, ``<case>_overlay.png`` drawn from them.
+``<case>_uncertainty.nii.gz``) and, with either map, ``<case>_overlay.png`` drawn from them; for models with
+lesion structures, the per-lesion table ``<case>_lesions.csv`` (with ``--statistics``) and the instance map
+``<case>_instances.nii.gz`` (with ``--instances``), from the lesions measured before any file was written
+(:mod:`~medseg_attn.segmentation.outputs.lesions`).
 
 What a file holds comes from its record's ``kind``, never from its name: a case named like a suffix
 (``scan_probabilities``) or holding one (``ct_attention_up``) gets the same files as any other.
@@ -25,6 +28,7 @@ from medseg_attn.io.files import remove_stale_temporaries
 from medseg_attn.io.layout import OutputLayout
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.segments import write_seg_nrrd
+from medseg_attn.io.tables import write_csv
 from medseg_attn.segmentation.inference.predictor import Prediction, Predictor
 
 __all__ = ["Explain", "Output", "OutputKind", "plan_outputs", "write_output", "write_outputs"]
@@ -40,6 +44,8 @@ class OutputKind(str, Enum):
     ATTENTION = "attention"  # the attention received at one level
     UNCERTAINTY = "uncertainty"  # normalised predictive entropy
     OVERLAY = "overlay"  # a PNG of the maps over three slices
+    LESIONS = "lesions"  # one row per lesion of the lesion structures, CSV
+    INSTANCES = "instances"  # each lesion its own value, uint16 NIfTI
 
     @property
     def is_map(self) -> bool:
@@ -75,9 +81,10 @@ class Explain:
 
 
 def plan_outputs(output_dir: Path, name: str, formats: Sequence[str], probabilities: bool = False,
-                 explain: Explain = Explain()) -> list[Output]:
+                 explain: Explain = Explain(), lesion_table: bool = False, instances: bool = False) -> list[Output]:
     """The outputs of case ``name`` in the order they are written (``formats``: the case's label-map formats,
-    see :func:`~medseg_attn.segmentation.outputs.formats.case_formats`)."""
+    see :func:`~medseg_attn.segmentation.outputs.formats.case_formats`; ``lesion_table``, ``instances``: the
+    per-lesion table and the instance map)."""
     layout = OutputLayout(output_dir)
     outputs = [Output(OutputKind(fmt), layout.label_map(name, fmt)) for fmt in formats]
     if probabilities:
@@ -85,6 +92,10 @@ def plan_outputs(output_dir: Path, name: str, formats: Sequence[str], probabilit
     outputs += [Output(OutputKind.ATTENTION, layout.attention(name, level), level) for level in explain.levels]
     if explain.uncertainty:
         outputs.append(Output(OutputKind.UNCERTAINTY, layout.uncertainty(name)))
+    if lesion_table:
+        outputs.append(Output(OutputKind.LESIONS, layout.lesions(name)))
+    if instances:
+        outputs.append(Output(OutputKind.INSTANCES, layout.instances(name)))
     if explain.any:
         outputs.append(Output(OutputKind.OVERLAY, layout.overlay(name)))  # last: drawn from the maps
     return outputs
@@ -140,6 +151,12 @@ def write_output(result: Prediction, output: Output, predictor: Predictor, sourc
                     unit_interval=True, description="predictive entropy / log(classes)")
     elif kind is OutputKind.OVERLAY:
         _save_overlay(result, path)
+    elif kind is OutputKind.LESIONS:
+        lesions = _needed(result.lesions, output)
+        write_csv(path, lesions.rows, lesions.columns)
+    elif kind is OutputKind.INSTANCES:  # the label map's header and grid; uint16 (at most 65,535 lesions, checked)
+        write_nifti(_needed(result.lesions, output).instances, path, affine=result.affine,
+                    reference=result.reference, dtype=np.uint16, description="lesion instances")
     else:
         raise ValueError(f"{path}: no writer for outputs of kind {kind!r}")
 

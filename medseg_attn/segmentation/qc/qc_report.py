@@ -5,7 +5,9 @@ the model's plan, a thumbnail in ``OUT/qc/``), :meth:`Review.skipped` measures a
 earlier run (from the files), and :meth:`Review.write` writes ``statistics.csv`` (with ``statistics``) and the
 report: a table of the cases, worst first (sortable by any column with plain inline JavaScript: no network, no
 server), each case's flags, key statistics, thumbnail and links to its files, the uncertainty overlay where it was
-computed, and the batch's volume distributions (``OUT/qc/volumes.png``). See ``docs/statistics.md``.
+computed, and the batch's volume distributions (``OUT/qc/volumes.png``). For a model with lesion structures each
+case also gets its lesion count and total lesion volume per lesion structure (``report.csv`` and the report), and
+with ``statistics`` the batch gets ``lesion_statistics.csv`` (one row per lesion). See ``docs/statistics.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import difflib
 import html
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -26,8 +29,15 @@ from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.headers import load_nifti
 from medseg_attn.io.layout import OutputLayout
+from medseg_attn.io.tables import read_csv_rows, write_csv
 from medseg_attn.io.volumes import affine_4x4
 from medseg_attn.segmentation.data.fingerprint import case_features
+from medseg_attn.segmentation.measures.lesion_statistics import (
+    lesion_columns,
+    lesion_summary,
+    lesion_table,
+    summary_columns,
+)
 from medseg_attn.segmentation.measures.structure_statistics import (
     case_statistics,
     read_case_statistics,
@@ -55,11 +65,15 @@ class Review:
         fingerprint: the training set's fingerprint kept in the checkpoint (see
             :mod:`medseg_attn.segmentation.qc.fingerprint`): its flags replace the batch-relative volume and
             intensity checks and the fixed fragmentation limits; None: those run.
+        lesion_structures: class names whose lesions (connected components) are counted per case; with
+            ``statistics`` their rows make ``lesion_statistics.csv``.
+        channels: the model's input channels (the intensity columns of the lesion table).
     """
 
     def __init__(self, names: dict[int, str], plan_spacing: tuple[float, ...] | None, patch_size: tuple[int, ...],
                  intensity: str, settings: ReviewSettings | None = None, statistics: bool = False,
-                 fingerprint: dict[str, Any] | None = None) -> None:
+                 fingerprint: dict[str, Any] | None = None, lesion_structures: Sequence[str] = (),
+                 channels: int = 1) -> None:
         self.fingerprint = fingerprint or None  # the training set's ranges (qc.fingerprint); None: batch-relative
         self.names = {int(k): v for k, v in names.items() if int(k) != 0}
         self.plan_spacing, self.patch_size, self.intensity = plan_spacing, tuple(patch_size), intensity
@@ -73,19 +87,42 @@ class Review:
                              f"{unknown[0]!r}{hint}")
         self.statistics = statistics
         self.unit = "hu" if intensity == "ct" else None
+        self.lesion_structures = tuple(lesion_structures)
+        self.channels = channels
 
     @classmethod
-    def for_predictor(cls, predictor: Any, settings: ReviewSettings | None = None, statistics: bool = False
-                      ) -> Review:
-        """The review of a :class:`~medseg_attn.segmentation.inference.predictor.Predictor`'s batch."""
+    def for_predictor(cls, predictor: Any, settings: ReviewSettings | None = None, statistics: bool = False,
+                      lesion_structures: Sequence[str] | None = None) -> Review:
+        """The review of a :class:`~medseg_attn.segmentation.inference.predictor.Predictor`'s batch
+        (``lesion_structures`` None: the predictor's own)."""
         prep = predictor.prep
+        if lesion_structures is None:
+            lesion_structures = getattr(predictor, "lesion_structures", ())
         return cls(predictor.labels, prep.spacing, predictor.patch_size, prep.intensity, settings, statistics,
-                   getattr(predictor, "model_info", {}).get("training_fingerprint"))
+                   getattr(predictor, "model_info", {}).get("training_fingerprint"), lesion_structures,
+                   getattr(predictor, "in_channels", 1))
+
+    def report_columns(self) -> tuple[str, ...]:
+        """The columns ``report.csv`` gets from the review: lesion count and total volume per lesion structure."""
+        return summary_columns(self.lesion_structures)
+
+    def report_cells(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The :meth:`report_columns` of one batch record (empty when the case was not measured)."""
+        summary = (record.get("review") or {}).get("lesions") or {}
+        cells: dict[str, Any] = {}
+        for name in self.lesion_structures:
+            entry = summary.get(name)
+            cells[f"lesions_{name}"] = "" if entry is None else entry["lesions"]
+            cells[f"lesion_volume_ml_{name}"] = "" if entry is None else entry["volume_ml"]
+        return cells
 
     def measure(self, name: str, labels: np.ndarray, affine: np.ndarray, image: np.ndarray | None,
-                uncertainty: np.ndarray | None, source: Path, output_dir: Path) -> dict[str, Any]:
+                uncertainty: np.ndarray | None, source: Path, output_dir: Path,
+                lesions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Statistics, plan checks and thumbnail of one case; returns what the batch record keeps:
-        ``{"statistics": record, "plan_flags": [Flag.to_dict(), ...]}``."""
+        ``{"statistics": record, "plan_flags": [Flag.to_dict(), ...]}``, and for a model with lesion structures
+        ``"lesions"`` (count and volume per structure, :func:`lesion_summary`) and ``"lesion_rows"`` (the rows of
+        ``lesion_statistics.csv``: ``lesions`` as measured for the batch, or else counted here)."""
         from medseg_attn.plots import save_thumbnail_png
 
         record = case_statistics(labels, affine, self.names, image, uncertainty, self.unit, name, source)
@@ -99,12 +136,27 @@ class Review:
             features = case_features(image, affine, self.fingerprint.get("ct", False), record["structures"])
             flags = [f for f in flags if f.measure != "spacing"]  # the fingerprint's spacing range replaces it
             flags += fingerprint_flags(features, self.fingerprint)
-        return {"statistics": record, "plan_flags": [f.to_dict() for f in flags]}
+        return {"statistics": record, "plan_flags": [f.to_dict() for f in flags],
+                **self._lesions(name, labels, affine, lesions)}
+
+    def _lesions(self, name: str, labels: np.ndarray, affine: np.ndarray, rows: list[dict[str, Any]] | None
+                 ) -> dict[str, Any]:
+        """The record's lesion entries (none for a model without lesion structures)."""
+        if not self.lesion_structures:
+            return {}
+        if rows is None:
+            values = {n: i for i, n in self.names.items()}
+            structures = {values[n]: n for n in self.lesion_structures if n in values}
+            rows = lesion_table(labels, affine, structures, None, None, None, self.unit, name, self.channels,
+                                limit=None).rows
+        return {"lesions": lesion_summary(rows, self.lesion_structures), "lesion_rows": rows}
 
     def case(self, result: Any, name: str, source: Path, output_dir: Path) -> dict[str, Any]:
         """Measure a :class:`~medseg_attn.segmentation.inference.predictor.Prediction` (its ``image``: original
-        values)."""
-        return self.measure(name, result.labels, result.affine, result.image, result.uncertainty, source, output_dir)
+        values; its ``lesions`` when the batch measured them)."""
+        lesions = getattr(result, "lesions", None)
+        return self.measure(name, result.labels, result.affine, result.image, result.uncertainty, source, output_dir,
+                            lesions.rows if lesions is not None else None)
 
     def skipped(self, name: str, files: list[Path], series_uid: str | None, output_dir: Path,
                 resample_uneven: bool = False, volume_index: int | None = None) -> dict[str, Any]:
@@ -115,11 +167,15 @@ class Review:
         """
         layout = OutputLayout(output_dir)
         saved, thumbnail = layout.case_statistics(name), layout.thumbnail(name)
-        if saved.exists() and thumbnail.exists() and not self.fingerprint:  # fingerprint flags need the image
+        lesions = self._saved_lesions(layout.lesions(name))  # None: counted again from the label map
+        counted = lesions is not None or not self.lesion_structures
+        if saved.exists() and thumbnail.exists() and not self.fingerprint and counted:  # fingerprint flags: image
             try:
                 record = read_case_statistics(saved)
                 flags = plan_flags(record, self.plan_spacing, self.patch_size, self.intensity, self.settings)
-                return {"statistics": record, "plan_flags": [f.to_dict() for f in flags]}
+                return {"statistics": record, "plan_flags": [f.to_dict() for f in flags],
+                        **({"lesions": lesion_summary(lesions, self.lesion_structures), "lesion_rows": lesions}
+                           if self.lesion_structures else {})}
             except ValueError as error:
                 logger.warning("%s; measuring the case again", error)
         try:
@@ -128,7 +184,17 @@ class Review:
         except (ValueError, OSError) as error:
             logger.warning("%s: no statistics for the existing outputs (%s)", name, error)
             return {"statistics": None, "plan_flags": []}
-        return self.measure(name, labels, affine, image, uncertainty, files[0], output_dir)
+        return self.measure(name, labels, affine, image, uncertainty, files[0], output_dir, lesions)
+
+    def _saved_lesions(self, path: Path) -> list[dict[str, Any]] | None:
+        """The rows of a case's ``<case>_lesions.csv`` from an earlier run (None: none, or unreadable)."""
+        if not self.lesion_structures or not path.exists():
+            return None
+        try:
+            return read_csv_rows(path)
+        except (OSError, ValueError) as error:
+            logger.warning("%s: unreadable (%s); counting the lesions again", path, error)
+            return None
 
     def write(self, records: list[dict[str, Any]], output_dir: Path) -> list[dict[str, Any]]:
         """``statistics.csv`` (with ``statistics``), ``qc/volumes.png`` and ``report.html``; returns the cases
@@ -144,6 +210,9 @@ class Review:
         measured = [c["statistics"] for c in cases if c.get("statistics")]
         if self.statistics:
             write_statistics_csv(measured, layout.statistics_csv, self.unit)
+            if self.lesion_structures:
+                rows = [row for c in cases for row in c.get("lesion_rows") or []]
+                write_csv(layout.lesion_statistics_csv, rows, lesion_columns(self.channels, self.unit))
         volumes: dict[str, list[tuple[str, float, bool]]] = {name: [] for name in self.names.values()}
         for case in ranked:
             for row in (case["statistics"] or {}).get("structures", []):
@@ -226,6 +295,9 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
     header += [f'<th data-first="desc" data-flag="{kind}">{kind}</th>' for kind in FLAG_KINDS]
     header += ([f'<th data-first="desc">{html.escape(n)} (ml)</th>' for n in names] if per_structure
                else ['<th data-first="desc">foreground (ml)</th>'])
+    for name in review.lesion_structures:
+        header += [f'<th data-first="desc">{html.escape(name)} lesions</th>',
+                   f'<th data-first="desc">{html.escape(name)} lesion volume (ml)</th>']
     header += ['<th data-first="desc">uncertainty</th>', '<th class="text">thumbnail</th>']
     rows, details = [], []
     for rank, case in enumerate(ranked, start=1):
@@ -246,6 +318,10 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
         else:
             total = sum(r["volume_ml"] or 0 for r in by_name.values()) if by_name else None
             cells.append(_cell("" if total is None else f"{total:.4g}", total))
+        for name in review.lesion_structures:
+            entry = (case.get("lesions") or {}).get(name)
+            cells += [_cell("", None) if entry is None else _cell(entry["lesions"], entry["lesions"]),
+                      _cell("", None) if entry is None else _cell(f"{entry['volume_ml']:.4g}", entry["volume_ml"])]
         uncertainty = stats.get("uncertainty_foreground_mean")
         cells.append(_cell("" if uncertainty is None else f"{uncertainty:.4f}", uncertainty))
         thumbnail = OutputLayout(output_dir).thumbnail(case['case'])
@@ -327,6 +403,10 @@ def _detail(case: dict[str, Any], rank: int, anchor: str, review: Review, output
         spacing = " x ".join(f"{s:g}" for s in stats["spacing_mm"])
         parts.append(f"<p class='muted'>grid {' x '.join(map(str, stats['shape']))} voxels, spacing {spacing} mm"
                      f"</p><table>{head}{body}</table>")
+        if case.get("lesions"):
+            counts = "; ".join(f"{html.escape(n)}: {e['lesions']} lesion(s), {e['volume_ml']:.4g} ml"
+                               for n, e in case["lesions"].items())
+            parts.append(f"<p class='lesions'>lesions: {counts}</p>")
     elif case["status"] == "failed":
         parts.append(f"<p>{html.escape(case.get('error') or '')}</p>")
     links = " | ".join(f'<a href="{html.escape(link)}">{html.escape(label)}</a>'

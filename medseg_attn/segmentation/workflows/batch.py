@@ -39,6 +39,7 @@ from medseg_attn.io.manifest import check_same_model, recorded_run
 from medseg_attn.io.tables import write_csv
 from medseg_attn.segmentation.inference.predictor import Prediction, Predictor
 from medseg_attn.segmentation.outputs.formats import case_formats, parse_output_formats, write_label_tables
+from medseg_attn.segmentation.outputs.lesions import LesionOutputs
 from medseg_attn.segmentation.outputs.writers import Explain, Output, OutputKind, plan_outputs, write_outputs
 from medseg_attn.segmentation.qc.qc_report import Review
 from medseg_attn.segmentation.workflows.inputs import CaseInput, check_output_dir, collect_cases
@@ -64,6 +65,7 @@ class _Settings:
     volume_index: int | None = None
     explain: Explain = Explain()
     review: Review | None = None
+    lesions: LesionOutputs | None = None  # the lesion structures' table, instance map and counts
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,9 @@ def write_reports(records: list[dict[str, Any]], output_dir: Path, review: Revie
     """``report.csv`` (every case) and ``failures.csv`` (failed cases; removed when none failed); with a
     ``review`` also ``report.html`` (and ``statistics.csv``)."""
     layout = OutputLayout(output_dir)
-    write_csv(layout.report_csv, records, REPORT_COLUMNS)
+    extra = review.report_columns() if review is not None else ()  # lesion counts and volumes per lesion structure
+    write_csv(layout.report_csv, [r | review.report_cells(r) for r in records] if extra else records,
+              REPORT_COLUMNS + extra)
     if review is not None:
         review.write(records, output_dir)
     failed = [r for r in records if r["status"] == "failed"]
@@ -135,6 +139,7 @@ def predict_files(
     uncertainty: bool = False,
     review: Review | None = None,
     lock: bool = True,
+    lesions: LesionOutputs | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every case into ``output_dir``; a failing case is recorded and the others go on.
 
@@ -155,6 +160,9 @@ def predict_files(
         attention_maps, attention_heads, uncertainty: see :meth:`Predictor.predict`.
         review: measure each case and write ``report.html`` (see the module docstring); the record of each
             case done or skipped gets a ``review`` entry (statistics and plan flags).
+        lesions: measure the lesions of the lesion structures before a case's files are written (the counts of
+            the QC report), and write ``<case>_lesions.csv`` / ``<case>_instances.nii.gz`` as it asks
+            (:class:`~medseg_attn.segmentation.outputs.lesions.LesionOutputs`).
         lock: hold ``output_dir/.medseg-attn.lock`` (:class:`~medseg_attn.io.lock.OutputLock`) for the batch, so
             a second run into the same folder waits for this one (off for the ranks of one torchrun job).
 
@@ -172,7 +180,7 @@ def predict_files(
     formats = parse_output_formats(output_format)
     levels = tuple(predictor.attention_levels()) if attention_maps or attention_heads else ()
     settings = _Settings(formats, probabilities, overwrite, resample_uneven, volume_index,
-                         Explain(levels, attention_heads, uncertainty), review)
+                         Explain(levels, attention_heads, uncertainty), review, lesions)
     if review is not None and review.settings.max_foreground_uncertainty > 0 and not uncertainty:
         logger.warning("review setting max_foreground_uncertainty = %g is never checked in this batch: it needs "
                        "--uncertainty (uncertainty=True), which measures each case's foreground uncertainty",
@@ -225,6 +233,8 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, settings:
         return _skip(record, case, output_dir, settings)
     try:
         result = _infer(predictor, case, outputs, settings)
+        if settings.lesions is not None:  # before any file: too many lesions for the instance map fails the case
+            result.lesions = settings.lesions.measure(result, predictor, case.name)
         write_outputs(result, outputs, predictor, case.files[0], case.series_uid)
         measured = _review(result, case, output_dir, settings.review)
     except (KeyboardInterrupt, SystemExit):
@@ -241,7 +251,9 @@ def _plan_outputs(case: CaseInput, output_dir: Path, settings: _Settings) -> lis
     formats = case_formats(settings.formats, case.dicom)
     if "dicom-seg" in settings.formats and "dicom-seg" not in formats:
         logger.info("%s: not a DICOM series; no DICOM-SEG (NIfTI instead)", case.files[0])
-    return plan_outputs(output_dir, case.name, formats, settings.probabilities, settings.explain)
+    lesions = settings.lesions
+    return plan_outputs(output_dir, case.name, formats, settings.probabilities, settings.explain,
+                        lesion_table=bool(lesions and lesions.table), instances=bool(lesions and lesions.instances))
 
 
 def _check(case: CaseInput, outputs: list[Output]) -> str | None:
@@ -282,7 +294,8 @@ def _infer(predictor: Predictor, case: CaseInput, outputs: list[Output], setting
     explain = settings.explain
     return predictor.predict(loaded, probabilities=settings.probabilities, attention_maps=bool(explain.levels),
                              attention_heads=explain.heads, uncertainty=explain.uncertainty,
-                             keep_image=settings.review is not None)
+                             keep_image=settings.review is not None,
+                             keep_channels=bool(settings.lesions and settings.lesions.table))
 
 
 def _review(result: Prediction, case: CaseInput, output_dir: Path, review: Review | None) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from medseg_attn.runtime.device import resolve_device
 from medseg_attn.runtime.distributed import Distributed, setup, shard
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.model.loading import ENGINES, check_onnx_options, is_onnx, load_model
+from medseg_attn.segmentation.outputs.lesions import LesionOutputs, lesion_structures
 from medseg_attn.segmentation.qc.qc_report import Review
 from medseg_attn.segmentation.qc.review import load_review_settings
 from medseg_attn.segmentation.workflows.batch import check_output_dir, collect_cases, predict_files, write_reports
@@ -55,6 +56,8 @@ class PredictOptions:
     attention_heads: bool = False
     uncertainty: bool = False
     statistics: bool = False
+    lesion_structures: tuple[str, ...] = ()  # besides the model's own (dataset.json lesion_structures)
+    instances: bool = False
     review_config: str | Path | None = None
     review_set: tuple[str, ...] = ()
     progress: bool = True
@@ -63,6 +66,7 @@ class PredictOptions:
         object.__setattr__(self, "model", tuple(self.model))
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "output", Path(self.output))
+        object.__setattr__(self, "lesion_structures", tuple(self.lesion_structures or ()))
         if self.engine not in ENGINES:
             raise UserError(f"--engine {self.engine}: expected one of {', '.join(ENGINES)}")
         if self.volume_index is not None and self.volume_index < 0:
@@ -125,8 +129,10 @@ def predict_batch(options: PredictOptions) -> BatchResult:
         check_onnx_options(options.model[0], options.folds, options.device)
     dist = setup(resolve_device(options.device))  # under torchrun every rank predicts its share, on its own GPU
     predictor = load_predictor(options, dist)
+    lesions = _lesion_outputs(options, predictor)
     review = Review.for_predictor(predictor, load_review_settings(options.review_config, options.review_set),
-                                  statistics=options.statistics)
+                                  statistics=options.statistics,
+                                  lesion_structures=tuple(lesions.structures.values()) if lesions else ())
     cases = collect_cases(options.inputs, predictor.in_channels, options.series_uid)
     check_output_dir(cases, options.output, options.inputs)
     records = predict_files(predictor, shard(cases, dist), options.output, probabilities=options.probabilities,
@@ -134,7 +140,8 @@ def predict_batch(options: PredictOptions) -> BatchResult:
                             output_format=options.output_format, resample_uneven=options.resample_uneven,
                             volume_index=options.volume_index, reports=not dist.enabled,
                             attention_maps=options.attention_maps, attention_heads=options.attention_heads,
-                            uncertainty=options.uncertainty, review=review, lock=not dist.enabled)
+                            uncertainty=options.uncertainty, review=review, lock=not dist.enabled,
+                            lesions=lesions)
     if dist.enabled:  # rank 0 writes the merged reports, every rank returns the same records
         order = {case.name: index for index, case in enumerate(cases)}
         records = sorted((record for part in dist.gather(records) for record in part),
@@ -142,3 +149,15 @@ def predict_batch(options: PredictOptions) -> BatchResult:
         if dist.is_main:
             write_reports(records, options.output, review)
     return BatchResult(records, options.output, dist.is_main)
+
+
+def _lesion_outputs(options: PredictOptions, predictor: Predictor) -> LesionOutputs | None:
+    """The lesion structures of the batch (the model's and ``--lesion-structures``) and what is written of them;
+    None when there are none (and then ``--instances`` is refused)."""
+    structures = lesion_structures(predictor.labels, (*predictor.lesion_structures, *options.lesion_structures))
+    if not structures:
+        if options.instances:
+            raise UserError("--instances: the model names no lesion structures (dataset.json 'lesion_structures'); "
+                            "name them with --lesion-structures NAME ...")
+        return None
+    return LesionOutputs(structures, table=options.statistics, instances=options.instances)

@@ -264,6 +264,7 @@ def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
     import slicerio
 
     from medseg_attn.segmentation.inference.predictor import Prediction
+    from medseg_attn.segmentation.measures.lesion_statistics import lesion_table
     from medseg_attn.segmentation.outputs.writers import (
         Explain,
         Output,
@@ -283,16 +284,20 @@ def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
     name = "scan_attention_up_probabilities"
     result = Prediction(name, labels, np.diag([1.5, 1.5, 2.0, 1.0]), probabilities, attention=attention,
                         uncertainty=uncertainty)
+    result.lesions = lesion_table(labels, result.affine, {1: "shell", 2: "core"}, case=name)
     out = tmp_path / "out"
     outputs = plan_outputs(out, name, ("nifti", "dicom-seg", "seg-nrrd"), probabilities=True,
-                           explain=Explain(("up", "down"), heads=True, uncertainty=True))
+                           explain=Explain(("up", "down"), heads=True, uncertainty=True), lesion_table=True,
+                           instances=True)
     assert [(o.kind, o.path.name, o.level) for o in outputs] == [
         (OutputKind.NIFTI, f"{name}.nii.gz", None), (OutputKind.DICOM_SEG, f"{name}.seg.dcm", None),
         (OutputKind.SEG_NRRD, f"{name}.seg.nrrd", None),
         (OutputKind.PROBABILITIES, f"{name}_probabilities.nii.gz", None),
         (OutputKind.ATTENTION, f"{name}_attention_up.nii.gz", "up"),
         (OutputKind.ATTENTION, f"{name}_attention_down.nii.gz", "down"),
-        (OutputKind.UNCERTAINTY, f"{name}_uncertainty.nii.gz", None), (OutputKind.OVERLAY, f"{name}_overlay.png", None)]
+        (OutputKind.UNCERTAINTY, f"{name}_uncertainty.nii.gz", None),
+        (OutputKind.LESIONS, f"{name}_lesions.csv", None), (OutputKind.INSTANCES, f"{name}_instances.nii.gz", None),
+        (OutputKind.OVERLAY, f"{name}_overlay.png", None)]
     assert {o.kind for o in outputs} == set(OutputKind)
     out.mkdir()
     write_outputs(result, outputs, predictor, tmp_path / "ct")
@@ -313,6 +318,9 @@ def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
     np.testing.assert_allclose(down[..., 1], 1.0, atol=1 / 255)
     np.testing.assert_allclose(read("_uncertainty.nii.gz"), uncertainty, atol=1 / 255)
     assert (out / f"{name}_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{name}_lesions.csv").read_text().splitlines()[1].startswith(f"{name},shell,1,1,48,0.216,")
+    instances = nib.load(str(out / f"{name}_instances.nii.gz"))
+    assert instances.get_data_dtype() == np.uint16 and np.array_equal(np.asarray(instances.dataobj), labels)
 
     with pytest.raises(ValueError, match="attention output names its level"):
         Output(OutputKind.ATTENTION, out / "x.nii.gz")
