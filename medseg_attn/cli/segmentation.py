@@ -126,6 +126,10 @@ def add_parsers(command) -> None:
     predict.add_argument("--resample-uneven", action="store_true",
                          help="interpolate DICOM series with missing slices or uneven slice spacing onto a regular "
                               "grid (default: report them as failed cases)")
+    predict.add_argument("--channels", type=lambda text: tuple(text.split(",")), metavar="NAME,NAME",
+                         help="the model's channels (its dataset.json channel_names, e.g. T1,FLAIR; see inspect) the "
+                              "inputs hold, in the order of their _0000, _0001 ... files; the others are filled as "
+                              "missing sequences (docs/inputs.md); default: every channel")
     predict.add_argument("--volume-index", type=int,
                          help="for 4D images (X, Y, Z, T): the volume to segment with a single-channel model")
     predict.add_argument("--tta", action="store_true", help="average over flips of every axis (slower, smoother)")
@@ -254,7 +258,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     names = ("folds", "engine", "device", "tta", "overlap", "sw_batch_size", "precision", "probabilities", "overwrite",
              "output_format", "series_uid", "resample_uneven", "volume_index", "attention_maps", "attention_heads",
-             "uncertainty", "statistics", "lesion_structures", "instances", "review_config", "review_set")
+             "uncertainty", "statistics", "lesion_structures", "instances", "review_config", "review_set", "channels")
     options = PredictOptions(model=args.model, inputs=args.input, output=args.output, progress=not args.quiet,
                              **{name: getattr(args, name) for name in names})
     result = predict_batch(options)

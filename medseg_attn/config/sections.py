@@ -45,6 +45,8 @@ class AugmentationConfig:
     low_resolution_probability: float = 0.15  # RandSimulateLowResolutiond: down- then up-sampled
     low_resolution_zoom: tuple[float, float] = (0.5, 1.0)  # its zoom range (0.5 = half the resolution)
     background_mask_probability: float = 0.15  # segmentation, non-CT: outside a 1-4 voxel dilated label -> background
+    channel_dropout_probability: float = 0.2  # segmentation with several channels (T1, FLAIR, ...): each dropped
+    # (filled as a missing sequence is at prediction) with this probability, one always kept; 0 = off
 
     def bias_field(self, mr: bool) -> tuple[float, float]:
         """(probability, coefficient) of the bias-field augmentation, 'auto' resolved: stronger for MR segmentation

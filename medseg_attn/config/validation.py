@@ -73,6 +73,7 @@ RANGES: dict[str, Range] = {
     "data.augmentation.gamma": Range(0.05, 20),
     "data.augmentation.inverted_gamma_probability": PROBABILITY,
     "data.augmentation.bias_field_probability": PROBABILITY,
+    "data.augmentation.channel_dropout_probability": FRACTION,
     "data.augmentation.bias_field_coefficient": Range(0, 1),
     "data.augmentation.low_resolution_probability": PROBABILITY,
     "data.augmentation.low_resolution_zoom": Range(0.1, 1),

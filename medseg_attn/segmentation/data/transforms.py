@@ -17,6 +17,7 @@ from medseg_attn.augmentation import augmentation
 from medseg_attn.config import DataConfig
 from medseg_attn.errors import UserError
 from medseg_attn.io.readers import LoadVolumed
+from medseg_attn.segmentation.data.channels import RandChannelDropoutd
 from medseg_attn.segmentation.data.foreground import MASK_KEY, ForegroundMaskd, NormaliseIntensityd, background_value
 
 if TYPE_CHECKING:
@@ -232,6 +233,8 @@ def training_augmentation(data: DataConfig, num_classes: int, prep: Preprocessin
     masking = prep is not None and prep.foreground == "body"
     chain += augmentation(data.augmentation, len(patch), background=background, background_masking=masking,
                           patch_size=patch, mr=masking)
+    if data.augmentation.enabled and data.augmentation.channel_dropout_probability > 0:  # a sequence missing
+        chain.append(RandChannelDropoutd(data.augmentation.channel_dropout_probability, background))
     chain.append(mt.DeleteItemsd("label_indices"))
     chain.append(mt.EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     return chain

@@ -41,6 +41,7 @@ from medseg_attn.io.dicom import DicomSeries
 from medseg_attn.io.segments import resolve_colors
 from medseg_attn.io.volumes import affine_4x4
 from medseg_attn.runtime.device import inference_dtype, precision_name, precision_reason, resolve_device
+from medseg_attn.segmentation.data.channels import InputChannels, channel_names
 from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessing
 from medseg_attn.segmentation.inference.resample import (
     class_labels,
@@ -100,6 +101,9 @@ class Predictor:
         inference: overlap, blending, TTA, window batch.
         device: where the network runs.
         in_channels: image channels the network takes.
+        channels: which of them the inputs hold (``predict --channels``; the others are filled as missing
+            sequences, :mod:`medseg_attn.segmentation.data.channels`); None: all. ``self.in_channels`` is then the
+            number the inputs hold.
         sources: where each network came from (checkpoint paths), for error messages.
         regions: a region model's regions (one sigmoid output each, painted back into a label map); None: the
             networks give one softmax output per class.
@@ -124,11 +128,15 @@ class Predictor:
         model_info: Mapping[str, Any] | None = None,
         regions: Regions | None = None,
         lesion_structures: Sequence[str] = (),
+        channels: InputChannels | None = None,
     ) -> None:
         self.networks = list(network) if isinstance(network, (list, tuple)) else [network]
         self.network = self.networks[0]
         self.sources = list(sources) if sources else [f"network {i}" for i in range(len(self.networks))]
-        self.in_channels = in_channels
+        self.channels = channels or InputChannels(channel_names(None, in_channels), tuple(range(in_channels)))
+        if len(self.channels.names) != in_channels:
+            raise UserError(f"{len(self.channels.names)} channel names for a model of {in_channels} channel(s)")
+        self.in_channels = len(self.channels.given)  # what each input holds
         self.prep = prep
         self.labels = dict(labels)
         self.colors = {**resolve_colors(self.labels), **{int(k): list(v) for k, v in (colors or {}).items()}}
@@ -150,14 +158,17 @@ class Predictor:
                             f"by temperature scaling)")
 
     @classmethod
-    def from_model(cls, model: SegmentationModel, device: torch.device | str = "cpu") -> Predictor:
+    def from_model(cls, model: SegmentationModel, device: torch.device | str = "cpu",
+                   channels: Sequence[str] | None = None) -> Predictor:
         """The predictor of a loaded :class:`~medseg_attn.segmentation.model.loading.SegmentationModel` (an ONNX
-        model runs on the CPU, whatever ``device`` says)."""
+        model runs on the CPU, whatever ``device`` says); ``channels``: the names of the model's channels the
+        inputs hold (``predict --channels``), None: all."""
         return cls(list(model.networks), model.prep, dict(model.labels), model.patch_size, model.inference,
                    "cpu" if model.engine == "onnxruntime" else device, model.in_channels, model.sources,
                    colors=model.colors, temperatures=model.temperatures, postprocessing=model.postprocessing,
                    model_info=model.info, regions=model.regions,
-                   lesion_structures=model.lesion_structures)
+                   lesion_structures=model.lesion_structures,
+                   channels=InputChannels.choose(model.channel_names, channels))
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | Sequence[str | Path], device: str = "auto",
@@ -394,7 +405,7 @@ class Predictor:
         dims = self.prep.spatial_dims
         original_shape = tuple(loaded.shape[1:])
         original_affine = spatial_affine(loaded.affine, dims)
-        image = self.preprocess(loaded)
+        image = self.channels.fill(self.preprocess(loaded), self.prep.background() if self.prep.use_mask else None)
         maps: dict[str, torch.Tensor] = {}
         if attention_maps or attention_heads:
             probs, maps = self.infer(image, attention=True, per_head=attention_heads)  # (K, *S_net), {level: ..}

@@ -18,6 +18,7 @@ from medseg_attn.config import Config, InferenceConfig, from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.io.segments import resolve_colors
+from medseg_attn.segmentation.data.channels import channel_names
 from medseg_attn.segmentation.data.transforms import Preprocessing
 from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, parse_postprocessing
 from medseg_attn.segmentation.measures.regions import Regions
@@ -66,6 +67,10 @@ class SegmentationModel:
     engine: str = "torch"
     regions: Regions | None = None
     lesion_structures: tuple[str, ...] = ()
+    channel_names: tuple[str, ...] = ()  # one per input channel (dataset.json channel_names / modality)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_names", channel_names(self.channel_names, self.in_channels))
 
     @property
     def inference(self) -> InferenceConfig:
@@ -167,6 +172,7 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
         if not first:
             first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
                      "lesion_structures": payload.get("lesion_structures"),
+                     "channel_names": payload.get("channel_names"),
                      "info": {key: payload.get(key) for key in INFO_KEYS}}
         for key, value in found.items():
             if value != first[key]:
@@ -184,7 +190,7 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
         temperatures=tuple(temperatures),  # each member calibrated as it was fitted, then averaged
         postprocessing=read_postprocessing(runs[0], first["classes"]) if len(runs) == 1 else {},
         info=first["info"], engine="torch", regions=first["regions"],
-        lesion_structures=tuple(first["lesion_structures"] or ()))
+        lesion_structures=tuple(first["lesion_structures"] or ()), channel_names=tuple(first["channel_names"] or ()))
 
 
 def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> SegmentationModel:
@@ -209,4 +215,5 @@ def _load_onnx(path: Path, threads: int, inference: Mapping[str, Any]) -> Segmen
         postprocessing=parse_postprocessing(metadata.get("postprocessing") or {}, str(path), labels),  # CV
         info={key: metadata.get(key) for key in INFO_KEYS}, engine="onnxruntime",
         regions=Regions.from_dict(metadata.get("regions")),
-        lesion_structures=tuple(metadata.get("lesion_structures") or ()))
+        lesion_structures=tuple(metadata.get("lesion_structures") or ()),
+        channel_names=tuple(metadata.get("channel_names") or ()))

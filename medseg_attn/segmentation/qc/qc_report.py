@@ -68,12 +68,14 @@ class Review:
         lesion_structures: class names whose lesions (connected components) are counted per case; with
             ``statistics`` their rows make ``lesion_statistics.csv``.
         channels: the model's input channels (the intensity columns of the lesion table).
+        missing_channels: the model's channels the inputs lack (``predict --channels``), filled as missing
+            sequences: named in ``report.csv`` and ``report.html``.
     """
 
     def __init__(self, names: dict[int, str], plan_spacing: tuple[float, ...] | None, patch_size: tuple[int, ...],
                  intensity: str, settings: ReviewSettings | None = None, statistics: bool = False,
                  fingerprint: dict[str, Any] | None = None, lesion_structures: Sequence[str] = (),
-                 channels: int = 1) -> None:
+                 channels: int = 1, missing_channels: Sequence[str] = ()) -> None:
         self.fingerprint = fingerprint or None  # the training set's ranges (qc.fingerprint); None: batch-relative
         self.names = {int(k): v for k, v in names.items() if int(k) != 0}
         self.plan_spacing, self.patch_size, self.intensity = plan_spacing, tuple(patch_size), intensity
@@ -89,6 +91,7 @@ class Review:
         self.unit = "hu" if intensity == "ct" else None
         self.lesion_structures = tuple(lesion_structures)
         self.channels = channels
+        self.missing_channels = tuple(missing_channels)
 
     @classmethod
     def for_predictor(cls, predictor: Any, settings: ReviewSettings | None = None, statistics: bool = False,
@@ -100,16 +103,17 @@ class Review:
             lesion_structures = getattr(predictor, "lesion_structures", ())
         return cls(predictor.labels, prep.spacing, predictor.patch_size, prep.intensity, settings, statistics,
                    getattr(predictor, "model_info", {}).get("training_fingerprint"), lesion_structures,
-                   getattr(predictor, "in_channels", 1))
+                   getattr(predictor, "in_channels", 1),
+                   predictor.channels.missing if hasattr(predictor, "channels") else ())
 
     def report_columns(self) -> tuple[str, ...]:
         """The columns ``report.csv`` gets from the review: lesion count and total volume per lesion structure."""
-        return summary_columns(self.lesion_structures)
+        return summary_columns(self.lesion_structures) + (("missing_channels",) if self.missing_channels else ())
 
     def report_cells(self, record: dict[str, Any]) -> dict[str, Any]:
         """The :meth:`report_columns` of one batch record (empty when the case was not measured)."""
         summary = (record.get("review") or {}).get("lesions") or {}
-        cells: dict[str, Any] = {}
+        cells: dict[str, Any] = {"missing_channels": " ".join(self.missing_channels)} if self.missing_channels else {}
         for name in self.lesion_structures:
             entry = summary.get(name)
             cells[f"lesions_{name}"] = "" if entry is None else entry["lesions"]
@@ -341,6 +345,9 @@ def render_report(ranked: list[dict[str, Any]], review: Review, output_dir: Path
     failed = sum(1 for c in ranked if c["status"] == "failed")
     summary = (f"{len(ranked)} case(s); {flagged} flagged for review; {failed} failed. Output folder: "
                f"{html.escape(str(output_dir.resolve()))}")
+    if review.missing_channels:
+        summary += (f"<br>Channels missing from every input, filled as missing sequences (--channels): "
+                    f"{html.escape(', '.join(review.missing_channels))}")
     for line in checks_not_run(ranked, review.settings):
         summary += f'<br><span class="not-run">{html.escape(line)}</span>'
     distributions = ('<img src="qc/volumes.png" alt="volume per structure across the batch">'

@@ -187,7 +187,7 @@ def predict_files(
                        review.settings.max_foreground_uncertainty)
     output_dir = Path(output_dir)
     paths = [i for i in inputs if not isinstance(i, CaseInput)]
-    cases = collect_cases(paths, predictor.in_channels, series_uid) if paths else list(inputs)
+    cases = collect_cases(paths, predictor.in_channels, series_uid, predictor.channels) if paths else list(inputs)
     provenance = predictor.provenance()  # another model's folder is refused unless overwrite (run.json names one)
     models = None if overwrite else provenance["paths"]
     _prepare_output_dir(cases, output_dir, paths, formats, predictor, models)
@@ -195,6 +195,9 @@ def predict_files(
     with OutputLock(output_dir) if lock else nullcontext(), recorded_run(output_dir, "predict",
                                                                          models=models) as manifest:
         manifest.add_model(**provenance)  # run.json: model, arithmetic, inputs, outcome
+        if predictor.channels.missing:  # predict --channels: which sequences the inputs lacked
+            manifest.update(channels={"given": list(predictor.channels.given_names),
+                                      "filled": list(predictor.channels.missing)})
         for case in cases:
             manifest.add_input(case.files[0], name=case.name, error=case.error, series_uid=case.series_uid,
                                geometry=True, series=case.series)

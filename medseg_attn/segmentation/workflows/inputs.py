@@ -20,6 +20,7 @@ from medseg_attn.errors import UserError
 from medseg_attn.io import dicom
 from medseg_attn.io.files import check_output_location, not_regular
 from medseg_attn.io.volumes import case_name, is_image_file
+from medseg_attn.segmentation.data.channels import InputChannels
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
     return cases
 
 
-def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple[str, list[Path]]]:
+def group_cases(paths: Sequence[str | Path], in_channels: int = 1, channels: InputChannels | None = None
+                ) -> list[tuple[str, list[Path]]]:
     """Input files -> (case name, files) pairs; output names follow the inputs.
 
     A multi-channel model takes one file per channel, named nnU-Net style (``case_0000.nii.gz``,
@@ -79,7 +81,8 @@ def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple
     suffix is dropped, so ``case_0000.nii.gz`` gives ``case.nii.gz`` as in nnU-Net.
 
     Raises:
-        ValueError: a multi-channel case misses channel files.
+        ValueError: a multi-channel case misses channel files (``channels``: the missing ones named, and
+            ``--channels`` offered).
     """
     files = [Path(p) for p in paths]
     if in_channels <= 1:
@@ -93,14 +96,22 @@ def group_cases(paths: Sequence[str | Path], in_channels: int = 1) -> list[tuple
         members = sorted(members, key=lambda p: case_name(p))
         expected = [f"{name}_{c:04d}" for c in range(in_channels)]
         if [case_name(p) for p in members] != expected:
+            found = {case_name(p) for p in members}
+            missing = [k for k, e in enumerate(expected) if e not in found]
+            hint = ""
+            if channels is not None and missing and len(missing) < in_channels:
+                names = channels.given_names
+                given = [names[k] for k in range(in_channels) if k not in missing]
+                hint = (f"; channel {', '.join(names[k] for k in missing)} is missing: give its file, or predict "
+                        f"with --channels {','.join(given)} to fill it as a missing sequence")
             raise UserError(f"{members[0]}: case {name!r} needs the files {', '.join(e + '.*' for e in expected)} "
-                             f"(one per channel), found {', '.join(p.name for p in members)}")
+                             f"(one per channel), found {', '.join(p.name for p in members)}{hint}")
         cases.append((name, members))
     return cases
 
 
-def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid: str | None = None
-                  ) -> list[CaseInput]:
+def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid: str | None = None,
+                  channels: InputChannels | None = None) -> list[CaseInput]:
     """Turn ``--input`` items into cases (see the module docstring); problems become failed cases.
 
     Raises:
@@ -142,7 +153,7 @@ def collect_cases(items: Sequence[str | Path], in_channels: int = 1, series_uid:
             for folder in folders:
                 cases += _dicom_cases(folder, series_uid)
     try:
-        grouped = group_cases(volumes, in_channels)
+        grouped = group_cases(volumes, in_channels, channels)
     except ValueError as error:
         raise UserError(str(error)) from None
     cases = [CaseInput(name, files) for name, files in grouped] + cases

@@ -57,6 +57,7 @@ class PredictOptions:
     uncertainty: bool = False
     statistics: bool = False
     lesion_structures: tuple[str, ...] = ()  # besides the model's own (dataset.json lesion_structures)
+    channels: tuple[str, ...] | None = None  # the model's channels the inputs hold, in file order (None: all)
     instances: bool = False
     review_config: str | Path | None = None
     review_set: tuple[str, ...] = ()
@@ -113,7 +114,7 @@ def load_predictor(options: PredictOptions, dist: Distributed | None = None) -> 
         device = dist.device(device)
     folds = None if options.folds is None else list(options.folds)
     model = load_model(list(options.model), folds, engine=options.engine, device=device, **options.inference)
-    return Predictor.from_model(model, device)
+    return Predictor.from_model(model, device, options.channels)
 
 
 def predict_batch(options: PredictOptions) -> BatchResult:
@@ -133,7 +134,7 @@ def predict_batch(options: PredictOptions) -> BatchResult:
     review = Review.for_predictor(predictor, load_review_settings(options.review_config, options.review_set),
                                   statistics=options.statistics,
                                   lesion_structures=tuple(lesions.structures.values()) if lesions else ())
-    cases = collect_cases(options.inputs, predictor.in_channels, options.series_uid)
+    cases = collect_cases(options.inputs, predictor.in_channels, options.series_uid, predictor.channels)
     check_output_dir(cases, options.output, options.inputs)
     records = predict_files(predictor, shard(cases, dist), options.output, probabilities=options.probabilities,
                             overwrite=options.overwrite, progress=options.progress,

@@ -256,6 +256,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
                  "labels": {int(k): v for k, v in run.labels.items()}, "preprocessing": run.prep.to_dict(),
                  "plan": run.plan.checkpoint_dict(), "regions": run.regions and run.regions.to_dict(),
                  "lesion_structures": list(run.dataset.lesion_structures),
+                 "channel_names": list(run.dataset.channel_names) or None,
                  "in_channels": in_channels, "colors": resolve_colors(run.labels, colors_from_dataset(
                      cfg.data.dataset), f"{cfg.data.dataset}: colors"),
                  "card": training_card({"dataset": cfg.data.dataset, "training_cases": len(run.train_cases),
