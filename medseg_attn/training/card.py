@@ -55,6 +55,8 @@ def model_card(payload: Mapping[str, Any], task: Task) -> dict[str, Any]:
         "labels": labels,
         "colors": {int(k): list(v) for k, v in (payload.get("colors") or {}).items()},
         "in_channels": payload.get("in_channels"),
+        "channel_names": payload.get("channel_names"),  # dataset.json's, when it named them
+        "regions": payload.get("regions"),  # a region model's regions (names, values, painting order)
         "preprocessing": payload.get("preprocessing"),
         "architecture": {key: model.get(key) for key in ("architecture", "channels", "attention", "first_stride",
                                                          "window_size", "head_dim") if key in model},
@@ -76,7 +78,13 @@ def format_card(card: Mapping[str, Any], source: str = "") -> list[str]:
     names = ", ".join(f"{index}={name}" + (" #%02x%02x%02x" % tuple(colours[index]) if index in colours else "")
                       for index, name in sorted(card["labels"].items()))
     lines.append(f"  classes: {names}")
-    lines.append(f"  input channels: {card.get('in_channels')}")
+    names = card.get("channel_names")
+    lines.append(f"  input channels: {card.get('in_channels')}" + (f" ({', '.join(names)})" if names else ""))
+    if card.get("regions"):
+        regions = card["regions"]
+        lines.append("  regions (sigmoid outputs, painted in this order): " + ", ".join(
+            f"{name}={'+'.join(map(str, values))}->{order}"
+            for name, values, order in zip(regions["names"], regions["values"], regions["order"], strict=True)))
     prep = card.get("preprocessing") or {}
     if prep:
         lines.append("  preprocessing: " + ", ".join(f"{k}={v}" for k, v in prep.items()))
