@@ -145,7 +145,7 @@ def write_rtstruct(labels: np.ndarray, series: DicomSeries, class_names: Mapping
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
     from medseg_attn import __version__
 
@@ -234,7 +234,7 @@ def write_rtstruct(labels: np.ndarray, series: DicomSeries, class_names: Mapping
     ds.RTROIObservationsSequence = DicomSequence(observations)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian  # long contours: explicit VR caps a DS value at 64 KiB
     ds.file_meta = meta
     if absent:
         logger.info("%s: no voxel of %s; left out of the RTSTRUCT", path, ", ".join(absent))
