@@ -12,8 +12,9 @@ import pydicom
 import pytest
 
 from medseg_attn.errors import UserError
+from medseg_attn.io.describe import describe
 from medseg_attn.io.dicom import select_series
-from medseg_attn.io.rtstruct import describe_rtstruct, is_rtstruct, rtstruct_label_map, slice_contours, write_rtstruct
+from medseg_attn.io.rtstruct import is_rtstruct, rtstruct_label_map, slice_contours, write_rtstruct
 from medseg_attn.segmentation.measures.regions import Regions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -131,7 +132,7 @@ def test_rtstruct_round_trip(tmp_path):
 
     back = rtstruct_label_map(path, series, CLASSES)  # our reader gives the label map back exactly
     assert np.array_equal(back, labels)
-    text = "\n".join(describe_rtstruct(path))
+    text = "\n".join(describe(path))  # medseg-attn inspect
     assert "'liver': 6 closed contour(s) on 3 image(s)" in text and first.SeriesInstanceUID in text
 
 
