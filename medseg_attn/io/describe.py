@@ -118,7 +118,7 @@ def describe(path: str | Path, series_uid: str | None = None, resample_uneven: b
         raise FileNotFoundError(f"{path}: not found")
     lines = [f"path: {path}"]
     if path.is_file():
-        from medseg_attn.io.rtstruct import describe_rtstruct, is_rtstruct
+        from medseg_attn.io.rtstruct_read import describe_rtstruct, is_rtstruct
 
         if is_rtstruct(path):  # contours, not voxels: its ROIs, contour counts and the series it references
             return lines + describe_rtstruct(path)

@@ -14,7 +14,8 @@ import pytest
 from medseg_attn.errors import UserError
 from medseg_attn.io.describe import describe
 from medseg_attn.io.dicom import select_series
-from medseg_attn.io.rtstruct import is_rtstruct, rtstruct_label_map, slice_contours, write_rtstruct
+from medseg_attn.io.rtstruct import slice_contours, write_rtstruct
+from medseg_attn.io.rtstruct_read import is_rtstruct, rtstruct_label_map
 from medseg_attn.segmentation.measures.regions import Regions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -19,6 +19,7 @@ from medseg_attn.errors import UserError
 from medseg_attn.io.suffixes import VOLUME_SUFFIXES
 from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_geometry
 from medseg_attn.segmentation.data.folds import assign_folds
+from medseg_attn.segmentation.data.rtstruct_labels import rasterise_rtstruct_labels
 from medseg_attn.segmentation.measures.regions import Regions
 
 logger = logging.getLogger(__name__)
@@ -239,54 +240,10 @@ def load_dataset(path: str | Path) -> SegmentationDataset:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"{json_path}: listed file not found: {missing[0]}{more}")
-    _rasterise_rtstruct_labels(dataset)
+    rasterise_rtstruct_labels(dataset.training, dataset.labels, dataset.regions)
     logger.info("dataset %s: %d training cases, %d classes, modality %s", dataset.name, len(dataset.training),
                 len(dataset.labels), dataset.modality or "unknown")
     return dataset
-
-
-def _rasterise_rtstruct_labels(dataset: SegmentationDataset) -> None:
-    """Replace each case's RTSTRUCT label by a NIfTI label map of it on its image series' grid, made once and kept
-    in the cache (``CACHE/rtstruct/<case>-<key>.nii.gz``, keyed by the content of both and by the classes).
-
-    ROIs are matched to dataset.json's classes by name (regions: to the regions, painted in regions_class_order
-    order; :func:`~medseg_attn.io.rtstruct.rtstruct_label_map`), so every later step reads an ordinary label map.
-
-    Raises:
-        UserError: the case's image is not one DICOM series, or the RTSTRUCT does not fit it (another series,
-            contours outside the image, an ROI matching no class, overlapping ROIs of plain classes).
-    """
-    from medseg_attn.io.formats import DICOM, format_of
-
-    cases = [case for case in dataset.training if Path(case["label"]).is_file()
-             and format_of(case["label"]) is DICOM]
-    if not cases:
-        return
-    from medseg_attn.io import dicom
-    from medseg_attn.io.nifti import write_nifti
-    from medseg_attn.io.rtstruct import is_rtstruct, rtstruct_label_map
-    from medseg_attn.segmentation.data.cache import cache_folder, cache_root, entry_key
-
-    folder = None
-    for case in cases:
-        label = Path(case["label"])
-        if not is_rtstruct(label):
-            continue
-        images = _as_list(case["image"])
-        if len(images) != 1 or format_of(images[0]) is not DICOM:
-            raise UserError(f"{label}: an RTSTRUCT label needs its image to be the one DICOM series it was drawn on "
-                            f"(a series folder), not {', '.join(str(i) for i in images)}")
-        folder = folder or cache_folder(cache_root(), "rtstruct")
-        regions = dataset.regions.to_dict() if dataset.regions else None
-        key = entry_key(case, ("image", "label"), labels=dataset.labels, regions=regions)
-        target = folder / f"{case['case']}-{key}.nii.gz"
-        if not target.is_file():
-            series = dicom.select_series(images[0], keep_headers=True)
-            array = rtstruct_label_map(label, series, dataset.labels, dataset.regions)
-            write_nifti(array, target, affine=read_geometry(images[0], series=series).affine,
-                        description="labels from an RTSTRUCT")
-            logger.info("%s: RTSTRUCT rasterised onto %s -> %s", label, images[0], target)
-        case["label"] = target
 
 
 def _as_list(value: Any) -> list[Any]:

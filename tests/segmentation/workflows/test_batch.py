@@ -239,7 +239,7 @@ def test_rtstruct_of_the_real_series_names_every_structure_found(ct_dir, tmp_pat
     finds is left out and listed in the report; a NIfTI input asking for an RTSTRUCT alone fails in one line."""
     import warnings
 
-    from medseg_attn.io.rtstruct import rtstruct_label_map
+    from medseg_attn.io.rtstruct_read import rtstruct_label_map
 
     _with_uids(ct_dir / "dicom", tmp_path / "ct")
     prep = Preprocessing(spacing=(4.0, 4.0, 4.0), orientation="RAS", intensity="ct", ct_window=(-150, 650),
