@@ -115,8 +115,10 @@ def add_parsers(command) -> None:
     predict.add_argument("--output-format", default="nifti", metavar="FORMATS",
                          help="nifti (default; with labels.itksnap.txt and labels.ctbl label tables), dicom-seg "
                               "(<case>.seg.dcm for DICOM series inputs, NIfTI for other inputs), seg-nrrd "
-                              "(<case>.seg.nrrd, a 3D Slicer segmentation with named, coloured segments); a comma "
-                              "list such as nifti,seg-nrrd; both = nifti,dicom-seg; all = every format")
+                              "(<case>.seg.nrrd, a 3D Slicer segmentation with named, coloured segments), rtstruct "
+                              "(<case>.rtstruct.dcm, a DICOM RT Structure Set of contours, DICOM series inputs only; "
+                              "structures not found are left out and listed in report.csv); a comma list such as "
+                              "nifti,rtstruct; both = nifti,dicom-seg; all = every format")
     predict.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
                          help="torch (default), or onnxruntime: run an exported .onnx file given as --model "
                               "(pip install 'medseg-attn[onnx]'; CPU only: --device cuda and --folds are refused); "

@@ -2,7 +2,8 @@
 
 Shape, voxel spacing, orientation codes, the RAS affine (MONAI, nibabel) and ITK's LPS direction and origin
 (SimpleITK, DICOM), stored data type, intensity range, NaN/Inf counts, and for label maps the values and their
-voxel counts; for a DICOM folder, every series with its UID, description, slice count and slice checks.
+voxel counts; for a DICOM folder, every series with its UID, description, slice count and slice checks; for an
+RTSTRUCT file, its ROIs with their contour counts and the series it references.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def describe(path: str | Path, series_uid: str | None = None, resample_uneven: b
         raise FileNotFoundError(f"{path}: not found")
     lines = [f"path: {path}"]
     if path.is_file():
+        from medseg_attn.io.rtstruct_read import describe_rtstruct, is_rtstruct
+
+        if is_rtstruct(path):  # contours, not voxels: its ROIs, contour counts and the series it references
+            return lines + describe_rtstruct(path)
         return lines + describe_volume(path, series_uid, resample_uneven)
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     if any(dicom.is_dicom_file(p) for p in entries if p.is_file()):

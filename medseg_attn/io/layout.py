@@ -17,7 +17,8 @@ from medseg_attn.io.manifest import MANIFEST_NAME
 __all__ = ["LABEL_MAP_SUFFIXES", "OutputLayout"]
 
 # the label-map formats of ``--output-format``, by name
-LABEL_MAP_SUFFIXES = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm", "seg-nrrd": ".seg.nrrd"}
+LABEL_MAP_SUFFIXES = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm", "seg-nrrd": ".seg.nrrd",
+                      "rtstruct": ".rtstruct.dcm"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class OutputLayout:
 
     # one case
     def label_map(self, case: str, fmt: str = "nifti") -> Path:
-        """The label map of ``case`` in ``fmt`` ('nifti', 'dicom-seg', 'seg-nrrd')."""
+        """The label map of ``case`` in ``fmt`` ('nifti', 'dicom-seg', 'seg-nrrd', 'rtstruct')."""
         return self.root / f"{case}{LABEL_MAP_SUFFIXES[fmt]}"
 
     def probabilities(self, case: str) -> Path:

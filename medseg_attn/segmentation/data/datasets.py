@@ -19,6 +19,7 @@ from medseg_attn.errors import UserError
 from medseg_attn.io.suffixes import VOLUME_SUFFIXES
 from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_geometry
 from medseg_attn.segmentation.data.folds import assign_folds
+from medseg_attn.segmentation.data.rtstruct_labels import rasterise_rtstruct_labels
 from medseg_attn.segmentation.measures.regions import Regions
 
 logger = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ def load_dataset(path: str | Path) -> SegmentationDataset:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"{json_path}: listed file not found: {missing[0]}{more}")
+    rasterise_rtstruct_labels(dataset.training, dataset.labels, dataset.regions)
     logger.info("dataset %s: %d training cases, %d classes, modality %s", dataset.name, len(dataset.training),
                 len(dataset.labels), dataset.modality or "unknown")
     return dataset

@@ -1,7 +1,9 @@
 """Which label-map files a prediction writes (``--output-format``), and the label tables written beside them.
 
 Formats: ``nifti`` (``<case>.nii.gz``), ``dicom-seg`` (``<case>.seg.dcm``, DICOM series inputs only; other inputs
-fall back to NIfTI), ``seg-nrrd`` (``<case>.seg.nrrd``, a 3D Slicer segmentation with named, coloured segments).
+fall back to NIfTI), ``seg-nrrd`` (``<case>.seg.nrrd``, a 3D Slicer segmentation with named, coloured segments),
+``rtstruct`` (``<case>.rtstruct.dcm``, a DICOM RT Structure Set of contours, DICOM series inputs only; other inputs
+get the other formats asked, and fail with one line when RTSTRUCT was the only one).
 A comma list combines them (``nifti,seg-nrrd``); ``both`` is ``nifti,dicom-seg``, ``all`` every format.
 Beside NIfTI label maps the folder gets ``labels.itksnap.txt`` (ITK-SNAP label descriptions) and
 ``labels.ctbl`` (a colour table for 3D Slicer), from the model's class names and colours.
@@ -15,9 +17,10 @@ from pathlib import Path
 from medseg_attn.errors import UserError
 from medseg_attn.io.segments import write_color_table, write_itksnap_labels
 
-__all__ = ["FORMATS", "parse_output_formats", "case_formats", "write_label_tables"]
+__all__ = ["DICOM_ONLY", "FORMATS", "parse_output_formats", "case_formats", "write_label_tables"]
 
-FORMATS = ("nifti", "dicom-seg", "seg-nrrd")
+FORMATS = ("nifti", "dicom-seg", "seg-nrrd", "rtstruct")
+DICOM_ONLY = ("dicom-seg", "rtstruct")  # formats that reference the input's DICOM series
 ALIASES = {"both": ("nifti", "dicom-seg"), "all": FORMATS}
 
 
@@ -41,10 +44,11 @@ def parse_output_formats(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def case_formats(formats: Sequence[str], dicom: bool) -> tuple[str, ...]:
-    """The formats one case gets: DICOM-SEG only for DICOM series (NIfTI instead when nothing else is left)."""
+    """The formats one case gets: DICOM-SEG and RTSTRUCT only for DICOM series (NIfTI instead of a DICOM-SEG when
+    nothing else is left; nothing at all for RTSTRUCT alone, which the batch reports as the case's failure)."""
     if dicom:
         return tuple(formats)
-    kept = tuple(f for f in formats if f != "dicom-seg")
+    kept = tuple(f for f in formats if f not in DICOM_ONLY)
     return kept if "nifti" in kept or "dicom-seg" not in formats else ("nifti", *kept)
 
 

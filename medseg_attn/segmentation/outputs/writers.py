@@ -1,6 +1,7 @@
 """The files of one predicted case, each a typed :class:`Output`, and the writer of each kind.
 
-A case ``<case>`` gets, in this order: its label maps (``<case>.nii.gz``, ``<case>.seg.dcm``, ``<case>.seg.nrrd``;
+A case ``<case>`` gets, in this order: its label maps (``<case>.nii.gz``, ``<case>.seg.dcm``, ``<case>.seg.nrrd``,
+``<case>.rtstruct.dcm``;
 see :mod:`~medseg_attn.segmentation.outputs.formats`), ``<case>_probabilities.nii.gz`` on request, the
 explanation maps on the input's grid (``<case>_attention_<level>.nii.gz`` per attention level,
 ``<case>_uncertainty.nii.gz``) and, with either map, ``<case>_overlay.png`` drawn from them; for models with
@@ -40,6 +41,7 @@ class OutputKind(str, Enum):
     NIFTI = "nifti"  # the label map as NIfTI
     DICOM_SEG = "dicom-seg"  # the label map as DICOM-SEG (DICOM series inputs)
     SEG_NRRD = "seg-nrrd"  # the label map as a 3D Slicer segmentation
+    RTSTRUCT = "rtstruct"  # the label map as DICOM RT Structure Set contours (DICOM series inputs)
     PROBABILITIES = "probabilities"  # class probabilities, 4D NIfTI
     ATTENTION = "attention"  # the attention received at one level
     UNCERTAINTY = "uncertainty"  # normalised predictive entropy
@@ -135,6 +137,12 @@ def write_output(result: Prediction, output: Output, predictor: Predictor, sourc
         series = result.source.series if result.source and result.source.series else \
             dicom.select_series(source, series_uid)  # the series read for the prediction, else found again
         write_dicom_seg(result.labels, series, predictor.labels, path, colors=predictor.colors)
+    elif kind is OutputKind.RTSTRUCT:  # classes without a voxel are left out (the report lists them)
+        from medseg_attn.io.rtstruct import write_rtstruct
+
+        series = result.source.series if result.source and result.source.series else \
+            dicom.select_series(source, series_uid, keep_headers=True)
+        write_rtstruct(result.labels, series, predictor.labels, path, colors=predictor.colors)
     elif kind is OutputKind.SEG_NRRD:
         write_seg_nrrd(result.labels, result.affine, predictor.labels, predictor.colors, path)
     elif kind is OutputKind.PROBABILITIES:  # (X, Y, Z, C) as uint8 with a scale factor (readers get [0, 1])

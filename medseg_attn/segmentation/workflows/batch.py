@@ -49,9 +49,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["CaseInput", "Explain", "OUTPUT_FORMATS", "REPORT_COLUMNS", "check_output_dir", "collect_cases",
            "predict_files"]
 
-OUTPUT_FORMATS = ("nifti", "dicom-seg", "seg-nrrd", "both", "all")  # and comma lists: see segmentation.outputs
+# and comma lists: see segmentation.outputs
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "seg-nrrd", "rtstruct", "both", "all")
 REPORT_COLUMNS = ("case", "input", "output", "status", "seconds", "uncertainty_mean", "uncertainty_foreground_mean",
-                  "error")
+                  "absent_structures", "error")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class CaseRecord:
     seconds: float = 0.0
     uncertainty_mean: str = ""
     uncertainty_foreground_mean: str = ""
+    absent_structures: str = ""  # classes without a voxel, left out of the case's RTSTRUCT (';'-joined)
     error: str = ""
     review: dict[str, Any] | None = None
 
@@ -88,7 +90,8 @@ class CaseRecord:
         joined by ';'), and ``review`` when the case was measured."""
         row = {"case": self.case, "input": self.input, "output": ";".join(str(o.path) for o in self.outputs),
                "status": self.status, "seconds": self.seconds, "uncertainty_mean": self.uncertainty_mean,
-               "uncertainty_foreground_mean": self.uncertainty_foreground_mean, "error": self.error}
+               "uncertainty_foreground_mean": self.uncertainty_foreground_mean,
+               "absent_structures": self.absent_structures, "error": self.error}
         return row if self.review is None else row | {"review": self.review}
 
 
@@ -229,7 +232,7 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, settings:
     """One case, stage by stage: plan its outputs, check it, skip it when done, infer, write, review, record."""
     outputs = _plan_outputs(case, output_dir, settings)
     record = CaseRecord(case.name, str(case.files[0]), tuple(outputs))
-    problem = _check(case, outputs)
+    problem = _check(case, outputs) or _rtstruct_problem(case, settings, outputs)
     if problem:
         return _failed(record, problem)
     if all(o.path.exists() for o in outputs) and not settings.overwrite:
@@ -246,17 +249,35 @@ def _run_case(predictor: Predictor, case: CaseInput, output_dir: Path, settings:
         logger.debug("%s failed", case.files[0], exc_info=True)
         return _failed(record, _one_line(error))
     logger.info("%s -> %s (%.1f s)", case.files[0], outputs[0].path, result.seconds)
-    return _record(record, result, measured)
+    record = _record(record, result, measured)
+    if any(o.kind is OutputKind.RTSTRUCT for o in outputs):  # what the RTSTRUCT left out (no empty ROI)
+        absent = [str(name) for index, name in sorted(predictor.labels.items())
+                  if index > 0 and not np.any(result.labels == index)]
+        record = replace(record, absent_structures=";".join(absent))
+    return record
 
 
 def _plan_outputs(case: CaseInput, output_dir: Path, settings: _Settings) -> list[Output]:
     """The case's outputs: DICOM-SEG only for a DICOM series (NIfTI instead when nothing else is left)."""
     formats = case_formats(settings.formats, case.dicom)
-    if "dicom-seg" in settings.formats and "dicom-seg" not in formats:
+    if "dicom-seg" in settings.formats and "dicom-seg" not in formats and "nifti" in formats:
         logger.info("%s: not a DICOM series; no DICOM-SEG (NIfTI instead)", case.files[0])
     lesions = settings.lesions
     return plan_outputs(output_dir, case.name, formats, settings.probabilities, settings.explain,
                         lesion_table=bool(lesions and lesions.table), instances=bool(lesions and lesions.instances))
+
+
+def _rtstruct_problem(case: CaseInput, settings: _Settings, outputs: list[Output]) -> str | None:
+    """An RTSTRUCT asked of an input that is not a DICOM series: one line; the case fails when nothing else was asked
+    of it (otherwise the line is logged and the other formats are written)."""
+    if case.dicom or "rtstruct" not in settings.formats:
+        return None
+    line = (f"{case.files[0]}: not a DICOM series; an RTSTRUCT references the DICOM series it is drawn on, so it is "
+            f"written for DICOM series inputs only (use --output-format nifti or seg-nrrd for this input)")
+    if any(o.kind in (OutputKind.NIFTI, OutputKind.SEG_NRRD) for o in outputs):
+        logger.warning("%s", line)
+        return None
+    return line
 
 
 def _check(case: CaseInput, outputs: list[Output]) -> str | None:
@@ -287,11 +308,14 @@ def _infer(predictor: Predictor, case: CaseInput, outputs: list[Output], setting
     """The prediction on the input's grid, with what the outputs and the review need; a DICOM-SEG source is
     checked first (before the heavy work)."""
     series = case.series
-    if case.dicom and any(o.kind is OutputKind.DICOM_SEG for o in outputs):
+    if case.dicom and any(o.kind in (OutputKind.DICOM_SEG, OutputKind.RTSTRUCT) for o in outputs):
         from medseg_attn.io.dicom_seg import check_seg_source
+        from medseg_attn.io.rtstruct import check_rtstruct_source
 
         series = dicom.select_series(case.files[0], case.series_uid, keep_headers=True)  # the SEG references them
-        check_seg_source(series)
+        for kind, check in ((OutputKind.DICOM_SEG, check_seg_source), (OutputKind.RTSTRUCT, check_rtstruct_source)):
+            if any(o.kind is kind for o in outputs):
+                check(series)
     options = ReadOptions(case.series_uid, settings.resample_uneven, settings.volume_index)
     loaded = predictor.read(case.files if len(case.files) > 1 else case.files[0], options, series)  # read once
     explain = settings.explain

@@ -233,6 +233,45 @@ def test_dicom_seg_of_the_real_series_reads_back_on_the_source_frames(ct_dir, tm
     assert 0 < ct[labels == 1].mean() < 120
 
 
+def test_rtstruct_of_the_real_series_names_every_structure_found(ct_dir, tmp_path):
+    """Issue 36: ``nifti,rtstruct`` for the real CT series: one ROI per structure found, named after its class,
+    read back by pydicom without a warning and filled back onto the NIfTI label map; a structure the model never
+    finds is left out and listed in the report; a NIfTI input asking for an RTSTRUCT alone fails in one line."""
+    import warnings
+
+    from medseg_attn.io.rtstruct_read import rtstruct_label_map
+
+    _with_uids(ct_dir / "dicom", tmp_path / "ct")
+    prep = Preprocessing(spacing=(4.0, 4.0, 4.0), orientation="RAS", intensity="ct", ct_window=(-150, 650),
+                         crop_foreground=False, spatial_dims=3)
+    names = {0: "background", 1: "soft tissue", 2: "bone", 3: "never"}
+    predictor = Predictor(LiverOracle(), prep, {0: "background", 1: "soft tissue", 2: "bone"}, (64, 64, 16),
+                          InferenceConfig(overlap=0.0), "cpu")
+    predictor.labels = names  # a fourth class the oracle never predicts
+    nifti_input = nifti(tmp_path / "scan.nii.gz", (phantom() * 100).astype(np.int16))
+    records = predict_files(predictor, [tmp_path / "ct", nifti_input], tmp_path / "out",
+                            output_format="rtstruct", progress=False)
+    status = {r["case"]: r for r in records}
+    assert status["ct"]["status"] == "ok" and status["ct"]["absent_structures"] == "never"
+    assert status["scan"]["status"] == "failed"
+    assert "scan.nii.gz: not a DICOM series; an RTSTRUCT references the DICOM series" in status["scan"]["error"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = pydicom.dcmread(tmp_path / "out" / "ct.rtstruct.dcm")
+        assert [r.ROIName for r in ds.StructureSetROISequence] == ["soft tissue", "bone"]
+        series = select_series(tmp_path / "ct", keep_headers=True)
+        assert ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[
+            0].SeriesInstanceUID == series.uid
+        back = rtstruct_label_map(tmp_path / "out" / "ct.rtstruct.dcm", series, names)
+    both = predict_files(predictor, [tmp_path / "ct"], tmp_path / "both", output_format="nifti,rtstruct",
+                         progress=False)
+    assert both[0]["status"] == "ok"
+    labels = np.asarray(nib.load(str(tmp_path / "both" / "ct.nii.gz")).dataobj)
+    assert np.array_equal(back, labels)  # the contours hold the label map, voxel for voxel
+    with (tmp_path / "out" / "report.csv").open() as handle:
+        assert {row["case"]: row["absent_structures"] for row in csv.DictReader(handle)}["ct"] == "never"
+
+
 def test_folder_mixing_the_real_series_with_another_and_an_uneven_one(ct_dir, tmp_path, predictor):
     mixed = tmp_path / "mixed"
     shutil.copytree(ct_dir / "dicom", mixed)
@@ -286,12 +325,12 @@ def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
                         uncertainty=uncertainty)
     result.lesions = lesion_table(labels, result.affine, {1: "shell", 2: "core"}, case=name)
     out = tmp_path / "out"
-    outputs = plan_outputs(out, name, ("nifti", "dicom-seg", "seg-nrrd"), probabilities=True,
+    outputs = plan_outputs(out, name, ("nifti", "dicom-seg", "seg-nrrd", "rtstruct"), probabilities=True,
                            explain=Explain(("up", "down"), heads=True, uncertainty=True), lesion_table=True,
                            instances=True)
     assert [(o.kind, o.path.name, o.level) for o in outputs] == [
         (OutputKind.NIFTI, f"{name}.nii.gz", None), (OutputKind.DICOM_SEG, f"{name}.seg.dcm", None),
-        (OutputKind.SEG_NRRD, f"{name}.seg.nrrd", None),
+        (OutputKind.SEG_NRRD, f"{name}.seg.nrrd", None), (OutputKind.RTSTRUCT, f"{name}.rtstruct.dcm", None),
         (OutputKind.PROBABILITIES, f"{name}_probabilities.nii.gz", None),
         (OutputKind.ATTENTION, f"{name}_attention_up.nii.gz", "up"),
         (OutputKind.ATTENTION, f"{name}_attention_down.nii.gz", "down"),
@@ -310,6 +349,8 @@ def test_each_output_is_written_by_the_writer_of_its_kind(tmp_path, predictor):
     seg = hd.seg.segread(out / f"{name}.seg.dcm")
     assert [item.SegmentLabel for item in seg.SegmentSequence] == ["shell", "core"]
     assert np.array_equal(slicerio.read_segmentation(str(out / f"{name}.seg.nrrd"))["voxels"], labels)
+    rtstruct = pydicom.dcmread(out / f"{name}.rtstruct.dcm")
+    assert [item.ROIName for item in rtstruct.StructureSetROISequence] == ["shell", "core"]
     np.testing.assert_allclose(read("_probabilities.nii.gz"), np.moveaxis(probabilities, 0, -1), atol=1 / 255)
     np.testing.assert_allclose(read("_attention_up.nii.gz"), 0.25, atol=1 / 255)
     down = read("_attention_down.nii.gz")
@@ -340,7 +381,7 @@ def test_a_case_named_like_an_output_suffix_keeps_its_label_map_and_report_row(t
              "scan_probabilities_uncertainty.nii.gz", "scan_probabilities_overlay.png"]
     assert records[0]["status"] == "ok" and records[0]["output"] == ";".join(str(out / n) for n in names)
     assert list(records[0]) == ["case", "input", "output", "status", "seconds", "uncertainty_mean",
-                                "uncertainty_foreground_mean", "error"]
+                                "uncertainty_foreground_mean", "absent_structures", "error"]
     assert float(records[0]["uncertainty_mean"]) >= 0 and records[0]["seconds"] > 0
     label_map = np.asarray(nib.load(str(out / names[0])).dataobj)
     assert label_map.shape == labels.shape and dice(label_map, labels, 2) > 0.9
