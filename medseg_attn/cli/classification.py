@@ -162,7 +162,7 @@ def _run_test_set(model: str, classes: list[str]):
     from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
     path = find_checkpoint(model)
-    data = from_dict(load_checkpoint(path)["config"], ClassifyConfig).data
+    data = from_dict(load_checkpoint(path).config, ClassifyConfig).data
     if data.test:
         return list_images(data.test, classes)
     layout = split_layout(Path(data.train)) if data.train else None

@@ -94,9 +94,9 @@ def model_card_lines(path: Path) -> list[str] | None:
     from medseg_attn.registry import task_of
     from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
-    checkpoint = find_checkpoint(path)
-    payload = load_checkpoint(checkpoint)
-    return format_card(model_card(payload, task_of(payload)), str(checkpoint))
+    path = find_checkpoint(path)
+    checkpoint = load_checkpoint(path)
+    return format_card(model_card(checkpoint, task_of(checkpoint)), str(path))
 
 
 def _cv_run_lines(path: Path) -> list[str]:
@@ -126,10 +126,10 @@ def _cv_run_lines(path: Path) -> list[str]:
                      f"waits for them")
     if not trained:
         return lines
-    checkpoint = find_checkpoint(fold_dir(path, trained[0]))
-    payload = load_checkpoint(checkpoint)
-    return [*lines, f"the card of fold_{trained[0]}:", *format_card(model_card(payload, task_of(payload)),
-                                                                    str(checkpoint))]
+    first = find_checkpoint(fold_dir(path, trained[0]))
+    checkpoint = load_checkpoint(first)
+    return [*lines, f"the card of fold_{trained[0]}:", *format_card(model_card(checkpoint, task_of(checkpoint)),
+                                                                    str(first))]
 
 
 RUNNERS = {"export": _run_export, "config": _run_config}

@@ -260,7 +260,7 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
             return load_dataset(path).labels
         from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
 
-        return {int(k): v for k, v in load_checkpoint(find_checkpoint(path))["labels"].items()}
+        return load_checkpoint(find_checkpoint(path)).labels
     labels = {0: "background"}
     for part in spec.split(","):
         key, _, name = part.partition("=")

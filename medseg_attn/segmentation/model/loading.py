@@ -147,27 +147,25 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
     first: dict[str, Any] = {}
     for item in members:
         path = find_checkpoint(item)
-        payload = load_checkpoint(path)
-        if not TASK.owns(payload):
-            raise UserError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
-        network = TASK.network(payload, path)
+        checkpoint = load_checkpoint(path)
+        if not TASK.owns(checkpoint):
+            raise UserError(f"{path}: is a {checkpoint.task} model; use `medseg-attn classify predict` for it")
+        network = TASK.network(checkpoint, path)
         try:
-            config = from_dict(payload["config"])
-            prep = Preprocessing.from_dict(payload["preprocessing"])
-            labels = {int(k): v for k, v in payload["labels"].items()}
+            config = from_dict(checkpoint.config)
+            prep = Preprocessing.from_dict(checkpoint.preprocessing)
         except (KeyError, RuntimeError, TypeError) as error:
             raise UserError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
-        found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"])}
+        found = {"preprocessing": prep, "classes": checkpoint.labels, "input channels": int(checkpoint.in_channels)}
         if not first:
-            first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
-                     "info": {key: payload.get(key) for key in INFO_KEYS}}
+            first = {"path": path, "config": config, "colors": checkpoint.colors, **found,
+                     "info": {key: checkpoint.get(key) for key in INFO_KEYS}}
         for key, value in found.items():
             if value != first[key]:
                 raise UserError(f"{path}: ensemble member differs from {first['path']} in its {key} "
                                  f"({value} vs {first[key]}); an ensemble needs models trained the same way")
-        temperatures.append(float((payload.get("calibration") or {}).get("temperature", 1.0)))
-        logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
-                    payload.get("best_metric"))
+        temperatures.append(float(checkpoint.calibration.get("temperature", 1.0)))
+        logger.info("loaded %s (epoch %s, best validation Dice %s)", path, checkpoint.epoch, checkpoint.best_metric)
         networks.append(network.to(device).eval())
         sources.append(str(path))
     return SegmentationModel(

@@ -43,13 +43,13 @@ FREE_MODEL_KEYS = ("attention_dropout",)  # no weights behind them: may differ f
 def _source(source: str | Path, model: Any | None, in_channels: int | None) -> tuple[Path, dict[str, Any]]:
     """The checkpoint at ``source`` and its payload, checked against the new run's model section and channels."""
     path = find_checkpoint(source)
-    payload = load_checkpoint(path)
-    if not TASK.owns(payload):
-        raise UserError(f"{path}: --init-from needs a segmentation model, this is a {payload['task']} model")
-    if in_channels is not None and int(payload.get("in_channels", in_channels)) != in_channels:
-        raise UserError(f"{path}: trained on {payload['in_channels']} input channel(s), the new data has "
+    checkpoint = load_checkpoint(path)
+    if not TASK.owns(checkpoint):
+        raise UserError(f"{path}: --init-from needs a segmentation model, this is a {checkpoint.task} model")
+    if in_channels is not None and checkpoint.in_channels is not None and int(checkpoint.in_channels) != in_channels:
+        raise UserError(f"{path}: trained on {checkpoint.in_channels} input channel(s), the new data has "
                         f"{in_channels}")
-    saved = (payload.get("config") or {}).get("model")
+    saved = checkpoint.config.get("model")
     if model is not None and saved is not None:
         old, new = asdict(from_dict({"model": saved}, Config).model), asdict(model)
         differing = [f"model.{key} (source {old[key]!r}, this run {new[key]!r})" for key in new
@@ -57,7 +57,7 @@ def _source(source: str | Path, model: Any | None, in_channels: int | None) -> t
         if differing:
             raise UserError(f"{path}: --init-from needs the source's model section, and this run's differs in "
                             f"{', '.join(differing)}; set these keys as the source has them")
-    return path, payload
+    return path, checkpoint
 
 
 def _plain(value: Any) -> Any:
@@ -90,12 +90,12 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
         ValueError: another architecture, model section, channels or input channels than the network's (one line
             naming the checkpoint and the differing keys, or the first mismatching weight).
     """
-    path, payload = _source(source, model, in_channels)
-    old_labels = {int(k): str(v) for k, v in payload["labels"].items()}
+    path, checkpoint = _source(source, model, in_channels)
+    old_labels = checkpoint.labels
     old_index = {name.lower(): index for index, name in old_labels.items()}
     kept = {index: old_index[name.lower()] for index, name in labels.items() if name.lower() in old_index}
     kept[0] = 0  # background is background
-    state, old = network.state_dict(), payload["model"]
+    state, old = network.state_dict(), checkpoint.model
     copied, renewed = 0, []
     for key, value in state.items():
         if key not in old:
