@@ -14,9 +14,10 @@ from pathlib import Path
 from medseg_attn.classification.predictor import Classifier
 from medseg_attn.classification.task import TASK
 from medseg_attn.errors import UserError
+from medseg_attn.model_layout import find_checkpoint
 from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
 from medseg_attn.training.card import export_metadata
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,9 @@ from medseg_attn.io.formats import NIFTI, format_of
 from medseg_attn.io.pictures import image_info, is_classification_image
 from medseg_attn.io.suffixes import strip_suffix
 from medseg_attn.io.tables import unescape_cell, write_csv
+from medseg_attn.model_layout import find_checkpoint
 from medseg_attn.runtime.device import resolve_device
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -258,7 +258,8 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
             from medseg_attn.segmentation.data.datasets import load_dataset
 
             return load_dataset(path).labels
-        from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+        from medseg_attn.model_layout import find_checkpoint
+        from medseg_attn.training.checkpoint import load_checkpoint
 
         return load_checkpoint(find_checkpoint(path)).labels
     labels = {0: "background"}

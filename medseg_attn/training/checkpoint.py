@@ -21,8 +21,7 @@ from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "find_checkpoint",
-           "task_checkpoint", "upgrade_config"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "upgrade_config"]
 
 CHECKPOINT_FORMAT = "medseg-attn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -175,48 +174,6 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``payload`` (plus format tags) atomically to ``path``."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def find_checkpoint(model: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint file, ``RUN_DIR/checkpoints/{best,last}.pt`` for a run folder, or ``BUNDLE/models/model.pt``
-    for a MONAI bundle medseg-attn exported.
-
-    Raises:
-        FileNotFoundError: nothing to load at ``model``.
-    """
-    path = Path(model).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / "cv.json").is_file():  # a cross-validation run: its folds are the models
-            folds = sorted(p.name for p in path.glob("fold_*") if p.is_dir())
-            raise FileNotFoundError(f"{path}: is a cross-validation run ({', '.join(folds) or 'no folds yet'}); "
-                                    f"predict takes it whole (the fold ensemble); here give one fold, e.g. "
-                                    f"{path / (folds[0] if folds else 'fold_0')}")
-        if (path / "configs" / "metadata.json").is_file() and (path / "models" / "model.pt").is_file():
-            return path / "models" / "model.pt"
-        for folder in (path / "checkpoints", path):
-            for name in (f"{prefer}.pt", "best.pt", "last.pt"):
-                if (folder / name).is_file():
-                    return folder / name
-        raise FileNotFoundError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this run folder")
-    raise FileNotFoundError(f"{path}: model not found (expected a run folder or a .pt checkpoint)")
-
-
-def task_checkpoint(model: str | Path) -> Path:
-    """A checkpoint that tells which task ``model`` belongs to: :func:`find_checkpoint`'s, or for a
-    cross-validation run its first fold's.
-
-    Raises:
-        FileNotFoundError: nothing to load at ``model``.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "cv.json").is_file():
-        folds = sorted((p for p in path.glob("fold_*") if p.is_dir()), key=lambda p: p.name)
-        if not folds:
-            raise FileNotFoundError(f"{path}: cross-validation run without trained folds")
-        return find_checkpoint(folds[0])
-    return find_checkpoint(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

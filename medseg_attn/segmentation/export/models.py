@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from medseg_attn.errors import UserError
+from medseg_attn.model_layout import find_checkpoint, is_cv_run
 from medseg_attn.networks.export import (
     example_input,
     export_onnx,
     export_target,
     export_torchscript,
 )
-from medseg_attn.segmentation.model.layout import is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata
-from medseg_attn.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import Checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 

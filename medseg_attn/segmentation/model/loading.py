@@ -18,11 +18,15 @@ from medseg_attn.config import Config, InferenceConfig, from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.io.segments import resolve_colors
+from medseg_attn.model_layout import cv_members, find_checkpoint, is_cv_run
 from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, parse_postprocessing
-from medseg_attn.segmentation.model.layout import cv_members, is_cv_run, read_postprocessing
+from medseg_attn.segmentation.measures.postprocessing import (
+    ClassPostprocessing,
+    parse_postprocessing,
+    read_postprocessing,
+)
 from medseg_attn.segmentation.task import TASK
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

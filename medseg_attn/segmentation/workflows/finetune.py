@@ -20,8 +20,9 @@ from medseg_attn.config import Config
 from medseg_attn.config.loading import from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.io.manifest import file_sha256
+from medseg_attn.model_layout import find_checkpoint
 from medseg_attn.segmentation.task import TASK
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

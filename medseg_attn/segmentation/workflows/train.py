@@ -35,6 +35,7 @@ from medseg_attn.config import Config, save_config
 from medseg_attn.errors import UserError
 from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
+from medseg_attn.model_layout import find_checkpoint, fold_count, is_cv_run
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
 from medseg_attn.runtime.device import resolve_device
@@ -58,12 +59,11 @@ from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.inference.resample import class_labels
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss
-from medseg_attn.segmentation.model.layout import fold_count, is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.segmentation.workflows.finetune import check_source, load_initial_weights
 from medseg_attn.segmentation.workflows.tensorboard_images import validation_attention_images
 from medseg_attn.training.card import training_card
-from medseg_attn.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import Checkpoint, load_checkpoint
 from medseg_attn.training.loop import (
     TrainResult,
     TrainTask,
