@@ -1,14 +1,13 @@
 """Checkpoints: atomic save (temporary file, then rename) and safe load (``weights_only=True``).
 
 On disk a checkpoint is a plain dict of tensors and builtins, so it loads without unpickling code;
-:func:`load_checkpoint` returns it as a :class:`Checkpoint`, which names every key training writes as a typed
-attribute.
+:func:`load_checkpoint` returns it as a :class:`Checkpoint`, which names every key written as an attribute.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,46 @@ CHECKPOINT_FORMAT = "medseg-attn-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+def _saved(key: str, empty: Callable[[], Any] | None = None) -> Any:
+    """A read-only attribute of a :class:`Checkpoint`: its saved ``key``; where an older checkpoint lacks the key
+    (or holds an empty value), None, or ``empty()`` when given."""
+    if empty is None:
+        return property(lambda checkpoint: checkpoint.saved.get(key))
+    return property(lambda checkpoint: checkpoint.saved.get(key) or empty())
+
+
 @dataclass(frozen=True)
 class Checkpoint(Mapping[str, Any]):
-    """A checkpoint as read: the saved dict, read-only, with an attribute per key training writes; a key an older
-    checkpoint lacks reads as None (or as an empty dict, list or 0). A task's own keys are read as a mapping
-    (``checkpoint["features"]``); ``{**checkpoint, key: value}`` is a dict to save again.
-
-    Written by :func:`medseg_attn.training.loop.fit`: ``model``, ``optimizer``, ``scaler`` (state dicts), the
-    :class:`~medseg_attn.training.state.TrainState` fields, ``world_size``, ``versions``; by the task (its
-    ``TrainTask.payload``): ``task``, ``config``, ``labels``, ``colors``, ``preprocessing``, ``in_channels``,
-    ``card``, and segmentation's ``plan`` and ``training_fingerprint`` or classification's ``classes`` and
-    ``segmentation_classes``; after training, ``calibration`` (segmentation's temperature).
+    """A checkpoint as read: the saved dict, read-only, with an attribute per key written (THE list of them). A
+    task's own keys are read as a mapping (``checkpoint["features"]``); ``{**checkpoint, key: value}`` is a dict
+    to save again.
     """
 
     saved: Mapping[str, Any]
+
+    format = _saved("format")  # str: CHECKPOINT_FORMAT
+    version = _saved("version", int)  # int: CHECKPOINT_VERSION when written (0: before the tag)
+    # written by training.loop.fit: state dicts, TrainState's fields, the processes and the versions
+    optimizer = _saved("optimizer")  # dict | None
+    scaler = _saved("scaler")  # dict | None: the AMP loss scaler's (absent in older checkpoints)
+    epoch = _saved("epoch")  # int: epochs completed
+    step = _saved("step")  # int: optimizer steps taken
+    elapsed_seconds = _saved("elapsed_seconds")  # float: wall-clock seconds used
+    best_metric = _saved("best_metric")  # float | None: the best validation value so far
+    best_epoch = _saved("best_epoch")  # int | None: its epoch
+    bad_validations = _saved("bad_validations")  # int: validations in a row without improvement
+    world_size = _saved("world_size")  # int: processes of the run (torchrun)
+    versions = _saved("versions", dict)  # dict[str, str]: package versions
+    # written by the task (its TrainTask.payload)
+    task = _saved("task")  # str | None: the task's name (None: segmentation's, older than the tag)
+    config = _saved("config", dict)  # dict: the config as a dict (upgrade_config applied)
+    colors = _saved("colors", dict)  # dict: class index -> RGB
+    preprocessing = _saved("preprocessing", dict)  # dict: the task's preprocessing
+    in_channels = _saved("in_channels")  # int: input channels
+    card = _saved("card", dict)  # dict: training_card()'s data summary, command, time, versions
+    plan = _saved("plan")  # dict | None: segmentation's plan (Plan.checkpoint_dict())
+    training_fingerprint = _saved("training_fingerprint")  # segmentation's QC features of the training cases
+    calibration = _saved("calibration", dict)  # dict: segmentation's temperature, written after training
 
     @classmethod
     def of(cls, saved: Mapping[str, Any]) -> Checkpoint:
@@ -57,66 +82,9 @@ class Checkpoint(Mapping[str, Any]):
         return len(self.saved)
 
     @property
-    def format(self) -> str | None:
-        return self.saved.get("format")
-
-    @property
-    def version(self) -> int:
-        return self.saved.get("version", 0)
-
-    @property
-    def task(self) -> str | None:
-        return self.saved.get("task")
-
-    @property
     def model(self) -> dict[str, torch.Tensor]:
         """The network's state dict (a KeyError where missing: nothing to rebuild)."""
         return self.saved["model"]
-
-    @property
-    def optimizer(self) -> dict[str, Any] | None:
-        return self.saved.get("optimizer")
-
-    @property
-    def scaler(self) -> dict[str, Any] | None:
-        return self.saved.get("scaler")
-
-    @property
-    def epoch(self) -> int | None:
-        return self.saved.get("epoch")
-
-    @property
-    def step(self) -> int | None:
-        return self.saved.get("step")
-
-    @property
-    def elapsed_seconds(self) -> float | None:
-        return self.saved.get("elapsed_seconds")
-
-    @property
-    def best_metric(self) -> float | None:
-        return self.saved.get("best_metric")
-
-    @property
-    def best_epoch(self) -> int | None:
-        return self.saved.get("best_epoch")
-
-    @property
-    def bad_validations(self) -> int | None:
-        return self.saved.get("bad_validations")
-
-    @property
-    def world_size(self) -> int | None:
-        return self.saved.get("world_size")
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return self.saved.get("versions") or {}
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The config as a dict (:func:`upgrade_config` applied)."""
-        return self.saved.get("config") or {}
 
     @property
     def labels(self) -> dict[int, str]:
@@ -124,39 +92,13 @@ class Checkpoint(Mapping[str, Any]):
         return {int(k): str(v) for k, v in (self.saved.get("labels") or {}).items()}
 
     @property
-    def colors(self) -> dict[Any, Any]:
-        return self.saved.get("colors") or {}
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return self.saved.get("preprocessing") or {}
-
-    @property
-    def in_channels(self) -> int | None:
-        return self.saved.get("in_channels")
-
-    @property
-    def card(self) -> dict[str, Any]:
-        return self.saved.get("card") or {}
-
-    @property
-    def calibration(self) -> dict[str, Any]:
-        return self.saved.get("calibration") or {}
-
-    @property
-    def plan(self) -> dict[str, Any] | None:
-        return self.saved.get("plan")
-
-    @property
-    def training_fingerprint(self) -> Any:
-        return self.saved.get("training_fingerprint")
-
-    @property
     def classes(self) -> list[str]:
+        """Classification's class names, in order."""
         return [str(name) for name in self.saved.get("classes") or []]
 
     @property
     def segmentation_classes(self) -> int:
+        """Classification's classes of its segmentation head (0: none)."""
         return int(self.saved.get("segmentation_classes", 0))
 
 
@@ -200,10 +142,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                              f"medseg-attn checkpoints never do, so it was not written by medseg-attn") from None
         reason = (lines or [type(error).__name__])[0]
         raise UserError(f"{path}: not a loadable checkpoint ({reason[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    checkpoint = Checkpoint(payload if isinstance(payload, dict) else {})
+    if checkpoint.format != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a medseg-attn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise UserError(f"{path}: checkpoint format version {payload['version']} is newer than this "
+    if checkpoint.version > CHECKPOINT_VERSION:
+        raise UserError(f"{path}: checkpoint format version {checkpoint.version} is newer than this "
                          f"medseg-attn understands ({CHECKPOINT_VERSION}); upgrade medseg-attn")
-    upgrade_config(payload.get("config"))
-    return Checkpoint(payload)
+    upgrade_config(checkpoint.config)
+    return checkpoint
