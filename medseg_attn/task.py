@@ -25,7 +25,7 @@ class Task:
     """One task, as the core and the CLI see it.
 
     Attributes:
-        name: the tag every checkpoint of the task carries in ``payload["task"]``.
+        name: the tag every checkpoint of the task carries as its ``task``.
         config: the task's frozen config dataclass (its schema): ``load_config(path, kind=task.config)`` and
             ``from_dict(values, task.config)`` build and check it, with did-you-mean errors.
         network_from_checkpoint: ``payload -> network`` (CPU, weights loaded, eval mode); raises KeyError,
@@ -68,10 +68,12 @@ class Task:
         Raises:
             ValueError: not this task's checkpoint, or one this version cannot rebuild.
         """
+        from medseg_attn.training.checkpoint import Checkpoint
+
         if not self.owns(payload):
             raise UserError(f"{source}: is a {payload.get('task')} model, not a {self.name} model")
         try:
-            return self.network_from_checkpoint(payload)
+            return self.network_from_checkpoint(Checkpoint.of(payload))
         except (KeyError, RuntimeError, TypeError) as error:
             raise UserError(f"{source}: checkpoint does not match this medseg-attn version ({error})") from None
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from medseg_attn.model_layout import find_checkpoint
 from medseg_attn.registry import TASKS, get_task, register_task, task_of
 from medseg_attn.task import Task, TaskRegistry
 from medseg_attn.training.card import model_card
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import assert_one_line_error, run  # noqa: E402

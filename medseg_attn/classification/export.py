@@ -14,9 +14,10 @@ from pathlib import Path
 from medseg_attn.classification.predictor import Classifier
 from medseg_attn.classification.task import TASK
 from medseg_attn.errors import UserError
+from medseg_attn.model_layout import find_checkpoint
 from medseg_attn.networks.export import example_input, export_onnx, export_target, export_torchscript
 from medseg_attn.training.card import export_metadata
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,12 @@ def export_classifier(model: str | Path, fmt: str, output: str | Path) -> Path:
                          f"are for segmentation models)")
     classifier = Classifier.from_checkpoint(model, device="cpu")
     path = find_checkpoint(model)
-    payload = load_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     network = classifier.network.eval()
-    example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
+    example = example_input(int(checkpoint.preprocessing["spatial_dims"]), int(checkpoint.in_channels),
                             network.divisor)
     target = export_target(model, path, fmt, output)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
-    writer(network, example, target, export_metadata(payload, str(path), TASK))
+    writer(network, example, target, export_metadata(checkpoint, str(path), TASK))
     logger.info("exported %s as %s: %s", path, fmt, target)
     return target

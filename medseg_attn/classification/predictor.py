@@ -36,8 +36,9 @@ from medseg_attn.io.formats import NIFTI, format_of
 from medseg_attn.io.pictures import image_info, is_classification_image
 from medseg_attn.io.suffixes import strip_suffix
 from medseg_attn.io.tables import unescape_cell, write_csv
+from medseg_attn.model_layout import find_checkpoint
 from medseg_attn.runtime.device import resolve_device
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -79,21 +80,20 @@ class Classifier:
             ValueError: not a classification checkpoint, or one this version cannot rebuild.
         """
         path = find_checkpoint(model)
-        payload = load_checkpoint(path)
-        if not TASK.owns(payload):
+        checkpoint = load_checkpoint(path)
+        if not TASK.owns(checkpoint):
             raise UserError(f"{path}: is not a classification checkpoint (train one with "
                              f"'medseg-attn classify train')")
-        network = TASK.network(payload, path)
+        network = TASK.network(checkpoint, path)
         try:
-            config: ClassifyConfig = from_dict(payload["config"], ClassifyConfig)
-            prep = ImagePreprocessing.from_dict(payload["preprocessing"])
-            classes = [str(c) for c in payload["classes"]]
-            segmentation_classes = int(payload.get("segmentation_classes", 0))
+            config: ClassifyConfig = from_dict(checkpoint.config, ClassifyConfig)
+            prep = ImagePreprocessing.from_dict(checkpoint.preprocessing)
+            classes, segmentation_classes = checkpoint.classes, checkpoint.segmentation_classes
         except (KeyError, RuntimeError, TypeError) as error:
             raise UserError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
         resolved = resolve_device(device)
-        logger.info("loaded %s (%d classes, epoch %s, best %s %s)", path, len(classes), payload.get("epoch"),
-                    config.train.monitor, payload.get("best_metric"))
+        logger.info("loaded %s (%d classes, epoch %s, best %s %s)", path, len(classes), checkpoint.epoch,
+                    config.train.monitor, checkpoint.best_metric)
         return cls(network.to(resolved), prep, classes, resolved, batch_size or config.train.batch_size,
                    segmentation_classes > 0, str(path))
 

@@ -146,7 +146,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
         ValueError / FileNotFoundError: bad images, folders, config or run folder (the message names the file).
     """
     output = Path(output)
-    payload = open_run(config, output, resume)
+    resumed = open_run(config, output, resume)
     data, tcfg = config.data, config.train
     if not data.train:
         raise UserError("no training images given: set data.train in the config or pass --data")
@@ -213,8 +213,8 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
 
     # the best monitored value so far, for confusion_matrix.png (fit keeps its own for best.pt; same rule)
     best = Best(higher_is_better=tcfg.monitor != "loss")
-    if payload is not None:
-        best.value = payload.get("best_metric")
+    if resumed is not None:
+        best.value = resumed.best_metric
 
     def validate() -> Validation:
         truth, probabilities = _predict_dataset(network, val_ds, tcfg.batch_size, device, multitask)
@@ -253,7 +253,7 @@ def train_classifier(config: ClassifyConfig, output: str | Path, resume: bool = 
                  "card": training_card({"training": str(data.train), "training_images": len(train_samples),
                                         "validation_images": len(val_samples), "classes": len(classes)})},
     )
-    return fit(task, tcfg, output, payload, device, progress, dist)
+    return fit(task, tcfg, output, resumed, device, progress, dist)
 
 
 def _round(value: float) -> float | None:

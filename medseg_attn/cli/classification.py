@@ -159,10 +159,11 @@ def _run_test_set(model: str, classes: list[str]):
     """The test set a run was configured with (data.test, or the test/ folder of a split layout)."""
     from medseg_attn.classification.listings import list_images, split_layout
     from medseg_attn.config import ClassifyConfig, from_dict
-    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+    from medseg_attn.model_layout import find_checkpoint
+    from medseg_attn.training.checkpoint import load_checkpoint
 
     path = find_checkpoint(model)
-    data = from_dict(load_checkpoint(path)["config"], ClassifyConfig).data
+    data = from_dict(load_checkpoint(path).config, ClassifyConfig).data
     if data.test:
         return list_images(data.test, classes)
     layout = split_layout(Path(data.train)) if data.train else None

@@ -50,7 +50,7 @@ def add_train_cv_arguments(train: argparse.ArgumentParser) -> None:
 
 
 def is_cv_request(args: argparse.Namespace) -> bool:
-    from medseg_attn.segmentation.model.layout import is_cv_run
+    from medseg_attn.model_layout import is_cv_run
 
     return args.folds is not None or (args.resume and is_cv_run(args.output))
 
@@ -62,7 +62,7 @@ def run_cv_train(args: argparse.Namespace, config) -> int:
 
     folds = args.folds
     if folds is None:
-        from medseg_attn.segmentation.model.layout import fold_count
+        from medseg_attn.model_layout import fold_count
 
         folds = fold_count(args.output)
     results = train_cv(config, args.output, folds, fold=args.fold, resume=args.resume, progress=not args.quiet)

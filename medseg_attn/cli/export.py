@@ -48,8 +48,9 @@ def add_parsers(command) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from medseg_attn.model_layout import task_checkpoint
     from medseg_attn.registry import task_of
-    from medseg_attn.training.checkpoint import load_checkpoint, task_checkpoint
+    from medseg_attn.training.checkpoint import load_checkpoint
 
     task = task_of(load_checkpoint(task_checkpoint(args.model)))
     written = task.export_model(args.model, args.format, args.output)
@@ -75,10 +76,11 @@ def _run_config(args: argparse.Namespace) -> int:
 def model_card_lines(path: Path) -> list[str] | None:
     """The model card of a run folder, checkpoint, ``.onnx`` / ``.ts`` export or bundle; None for anything else."""
     from medseg_attn.io.model_files import sniff_model
+    from medseg_attn.model_layout import is_cv_run
     from medseg_attn.training.card import format_card, model_card
 
     path = Path(path)
-    if path.is_dir() and (path / "cv.json").is_file():  # a cross-validation run: its folds, then the first one's card
+    if is_cv_run(path):  # a cross-validation run: its folds, then the first one's card
         return _cv_run_lines(path)
     kind = sniff_model(path)
     model_suffix = path.suffix.lower() in (".onnx", ".ts", ".pt", ".pth")
@@ -91,20 +93,21 @@ def model_card_lines(path: Path) -> list[str] | None:
         return format_card(card, str(path))
     if kind not in ("checkpoint", "run", "bundle") and not (model_suffix and path.is_file()):
         return None
+    from medseg_attn.model_layout import find_checkpoint
     from medseg_attn.registry import task_of
-    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+    from medseg_attn.training.checkpoint import load_checkpoint
 
-    checkpoint = find_checkpoint(path)
-    payload = load_checkpoint(checkpoint)
-    return format_card(model_card(payload, task_of(payload)), str(checkpoint))
+    path = find_checkpoint(path)
+    checkpoint = load_checkpoint(path)
+    return format_card(model_card(checkpoint, task_of(checkpoint)), str(path))
 
 
 def _cv_run_lines(path: Path) -> list[str]:
     """A cross-validation run: its folds and what they are ready for, then the first trained fold's card."""
+    from medseg_attn.model_layout import find_checkpoint, fold_dir, fold_states
     from medseg_attn.registry import task_of
-    from medseg_attn.segmentation.model.layout import fold_dir, fold_states
     from medseg_attn.training.card import format_card, model_card
-    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+    from medseg_attn.training.checkpoint import load_checkpoint
 
     states = fold_states(path)
     names = ", ".join(f"fold_{k}" for k in states)
@@ -126,10 +129,10 @@ def _cv_run_lines(path: Path) -> list[str]:
                      f"waits for them")
     if not trained:
         return lines
-    checkpoint = find_checkpoint(fold_dir(path, trained[0]))
-    payload = load_checkpoint(checkpoint)
-    return [*lines, f"the card of fold_{trained[0]}:", *format_card(model_card(payload, task_of(payload)),
-                                                                    str(checkpoint))]
+    first = find_checkpoint(fold_dir(path, trained[0]))
+    checkpoint = load_checkpoint(first)
+    return [*lines, f"the card of fold_{trained[0]}:", *format_card(model_card(checkpoint, task_of(checkpoint)),
+                                                                    str(first))]
 
 
 RUNNERS = {"export": _run_export, "config": _run_config}

@@ -288,9 +288,10 @@ def _labels_from(spec: str | None) -> dict[int, str] | None:
             from medseg_attn.segmentation.data.datasets import load_dataset
 
             return load_dataset(path).labels
-        from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+        from medseg_attn.model_layout import find_checkpoint
+        from medseg_attn.training.checkpoint import load_checkpoint
 
-        return {int(k): v for k, v in load_checkpoint(find_checkpoint(path))["labels"].items()}
+        return load_checkpoint(find_checkpoint(path)).labels
     labels = {0: "background"}
     for part in spec.split(","):
         key, _, name = part.partition("=")
@@ -317,9 +318,10 @@ def _regions_from(spec: str | None) -> object:
         from medseg_attn.segmentation.data.datasets import load_dataset
 
         return load_dataset(path).regions
-    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+    from medseg_attn.model_layout import find_checkpoint
+    from medseg_attn.training.checkpoint import load_checkpoint
 
-    return Regions.from_dict(load_checkpoint(find_checkpoint(path)).get("regions"))
+    return Regions.from_dict(load_checkpoint(find_checkpoint(path)).regions)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

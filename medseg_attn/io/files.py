@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -21,8 +20,8 @@ from pathlib import Path
 
 from medseg_attn.errors import UserError
 
-__all__ = ["atomic_write", "atomic_write_text", "check_output_beside_models", "check_output_location", "not_regular",
-           "process_alive", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_text", "check_output_location", "not_regular", "process_alive",
+           "remove_stale_temporaries"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
 
@@ -148,61 +147,3 @@ def check_output_location(output: str | Path, inputs: Iterable[str | Path], *, f
                              f"{option}")
         elif folder and source.parent == resolved:
             raise UserError(f"{given}: is the folder of input {path}; choose another {option}")
-
-
-MODEL_PARTS = ("checkpoints", "models", "configs")  # folders of a run / MONAI bundle that hold the model itself
-RUN_MARKERS = ("run.json", "cv.json", "config.yaml", *MODEL_PARTS)  # what makes a folder a run (or a bundle)
-
-
-def _model_owner(path: Path) -> Path:
-    """The folder that owns a (resolved) model path: a checkpoint's run (``RUN/checkpoints/best.pt`` -> ``RUN``), a
-    fold's cross-validation run (``CV/fold_0`` -> ``CV``), a bundle of ``models/model.pt``, a file's folder."""
-    folder = path if path.is_dir() else path.parent
-    if folder.name in MODEL_PARTS:
-        folder = folder.parent
-    while folder.name.startswith("fold_") and (folder.parent / "cv.json").is_file():
-        folder = folder.parent
-    return folder
-
-
-def _free_for_predict(folder: Path) -> bool:
-    """A sub-folder of a run that ``predict`` may write into: new, empty, or filled by an earlier ``predict`` (its
-    ``run.json`` says so, or its lock file is left from a killed one)."""
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return not folder.exists() or folder.is_dir()
-    if (folder / ".medseg-attn.lock").is_file():
-        return True
-    try:
-        return json.loads((folder / "run.json").read_text()).get("command") == "predict"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def check_output_beside_models(output: str | Path, models: Iterable[str | Path], option: str = "--output") -> None:
-    """Refuse an output folder that would write into a model being read or into any folder its run owns: the
-    model's folder itself (a run, a cross-validation run or a bundle: its ``run.json``, reports and config live
-    there), the folder of a model file, ``checkpoints/``, ``models/``, ``configs/``, ``fold_<k>/`` and, for a run
-    (or a fold of a cross-validation run: the whole CV run), every existing folder below it that ``predict`` did not
-    fill (``cv/`` with the out-of-fold predictions ``cv`` scored, ``tensorboard/`` ...). A new sub-folder of a run
-    (``RUN/predictions``), or one an earlier ``predict`` filled, is fine.
-
-    Raises:
-        UserError: one line naming the output, the model and the folder of the run.
-    """
-
-    given = Path(output).expanduser()
-    resolved = given.resolve()
-    for model in models:
-        path = Path(model).expanduser()
-        if not path.exists():
-            continue
-        owner = _model_owner(path.resolve())
-        if not resolved.is_relative_to(owner):
-            continue
-        inside = resolved.relative_to(owner).parts
-        run = any((owner / marker).exists() for marker in RUN_MARKERS)
-        if (not inside or inside[0] in MODEL_PARTS or inside[0].startswith("fold_")
-                or (run and not _free_for_predict(owner / inside[0]))):
-            part = owner / inside[0] if inside else owner
-            raise UserError(f"{given}: would write into the model {path} being read ({part} belongs to its run); "
-                            f"choose another {option} (a new folder, e.g. {owner / 'predictions'})")

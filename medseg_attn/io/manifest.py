@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ class RunManifest:
             **({"error": error} if error else {})})
 
     def add_model(self, paths: Sequence[str | Path], *, device: str, precision: str | None = None,
-                  precision_reason: str | None = None, payload: dict[str, Any] | None = None) -> None:
+                  precision_reason: str | None = None, payload: Mapping[str, Any] | None = None) -> None:
         """The model(s): checkpoint checksums, the first one's card summary and plan checksum, and the arithmetic.
 
         Args:
@@ -182,13 +182,16 @@ class RunManifest:
         record: dict[str, Any] = {"models": models, "device": device, "precision": precision,
                                   "precision_reason": precision_reason}
         if payload is not None:
-            card = payload.get("card") or {}
-            record["card"] = {"created": card.get("created"), "data": card.get("data"), "epoch": payload.get("epoch"),
-                              "best_metric": payload.get("best_metric"), "labels": payload.get("labels"),
+            from medseg_attn.training.checkpoint import Checkpoint
+
+            checkpoint = Checkpoint.of(payload)
+            card = checkpoint.card
+            record["card"] = {"created": card.get("created"), "data": card.get("data"), "epoch": checkpoint.epoch,
+                              "best_metric": checkpoint.best_metric, "labels": checkpoint.labels,
                               "versions": card.get("versions")}
-            record["plan_sha256"] = json_sha256(payload["plan"]) if payload.get("plan") else None
-            record["temperature"] = (payload.get("calibration") or {}).get("temperature")
-            record["training_fingerprint"] = bool(payload.get("training_fingerprint"))
+            record["plan_sha256"] = json_sha256(checkpoint.plan) if checkpoint.plan else None
+            record["temperature"] = checkpoint.calibration.get("temperature")
+            record["training_fingerprint"] = bool(checkpoint.training_fingerprint)
         self.data["model"] = record
 
     def finish(self, outcome: str) -> Path | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from medseg_attn.model_layout import CHECKPOINT_NAMES, is_bundle
+
 __all__ = ["MODEL_KINDS", "sniff_model", "wrong_model_message"]
 
 MODEL_KINDS = ("missing", "run", "bundle", "folder", "checkpoint", "torchscript", "onnx", "other")
@@ -25,9 +27,9 @@ def sniff_model(path: str | Path) -> str:
     """One of :data:`MODEL_KINDS` for ``path``; reads at most the first bytes and a zip's listing."""
     path = Path(path).expanduser()
     if path.is_dir():
-        if (path / "configs" / "metadata.json").is_file() and (path / "models" / "model.pt").is_file():
+        if is_bundle(path):
             return "bundle"
-        if (path / "checkpoints").is_dir() or any((path / name).is_file() for name in ("best.pt", "last.pt")):
+        if (path / "checkpoints").is_dir() or any((path / name).is_file() for name in CHECKPOINT_NAMES):
             return "run"
         return "folder"
     if not path.is_file():

@@ -39,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LoadVolumed", "VolumeReader", "is_nifti", "lps_to_ras", "sitk_affine", "uses_sitk"]
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
 
 def is_nifti(path: str | Path) -> bool:
     """True for a name ending in a NIfTI suffix (:data:`~medseg_attn.io.formats.NIFTI`); no file is touched."""

@@ -52,10 +52,6 @@ class Distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
-    def agree(self, flag: bool) -> bool:
-        """Rank 0's decision, for every rank (e.g. 'the time budget is spent'), so no rank waits forever."""
-        return bool(self.from_main(1.0 if flag else 0.0)[0])
-
     def from_main(self, *values: float) -> tuple[float, ...]:
         """Rank 0's values, for every rank: decisions that must not differ between processes (the time budget,
         the learning rate of a step when it follows the wall clock)."""

@@ -6,37 +6,39 @@ network and export code load on first use.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg_attn.config import Config
 from medseg_attn.task import Task
 
+if TYPE_CHECKING:
+    from medseg_attn.training.checkpoint import Checkpoint
+
 __all__ = ["TASK", "network_from_checkpoint"]
 
 
-def network_from_checkpoint(payload: Mapping[str, Any]) -> Any:
-    """The network of a segmentation checkpoint payload (CPU, weights loaded, eval mode).
+def network_from_checkpoint(checkpoint: Checkpoint) -> Any:
+    """The network of a segmentation checkpoint (CPU, weights loaded, eval mode).
 
     Raises:
-        KeyError, TypeError, RuntimeError: a payload this version cannot rebuild (see ``Task.network``).
+        KeyError, TypeError, RuntimeError: a checkpoint this version cannot rebuild (see ``Task.network``).
     """
     from medseg_attn.config import from_dict
     from medseg_attn.networks.factory import build_network
     from medseg_attn.segmentation.data.transforms import Preprocessing
 
-    config = from_dict(payload["config"])
-    prep = Preprocessing.from_dict(payload["preprocessing"])
-    regions = payload.get("regions")  # a region model: one output per region, not per class
-    outputs = len(regions["names"]) if regions else len(payload["labels"])
-    network = build_network(config.model, prep.spatial_dims, int(payload["in_channels"]), outputs)
-    network.load_state_dict(payload["model"])
+    config = from_dict(checkpoint.config)
+    prep = Preprocessing.from_dict(checkpoint.preprocessing)
+    regions = checkpoint.regions  # a region model: one output per region, not per class
+    outputs = len(regions["names"]) if regions else len(checkpoint.labels)
+    network = build_network(config.model, prep.spatial_dims, int(checkpoint.in_channels), outputs)
+    network.load_state_dict(checkpoint.model)
     return network.eval()
 
 
 TASK = Task(
     name="segmentation", config=Config, network_from_checkpoint=network_from_checkpoint,
-    card_metric=lambda payload: "validation Dice (mean over classes)",
+    card_metric=lambda checkpoint: "validation Dice (mean over classes)",
     export="medseg_attn.segmentation.export.models:export_segmentation",
     untagged=True,  # checkpoints older than the "task" key are segmentation's
 )

@@ -1,6 +1,6 @@
 """Model card: what a user needs to trust a checkpoint or an export, stored in it and printed by ``inspect``.
 
-A training run stores ``payload["card"]`` (see :func:`training_card`): the training data summary (cases,
+A training run stores the checkpoint's ``card`` (see :func:`training_card`): the training data summary (cases,
 spacing, modality, dataset), the command line, the time and the package versions. :func:`model_card` joins it
 with what every checkpoint already holds (task, labels and colours, preprocessing, architecture, validation
 metric and epoch) into one JSON-ready dict that exports carry; :func:`format_card` prints it.
@@ -12,9 +12,12 @@ import datetime
 import platform
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg_attn.task import Task
+
+if TYPE_CHECKING:
+    from medseg_attn.training.checkpoint import Checkpoint
 
 __all__ = ["training_card", "model_card", "format_card", "package_versions", "export_metadata"]
 
@@ -43,31 +46,32 @@ def training_card(data: Mapping[str, Any]) -> dict[str, Any]:
             "versions": package_versions()}
 
 
-def model_card(payload: Mapping[str, Any], task: Task) -> dict[str, Any]:
-    """The model card of a checkpoint payload of ``task`` (older checkpoints without ``card`` give what they hold);
-    the task names the validation metric (:attr:`~medseg_attn.task.Task.card_metric`)."""
-    card = dict(payload.get("card") or {})
-    config = payload.get("config") or {}
+def model_card(checkpoint: Mapping[str, Any], task: Task) -> dict[str, Any]:
+    """The model card of a checkpoint of ``task`` (older checkpoints without ``card`` give what they hold); the
+    task names the validation metric (:attr:`~medseg_attn.task.Task.card_metric`)."""
+    from medseg_attn.training.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint.of(checkpoint)
+    card, config = checkpoint.card, checkpoint.config
     model = config.get("model", {})
-    labels = {int(k): v for k, v in (payload.get("labels") or {}).items()}
     return {
         "task": task.name,
-        "labels": labels,
-        "colors": {int(k): list(v) for k, v in (payload.get("colors") or {}).items()},
-        "in_channels": payload.get("in_channels"),
-        "channel_names": payload.get("channel_names"),  # dataset.json's, when it named them
-        "regions": payload.get("regions"),  # a region model's regions (names, values, painting order)
-        "preprocessing": payload.get("preprocessing"),
+        "labels": checkpoint.labels,
+        "colors": {int(k): list(v) for k, v in checkpoint.colors.items()},
+        "in_channels": checkpoint.in_channels,
+        "channel_names": checkpoint.channel_names,  # dataset.json's, when it named them
+        "regions": checkpoint.regions,  # a region model's regions (names, values, painting order)
+        "preprocessing": checkpoint.preprocessing or None,
         "architecture": {key: model.get(key) for key in ("architecture", "channels", "attention", "first_stride",
                                                          "window_size", "head_dim") if key in model},
         "patch_size": config.get("data", {}).get("patch_size"),
         "data": card.get("data", {}),
-        "metrics": {"metric": task.card_metric(payload), "best": payload.get("best_metric"),
-                    "best_epoch": payload.get("best_epoch"), "epochs": payload.get("epoch"),
-                    "training_seconds": payload.get("elapsed_seconds")},
+        "metrics": {"metric": task.card_metric(checkpoint), "best": checkpoint.best_metric,
+                    "best_epoch": checkpoint.best_epoch, "epochs": checkpoint.epoch,
+                    "training_seconds": checkpoint.elapsed_seconds},
         "command": card.get("command"),
         "created": card.get("created"),
-        "versions": card.get("versions") or payload.get("versions") or {},
+        "versions": card.get("versions") or checkpoint.versions,
     }
 
 
@@ -108,13 +112,13 @@ def format_card(card: Mapping[str, Any], source: str = "") -> list[str]:
     return lines
 
 
-def export_metadata(payload: dict[str, Any], source: str, task: Task) -> dict[str, Any]:
+def export_metadata(checkpoint: Checkpoint, source: str, task: Task) -> dict[str, Any]:
     """What an export of ``task``'s checkpoint carries: everything in the checkpoint but the weights and optimiser
     state, plus the card."""
-    kept = {key: value for key, value in payload.items() if key not in ("model", "optimizer", "scaler")}
-    kept["labels"] = {str(k): v for k, v in (payload.get("labels") or {}).items()}
-    kept["colors"] = {str(k): v for k, v in (payload.get("colors") or {}).items()}
-    card = model_card(payload, task)
+    kept = {key: value for key, value in checkpoint.items() if key not in ("model", "optimizer", "scaler")}
+    kept["labels"] = {str(k): v for k, v in checkpoint.labels.items()}
+    kept["colors"] = {str(k): v for k, v in checkpoint.colors.items()}
+    card = model_card(checkpoint, task)
     card["labels"] = {str(k): v for k, v in card["labels"].items()}
     card["colors"] = {str(k): v for k, v in card["colors"].items()}
     return {**kept, "card": card, "source": source}

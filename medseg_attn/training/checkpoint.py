@@ -1,13 +1,14 @@
 """Checkpoints: atomic save (temporary file, then rename) and safe load (``weights_only=True``).
 
-A checkpoint is a plain dict of tensors and builtins, so it loads without unpickling code:
-``{"format", "version", "model", "optimizer", "epoch", "step", "elapsed_seconds", "best_metric", "best_epoch",
-"bad_validations", "config", "labels", "preprocessing", "in_channels", "versions"}``.
+On disk a checkpoint is a plain dict of tensors and builtins, so it loads without unpickling code;
+:func:`load_checkpoint` returns it as a :class:`Checkpoint`, which names every key written as an attribute.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,89 @@ from medseg_attn.io.model_files import sniff_model, wrong_model_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "find_checkpoint", "task_checkpoint",
-           "upgrade_config"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "upgrade_config"]
 
 CHECKPOINT_FORMAT = "medseg-attn-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+def _saved(key: str, empty: Callable[[], Any] | None = None) -> Any:
+    """A read-only attribute of a :class:`Checkpoint`: its saved ``key``; where an older checkpoint lacks the key
+    (or holds an empty value), None, or ``empty()`` when given."""
+    if empty is None:
+        return property(lambda checkpoint: checkpoint.saved.get(key))
+    return property(lambda checkpoint: checkpoint.saved.get(key) or empty())
+
+
+@dataclass(frozen=True)
+class Checkpoint(Mapping[str, Any]):
+    """A checkpoint as read: the saved dict, read-only, with an attribute per key written (THE list of them). A
+    task's own keys are read as a mapping (``checkpoint["features"]``); ``{**checkpoint, key: value}`` is a dict
+    to save again.
+    """
+
+    saved: Mapping[str, Any]
+
+    format = _saved("format")  # str: CHECKPOINT_FORMAT
+    version = _saved("version", int)  # int: CHECKPOINT_VERSION when written (0: before the tag)
+    # written by training.loop.fit: state dicts, TrainState's fields, the processes and the versions
+    optimizer = _saved("optimizer")  # dict | None
+    scaler = _saved("scaler")  # dict | None: the AMP loss scaler's (absent in older checkpoints)
+    epoch = _saved("epoch")  # int: epochs completed
+    step = _saved("step")  # int: optimizer steps taken
+    elapsed_seconds = _saved("elapsed_seconds")  # float: wall-clock seconds used
+    best_metric = _saved("best_metric")  # float | None: the best validation value so far
+    best_epoch = _saved("best_epoch")  # int | None: its epoch
+    bad_validations = _saved("bad_validations")  # int: validations in a row without improvement
+    world_size = _saved("world_size")  # int: processes of the run (torchrun)
+    versions = _saved("versions", dict)  # dict[str, str]: package versions
+    # written by the task (its TrainTask.payload)
+    task = _saved("task")  # str | None: the task's name (None: segmentation's, older than the tag)
+    config = _saved("config", dict)  # dict: the config as a dict (upgrade_config applied)
+    colors = _saved("colors", dict)  # dict: class index -> RGB
+    preprocessing = _saved("preprocessing", dict)  # dict: the task's preprocessing
+    in_channels = _saved("in_channels")  # int: input channels
+    card = _saved("card", dict)  # dict: training_card()'s data summary, command, time, versions
+    plan = _saved("plan")  # dict | None: segmentation's plan (Plan.checkpoint_dict())
+    training_fingerprint = _saved("training_fingerprint")  # segmentation's QC features of the training cases
+    calibration = _saved("calibration", dict)  # dict: segmentation's temperature, written after training
+    regions = _saved("regions")  # dict | None: segmentation's regions (Regions.to_dict()); None: softmax classes
+    lesion_structures = _saved("lesion_structures")  # list[str] | None: segmentation's lesion classes (dataset.json)
+    channel_names = _saved("channel_names")  # list[str] | None: the input channels' names (dataset.json)
+
+    @classmethod
+    def of(cls, saved: Mapping[str, Any]) -> Checkpoint:
+        """``saved`` as a checkpoint (itself when it is one already)."""
+        return saved if isinstance(saved, Checkpoint) else cls(saved)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.saved[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.saved)
+
+    def __len__(self) -> int:
+        return len(self.saved)
+
+    @property
+    def model(self) -> dict[str, torch.Tensor]:
+        """The network's state dict (a KeyError where missing: nothing to rebuild)."""
+        return self.saved["model"]
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Class index -> name."""
+        return {int(k): str(v) for k, v in (self.saved.get("labels") or {}).items()}
+
+    @property
+    def classes(self) -> list[str]:
+        """Classification's class names, in order."""
+        return [str(name) for name in self.saved.get("classes") or []]
+
+    @property
+    def segmentation_classes(self) -> int:
+        """Classification's classes of its segmentation head (0: none)."""
+        return int(self.saved.get("segmentation_classes", 0))
 
 
 def upgrade_config(config: Any) -> Any:
@@ -36,55 +115,13 @@ def upgrade_config(config: Any) -> Any:
     return config
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(payload: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``payload`` (plus format tags) atomically to ``path``."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def find_checkpoint(model: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint file, ``RUN_DIR/checkpoints/{best,last}.pt`` for a run folder, or ``BUNDLE/models/model.pt``
-    for a MONAI bundle medseg-attn exported.
-
-    Raises:
-        FileNotFoundError: nothing to load at ``model``.
-    """
-    path = Path(model).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / "cv.json").is_file():  # a cross-validation run: its folds are the models
-            folds = sorted(p.name for p in path.glob("fold_*") if p.is_dir())
-            raise FileNotFoundError(f"{path}: is a cross-validation run ({', '.join(folds) or 'no folds yet'}); "
-                                    f"predict takes it whole (the fold ensemble); here give one fold, e.g. "
-                                    f"{path / (folds[0] if folds else 'fold_0')}")
-        if (path / "configs" / "metadata.json").is_file() and (path / "models" / "model.pt").is_file():
-            return path / "models" / "model.pt"
-        for folder in (path / "checkpoints", path):
-            for name in (f"{prefer}.pt", "best.pt", "last.pt"):
-                if (folder / name).is_file():
-                    return folder / name
-        raise FileNotFoundError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this run folder")
-    raise FileNotFoundError(f"{path}: model not found (expected a run folder or a .pt checkpoint)")
-
-
-def task_checkpoint(model: str | Path) -> Path:
-    """A checkpoint that tells which task ``model`` belongs to: :func:`find_checkpoint`'s, or for a
-    cross-validation run its first fold's.
-
-    Raises:
-        FileNotFoundError: nothing to load at ``model``.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "cv.json").is_file():
-        folds = sorted((p for p in path.glob("fold_*") if p.is_dir()), key=lambda p: p.name)
-        if not folds:
-            raise FileNotFoundError(f"{path}: cross-validation run without trained folds")
-        return find_checkpoint(folds[0])
-    return find_checkpoint(path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load a medseg-attn checkpoint with ``torch.load(..., weights_only=True)`` (never unpickles code).
 
     Raises:
@@ -108,10 +145,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                              f"medseg-attn checkpoints never do, so it was not written by medseg-attn") from None
         reason = (lines or [type(error).__name__])[0]
         raise UserError(f"{path}: not a loadable checkpoint ({reason[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    checkpoint = Checkpoint(payload if isinstance(payload, dict) else {})
+    if checkpoint.format != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a medseg-attn checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise UserError(f"{path}: checkpoint format version {payload['version']} is newer than this "
+    if checkpoint.version > CHECKPOINT_VERSION:
+        raise UserError(f"{path}: checkpoint format version {checkpoint.version} is newer than this "
                          f"medseg-attn understands ({CHECKPOINT_VERSION}); upgrade medseg-attn")
-    upgrade_config(payload.get("config"))
-    return payload
+    upgrade_config(checkpoint.config)
+    return checkpoint

@@ -40,7 +40,7 @@ from medseg_attn import __version__
 from medseg_attn.config import TrainConfig, from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.runtime.distributed import Distributed
-from medseg_attn.training.checkpoint import load_checkpoint, save_checkpoint
+from medseg_attn.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg_attn.training.state import Best, TrainState, read_history, write_history
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def build_optimizer(network: nn.Module, train: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(network.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
 
-def open_run(config: Any, output: Path, resume: bool) -> dict[str, Any] | None:
+def open_run(config: Any, output: Path, resume: bool) -> Checkpoint | None:
     """Check the run folder; with ``resume`` load and return its last checkpoint.
 
     Raises:
@@ -168,12 +168,11 @@ def open_run(config: Any, output: Path, resume: bool) -> dict[str, Any] | None:
         return None
     if not last.exists():
         raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint in {output})")
-    payload = load_checkpoint(last)
-    saved = from_dict(payload["config"], type(config))
-    if saved.model != config.model:
+    checkpoint = load_checkpoint(last)
+    if from_dict(checkpoint.config, type(config)).model != config.model:
         raise UserError(f"{last}: the model section differs from the checkpoint's; "
                          f"resume with the run's own config ({output / 'config.yaml'})")
-    return payload
+    return checkpoint
 
 
 def summary_writer(path: Path):
@@ -235,7 +234,7 @@ class _Epoch:
     out_of_time: bool = False  # the time budget ran out during it
 
 
-def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, Any] | None,
+def fit(task: TrainTask, train: TrainConfig, output: Path, resumed: Checkpoint | None,
         device: torch.device, progress: bool = True, dist: Distributed | None = None) -> TrainResult:
     """Run the training loop of ``task`` into the run folder ``output``.
 
@@ -247,13 +246,13 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
         task: network, optimizer, loss, data and validation of the task.
         train: the ``train`` section (schedule, budget, validation interval, patience, seed, AMP).
         output: run folder; ``checkpoints/``, ``history.csv``, ``training_curves.png``, ``tensorboard/``.
-        payload: the last checkpoint to resume from (from :func:`open_run`), or None.
+        resumed: the last checkpoint to resume from (from :func:`open_run`), or None.
         device: where the network is.
         progress: show a progress bar per epoch.
         dist: this process's place in a torchrun job (None: a single process).
     """
     dist = dist or Distributed()
-    run, state = _set_up(task, train, output, payload, device, progress, dist)
+    run, state = _set_up(task, train, output, resumed, device, progress, dist)
     start_epoch, stopped, validation_seconds = state.epoch, "max_epochs", 0.0
     while state.epoch < train.max_epochs:
         epoch = _train_epoch(run, state, validation_seconds)
@@ -281,7 +280,7 @@ def fit(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, An
                        state.epoch - start_epoch)
 
 
-def _set_up(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str, Any] | None,
+def _set_up(task: TrainTask, train: TrainConfig, output: Path, resumed: Checkpoint | None,
             device: torch.device, progress: bool, dist: Distributed) -> tuple[_Run, TrainState]:
     """Mixed precision and its loss scaler, the resumed weights and state, the training forward (DDP, compile),
     TensorBoard, and the clock (going on from the checkpoint's seconds)."""
@@ -292,12 +291,12 @@ def _set_up(task: TrainTask, train: TrainConfig, output: Path, payload: dict[str
     amp_dtype = torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
     state = TrainState(best=Best(task.higher_is_better))
-    if payload is not None:
-        network.load_state_dict(payload["model"])
-        task.optimizer.load_state_dict(payload["optimizer"])
-        if "scaler" in payload:
-            scaler.load_state_dict(payload["scaler"])
-        state = TrainState.from_checkpoint(payload, read_history(output / "history.csv"), task.higher_is_better)
+    if resumed is not None:
+        network.load_state_dict(resumed.model)
+        task.optimizer.load_state_dict(resumed.optimizer)
+        if resumed.scaler is not None:
+            scaler.load_state_dict(resumed.scaler)
+        state = TrainState.from_checkpoint(resumed, read_history(output / "history.csv"), task.higher_is_better)
         logger.info("resuming %s at epoch %d (step %d, %.0f s used)", output, state.epoch, state.step, state.elapsed)
     model = _training_forward(network, train, device, dist)
     writer = summary_writer(output / "tensorboard") if dist.is_main else _NoWriter()

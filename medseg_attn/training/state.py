@@ -16,9 +16,12 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg_attn.io.tables import write_csv
+
+if TYPE_CHECKING:
+    from medseg_attn.training.checkpoint import Checkpoint
 
 __all__ = ["Best", "TrainState", "read_history", "write_history"]
 
@@ -66,12 +69,12 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_checkpoint(cls, payload: dict[str, Any], history: list[dict[str, Any]],
+    def from_checkpoint(cls, checkpoint: Checkpoint, history: list[dict[str, Any]],
                         higher_is_better: bool = True) -> TrainState:
         """The state a checkpoint was written in, with the run's ``history`` rows (from ``history.csv``)."""
-        return cls(epoch=payload["epoch"], step=payload["step"], elapsed=payload["elapsed_seconds"],
-                   best=Best(higher_is_better, payload["best_metric"], payload["best_epoch"]),
-                   bad_validations=payload["bad_validations"], history=history)
+        return cls(epoch=checkpoint.epoch, step=checkpoint.step, elapsed=checkpoint.elapsed_seconds,
+                   best=Best(higher_is_better, checkpoint.best_metric, checkpoint.best_epoch),
+                   bad_validations=checkpoint.bad_validations, history=history)
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint fields of this state (the keys :meth:`from_checkpoint` reads)."""

@@ -141,10 +141,9 @@ def test_init_from_is_recorded_absolute_with_its_checksum_and_a_changed_source_i
     assert load_config(cv / "config.yaml").train.init_from == str(tmp_path / "source")
     inputs = {entry["name"]: entry for entry in json.loads((cv / "run.json").read_text())["inputs"]}
     assert inputs["init_from"]["sha256"] == file_sha256(checkpoint)
-    payload = load_checkpoint(checkpoint)  # the source changes under the same name
-    payload["model"] = {key: value + 1 if value.is_floating_point() else value
-                        for key, value in payload["model"].items()}
-    save_checkpoint(payload, checkpoint)
+    source = load_checkpoint(checkpoint)  # the source changes under the same name
+    save_checkpoint({**source, "model": {key: value + 1 if value.is_floating_point() else value
+                                         for key, value in source.model.items()}}, checkpoint)
     before = state(cv)
     result = run("-q", "train", "--output", str(cv), "--resume", "--epochs", "1", cwd=tmp_path)  # elsewhere
     assert_one_line_error(result, str(checkpoint), "not the checkpoint this CV run fine-tunes from", "sha256")

@@ -48,8 +48,7 @@ def _predict(model, image, output, *extra):
 
 def test_predict_refuses_a_folder_another_model_filled(segmentation_model, image, tmp_path):
     other = tmp_path / "other.pt"
-    payload = load_checkpoint(segmentation_model)
-    save_checkpoint(payload | {"epoch": 7}, other)  # another model: other bytes, other checksum
+    save_checkpoint({**load_checkpoint(segmentation_model), "epoch": 7}, other)  # another model: other bytes
     out = tmp_path / "out"
     assert _predict(segmentation_model, image, out).returncode == 0
     first = json.loads((out / "run.json").read_text())["model"]["models"][0]["sha256"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import FrozenInstanceError, asdict
+
+import pytest
 
 from medseg_attn.config import Config, from_dict
 from medseg_attn.networks.factory import build_network
@@ -28,3 +30,15 @@ def test_checkpoint_without_attention_pool_attends_voxel_by_voxel(tmp_path):
     saved["model"]["attention_pool"] = [2]
     config = from_dict(load_checkpoint(save_checkpoint({"config": saved}, tmp_path / "new.pt"))["config"])
     assert _pools(config) == [2, 1, 1, 1]
+
+
+def test_a_loaded_checkpoint_reads_as_typed_attributes(tmp_path):
+    path = save_checkpoint({"model": {}, "epoch": 3, "labels": {0: "background", "1": "liver"}, "features": 2},
+                           tmp_path / "c.pt")
+    checkpoint = load_checkpoint(path)
+    assert (checkpoint.format, checkpoint.version, checkpoint.epoch) == ("medseg-attn-checkpoint", 1, 3)
+    assert checkpoint.labels == {0: "background", 1: "liver"}  # int indices, whatever was saved
+    assert checkpoint.task is None and checkpoint.calibration == {} and checkpoint.config == {}  # older keys absent
+    assert checkpoint["features"] == 2 and dict(checkpoint)["epoch"] == 3  # a task's own keys; a dict to save again
+    with pytest.raises(FrozenInstanceError):
+        checkpoint.saved = {}

@@ -11,7 +11,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from medseg_attn.io.volumes import case_name, grid_mapping, is_image_file, read_
 from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.segmentation.data.rtstruct_labels import rasterise_rtstruct_labels
 from medseg_attn.segmentation.measures.regions import Regions
+
+if TYPE_CHECKING:
+    from medseg_attn.training.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -281,16 +284,16 @@ def check_training_data(dataset: SegmentationDataset, labels: dict[int, str] | N
         raise UserError(f"{len(problems)} problems in the training data:\n  {listing}")
 
 
-def check_resume_data(payload: dict[str, Any], dataset: SegmentationDataset, labels: dict[int, str],
+def check_resume_data(checkpoint: Checkpoint, dataset: SegmentationDataset, labels: dict[int, str],
                       where: str | Path) -> None:
     """``train --resume``: the run's recorded dataset, classes and dimensionality against the data given now.
 
     Raises:
         ValueError: other classes (indices or names) or another dimensionality, one line with both sides.
     """
-    saved_labels = {int(k): str(v) for k, v in (payload.get("labels") or {}).items()}
-    saved_dims = int((payload.get("preprocessing") or {}).get("spatial_dims") or 0)
-    saved_data = (payload.get("config") or {}).get("data", {}).get("dataset") or "an unrecorded dataset"
+    saved_labels = checkpoint.labels
+    saved_dims = int(checkpoint.preprocessing.get("spatial_dims") or 0)
+    saved_data = checkpoint.config.get("data", {}).get("dataset") or "an unrecorded dataset"
     first = dataset.training[0] if dataset.training else None
     dims = len(read_geometry(_as_list(first["image"])[0]).shape) if first else saved_dims
     names = {int(k): str(v) for k, v in labels.items()}

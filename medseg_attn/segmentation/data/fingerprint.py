@@ -2,7 +2,7 @@
 
 Batch-relative flags (a case against the other cases of the same batch) fire on good cases of a small or mixed
 batch, and the plan's working grid is not what the model was trained on (it may be coarsened 2x). So a training
-run stores ``payload["training_fingerprint"]``: for every training case, measured on the ORIGINAL image (read as
+run stores the checkpoint's ``training_fingerprint``: for every training case, measured on the ORIGINAL image (read as
 stored, reoriented to RAS) and its reference label map:
 
 * ``spacing``: the voxel spacing (mm, RAS axis order); a case is flagged when 1.5x coarser than the coarsest

@@ -194,13 +194,13 @@ class Plan(_Record):
     CHECKPOINT_KEYS = ("planned", "resolved", "source", "rules", "ct_statistics")  # and their order there
 
     def checkpoint_dict(self) -> dict[str, Any]:
-        """The part of the plan stored in a checkpoint (``payload["plan"]``), as training has always stored it."""
+        """The part of the plan stored in a checkpoint (its ``plan``), as training has always stored it."""
         values = self.to_dict()
         return {key: values[key] for key in self.CHECKPOINT_KEYS}
 
     @classmethod
     def from_dict(cls, values: Any, where: str = "plan") -> Plan:
-        """A plan from ``plan.json`` or a checkpoint's ``payload["plan"]`` (any version written so far).
+        """A plan from ``plan.json`` or a checkpoint's ``plan`` (any version written so far).
 
         Raises:
             ValueError: naming ``where`` and the key, for a key the plan does not know or a missing record.

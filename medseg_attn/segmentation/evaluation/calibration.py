@@ -5,7 +5,7 @@ The best checkpoint's network predicts every validation case (sliding window, as
 (:func:`medseg_attn.training.calibration.fit_temperature`) and half to report NLL, ECE and Brier score before and
 after it (``after`` is out of sample); the temperature stored is then fitted on all drawn voxels. The numbers
 are also given inside the structures (voxels where the reference or the prediction is foreground), where the
-errors are. ``RUN/calibration.json`` holds them; ``payload["calibration"]`` in ``best.pt`` too, and the predictor
+errors are. ``RUN/calibration.json`` holds them; the ``calibration`` of ``best.pt`` too, and the predictor
 applies the temperature to every probability and uncertainty map (see ``docs/trust.md``).
 """
 
@@ -58,8 +58,8 @@ def calibrate_run(predictor: Any, dataset: Any, checkpoint: Path, output: Path, 
     """
     if dataset is None or not len(dataset) or not checkpoint.exists():
         return None
-    payload = load_checkpoint(checkpoint)
-    predictor.network.load_state_dict(payload["model"])  # the best epoch's weights
+    saved = load_checkpoint(checkpoint)
+    predictor.network.load_state_dict(saved.model)  # the best epoch's weights
     probabilities, targets = sample_voxels(predictor, dataset, seed=seed, ignore=ignore)
     if not len(targets):
         return None
@@ -79,8 +79,7 @@ def calibrate_run(predictor: Any, dataset: Any, checkpoint: Path, output: Path, 
               "held_out_half": {"temperature": round(temperature_half, 6), "before": report(test_half, 1.0),
                                 "after": report(test_half, temperature_half)},
               "all_voxels": {"before": report(order, 1.0), "after": report(order, temperature)}}
-    payload["calibration"] = record
-    save_checkpoint(payload, checkpoint)
+    save_checkpoint({**saved, "calibration": record}, checkpoint)
     atomic_write_text(output / "calibration.json", json.dumps(record, indent=1) + "\n")
     before, after = record["held_out_half"]["before"], record["held_out_half"]["after"]
     logger.info("calibration: temperature %.3f; held-out voxels NLL %.4f -> %.4f, ECE %.4f -> %.4f, Brier %.4f -> "

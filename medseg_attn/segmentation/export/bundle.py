@@ -31,6 +31,7 @@ from medseg_attn.io.files import atomic_write, atomic_write_text
 from medseg_attn.networks.export import example_input, export_torchscript
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata, format_card, model_card
+from medseg_attn.training.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +118,10 @@ def _paint_expression(order: list[int]) -> str:
             f"enumerate({list(map(int, order))})] and labels)(torch.zeros_like(p[:1]))")
 
 
-def inference_config(payload: dict[str, Any]) -> dict[str, Any]:
-    """configs/inference.json for a checkpoint payload."""
-    config = payload["config"]
-    regions = payload.get("regions")  # a region model: sigmoids painted in regions_class_order, not an argmax
+def inference_config(checkpoint: Checkpoint) -> dict[str, Any]:
+    """configs/inference.json for a checkpoint."""
+    config = checkpoint.config
+    regions = checkpoint.regions  # a region model: sigmoids painted in regions_class_order, not an argmax
     inference = config.get("inference", {})
     patch = inference.get("patch_size") or config["data"]["patch_size"]
     return {
@@ -133,7 +134,7 @@ def inference_config(payload: dict[str, Any]) -> dict[str, Any]:
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": "$torch.jit.load(os.path.join(@bundle_root, 'models', 'model.ts'), map_location=@device)",
         "network": "$@network_def.eval()",
-        "preprocessing": {"_target_": "Compose", "transforms": _preprocessing(payload["preprocessing"])},
+        "preprocessing": {"_target_": "Compose", "transforms": _preprocessing(checkpoint.preprocessing)},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': path} for path in @datalist]",
                     "transform": "@preprocessing"},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(patch),
@@ -155,10 +156,10 @@ def inference_config(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def bundle_metadata(payload: dict[str, Any]) -> dict[str, Any]:
+def bundle_metadata(checkpoint: Checkpoint) -> dict[str, Any]:
     """configs/metadata.json in the model zoo's schema (plus the medseg-attn model card)."""
-    card = model_card(payload, TASK)
-    dims = int(payload["preprocessing"]["spatial_dims"])
+    card = model_card(checkpoint, TASK)
+    dims = int(checkpoint.preprocessing["spatial_dims"])
     labels = {str(k): v for k, v in card["labels"].items()}
     spatial = ["*"] * dims
     versions = card["versions"]
@@ -195,20 +196,20 @@ def bundle_metadata(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_bundle(network: nn.Module, payload: dict[str, Any], source: Path, output: Path) -> Path:
-    """Write the bundle folder ``output`` for ``network`` (eval, CPU) and its checkpoint ``payload``."""
+def write_bundle(network: nn.Module, checkpoint: Checkpoint, source: Path, output: Path) -> Path:
+    """Write the bundle folder ``output`` for ``network`` (eval, CPU) and its ``checkpoint``."""
     if not hasattr(network, "divisor"):
         raise UserError(f"{source}: export supports the attention_skip_unet architecture")
     output.mkdir(parents=True, exist_ok=True)
-    metadata = export_metadata(payload, str(source), TASK)
-    example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
+    metadata = export_metadata(checkpoint, str(source), TASK)
+    example = example_input(int(checkpoint.preprocessing["spatial_dims"]), int(checkpoint.in_channels),
                             network.divisor)
     export_torchscript(network, example, output / "models" / "model.ts", metadata)
-    kept = {key: value for key, value in payload.items() if key not in ("optimizer", "scaler")}
+    kept = {key: value for key, value in checkpoint.items() if key not in ("optimizer", "scaler")}
     atomic_write(output / "models" / "model.pt", lambda tmp: torch.save(kept, tmp))
-    atomic_write_text(output / "configs" / "inference.json", json.dumps(inference_config(payload), indent=2))
-    atomic_write_text(output / "configs" / "metadata.json", json.dumps(bundle_metadata(payload), indent=2))
-    card = format_card(model_card(payload, TASK), str(source))
+    atomic_write_text(output / "configs" / "inference.json", json.dumps(inference_config(checkpoint), indent=2))
+    atomic_write_text(output / "configs" / "metadata.json", json.dumps(bundle_metadata(checkpoint), indent=2))
+    card = format_card(model_card(checkpoint, TASK), str(source))
     readme = ["# medseg-attn model (MONAI bundle)", "", "```", *card, "```",
               "", "Run it (torch and MONAI only):", "",
               "```", "python -m monai.bundle run --config_file configs/inference.json --bundle_root . "

@@ -87,7 +87,7 @@ def export_cv_run(run: str | Path, fmt: str, output: str | Path, folds: list[int
                             "output": "logit of the folds' averaged region probabilities" if members.regions else
                             "log of the folds' averaged probabilities"}
     metadata["postprocessing"] = {str(index): rule.to_entry() for index, rule in members.postprocessing.items()}
-    example = example_input(int(first["preprocessing"]["spatial_dims"]), int(first["in_channels"]), ensemble.divisor)
+    example = example_input(int(first.preprocessing["spatial_dims"]), int(first.in_channels), ensemble.divisor)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
     writer(ensemble, example, target, metadata)
     logger.info("exported %s (%d folds) as %s: %s", run, len(paths), fmt, target)

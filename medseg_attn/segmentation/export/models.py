@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from medseg_attn.errors import UserError
+from medseg_attn.model_layout import find_checkpoint, is_cv_run
 from medseg_attn.networks.export import (
     example_input,
     export_onnx,
     export_target,
     export_torchscript,
 )
-from medseg_attn.segmentation.model.layout import is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.training.card import export_metadata
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import Checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +33,15 @@ __all__ = ["EXPORT_FORMATS", "export_segmentation", "load_segmentation"]
 EXPORT_FORMATS = ("torchscript", "onnx", "bundle")
 
 
-def load_segmentation(model: str | Path) -> tuple[Any, dict[str, Any], Path]:
-    """The network (eval, CPU, fp32), the checkpoint payload and its path for a run folder or checkpoint.
+def load_segmentation(model: str | Path) -> tuple[Any, Checkpoint, Path]:
+    """The network (eval, CPU, fp32), the checkpoint and its path for a run folder or checkpoint.
 
     Raises:
         ValueError: not a segmentation checkpoint, or one that does not fit this version.
     """
     path = find_checkpoint(model)
-    payload = load_checkpoint(path)
-    return TASK.network(payload, path), payload, path
+    checkpoint = load_checkpoint(path)
+    return TASK.network(checkpoint, path), checkpoint, path
 
 
 def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path:
@@ -65,18 +65,18 @@ def export_segmentation(model: str | Path, fmt: str, output: str | Path) -> Path
         from medseg_attn.segmentation.export.ensemble import export_cv_run
 
         return export_cv_run(model, fmt, output)
-    network, payload, path = load_segmentation(model)
+    network, checkpoint, path = load_segmentation(model)
     target = export_target(model, path, fmt, output)  # the output rule: before any work
     if fmt == "bundle":
         from medseg_attn.segmentation.export.bundle import write_bundle
 
-        return write_bundle(network, payload, path, target)
+        return write_bundle(network, checkpoint, path, target)
     if not hasattr(network, "divisor"):
         raise UserError(f"{path}: export supports the attention_skip_unet architecture, not "
                          f"{type(network).__name__}")
-    example = example_input(int(payload["preprocessing"]["spatial_dims"]), int(payload["in_channels"]),
+    example = example_input(int(checkpoint.preprocessing["spatial_dims"]), int(checkpoint.in_channels),
                             network.divisor)
-    metadata = export_metadata(payload, str(path), TASK)
+    metadata = export_metadata(checkpoint, str(path), TASK)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
     writer(network, example, target, metadata)
     logger.info("exported %s as %s: %s", path, fmt, target)

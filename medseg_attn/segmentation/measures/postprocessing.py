@@ -1,11 +1,12 @@
 """Postprocessing rules of a label map: per class, keep the largest connected component or remove the components
-below a size (what a cross-validation run chose, ``postprocessing.json``; read by
-:func:`medseg_attn.segmentation.model.layout.read_postprocessing`)."""
+below a size (what a cross-validation run chose, ``postprocessing.json``; read by :func:`read_postprocessing`)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from scipy import ndimage
 from medseg_attn.errors import UserError
 
 __all__ = ["ClassPostprocessing", "apply_postprocessing", "components", "parse_postprocessing",
-           "voxel_ml"]
+           "read_postprocessing", "voxel_ml"]
 
 
 _MISSING = object()
@@ -153,3 +154,17 @@ def apply_postprocessing(labels: np.ndarray, choice: dict[int, ClassPostprocessi
             except ValueError as error:
                 raise UserError(f"postprocessing of class {index}: {error}") from None
     return labels
+
+
+def read_postprocessing(run: str | Path, labels: dict[int, str] | None = None) -> dict[int, ClassPostprocessing]:
+    """Per class index, what to do after the argmax ({} when the run chose nothing). Records written before
+    ``min_size_ml`` existed read as largest-component choices only. ``labels``: the model's classes (see
+    :func:`~medseg_attn.segmentation.measures.postprocessing.parse_postprocessing`)."""
+    path = Path(run) / "postprocessing.json"
+    if not path.is_file():
+        return {}
+    try:
+        classes = json.loads(path.read_text())["classes"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a postprocessing record ({error})") from None
+    return parse_postprocessing(classes, str(path), labels)

@@ -18,13 +18,17 @@ from medseg_attn.config import Config, InferenceConfig, from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.io.model_files import sniff_model, wrong_model_message
 from medseg_attn.io.segments import resolve_colors
+from medseg_attn.model_layout import cv_members, find_checkpoint, is_cv_run
 from medseg_attn.segmentation.data.channels import channel_names
 from medseg_attn.segmentation.data.transforms import Preprocessing
-from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, parse_postprocessing
+from medseg_attn.segmentation.measures.postprocessing import (
+    ClassPostprocessing,
+    parse_postprocessing,
+    read_postprocessing,
+)
 from medseg_attn.segmentation.measures.regions import Regions
-from medseg_attn.segmentation.model.layout import cv_members, is_cv_run, read_postprocessing
 from medseg_attn.segmentation.task import TASK
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -157,30 +161,27 @@ def _load_checkpoints(models: list[str | Path], folds: Sequence[int] | None, dev
     first: dict[str, Any] = {}
     for item in members:
         path = find_checkpoint(item)
-        payload = load_checkpoint(path)
-        if not TASK.owns(payload):
-            raise UserError(f"{path}: is a {payload['task']} model; use `medseg-attn classify predict` for it")
-        network = TASK.network(payload, path)
+        checkpoint = load_checkpoint(path)
+        if not TASK.owns(checkpoint):
+            raise UserError(f"{path}: is a {checkpoint.task} model; use `medseg-attn classify predict` for it")
+        network = TASK.network(checkpoint, path)
         try:
-            config = from_dict(payload["config"])
-            prep = Preprocessing.from_dict(payload["preprocessing"])
-            labels = {int(k): v for k, v in payload["labels"].items()}
+            config = from_dict(checkpoint.config)
+            prep = Preprocessing.from_dict(checkpoint.preprocessing)
         except (KeyError, RuntimeError, TypeError) as error:
             raise UserError(f"{path}: checkpoint does not match this medseg-attn version ({error})") from None
-        found = {"preprocessing": prep, "classes": labels, "input channels": int(payload["in_channels"]),
-                 "regions": Regions.from_dict(payload.get("regions"))}
+        found = {"preprocessing": prep, "classes": checkpoint.labels, "input channels": int(checkpoint.in_channels),
+                 "regions": Regions.from_dict(checkpoint.regions)}
         if not first:
-            first = {"path": path, "config": config, "colors": payload.get("colors"), **found,
-                     "lesion_structures": payload.get("lesion_structures"),
-                     "channel_names": payload.get("channel_names"),
-                     "info": {key: payload.get(key) for key in INFO_KEYS}}
+            first = {"path": path, "config": config, "colors": checkpoint.colors, **found,
+                     "lesion_structures": checkpoint.lesion_structures, "channel_names": checkpoint.channel_names,
+                     "info": {key: checkpoint.get(key) for key in INFO_KEYS}}
         for key, value in found.items():
             if value != first[key]:
                 raise UserError(f"{path}: ensemble member differs from {first['path']} in its {key} "
                                  f"({value} vs {first[key]}); an ensemble needs models trained the same way")
-        temperatures.append(float((payload.get("calibration") or {}).get("temperature", 1.0)))
-        logger.info("loaded %s (epoch %s, best validation Dice %s)", path, payload.get("epoch"),
-                    payload.get("best_metric"))
+        temperatures.append(float(checkpoint.calibration.get("temperature", 1.0)))
+        logger.info("loaded %s (epoch %s, best validation Dice %s)", path, checkpoint.epoch, checkpoint.best_metric)
         networks.append(network.to(device).eval())
         sources.append(str(path))
     return SegmentationModel(

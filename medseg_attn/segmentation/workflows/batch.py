@@ -154,7 +154,8 @@ def predict_files(
     (:mod:`~medseg_attn.segmentation.outputs.writers`).
 
     Args:
-        inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items.
+        inputs: files, folders (see :func:`collect_cases`) or prepared :class:`CaseInput` items (whose output
+            folder the caller has checked against them with :func:`check_output_dir`, as ``predict_batch`` does).
         output_format: 'nifti' (default), 'dicom-seg', 'seg-nrrd', a comma list, 'both' or 'all'
             (see :mod:`medseg_attn.segmentation.outputs.formats`).
         series_uid, resample_uneven, volume_index: see :class:`~medseg_attn.io.cases.ReadOptions`.
@@ -190,10 +191,14 @@ def predict_files(
                        review.settings.max_foreground_uncertainty)
     output_dir = Path(output_dir)
     paths = [i for i in inputs if not isinstance(i, CaseInput)]
-    cases = collect_cases(paths, predictor.in_channels, series_uid, predictor.channels) if paths else list(inputs)
+    if paths:  # who collects the cases checks the output folder against them (predict_batch: the whole batch)
+        cases = collect_cases(paths, predictor.in_channels, series_uid, predictor.channels)
+        check_output_dir(cases, output_dir, paths)
+    else:
+        cases = list(inputs)
     provenance = predictor.provenance()  # another model's folder is refused unless overwrite (run.json names one)
     models = None if overwrite else provenance["paths"]
-    _prepare_output_dir(cases, output_dir, paths, formats, predictor, models)
+    _prepare_output_dir(output_dir, formats, predictor, models)
     records: list[dict[str, Any]] = []
     with OutputLock(output_dir) if lock else nullcontext(), recorded_run(output_dir, "predict",
                                                                          models=models) as manifest:
@@ -216,11 +221,10 @@ def predict_files(
     return records
 
 
-def _prepare_output_dir(cases: list[CaseInput], output_dir: Path, inputs: Sequence[str | Path],
-                        formats: tuple[str, ...], predictor: Predictor, models: Sequence[str] | None) -> None:
-    """Check the output folder against the inputs (and its ``run.json`` against ``models``), create it, and write
-    the label tables beside NIfTI maps."""
-    check_output_dir(cases, output_dir, inputs)
+def _prepare_output_dir(output_dir: Path, formats: tuple[str, ...], predictor: Predictor,
+                        models: Sequence[str] | None) -> None:
+    """Check the output folder's ``run.json`` against ``models``, create the folder, and write the label tables
+    beside NIfTI maps."""
     if models is not None:
         check_same_model(output_dir, models)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.nifti import write_nifti
 from medseg_attn.io.tables import write_csv
 from medseg_attn.io.volumes import grid_mapping, on_grid
+from medseg_attn.model_layout import find_checkpoint, fold_dir, fold_states, is_cv_run, read_cv_record
 from medseg_attn.segmentation.data.datasets import load_dataset
 from medseg_attn.segmentation.data.sparse import ignore_index
 from medseg_attn.segmentation.evaluation.evaluate import _check_tolerance, evaluate_folders
@@ -41,8 +42,6 @@ from medseg_attn.segmentation.measures.postprocessing import (
     voxel_ml,
 )
 from medseg_attn.segmentation.measures.regions import Regions
-from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run, read_cv_record
-from medseg_attn.training.checkpoint import find_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from medseg_attn.config.loading import from_dict, read_yaml
 from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.manifest import recorded_run
+from medseg_attn.model_layout import fold_dir, fold_states, is_cv_run, read_cv_record
 from medseg_attn.segmentation.data.datasets import declared_channels, load_dataset
 from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.segmentation.data.planning import Plan
-from medseg_attn.segmentation.model.layout import fold_dir, fold_states, is_cv_run, read_cv_record
 from medseg_attn.segmentation.workflows.finetune import check_source
 from medseg_attn.segmentation.workflows.train import TrainResult, train
 

@@ -20,9 +20,10 @@ from medseg_attn.config import Config
 from medseg_attn.config.loading import from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.io.manifest import file_sha256
+from medseg_attn.model_layout import find_checkpoint
 from medseg_attn.segmentation.measures.regions import Regions
 from medseg_attn.segmentation.task import TASK
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +45,13 @@ FREE_MODEL_KEYS = ("attention_dropout",)  # no weights behind them: may differ f
 def _source(source: str | Path, model: Any | None, in_channels: int | None) -> tuple[Path, dict[str, Any]]:
     """The checkpoint at ``source`` and its payload, checked against the new run's model section and channels."""
     path = find_checkpoint(source)
-    payload = load_checkpoint(path)
-    if not TASK.owns(payload):
-        raise UserError(f"{path}: --init-from needs a segmentation model, this is a {payload['task']} model")
-    if in_channels is not None and int(payload.get("in_channels", in_channels)) != in_channels:
-        raise UserError(f"{path}: trained on {payload['in_channels']} input channel(s), the new data has "
+    checkpoint = load_checkpoint(path)
+    if not TASK.owns(checkpoint):
+        raise UserError(f"{path}: --init-from needs a segmentation model, this is a {checkpoint.task} model")
+    if in_channels is not None and checkpoint.in_channels is not None and int(checkpoint.in_channels) != in_channels:
+        raise UserError(f"{path}: trained on {checkpoint.in_channels} input channel(s), the new data has "
                         f"{in_channels}")
-    saved = (payload.get("config") or {}).get("model")
+    saved = checkpoint.config.get("model")
     if model is not None and saved is not None:
         old, new = asdict(from_dict({"model": saved}, Config).model), asdict(model)
         differing = [f"model.{key} (source {old[key]!r}, this run {new[key]!r})" for key in new
@@ -58,7 +59,7 @@ def _source(source: str | Path, model: Any | None, in_channels: int | None) -> t
         if differing:
             raise UserError(f"{path}: --init-from needs the source's model section, and this run's differs in "
                             f"{', '.join(differing)}; set these keys as the source has them")
-    return path, payload
+    return path, checkpoint
 
 
 def _plain(value: Any) -> Any:
@@ -93,20 +94,19 @@ def load_initial_weights(network: nn.Module, source: str | Path, labels: dict[in
         ValueError: another architecture, model section, channels or input channels than the network's (one line
             naming the checkpoint and the differing keys, or the first mismatching weight).
     """
-    path, payload = _source(source, model, in_channels)
-    old_regions = Regions.from_dict(payload.get("regions"))
+    path, checkpoint = _source(source, model, in_channels)
+    old_regions = Regions.from_dict(checkpoint.regions)
     if (old_regions is None) != (regions is None):
         kinds = ("a region model (sigmoid outputs)", "a class model (softmax outputs)")
         raise UserError(f"{path}: is {kinds[old_regions is None]} and this run trains {kinds[regions is None]}; "
                         f"their output layers mean different things: fine-tune from a model of the same kind")
-    old_labels = dict(enumerate(old_regions.names)) if old_regions else \
-        {int(k): str(v) for k, v in payload["labels"].items()}
+    old_labels = dict(enumerate(old_regions.names)) if old_regions else checkpoint.labels
     labels = dict(enumerate(regions.names)) if regions else labels  # the network's outputs, by name
     old_index = {name.lower(): index for index, name in old_labels.items()}
     kept = {index: old_index[name.lower()] for index, name in labels.items() if name.lower() in old_index}
     if regions is None:
         kept[0] = 0  # background is background
-    state, old = network.state_dict(), payload["model"]
+    state, old = network.state_dict(), checkpoint.model
     copied, renewed = 0, []
     for key, value in state.items():
         if key not in old:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from medseg_attn.errors import UserError
-from medseg_attn.io.files import check_output_beside_models
 from medseg_attn.io.layout import OutputLayout
 from medseg_attn.io.limits import check_file_size
+from medseg_attn.model_layout import check_output_beside_models
 from medseg_attn.runtime.device import resolve_device
 from medseg_attn.runtime.distributed import Distributed, setup, shard
 from medseg_attn.segmentation.inference.predictor import Predictor

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ from medseg_attn.config import Config, save_config
 from medseg_attn.errors import UserError
 from medseg_attn.io.manifest import recorded_run
 from medseg_attn.io.segments import colors_from_dataset, resolve_colors
+from medseg_attn.model_layout import find_checkpoint, fold_count, is_cv_run
 from medseg_attn.networks.factory import build_network
 from medseg_attn.plots import foreground_centre, overlay_rgb, save_training_curves
 from medseg_attn.runtime.device import resolve_device
@@ -58,12 +58,11 @@ from medseg_attn.segmentation.data.transforms import Preprocessing, preprocessin
 from medseg_attn.segmentation.evaluation.calibration import calibrate_run
 from medseg_attn.segmentation.inference.predictor import Predictor
 from medseg_attn.segmentation.losses import IgnoreDiceCELoss, RegionDiceBCELoss
-from medseg_attn.segmentation.model.layout import fold_count, is_cv_run
 from medseg_attn.segmentation.task import TASK
 from medseg_attn.segmentation.workflows.finetune import check_source, load_initial_weights
 from medseg_attn.segmentation.workflows.tensorboard_images import validation_attention_images
 from medseg_attn.training.card import training_card
-from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+from medseg_attn.training.checkpoint import Checkpoint, load_checkpoint
 from medseg_attn.training.loop import (
     TrainResult,
     TrainTask,
@@ -93,12 +92,12 @@ class _Run:
             raise UserError(f"{output}: holds a cross-validation run ({folds} folds); a plain train would take over "
                             f"its config.yaml: continue it with medseg-attn train --output {output} --resume, train "
                             f"one fold with --folds {folds} --fold K, or choose another --output")
-        self.payload: dict[str, Any] | None = open_run(config, output, resume)
+        self.resumed: Checkpoint | None = open_run(config, output, resume)
         if not config.data.dataset:
             raise UserError("no dataset given: set data.dataset in the config or pass --data")
         self.dataset = load_dataset(config.data.dataset)
-        if self.payload is not None:  # --resume: the run's own classes and dimensionality, or one line
-            check_resume_data(self.payload, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
+        if self.resumed is not None:  # --resume: the run's own classes and dimensionality, or one line
+            check_resume_data(self.resumed, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
         elif config.train.init_from:  # fine-tuning: the source checked before any work (nothing written if refused)
             source = check_source(config.train.init_from, config.model, declared_channels(self.dataset))
             config = config.replace(train={"init_from": source["path"]})  # absolute: resumable from anywhere
@@ -209,7 +208,7 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     in_channels = _first_channels(train_ds)
     seed_everything(tcfg.seed)  # same initial weights for the same seed
     network = build_network(cfg.model, run.prep.spatial_dims, in_channels, run.outputs).to(run.device)
-    if tcfg.init_from and run.payload is None:  # fine-tuning (a resumed run has its own weights)
+    if tcfg.init_from and run.resumed is None:  # fine-tuning (a resumed run has its own weights)
         load_initial_weights(network, tcfg.init_from, run.labels, in_channels, cfg.model, run.regions)
     optimizer = build_optimizer(network, tcfg)
     loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
@@ -267,9 +266,9 @@ def train(config: Config, output: str | Path, resume: bool = False, progress: bo
     )
     with recorded_run(output if run.dist.is_main else None, "train") as manifest:  # RUN/run.json
         manifest.add_input(cfg.data.dataset, name="dataset", checksum=Path(cfg.data.dataset).is_file())
-        if tcfg.init_from and run.payload is None:  # the weights fine-tuning started from, with their checksum
+        if tcfg.init_from and run.resumed is None:  # the weights fine-tuning started from, with their checksum
             manifest.add_input(find_checkpoint(tcfg.init_from), name="init_from")
-        result = fit(task, tcfg, output, run.payload, run.device, progress, run.dist)
+        result = fit(task, tcfg, output, run.resumed, run.device, progress, run.dist)
         if run.dist.is_main:  # temperature scaling on the validation cases, stored in best.pt
             best = run.checkpoints / "best.pt"
             if run.regions is not None:

@@ -17,8 +17,12 @@ from medseg_attn.cli import main
 from medseg_attn.segmentation.data.datasets import load_dataset, split_cases
 from medseg_attn.segmentation.data.folds import assign_folds
 from medseg_attn.segmentation.inference.predictor import Predictor
-from medseg_attn.segmentation.measures.postprocessing import ClassPostprocessing, apply_postprocessing, voxel_ml
-from medseg_attn.segmentation.model.layout import read_postprocessing
+from medseg_attn.segmentation.measures.postprocessing import (
+    ClassPostprocessing,
+    apply_postprocessing,
+    read_postprocessing,
+    voxel_ml,
+)
 from medseg_attn.segmentation.workflows.cross_validation import choose_postprocessing, describe_choice
 from medseg_attn.segmentation.workflows.crossval import fold_splits, train_cv
 from medseg_attn.segmentation.workflows.train import train

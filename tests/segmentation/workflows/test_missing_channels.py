@@ -39,7 +39,8 @@ def two_channel_run(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_the_checkpoint_keeps_the_channel_names_and_inspect_shows_them(two_channel_run):
-    from medseg_attn.training.checkpoint import find_checkpoint, load_checkpoint
+    from medseg_attn.model_layout import find_checkpoint
+    from medseg_attn.training.checkpoint import load_checkpoint
 
     payload = load_checkpoint(find_checkpoint(two_channel_run["run"]))
     assert payload["channel_names"] == ["T1", "FLAIR"]
