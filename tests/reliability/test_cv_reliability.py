@@ -240,4 +240,4 @@ def test_a_cv_run_and_its_evaluation_have_run_json(half_run, finished_run):
     assert run("-q", "cv", str(cv)).returncode == 0
     manifest = json.loads((cv / "cv" / "run.json").read_text())
     assert manifest["command"] == "cv" and manifest["outcome"] == "ok" and len(manifest["model"]["models"]) == 3
-    assert manifest["options"] == {"tolerance_mm": 1.0}
+    assert manifest["options"] == {"tolerance_mm": 1.0, "lesions": None}  # lesion rules when --lesions
