@@ -252,9 +252,10 @@ def test_killing_a_run_leaves_no_worker_behind(tmp_path, name, kill):
                                stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 180
-        while len(group(process.pid)) < 4 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # until the workers run (the run, its resource tracker, fork server and workers)
         running = group(process.pid)
+        while len(running) < 4 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the workers run (the run, its resource tracker, fork server and workers)
+            running = group(process.pid)  # judged on this one reading: a worker may end between two of them
         assert process.poll() is None and len(running) >= 4, (running, process.stderr.read())
         os.kill(process.pid, kill)
         process.wait(30)
