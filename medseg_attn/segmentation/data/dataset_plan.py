@@ -64,7 +64,7 @@ def plan_dataset(config: Config, device: str, progress: bool = False, dist: Any 
     """
     if not config.data.dataset:
         raise UserError("no dataset given: pass --data or set data.dataset")
-    dataset = dataset or load_dataset(config.data.dataset)
+    dataset = dataset or load_dataset(config.data.dataset, config.data.cache_dir)
     data = config.data
     labels = data.labels or dataset.labels
     problems = checked_cases(dataset.training, len(labels), data.cache_dir, data.preprocess_workers, progress, dist,

@@ -203,8 +203,9 @@ def _scan_nnunet(root: Path, channels: int, where: Path) -> list[dict[str, Any]]
     return cases
 
 
-def load_dataset(path: str | Path) -> SegmentationDataset:
-    """Read a dataset from a ``dataset.json`` file, a folder holding one, or an nnU-Net raw folder.
+def load_dataset(path: str | Path, cache_dir: str | None = None) -> SegmentationDataset:
+    """Read a dataset from a ``dataset.json`` file, a folder holding one, or an nnU-Net raw folder (RTSTRUCT labels
+    rasterised once into ``cache_dir``, ``data.cache_dir``; None: the default cache).
 
     MSD (``training``/``test`` lists, ``labels`` index -> name, ``modality``) and nnU-Net v2 (``labels`` name ->
     index, ``channel_names``, files found in imagesTr/labelsTr with ``_0000`` channel suffixes) are both read.
@@ -243,7 +244,7 @@ def load_dataset(path: str | Path) -> SegmentationDataset:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"{json_path}: listed file not found: {missing[0]}{more}")
-    rasterise_rtstruct_labels(dataset.training, dataset.labels, dataset.regions)
+    rasterise_rtstruct_labels(dataset.training, dataset.labels, dataset.regions, cache_dir)
     logger.info("dataset %s: %d training cases, %d classes, modality %s", dataset.name, len(dataset.training),
                 len(dataset.labels), dataset.modality or "unknown")
     return dataset

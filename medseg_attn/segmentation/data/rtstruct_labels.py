@@ -23,7 +23,7 @@ __all__ = ["rasterise_rtstruct_labels"]
 
 
 def rasterise_rtstruct_labels(training: list[dict[str, Any]], labels: dict[int, str],
-                              regions: Regions | None = None) -> None:
+                              regions: Regions | None = None, cache_dir: str | None = None) -> None:
     """Replace each training case's RTSTRUCT label by a NIfTI label map of it on its image series' grid, made once
     and kept in the cache (``CACHE/rtstruct/<case>-<key>.nii.gz``, keyed by the content of both and by the classes).
 
@@ -46,7 +46,7 @@ def rasterise_rtstruct_labels(training: list[dict[str, Any]], labels: dict[int, 
         if len(images) != 1 or format_of(images[0]) is not DICOM:
             raise UserError(f"{label}: an RTSTRUCT label needs its image to be the one DICOM series it was drawn on "
                             f"(a series folder), not {', '.join(str(i) for i in images)}")
-        folder = folder or cache_folder(cache_root(), "rtstruct")
+        folder = folder or cache_folder(cache_root(cache_dir), "rtstruct")
         key = entry_key(case, ("image", "label"), labels=labels, regions=regions.to_dict() if regions else None)
         target = folder / f"{case['case']}-{key}.nii.gz"
         if not target.is_file():

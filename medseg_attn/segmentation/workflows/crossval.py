@@ -91,7 +91,7 @@ def train_cv(config: Config, output: str | Path, folds: int, fold: int | None = 
     if not config.data.dataset:
         raise UserError("no dataset given: set data.dataset in the config or pass --data")
     config = config.replace(data={"folds": folds, "dataset": str(Path(config.data.dataset).expanduser().resolve())})
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.cache_dir)
     splits = fold_splits(dataset.training, folds, config.train.seed)
     grouped = any("patient" in case for case in dataset.training)
     existing = _check_cv(output, config, folds, splits, resume or fold is not None)

@@ -95,7 +95,7 @@ class _Run:
         self.resumed: Checkpoint | None = open_run(config, output, resume)
         if not config.data.dataset:
             raise UserError("no dataset given: set data.dataset in the config or pass --data")
-        self.dataset = load_dataset(config.data.dataset)
+        self.dataset = load_dataset(config.data.dataset, config.data.cache_dir)
         if self.resumed is not None:  # --resume: the run's own classes and dimensionality, or one line
             check_resume_data(self.resumed, self.dataset, self.dataset.labels, output / "checkpoints" / "last.pt")
         elif config.train.init_from:  # fine-tuning: the source checked before any work (nothing written if refused)

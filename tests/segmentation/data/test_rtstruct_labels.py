@@ -57,6 +57,10 @@ def test_rtstruct_labels_are_the_label_maps_they_were_drawn_from(tmp_path):
     again = load_dataset(tmp_path / "dataset.json")  # the cached label map is reused, not written again
     assert [c["label"] for c in again.training] == [c["label"] for c in dataset.training]
     assert nib.load(str(again.training[0]["label"])).get_data_dtype() == np.uint8
+    # data.cache_dir is honoured: the rasterised maps go there (same content key, so the same names)
+    own = load_dataset(tmp_path / "dataset.json", cache_dir=str(tmp_path / "own_cache"))
+    assert all(Path(c["label"]).parent == (tmp_path / "own_cache" / "rtstruct").resolve() for c in own.training)
+    assert [Path(c["label"]).name for c in own.training] == [Path(c["label"]).name for c in dataset.training]
 
 
 def test_bad_rtstruct_labels_one_line_each(tmp_path):
