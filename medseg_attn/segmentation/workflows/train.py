@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,8 @@ def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     if run.config.data.cache == "disk":  # every case preprocessed once into the cache, then read by memory map
         entries = preprocess_cases(run.dataset.training, run.prep, run.config.data, num_classes,
                                    progress=progress, dist=run.dist, label_values=label_values)
+        if run.regions is not None:  # a region listing a value no label map holds would train on empty targets
+            run.regions.check_values(_values_present(entries.values()), run.dataset.root / "dataset.json")
         return disk_datasets(run.train_cases, run.val_cases, entries, run.config.data, num_classes, run.prep,
                              run.has_validation, lesion_classes)
     train_transform = mt.Compose(pre + training_augmentation(run.config.data, num_classes, run.prep, lesion_classes))
@@ -165,6 +168,15 @@ def _datasets(run: _Run) -> tuple[Dataset, Dataset | None, mt.Compose]:
     train_ds, val_ds = build_datasets(run.train_cases, run.val_cases, train_transform, val_transform,
                                       run.config.data.cache == "memory", progress, run.has_validation)
     return train_ds, val_ds, train_transform
+
+
+def _values_present(entries: Iterable[Path]) -> list[int]:
+    """The label values present in any cached case (a class's location list is empty only where it is absent)."""
+    present = {0}
+    for entry in entries:
+        with np.load(Path(entry) / "indices.npz") as arrays:
+            present |= {int(name.rsplit("_", 1)[1]) for name in arrays.files if arrays[name].size}  # arr_<value>
+    return sorted(present)
 
 
 def _lesion_classes(run: _Run) -> tuple[int, ...]:

@@ -127,3 +127,14 @@ def test_bad_region_datasets_are_one_line_before_any_work(region_run, tmp_path):
         result = run("-q", "train", "--data", str(path), "--output", str(tmp_path / "bad"))
         assert result.returncode == 2 and expected in result.stderr, result.stderr
         assert not (tmp_path / "bad").exists()
+    # a region listing a value that no label map holds (the maps hold 0, 1, 2): refused before training
+    bad = dict(spec, labels={"background": 0, "brain": [1, 2], "white_matter": 2, "tumour": [3]},
+               regions_class_order=[1, 2, 3])
+    path = region_run["dataset"].parent / "bad.json"
+    path.write_text(json.dumps(bad))
+    result = run("-q", "train", "--data", str(path), "--output", str(tmp_path / "absent"), "--epochs", "1",
+                 "--set", "data.spacing=[4,4,4]", "--set", "data.patch_size=[32,32,32]",
+                 "--set", "model.channels=[8,16,32]")
+    assert result.returncode == 2, result.stderr
+    assert "region 'tumour' lists value(s) [3], which no training label map holds" in result.stderr, result.stderr
+    assert not (tmp_path / "absent" / "checkpoints" / "last.pt").exists()
