@@ -41,7 +41,8 @@ from medseg_attn.io.nifti import write_nifti
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LABELS", "DemoCase", "build_demo_dataset", "generate_case", "load_template", "output_grid"]
+__all__ = ["LABELS", "DemoCase", "build_demo_dataset", "check_build_arguments", "deformed_template", "generate_case",
+           "load_template", "mri_appearance", "output_grid", "tissue_label"]
 
 LABELS = {0: "background", 1: "grey_matter", 2: "white_matter"}
 
@@ -320,6 +321,28 @@ def deformed_template(generator: torch.Generator, spacing: float, deform: bool =
     return t1, gm, wm, out_affine
 
 
+def check_build_arguments(output_dir: str | Path, train_cases: int, test_cases: int, seed: int,
+                          train_spacing: float, test_spacing: float, what: str) -> Path:
+    """The arguments of a demo dataset builder checked before any work; returns the output folder.
+
+    Raises:
+        UserError: a count, seed or spacing out of range; ``output_dir`` is a file (``what`` names the dataset).
+    """
+    for name, value in (("train_cases", train_cases), ("test_cases", test_cases)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= TEST_SEED_OFFSET:
+            raise UserError(f"{name}={value!r}: expected an integer between 0 and {TEST_SEED_OFFSET}")
+    if train_cases + test_cases == 0:
+        raise UserError("train_cases=0 and test_cases=0: nothing to build")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed={seed!r}: expected a non-negative integer")
+    output_grid(train_spacing)  # validates the spacings before any work
+    output_grid(test_spacing)
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a folder; expected an output folder for the {what} dataset")
+    return root
+
+
 def build_demo_dataset(
     output_dir: str | Path,
     train_cases: int = 20,
@@ -358,18 +381,7 @@ def build_demo_dataset(
     Raises:
         ValueError: a count, seed or spacing out of range; ``output_dir`` is a file.
     """
-    for name, value in (("train_cases", train_cases), ("test_cases", test_cases)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= TEST_SEED_OFFSET:
-            raise UserError(f"{name}={value!r}: expected an integer between 0 and {TEST_SEED_OFFSET}")
-    if train_cases + test_cases == 0:
-        raise UserError("train_cases=0 and test_cases=0: nothing to build")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserError(f"seed={seed!r}: expected a non-negative integer")
-    output_grid(train_spacing)  # validates the spacings before any work
-    output_grid(test_spacing)
-    root = Path(output_dir)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: exists and is not a folder; expected an output folder for the demo dataset")
+    root = check_build_arguments(output_dir, train_cases, test_cases, seed, train_spacing, test_spacing, "demo")
 
     first_test_id = max(100, int(math.ceil(train_cases / 100)) * 100)
     width = max(3, len(str(first_test_id + test_cases - 1)))

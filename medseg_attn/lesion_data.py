@@ -36,12 +36,11 @@ from medseg_attn.demo_data import (
     TEST_SEED_OFFSET,
     _smooth_random_field,
     _uniform,
+    check_build_arguments,
     deformed_template,
     mri_appearance,
-    output_grid,
     tissue_label,
 )
-from medseg_attn.errors import UserError
 from medseg_attn.io.files import atomic_write_text
 from medseg_attn.io.nifti import write_nifti
 
@@ -130,18 +129,7 @@ def build_lesion_dataset(output_dir: str | Path, train_cases: int = 20, test_cas
     Raises:
         UserError: a count, seed or spacing out of range; ``output_dir`` is a file.
     """
-    for name, value in (("train_cases", train_cases), ("test_cases", test_cases)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= TEST_SEED_OFFSET:
-            raise UserError(f"{name}={value!r}: expected an integer between 0 and {TEST_SEED_OFFSET}")
-    if train_cases + test_cases == 0:
-        raise UserError("train_cases=0 and test_cases=0: nothing to build")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserError(f"seed={seed!r}: expected a non-negative integer")
-    output_grid(train_spacing)  # validates the spacings before any work
-    output_grid(test_spacing)
-    root = Path(output_dir)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: exists and is not a folder; expected an output folder for the lesion dataset")
+    root = check_build_arguments(output_dir, train_cases, test_cases, seed, train_spacing, test_spacing, "lesion")
     from tqdm.auto import tqdm
 
     start = time.perf_counter()

@@ -31,8 +31,8 @@ from medseg_attn.io.limits import check_declared_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DicomSeries", "find_series", "is_dicom_file", "read_dicom", "read_series", "select_series",
-           "series_affine", "series_label"]
+__all__ = ["DicomSeries", "check_derived_source", "find_series", "is_dicom_file", "read_dicom", "read_series",
+           "select_series", "series_affine", "series_label"]
 
 # every slice of one series must agree on these (blank counts as a value: anonymised series stay readable)
 IDENTITY_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality")
@@ -385,3 +385,26 @@ def read_dicom(path: str | Path, series_uid: str | None = None, resample_uneven:
     """Read a DICOM folder (one series, or the one named by ``series_uid``) or a multi-frame DICOM file."""
     series = select_series(path, series_uid)
     return read_series(series, resample_uneven), series
+
+
+def check_derived_source(series: DicomSeries, what: str) -> None:
+    """Refuse, in one line, a series that ``what`` (an object that references its source images: "a DICOM-SEG",
+    "an RTSTRUCT") cannot reference: blank UIDs, a multi-frame source file, or a series resampled onto a regular
+    grid (the object must lie on the source slices).
+
+    Raises:
+        UserError: naming the series and the way out (``--output-format nifti``).
+    """
+    where = series.files[0] if series.multiframe else series.folder
+    name = what.split(" ", 1)[1]
+    if series.missing_uids:
+        raise UserError(f"{where}: the series has blank {', '.join(series.missing_uids)} (anonymised?); {what} "
+                        f"must reference them, so only NIfTI can be written (--output-format nifti)")
+    if series.multiframe:
+        raise UserError(f"{where}: {name} output for a multi-frame source file is not supported; use "
+                        f"--output-format nifti")
+    if series.problems and not series.resamplable:
+        raise UserError(series.problems[0])
+    if series.problems:
+        raise UserError(f"{where}: the series was resampled onto a regular grid ({series.problems[0]}); {what} "
+                        f"must lie on the source slices, use --output-format nifti")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_attn.errors import UserError
-from medseg_attn.io.dicom import DicomSeries
+from medseg_attn.io.dicom import DicomSeries, check_derived_source
 from medseg_attn.io.files import atomic_write
 from medseg_attn.io.segments import resolve_colors, structure_code
 
@@ -27,19 +27,8 @@ __all__ = ["check_seg_source", "write_dicom_seg"]
 
 
 def check_seg_source(series: DicomSeries) -> None:
-    """Raise ValueError (one line) when a DICOM-SEG cannot reference this series."""
-    where = series.files[0] if series.multiframe else series.folder
-    if series.missing_uids:
-        raise UserError(f"{where}: the series has blank {', '.join(series.missing_uids)} (anonymised?); a DICOM-SEG "
-                         f"must reference them, so only NIfTI can be written (--output-format nifti)")
-    if series.multiframe:
-        raise UserError(f"{where}: DICOM-SEG output for a multi-frame source file is not supported; use "
-                         f"--output-format nifti")
-    if series.problems and not series.resamplable:
-        raise UserError(series.problems[0])
-    if series.problems:
-        raise UserError(f"{where}: the series was resampled onto a regular grid ({series.problems[0]}); a DICOM-SEG "
-                         f"must lie on the source slices, use --output-format nifti")
+    """Raise UserError (one line) when a DICOM-SEG cannot reference this series (:func:`check_derived_source`)."""
+    check_derived_source(series, "a DICOM-SEG")
 
 
 def write_dicom_seg(labels: np.ndarray, series: DicomSeries, class_names: dict[int, str], path: str | Path,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from medseg_attn.errors import UserError
-from medseg_attn.io.dicom import DicomSeries
+from medseg_attn.io.dicom import DicomSeries, check_derived_source
 from medseg_attn.io.files import atomic_write
 from medseg_attn.io.segments import resolve_colors, structure_code
 
@@ -42,19 +42,8 @@ STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"  # what RT Referenced Study Se
 
 
 def check_rtstruct_source(series: DicomSeries) -> None:
-    """Raise UserError (one line) when an RTSTRUCT cannot reference this series."""
-    where = series.files[0] if series.multiframe else series.folder
-    if series.missing_uids:
-        raise UserError(f"{where}: the series has blank {', '.join(series.missing_uids)} (anonymised?); an RTSTRUCT "
-                        f"must reference them, so it cannot be written (use --output-format nifti)")
-    if series.multiframe:
-        raise UserError(f"{where}: RTSTRUCT output for a multi-frame source file is not supported; use "
-                        f"--output-format nifti")
-    if series.problems and not series.resamplable:
-        raise UserError(series.problems[0])
-    if series.problems:
-        raise UserError(f"{where}: the series was resampled onto a regular grid ({series.problems[0]}); RTSTRUCT "
-                        f"contours must lie on the source slices, use --output-format nifti")
+    """Raise UserError (one line) when an RTSTRUCT cannot reference this series (:func:`check_derived_source`)."""
+    check_derived_source(series, "an RTSTRUCT")
 
 
 def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
