@@ -68,3 +68,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def run_bundle_without_medseg_attn(bundle: Path, dataset_dir: Path, output_dir: Path) -> subprocess.CompletedProcess:
+    """The model zoo's command line (``python -m monai.bundle run``) on an exported bundle, in a process where
+    importing medseg_attn fails: the bundle must run with torch and MONAI alone."""
+    script = ("import runpy, sys; sys.modules['medseg_attn'] = None; sys.argv = ['monai.bundle'] + sys.argv[1:]; "
+              "runpy.run_module('monai.bundle', run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", script, "run", "--config_file",
+                           str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                           "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=output_dir.parent)

@@ -283,10 +283,11 @@ def _region_rows(case: str, pred: np.ndarray, label: np.ndarray, regions: Region
     """regions.csv rows of one case: each region's Dice with its values merged in both maps (ignore voxels out)."""
     annotated = label != ignore if ignore is not None else None
     rows = []
-    for region, found, truth in zip(regions.names, regions.masks(pred), regions.masks(label), strict=True):
+    for region, values, found, truth in zip(regions.names, regions.values, regions.masks(pred), regions.masks(label),
+                                            strict=True):
         if annotated is not None:
             found, truth = found & annotated, truth & annotated
-        rows.append({"case": case, "region": region, "values": " ".join(map(str, regions.values[len(rows)])),
+        rows.append({"case": case, "region": region, "values": " ".join(map(str, values)),
                      "dice": mask_dice(found, truth), "pred_voxels": int(found.sum()),
                      "label_voxels": int(truth.sum())})
     return rows

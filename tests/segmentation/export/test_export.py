@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from cli_helpers import run  # noqa: E402
+from cli_helpers import run, run_bundle_without_medseg_attn  # noqa: E402
 
 pytest.importorskip("onnxruntime")
 
@@ -94,12 +94,7 @@ def test_bundle_runs_in_monai_without_medseg_attn_and_back_in_predict(trained, t
                              "--any", "8"], capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0 and "verified with no error" in verify.stdout + verify.stderr, verify.stderr
     # the model zoo's command line, in a process where importing medseg_attn fails
-    script = ("import runpy, sys; sys.modules['medseg_attn'] = None; sys.argv = ['monai.bundle'] + sys.argv[1:]; "
-              "runpy.run_module('monai.bundle', run_name='__main__')")
-    result = subprocess.run([sys.executable, "-c", script, "run", "--config_file",
-                             str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-                             "--dataset_dir", str(trained["images"]), "--output_dir", str(tmp_path / "monai")],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = run_bundle_without_medseg_attn(bundle, trained["images"], tmp_path / "monai")
     assert result.returncode == 0, result.stderr[-2000:]
     again = run("-q", "predict", "--model", str(bundle), "--input", str(trained["images"]), "--output",
                 str(tmp_path / "again"), "--precision", "fp32")  # as the reference: bit-for-bit equal

@@ -6,7 +6,6 @@ MONAI bundle that predict the same label maps."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from cli_helpers import run  # noqa: E402
+from cli_helpers import run, run_bundle_without_medseg_attn  # noqa: E402
 
 from medseg_attn.demo_data import build_demo_dataset  # noqa: E402
 from medseg_attn.segmentation.measures.regions import Regions  # noqa: E402
@@ -92,12 +91,7 @@ def test_a_region_bundle_paints_in_monai_without_medseg_attn(region_run, tmp_pat
     bundle = tmp_path / "bundle"
     assert run("-q", "export", "--model", str(region_run["run"]), "--format", "bundle", "--output",
                str(bundle)).returncode == 0
-    script = ("import runpy, sys; sys.modules['medseg_attn'] = None; sys.argv = ['monai.bundle'] + sys.argv[1:]; "
-              "runpy.run_module('monai.bundle', run_name='__main__')")
-    result = subprocess.run([sys.executable, "-c", script, "run", "--config_file",
-                             str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-                             "--dataset_dir", str(region_run["images"]), "--output_dir", str(tmp_path / "monai")],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = run_bundle_without_medseg_attn(bundle, region_run["images"], tmp_path / "monai")
     assert result.returncode == 0, result.stderr[-2000:]
     expected = np.asarray(nib.load(region_run["torch"] / "brain_100.nii.gz").dataobj)
     labels = np.asarray(nib.load(tmp_path / "monai" / "brain_100.nii.gz").dataobj).squeeze()
