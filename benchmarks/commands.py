@@ -1,11 +1,38 @@
-"""What the CV benchmarks share: run one CLI command (timed, echoed) and read an evaluation's mean Dice."""
+"""What the benchmarks share: run one CLI command (timed, echoed), read an evaluation's mean Dice, and run as an
+AVX2-only CPU would (``--isa avx2``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+ISA_CHOICES = ("native", "avx2")
+ISA_HELP = ("native (default): every instruction set this CPU has; avx2: run as an AVX2-only CPU would "
+            "(ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2, set before torch loads; the ISA in effect is "
+            "read back and reported beside every figure)")
+
+
+def apply_isa(isa: str, argv: list[str]) -> None:
+    """``--isa avx2``: start this script again with the AVX2 caps in its environment (torch reads them once, when
+    it loads, so they cannot be set later); a no-op when they are set already or for ``native``."""
+    from medseg_attn.runtime.device import AVX2_CAPS
+
+    if isa == "avx2" and any(os.environ.get(key) != value for key, value in AVX2_CAPS.items()):
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, sys.argv[0], *argv], {**os.environ, **AVX2_CAPS})
+
+
+def isa_line() -> str:
+    """'CPU model, ISA aten=..., onednn=... (caps: ...)': the machine and the instruction sets in effect."""
+    from medseg_attn.runtime.device import cpu_isa, cpu_model, isa_caps
+
+    isa, caps = cpu_isa(), isa_caps()
+    capped = ", ".join(f"{key}={value}" for key, value in caps.items()) or "none"
+    return f"{cpu_model()}, ISA aten={isa['aten']} onednn={isa['onednn']} (caps: {capped})"
 
 
 def run(command: list[str]) -> float:

@@ -38,8 +38,9 @@ from benchmarks.pipeline import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TARGETS", "benchmark_attention_levels", "benchmark_networks", "benchmark_variants", "format_report",
-           "matmul_rate", "run_benchmarks"]
+__all__ = ["TARGETS", "benchmark_attention_levels", "benchmark_networks", "benchmark_variants", "format_prediction",
+           "format_report", "matmul_rate", "run_benchmarks", "run_prediction", "PREDICTION_SHAPES",
+           "QUICK_PREDICTION_SHAPES"]
 
 # name -> (what is compared, target ratio, "<=" or ">="). Like with like: (a) the same network through both
 # pipelines, (b) our default model + pipeline against what a MONAI user picks (UNet + sliding_window_inference),
@@ -324,6 +325,59 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
     return report
 
 
+def machine() -> dict[str, Any]:
+    """The CPU and the instruction sets in effect (read back, caps included): named beside every figure."""
+    from medseg_attn.runtime.device import cpu_isa, cpu_model, isa_caps
+
+    return {"cpu": cpu_model(), "isa": cpu_isa(), "isa_caps": isa_caps()}
+
+
+def _machine_line(report: dict[str, Any]) -> str:
+    found = report.get("machine") or {}
+    isa = found.get("isa", {})
+    caps = ", ".join(f"{k}={v}" for k, v in found.get("isa_caps", {}).items()) or "none"
+    return (f"{found.get('cpu', '?')}, ISA aten={isa.get('aten', '?')} onednn={isa.get('onednn', '?')} "
+            f"(caps: {caps})")
+
+
+PREDICTION_SHAPES = [(256, 256, 128), (512, 512, 300)]
+QUICK_PREDICTION_SHAPES = [(128, 128, 64), (256, 256, 128)]
+
+
+def run_prediction(output: Path, shapes: list[tuple[int, int, int]], device: str = "auto") -> dict[str, Any]:
+    """Whole-volume prediction alone (``benchmark_prediction.json``): our predictor against MONAI ``UNet`` +
+    ``sliding_window_inference`` in fp32, the (b) ratios per volume."""
+    from medseg_attn.runtime.device import resolve_device
+
+    resolved = resolve_device(device)
+    rows = benchmark_inference(shapes, 0.5, resolved, keys=("ours", "monai_unet"))
+    by = {(r.name, r.shape): r for r in rows}
+    ours, theirs = PIPELINES["ours"][0], PIPELINES["monai_unet"][0]
+    ratios = [{"shape": list(shape), "throughput": by[ours, shape].voxels_per_second
+               / by[theirs, shape].voxels_per_second,
+               "peak_memory": by[ours, shape].peak_memory_mb / by[theirs, shape].peak_memory_mb}
+              for shape in map(tuple, shapes)]
+    report = {"device": str(resolved), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+              "machine": machine(), "overlap": 0.5, "rows": [asdict(r) for r in rows], "ratios": ratios}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "benchmark_prediction.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_prediction(report: dict[str, Any]) -> str:
+    lines = [f"device {report['device']}, {report['threads']} threads, torch {report['torch']}",
+             _machine_line(report), "",
+             f"whole-volume prediction (64^3 windows, overlap {report['overlap']}, {WINDOW_BATCH} windows per pass):"]
+    for r in report["rows"]:
+        lines.append(f"  {r['name']:54s} {r['arithmetic']:8s} {str(tuple(r['shape'])):16s} {r['seconds']:7.1f} s "
+                     f"{r['voxels_per_second'] / 1e6:6.2f} Mvox/s  peak {r['peak_memory_mb']:7.0f} MB")
+    for ratio in report["ratios"]:
+        lines.append(f"  (b) ours / MONAI UNet + sliding window at {'x'.join(map(str, ratio['shape']))}: "
+                     f"{ratio['throughput']:.2f}x voxels/s (target >= 1.5), peak memory {ratio['peak_memory']:.2f}x "
+                     f"(target <= 1.0)")
+    return "\n".join(lines)
+
+
 def make_report(networks: list[NetworkResult], rate: float, inference: list[InferenceResult],
                 pipeline: dict[str, Any], overlap: float, device: torch.device, quick: bool) -> dict[str, Any]:
     """The ratios against their targets, with every measurement behind them (``benchmark.json``)."""
@@ -354,7 +408,7 @@ def make_report(networks: list[NetworkResult], rate: float, inference: list[Infe
         float(torch.tensor(large.shape).prod()) / float(torch.tensor(small.shape).prod()))
     report = {
         "device": str(device), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-        "quick": quick, "matmul_gflops": rate / 1e9, "overlap": overlap,
+        "machine": machine(), "quick": quick, "matmul_gflops": rate / 1e9, "overlap": overlap,
         "networks": [asdict(r) for r in networks],
         "inference": [{**asdict(r), "limit_seconds": r.gflops * 1e9 / rate} for r in inference],
         "data_pipeline": pipeline,
@@ -393,7 +447,7 @@ def _plot(results: list[NetworkResult], path: Path) -> None:
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable table of results and ratios with their targets."""
     lines = [f"device {report['device']}, {report['threads']} threads, torch {report['torch']}, "
-             f"fp32 matmul {report['matmul_gflops']:.0f} GFLOP/s", "",
+             f"fp32 matmul {report['matmul_gflops']:.0f} GFLOP/s", _machine_line(report), "",
              f"{'network':36s} {'params':>8s} {'GFLOP':>7s} {'fwd s':>7s} {'step s':>7s} {'fwd %mm':>8s} "
              f"{'peak MB':>8s}"]
     for r in report["networks"]:

@@ -110,6 +110,8 @@ class ModelConfig:
     norm: str = "instance"
     residual: bool = True  # residual convolution blocks (ResNet-style) or plain conv-norm-act pairs
     deep_supervision: bool = False
+    decoder_layers: int = 1  # convolutions per decoder level: 1 (conv-norm-act) or 2 (a residual block, as before
+    # 2026-12-07: 20 % more steps per CPU-minute for the same or better Dice, docs/benchmarks.md "Ordinary CPUs")
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ class ClassifyModelConfig(ModelConfig):
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
     first_stride: int = 1
+    decoder_layers: int = 2  # the multitask decoder's convolutions per level
     attention: bool = True  # attention head (and attention skips when multitask); False = pooling + MLP baseline
     pooling: str = "class_token"  # class_token (transformer block over [cls; tokens]) or attention (learned query)
     head_layers: int = 1  # transformer blocks of the class_token head

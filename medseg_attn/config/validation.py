@@ -81,6 +81,7 @@ RANGES: dict[str, Range] = {
     "data.voxel_budget": Range(512),
     "model.channels": Range(1, 65536),
     "model.first_stride": Range(1, 2),
+    "model.decoder_layers": Range(1, 2),
     "model.head_dim": AT_LEAST_1,
     "model.window_size": AT_LEAST_1,
     "model.global_levels": AT_LEAST_0,

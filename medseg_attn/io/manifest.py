@@ -121,7 +121,7 @@ class RunManifest:
     def __init__(self, folder: str | Path | None, command: str, argv: Sequence[str] | None = None) -> None:
         import torch
 
-        from medseg_attn.runtime.device import cpu_model, mps_available
+        from medseg_attn.runtime.device import cpu_model, isa_caps, mps_available
         from medseg_attn.training.card import package_versions
 
         self.folder = Path(folder) if folder is not None else None  # None: record nothing (other DDP ranks)
@@ -133,6 +133,7 @@ class RunManifest:
             "working_directory": os.getcwd(), "started": _now(), "finished": None, "outcome": None,
             "versions": package_versions(),
             "machine": {"host": platform.node(), "system": platform.platform(), "cpu": cpu_model(),
+                        "isa": torch.backends.cpu.get_cpu_capability(), "isa_caps": isa_caps(),
                         "torch_threads": torch.get_num_threads(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                         "mps": mps_available()},

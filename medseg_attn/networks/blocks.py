@@ -19,9 +19,26 @@ def conv_function(spatial_dims: int):
     return {2: nn.functional.conv2d, 3: nn.functional.conv3d}[spatial_dims]
 
 
+class _GroupNormPath:
+    """Instance norm (affine, no running statistics) computed by ``F.group_norm`` with one group per channel: the
+    same values (within 5e-7) and parameters, about 5x faster forward and 1.3x forward + backward on CPU than
+    PyTorch's instance-norm kernel (2.2 vs 0.42 ms for 4 x 16 x 32^3; docs/benchmarks.md, "Ordinary CPUs")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+
+
+class InstanceNorm2d(_GroupNormPath, nn.InstanceNorm2d):
+    pass
+
+
+class InstanceNorm3d(_GroupNormPath, nn.InstanceNorm3d):
+    pass
+
+
 def norm_layer(spatial_dims: int, kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims](channels, affine=True)
+        return {2: InstanceNorm2d, 3: InstanceNorm3d}[spatial_dims](channels, affine=True)
     if kind == "batch":
         return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[spatial_dims](channels)
     if kind == "group":
@@ -81,19 +98,25 @@ class ConvBlock(nn.Module):
     """Two (conv 3x3[x3] -> norm) layers with LeakyReLU; the first may stride to downsample.
 
     With ``residual`` the input is added back before the last activation (through a strided 1x1 convolution
-    when the shape changes), as in ResNet / nnU-Net ResEnc blocks.
+    when the shape changes), as in ResNet / nnU-Net ResEnc blocks. ``layers=1``: one conv -> norm -> LeakyReLU
+    (no shortcut), the light decoder block (MONAI's ``UNet`` decoder has one convolution per level too).
     """
 
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, norm: str = "instance",
-                 residual: bool = True):
+                 residual: bool = True, layers: int = 2):
         super().__init__()
+        if layers not in (1, 2):
+            raise UserError(f"a convolution block has 1 or 2 layers, got {layers}")
         conv = conv_class(spatial_dims)
         self.conv1 = conv(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.norm1 = norm_layer(spatial_dims, norm, out_ch)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+        self.conv2: nn.Module | None = None
+        self.shortcut: nn.Module | None = None
+        if layers == 1:
+            return
         self.conv2 = conv(out_ch, out_ch, 3, padding=1, bias=False)
         self.norm2 = norm_layer(spatial_dims, norm, out_ch)
-        self.act = nn.LeakyReLU(0.01, inplace=True)
-        self.shortcut: nn.Module | None = None
         if residual:
             same = in_ch == out_ch and stride == 1
             self.shortcut = nn.Identity() if same else nn.Sequential(
@@ -101,6 +124,8 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.norm1(self.conv1(x)))  # (B, out_ch, *S / stride)
+        if self.conv2 is None:
+            return h
         h = self.norm2(self.conv2(h))
         if self.shortcut is not None:
             h = h + self.shortcut(x)

@@ -26,7 +26,7 @@ def build_network(model: ModelConfig, spatial_dims: int, in_channels: int, out_c
             global_max_tokens=model.global_max_tokens, attention_dropout=model.attention_dropout,
             position=model.position, attention_pool=tuple(model.attention_pool),
             norm=model.norm, first_stride=model.first_stride, residual=model.residual,
-            deep_supervision=model.deep_supervision,
+            deep_supervision=model.deep_supervision, decoder_layers=model.decoder_layers,
         )
     from monai.networks.nets import AttentionUnet, UNet
 
@@ -48,4 +48,5 @@ def build_classifier(model: ClassifyModelConfig, spatial_dims: int, in_channels:
         norm=model.norm, residual=model.residual, head_dim=model.head_dim, window_size=model.window_size,
         global_levels=model.global_levels, global_max_tokens=model.global_max_tokens,
         attention_dropout=model.attention_dropout, attention_pool=tuple(model.attention_pool),
+        decoder_layers=model.decoder_layers,
     )

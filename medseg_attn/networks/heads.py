@@ -192,7 +192,7 @@ class AttentionClassifier(nn.Module):
         segmentation_classes: when > 0, keep the U-Net decoder and also return segmentation logits with this
             many classes (background included).
         first_stride, norm, residual, head_dim, window_size, global_levels, global_max_tokens,
-            attention_dropout, attention_pool: as in :class:`AttentionSkipUNet`.
+            attention_dropout, attention_pool, decoder_layers: as in :class:`AttentionSkipUNet`.
     """
 
     def __init__(
@@ -217,6 +217,7 @@ class AttentionClassifier(nn.Module):
         global_max_tokens: int = 4096,
         attention_dropout: float = 0.0,
         attention_pool: Sequence[int] = (4, 2),
+        decoder_layers: int = 2,
     ) -> None:
         super().__init__()
         self.multitask = segmentation_classes > 0
@@ -225,6 +226,7 @@ class AttentionClassifier(nn.Module):
             head_dim=head_dim, window_size=window_size, global_levels=global_levels,
             global_max_tokens=global_max_tokens, attention_dropout=attention_dropout, position=position, norm=norm,
             first_stride=first_stride, residual=residual, decoder=self.multitask, attention_pool=attention_pool,
+            decoder_layers=decoder_layers,
         )
         self.head = ClassificationHead(
             spatial_dims, channels[-1], num_classes, attention=attention, pooling=pooling, layers=layers,

@@ -10,6 +10,11 @@ process, which made a busy machine choose fp32 and a quiet one bf16, and so gave
   slower than fp32; or a system without ``/proc/cpuinfo``): a short bf16/fp32 convolution probe, run once per
   machine and kept in ``$MEDSEG_ATTN_CACHE/precision.json`` (default ``~/.cache/medseg-attn``) under the CPU
   model, torch version and capability; every later run reuses it. Where that file cannot be written, fp32.
+
+The instruction sets the CPU kernels may use can be capped, to measure on any machine as an AVX2-only CPU (a
+laptop, an older server) would run: ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN: convolutions) and
+``ATEN_CPU_CAPABILITY=avx2`` (ATen: element-wise and reduction kernels), set before torch loads. Under a cap
+below AVX-512 bf16, ``auto`` stays fp32 whatever ``/proc/cpuinfo`` says; :func:`cpu_isa` reports what is in effect.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import json
 import logging
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,12 +34,17 @@ import torch
 from medseg_attn.errors import UserError
 
 __all__ = ["mps_available", "resolve_device", "inference_dtype", "native_cpu_bf16", "cpu_bf16_speedup",
-           "precision_name", "precision_reason", "cpu_model", "cache_dir"]
+           "precision_name", "precision_reason", "cpu_model", "cache_dir", "cpu_isa", "isa_caps", "AVX2_CAPS"]
 
 logger = logging.getLogger(__name__)
 
 MPS_FALLBACK = "PYTORCH_ENABLE_MPS_FALLBACK"  # torch reads it once, when it loads
 BF16_MIN_SPEEDUP = 1.3  # below this measured gain, auto stays fp32 (bf16 rounding for nothing)
+AVX2_CAPS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}  # run as an AVX2-only CPU would
+_NO_BF16_ONEDNN = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+_ONEDNN_PROBE = ("import torch\n"
+                 "torch._C._verbose.mkldnn_set_verbose(1)\n"
+                 "torch.nn.Conv3d(8, 8, 3, padding=1)(torch.randn(2, 8, 8, 8, 8))\n")
 
 
 def mps_available() -> bool:
@@ -137,8 +149,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "medseg-attn"
 
 
+def isa_caps() -> dict[str, str]:
+    """The instruction-set caps set in this environment (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``)."""
+    return {name: os.environ[name] for name in AVX2_CAPS if os.environ.get(name)}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_isa() -> dict[str, str]:
+    """The instruction sets this process's CPU kernels use, read, not assumed: ``aten`` from
+    ``torch.backends.cpu.get_cpu_capability()`` and ``onednn`` (the convolutions) from oneDNN's own report of one
+    small convolution in a child process with this environment (about 2 s, once per process; 'unknown' where it
+    cannot be read). A cap the build or the CPU ignores shows here as the ISA actually used."""
+    onednn = "unknown"
+    try:
+        done = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], capture_output=True, text=True, timeout=120,
+                              env=os.environ.copy(), check=False)
+        for line in done.stdout.splitlines():
+            if ",isa:" in line:
+                onednn = line.split(",isa:", 1)[1].strip()
+                break
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"aten": torch.backends.cpu.get_cpu_capability(), "onednn": onednn}
+
+
+def _onednn_capped_below_bf16() -> str | None:
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return cap if cap in _NO_BF16_ONEDNN else None
+
+
 def _machine_key() -> str:
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return (f"{cpu_model()} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
+            + (f" | oneDNN <= {cap}" if cap else ""))
 
 
 def _cached_speedup() -> tuple[float | None, str]:
@@ -172,6 +215,9 @@ def _cached_speedup() -> tuple[float | None, str]:
 @functools.lru_cache(maxsize=1)
 def _cpu_decision() -> tuple[bool, str]:
     _, flags = _cpuinfo()
+    cap = _onednn_capped_below_bf16()
+    if cap:
+        return False, f"oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA): no bf16 dot products"
     if "amx_bf16" in flags:
         return True, "CPU has Intel AMX (amx_bf16)"
     if flags and not flags & {"avx512_bf16", "amx_bf16", "sve", "bf16"}:

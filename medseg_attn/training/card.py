@@ -63,7 +63,7 @@ def model_card(checkpoint: Mapping[str, Any], task: Task) -> dict[str, Any]:
         "regions": checkpoint.regions,  # a region model's regions (names, values, painting order)
         "preprocessing": checkpoint.preprocessing or None,
         "architecture": {key: model.get(key) for key in ("architecture", "channels", "attention", "first_stride",
-                                                         "window_size", "head_dim") if key in model},
+                                                         "decoder_layers", "window_size", "head_dim") if key in model},
         "patch_size": config.get("data", {}).get("patch_size"),
         "data": card.get("data", {}),
         "metrics": {"metric": task.card_metric(checkpoint), "best": checkpoint.best_metric,

@@ -112,6 +112,8 @@ def upgrade_config(config: Any) -> Any:
     model = config.get("model") if isinstance(config, dict) else None
     if isinstance(model, dict) and "attention_pool" not in model:
         model["attention_pool"] = []
+    if isinstance(model, dict) and "decoder_layers" not in model:
+        model["decoder_layers"] = 2
     return config
 
 

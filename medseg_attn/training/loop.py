@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +169,12 @@ def open_run(config: Any, output: Path, resume: bool) -> Checkpoint | None:
     if not last.exists():
         raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint in {output})")
     checkpoint = load_checkpoint(last)
-    if from_dict(checkpoint.config, type(config)).model != config.model:
-        raise UserError(f"{last}: the model section differs from the checkpoint's; "
-                         f"resume with the run's own config ({output / 'config.yaml'})")
+    saved = asdict(from_dict(checkpoint.config, type(config)).model)  # keys added since: as the run was trained
+    differing = [f"model.{key}={saved[key]!r} (this config {value!r})" for key, value in asdict(config.model).items()
+                 if saved.get(key) != value]
+    if differing:
+        raise UserError(f"{last}: the model section differs from the checkpoint's in {', '.join(differing)}; "
+                        f"resume with the run's own config ({output / 'config.yaml'}) and --set those keys")
     return checkpoint
 
 

@@ -13,8 +13,10 @@ from benchmarks.suite import (
     benchmark_attention_levels,
     benchmark_inference,
     benchmark_networks,
+    format_prediction,
     format_report,
     make_report,
+    run_prediction,
 )
 from medseg_attn.networks import AttentionSkipUNet
 
@@ -93,3 +95,22 @@ def format_report_levels(report):
             "overlap": 0.5, "data_pipeline": {"cache": True, "num_workers": 0, "data_wait_fraction": 0.0, "steps": 1},
             "targets": {}, "ratios": {}, "memory_growth_per_voxel_ratio": 1.0, **report}
     return [line for line in benchmark.format_report(full).splitlines() if "level" in line]
+
+
+def test_the_prediction_comparison_names_the_isa_beside_its_ratios(tmp_path):
+    import json
+
+    from medseg_attn.runtime.device import cpu_isa
+
+    report = run_prediction(tmp_path, [(48, 40, 32)], device="cpu")
+    assert [row["name"] for row in report["rows"]] == [PIPELINES["ours"][0], PIPELINES["monai_unet"][0]]
+    ours, monai = report["rows"]
+    assert report["ratios"] == [{"shape": [48, 40, 32], "throughput": ours["voxels_per_second"]
+                                 / monai["voxels_per_second"],
+                                 "peak_memory": ours["peak_memory_mb"] / monai["peak_memory_mb"]}]
+    assert monai["arithmetic"] == "float32"
+    text = format_prediction(report)
+    isa = cpu_isa()
+    assert isa["aten"] != "unknown" and f"aten={isa['aten']}" in text and f"onednn={isa['onednn']}" in text
+    assert "(b) ours / MONAI UNet + sliding window at 48x40x32" in text
+    assert json.loads((tmp_path / "benchmark_prediction.json").read_text())["machine"]["isa"] == isa

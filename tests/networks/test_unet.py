@@ -112,6 +112,26 @@ def test_windows_bound_memory_on_large_maps():
     assert out.shape == x.shape and weights.shape[-1] <= 512
 
 
+def test_a_one_layer_decoder_is_lighter_and_old_checkpoints_keep_two():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medseg_attn.training.checkpoint import upgrade_config
+
+    def flops(network):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            network(torch.zeros(1, 1, 32, 32, 32))
+        return counter.get_total_flops()
+
+    full, light = (AttentionSkipUNet(3, 1, 3, channels=(8, 16, 32), decoder_layers=n) for n in (2, 1))
+    assert light(torch.randn(1, 1, 20, 24, 28)).shape == (1, 3, 20, 24, 28)
+    assert flops(light) < 0.8 * flops(full)
+    assert all(block.conv2 is None and block.shortcut is None for block in light.decoders)
+    assert all(block.conv2 is not None for block in light.encoders)  # the encoder keeps its residual blocks
+    assert upgrade_config({"model": {"attention_pool": [4, 2]}})["model"]["decoder_layers"] == 2
+    with pytest.raises(ValueError, match="1 or 2 layers"):
+        AttentionSkipUNet(3, 1, 3, decoder_layers=3)
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="spatial_dims"):
         AttentionSkipUNet(4, 1, 2)

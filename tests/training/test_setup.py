@@ -84,6 +84,20 @@ def test_auto_precision_on_cpu_comes_from_flags_or_a_probe_cached_per_machine(mo
     assert device_module.precision_name(torch.bfloat16) == "bf16" and device_module.precision_name(None) == "fp32"
 
 
+def test_an_avx2_cap_keeps_auto_in_fp32_and_is_read_back(monkeypatch, tmp_path):
+    from medseg_attn.runtime import device as device_module
+
+    # under ONEDNN_MAX_CPU_ISA=AVX2 oneDNN has no bf16 dot products, whatever /proc/cpuinfo says: no probe
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert _fresh_decision(monkeypatch, tmp_path / "a", {"avx512_bf16", "amx_bf16"}, 1.9) == (None, [])
+    assert device_module.isa_caps() == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    # what oneDNN really uses is read from its own report in a child process: a cap it obeys shows there
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
+    isa = device_module.cpu_isa.__wrapped__()
+    assert isa["onednn"] == "Intel SSE4.1"
+    assert isa["aten"] == torch.backends.cpu.get_cpu_capability()
+
+
 def test_an_unwritable_cache_means_fp32_not_a_per_process_timing(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -92,6 +92,8 @@ def sliding_window_probabilities(
     map_accumulators: dict[str, torch.Tensor] = {}
     weights = torch.zeros(padded, dtype=torch.float32, device=image.device)
     runs = len(forwards) * len(flips)
+    scaled = importance / runs  # each (network, flip) run's share of a window's Gaussian weight
+    importance_here = importance.to(image.device)
     for first in range(0, len(corners), batch_size):
         batch_corners = corners[first:first + batch_size]
         slices = [tuple(slice(c, c + w) for c, w in zip(corner, window, strict=True)) for corner in batch_corners]
@@ -109,17 +111,17 @@ def sliding_window_probabilities(
                 for name, m in window_maps.items():  # (B, c, *window)
                     m = m.float().flip(flip) if flip else m.float()
                     maps[name] = maps[name] + m if name in maps else m
-        probabilities = probabilities * (importance / runs)
+        probabilities.mul_(scaled)  # in place: a fresh tensor from the softmax / sigmoid (or the sum of them)
         if accumulator is None:
             accumulator = torch.zeros((probabilities.shape[1], *padded), dtype=dtype, device=image.device)
         for name, m in maps.items():
             if name not in map_accumulators:
                 map_accumulators[name] = torch.zeros((m.shape[1], *padded), dtype=torch.float32, device=image.device)
-            for one, s in zip((m * (importance / runs)).to(image.device), slices, strict=True):
+            for one, s in zip((m * scaled).to(image.device), slices, strict=True):
                 map_accumulators[name][(slice(None),) + s] += one
         for p, s in zip(probabilities.to(image.device), slices, strict=True):
             accumulator[(slice(None),) + s] += p.to(dtype)
-            weights[s] += importance.to(image.device)
+            weights[s] += importance_here
     assert accumulator is not None
     crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
     for buffer in [accumulator, *map_accumulators.values()]:

@@ -2,8 +2,9 @@
 label map, the instance map holds the table's numbers on the input's header, report.csv and report.html count the
 lesions, a model's own lesion_structures need no option, and the refusals are one line with nothing written.
 
-The model is a small network with random weights (seed 3: its "core" class lies in a handful of pieces on the
-phantom), so no training is needed: what is checked is that every number describes the label map written."""
+The model is a small network with random weights (the two-convolution decoder, seed 3: its "core" class lies in a
+handful of pieces on the phantom), so no training is needed: what is checked is that every number describes the
+label map written."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def folder(tmp_path_factory) -> Path:
     (root / "in").mkdir()
     for name in ("ras", "lps"):  # the same phantom stored in two orientations
         write_volume(root / "in" / f"{name}.nii.gz", *grids()[name])
-    write_checkpoint(root / "model.pt", model={"attention": False}, seed=3)
+    write_checkpoint(root / "model.pt", model={"attention": False, "decoder_layers": 2}, seed=3)
     payload = load_checkpoint(root / "model.pt")
     save_checkpoint({**payload, "lesion_structures": ["core"]}, root / "lesion_model.pt")
     return root
