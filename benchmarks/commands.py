@@ -26,13 +26,19 @@ def apply_isa(isa: str, argv: list[str]) -> None:
         os.execve(sys.executable, [sys.executable, sys.argv[0], *argv], {**os.environ, **AVX2_CAPS})
 
 
-def isa_line() -> str:
-    """'CPU model, ISA aten=..., onednn=... (caps: ...)': the machine and the instruction sets in effect."""
+def machine() -> dict:
+    """The CPU and the instruction sets in effect (read back, caps included): named beside every figure."""
     from medseg_attn.runtime.device import cpu_isa, cpu_model, isa_caps
 
-    isa, caps = cpu_isa(), isa_caps()
-    capped = ", ".join(f"{key}={value}" for key, value in caps.items()) or "none"
-    return f"{cpu_model()}, ISA aten={isa['aten']} onednn={isa['onednn']} (caps: {capped})"
+    return {"cpu": cpu_model(), "isa": cpu_isa(), "isa_caps": isa_caps()}
+
+
+def machine_line(found: dict) -> str:
+    """'CPU model, ISA aten=... onednn=... (caps: ...)' for a :func:`machine` record."""
+    isa = found.get("isa", {})
+    caps = ", ".join(f"{key}={value}" for key, value in found.get("isa_caps", {}).items()) or "none"
+    return (f"{found.get('cpu', '?')}, ISA aten={isa.get('aten', '?')} onednn={isa.get('onednn', '?')} "
+            f"(caps: {caps})")
 
 
 def run(command: list[str]) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.commands import ISA_CHOICES, ISA_HELP, apply_isa, isa_line, run  # noqa: E402
+from benchmarks.commands import ISA_CHOICES, ISA_HELP, apply_isa, machine, machine_line, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-monai", action="store_true", help="the demo alone")
     args = parser.parse_args(argv)
     apply_isa(args.isa, argv)
-    machine = isa_line()
-    print(machine, flush=True)
+    found = machine()
+    print(machine_line(found), flush=True)
     rows = []
     for seed in args.seeds:
         demo = args.output / f"demo_s{seed}"
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                          "train_seconds": result["train_seconds"], "wall_seconds": seconds,
                          "grey_matter": result["grey_matter"], "white_matter": result["white_matter"]})
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "cpu_budget.json").write_text(json.dumps({"machine": machine, "minutes": args.minutes,
+    (args.output / "cpu_budget.json").write_text(json.dumps({"machine": found, "minutes": args.minutes,
                                                              "rows": rows}, indent=1) + "\n")
-    print(f"\n{machine}, {args.minutes:g} min budget")
+    print(f"\n{machine_line(found)}, {args.minutes:g} min budget")
     print(f"{'candidate':60s} {'seed':>4s} {'steps':>6s} {'GM Dice':>8s} {'WM Dice':>8s}")
     for row in rows:
         print(f"{row['candidate']:60s} {row['seed']:4d} {row['steps']:6d} {row['grey_matter']:8.4f} "

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.commands import machine, machine_line
 from benchmarks.pipeline import (
     PIPELINES,
     WINDOW_BATCH,
@@ -325,21 +326,6 @@ def run_benchmarks(output: Path, quick: bool = False, device: str = "auto") -> d
     return report
 
 
-def machine() -> dict[str, Any]:
-    """The CPU and the instruction sets in effect (read back, caps included): named beside every figure."""
-    from medseg_attn.runtime.device import cpu_isa, cpu_model, isa_caps
-
-    return {"cpu": cpu_model(), "isa": cpu_isa(), "isa_caps": isa_caps()}
-
-
-def _machine_line(report: dict[str, Any]) -> str:
-    found = report.get("machine") or {}
-    isa = found.get("isa", {})
-    caps = ", ".join(f"{k}={v}" for k, v in found.get("isa_caps", {}).items()) or "none"
-    return (f"{found.get('cpu', '?')}, ISA aten={isa.get('aten', '?')} onednn={isa.get('onednn', '?')} "
-            f"(caps: {caps})")
-
-
 PREDICTION_SHAPES = [(256, 256, 128), (512, 512, 300)]
 QUICK_PREDICTION_SHAPES = [(128, 128, 64), (256, 256, 128)]
 
@@ -366,7 +352,7 @@ def run_prediction(output: Path, shapes: list[tuple[int, int, int]], device: str
 
 def format_prediction(report: dict[str, Any]) -> str:
     lines = [f"device {report['device']}, {report['threads']} threads, torch {report['torch']}",
-             _machine_line(report), "",
+             machine_line(report.get("machine", {})), "",
              f"whole-volume prediction (64^3 windows, overlap {report['overlap']}, {WINDOW_BATCH} windows per pass):"]
     for r in report["rows"]:
         lines.append(f"  {r['name']:54s} {r['arithmetic']:8s} {str(tuple(r['shape'])):16s} {r['seconds']:7.1f} s "
@@ -447,7 +433,7 @@ def _plot(results: list[NetworkResult], path: Path) -> None:
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable table of results and ratios with their targets."""
     lines = [f"device {report['device']}, {report['threads']} threads, torch {report['torch']}, "
-             f"fp32 matmul {report['matmul_gflops']:.0f} GFLOP/s", _machine_line(report), "",
+             f"fp32 matmul {report['matmul_gflops']:.0f} GFLOP/s", machine_line(report.get("machine", {})), "",
              f"{'network':36s} {'params':>8s} {'GFLOP':>7s} {'fwd s':>7s} {'step s':>7s} {'fwd %mm':>8s} "
              f"{'peak MB':>8s}"]
     for r in report["networks"]:

@@ -173,13 +173,13 @@ def cpu_isa() -> dict[str, str]:
     return {"aten": torch.backends.cpu.get_cpu_capability(), "onednn": onednn}
 
 
-def _onednn_capped_below_bf16() -> str | None:
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    return cap if cap in _NO_BF16_ONEDNN else None
+def _onednn_cap() -> str:
+    """``ONEDNN_MAX_CPU_ISA`` as oneDNN reads it ('' when unset)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
 
 
 def _machine_key() -> str:
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    cap = _onednn_cap()
     return (f"{cpu_model()} | torch {torch.__version__} | {torch.backends.cpu.get_cpu_capability()}"
             + (f" | oneDNN <= {cap}" if cap else ""))
 
@@ -215,8 +215,8 @@ def _cached_speedup() -> tuple[float | None, str]:
 @functools.lru_cache(maxsize=1)
 def _cpu_decision() -> tuple[bool, str]:
     _, flags = _cpuinfo()
-    cap = _onednn_capped_below_bf16()
-    if cap:
+    cap = _onednn_cap()
+    if cap in _NO_BF16_ONEDNN:
         return False, f"oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA): no bf16 dot products"
     if "amx_bf16" in flags:
         return True, "CPU has Intel AMX (amx_bf16)"
