@@ -17,8 +17,8 @@ from medseg_attn.config.bounded_yaml import safe_load_bounded
 from medseg_attn.config.sections import ConfigError, TrainConfig
 from medseg_attn.config.validation import BOOL_WORDS, CHOICES, CLASS_CHOICES, check_depth, shown, validate
 
-__all__ = ["ClassifyConfig", "Config", "apply_overrides", "check_known_keys", "from_dict", "load_config",
-           "parse_override", "read_yaml", "save_config"]
+__all__ = ["ClassifyConfig", "Config", "apply_overrides", "check_known_keys", "differing_keys", "from_dict",
+           "load_config", "parse_override", "read_yaml", "save_config"]
 
 
 class _Sections:
@@ -58,6 +58,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def differing_keys(old: Any, new: Any, skip: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every key where two config sections (dataclasses of one kind) differ, lists
+    and tuples compared alike, keys in ``skip`` left out; values as plain builtins."""
+    before, after = _plain(dataclasses.asdict(old)), _plain(dataclasses.asdict(new))
+    return [(key, before[key], value) for key, value in after.items() if key not in skip and before[key] != value]
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

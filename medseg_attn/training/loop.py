@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medseg_attn import __version__
-from medseg_attn.config import TrainConfig, from_dict
+from medseg_attn.config import TrainConfig, differing_keys, from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.runtime.distributed import Distributed
 from medseg_attn.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -169,9 +169,8 @@ def open_run(config: Any, output: Path, resume: bool) -> Checkpoint | None:
     if not last.exists():
         raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint in {output})")
     checkpoint = load_checkpoint(last)
-    saved = asdict(from_dict(checkpoint.config, type(config)).model)  # keys added since: as the run was trained
-    differing = [f"model.{key}={saved[key]!r} (this config {value!r})" for key, value in asdict(config.model).items()
-                 if saved.get(key) != value]
+    saved = from_dict(checkpoint.config, type(config)).model  # keys added since: as the run was trained
+    differing = [f"model.{key}={a!r} (this config {b!r})" for key, a, b in differing_keys(saved, config.model)]
     if differing:
         raise UserError(f"{last}: the model section differs from the checkpoint's in {', '.join(differing)}; "
                         f"resume with the run's own config ({output / 'config.yaml'}) and --set those keys")

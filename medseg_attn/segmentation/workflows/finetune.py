@@ -10,14 +10,13 @@ data (the source's plan is not reused). The checkpoint is read with ``torch.load
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from medseg_attn.config import Config
-from medseg_attn.config.loading import from_dict
+from medseg_attn.config.loading import differing_keys, from_dict
 from medseg_attn.errors import UserError
 from medseg_attn.io.manifest import file_sha256
 from medseg_attn.model_layout import find_checkpoint
@@ -53,17 +52,13 @@ def _source(source: str | Path, model: Any | None, in_channels: int | None) -> t
                         f"{in_channels}")
     saved = checkpoint.config.get("model")
     if model is not None and saved is not None:
-        old, new = asdict(from_dict({"model": saved}, Config).model), asdict(model)
-        differing = [f"model.{key} (source {old[key]!r}, this run {new[key]!r})" for key in new
-                     if key not in FREE_MODEL_KEYS and _plain(old[key]) != _plain(new[key])]
+        source_model = from_dict({"model": saved}, Config).model
+        differing = [f"model.{key} (source {a!r}, this run {b!r})"
+                     for key, a, b in differing_keys(source_model, model, FREE_MODEL_KEYS)]
         if differing:
             raise UserError(f"{path}: --init-from needs the source's model section, and this run's differs in "
                             f"{', '.join(differing)}; set these keys as the source has them")
     return path, checkpoint
-
-
-def _plain(value: Any) -> Any:
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def check_source(source: str | Path, model: Any, in_channels: int | None = None) -> dict[str, str]:
